@@ -1,0 +1,141 @@
+"""Settings read from the Celery app's configuration (``app.conf``).
+
+=============================== ===========================================================
+setting                         meaning (default)
+=============================== ===========================================================
+``resilience_backend_url``      Redis for the shared state. Default: the broker URL if it is
+                                Redis, else the result backend's if it is Redis, else an
+                                error. ``redis://``, ``rediss://`` (TLS), ``unix://`` and
+                                ACL URLs (``redis://user:password@host/1``) all work. The
+                                name holds "backend" so Celery masks its password in
+                                ``inspect conf`` and in Flower.
+``resilience_key_prefix``       Prefix of every Redis key (``"resilience"``).
+``resilience_fallback``         When Redis cannot be reached: ``"allow"`` (per-process
+                                breakers and limiters, fail-open) or ``"defer"`` (every
+                                attempt waits until Redis answers). (``"allow"``)
+``resilience_attempt_lease``    Seconds an attempt holds its lease when the task has no
+                                ``time_limit`` (``60``). A redelivered copy of a running
+                                attempt waits this long at most.
+``resilience_redis_timeout``    Socket timeout towards the state store, seconds (``2.0``).
+``resilience_dead_letters_max`` Length of the dead-letter stream, approximately (``10000``).
+``resilience_log_context``      Append trace and attempt to worker log lines whose format
+                                does not show them already (``True``).
+=============================== ===========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kombu.utils.url import maybe_sanitize_url
+
+from celery_resilience.errors import ResilienceConfigError
+from celery_resilience.state.fallback import FallbackMode
+from celery_resilience.state.keys import DEFAULT_PREFIX, KeySpace
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = ["Settings", "read_settings", "redis_visibility_timeout"]
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_DEFAULT_VISIBILITY = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The resolved settings of one app."""
+
+    backend_url: str
+    keys: KeySpace
+    fallback: FallbackMode
+    attempt_lease: float
+    redis_timeout: float
+    dead_letters_max: int
+    log_context: bool
+    visibility_timeout: float | None
+
+    @property
+    def countdown_cap(self) -> float | None:
+        """The longest countdown the broker holds safely (below its visibility timeout)."""
+        if self.visibility_timeout is None:
+            return None
+        vt = self.visibility_timeout
+        return max(vt - min(60.0, 0.2 * vt), 0.5 * vt)
+
+
+def _first_url(value: object) -> str | None:
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    if not isinstance(value, str) or not value:
+        return None
+    return value.split(";", 1)[0].strip()
+
+
+def _is_redis(url: str | None) -> bool:
+    return url is not None and url.lower().startswith(_REDIS_SCHEMES)
+
+
+def redis_visibility_timeout(app: Celery) -> float | None:
+    """The Redis broker's visibility timeout, or None when the broker is not Redis."""
+    if not _is_redis(_first_url(app.conf.broker_url)):
+        return None
+    options = app.conf.broker_transport_options or {}
+    value = options.get("visibility_timeout", _DEFAULT_VISIBILITY)
+    return float(value)
+
+
+def _number(conf: Any, key: str, default: float) -> float:
+    value = conf.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ResilienceConfigError(f"{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def read_settings(app: Celery) -> Settings:
+    """Resolve the settings of ``app``; raise ResilienceConfigError when they cannot work."""
+    conf = app.conf
+    url = _first_url(conf.get("resilience_backend_url"))
+    if url is None:
+        for candidate in (_first_url(conf.broker_url), _first_url(conf.result_backend)):
+            if _is_redis(candidate):
+                url = candidate
+                break
+    if url is None:
+        raise ResilienceConfigError(
+            "celery-resilience keeps its shared state in Redis: set "
+            "app.conf.resilience_backend_url = 'redis://host:6379/1' (the broker is "
+            f"{maybe_sanitize_url(_first_url(conf.broker_url) or 'unset')!r} and the result "
+            f"backend is {maybe_sanitize_url(_first_url(conf.result_backend) or 'unset')!r}, "
+            "neither of them Redis)"
+        )
+    if not _is_redis(url):
+        raise ResilienceConfigError(
+            f"resilience_backend_url must be a Redis URL (redis://, rediss://, unix://), "
+            f"got {maybe_sanitize_url(url)!r}"
+        )
+    fallback = conf.get("resilience_fallback", "allow")
+    if fallback not in ("allow", "defer"):
+        raise ResilienceConfigError(
+            f"resilience_fallback must be 'allow' or 'defer', got {fallback!r}"
+        )
+    dead_max = conf.get("resilience_dead_letters_max", 10_000)
+    if isinstance(dead_max, bool) or not isinstance(dead_max, int) or dead_max < 1:
+        raise ResilienceConfigError(
+            f"resilience_dead_letters_max must be an int >= 1, got {dead_max!r}"
+        )
+    try:
+        keys = KeySpace(conf.get("resilience_key_prefix") or DEFAULT_PREFIX)
+    except ValueError as exc:
+        raise ResilienceConfigError(str(exc)) from None
+    return Settings(
+        backend_url=url,
+        keys=keys,
+        fallback="defer" if fallback == "defer" else "allow",
+        attempt_lease=_number(conf, "resilience_attempt_lease", 60.0),
+        redis_timeout=_number(conf, "resilience_redis_timeout", 2.0),
+        dead_letters_max=dead_max,
+        log_context=bool(conf.get("resilience_log_context", True)),
+        visibility_timeout=redis_visibility_timeout(app),
+    )

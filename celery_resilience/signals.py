@@ -1,0 +1,67 @@
+"""Signals sent by resilient tasks, for metrics, alerts and tests.
+
+Connect like any Celery signal::
+
+    from celery_resilience import signals
+
+    @signals.gave_up.connect
+    def page_someone(sender, task_id, reason, **kwargs):
+        ...
+
+``sender`` is the task (``breaker_state_changed``: the breaker's name). Every signal is
+sent in the worker process that made the decision; receivers must be quick and must not
+raise (an exception in a receiver is logged by Celery and otherwise ignored).
+
+========================  ==================================================================
+signal                    keyword arguments
+========================  ==================================================================
+``attempt_started``       ``task_id``, ``attempt`` (from 1), ``trace_id``, ``span_id``
+``attempt_failed``        ``task_id``, ``attempt``, ``verdict`` (:class:`Verdict`),
+                          ``cause`` (one log-safe line), ``exc``, ``duration`` (seconds)
+``retry_scheduled``       ``task_id``, ``attempt`` (the one that failed), ``countdown``,
+                          ``verdict``, ``cause``, ``reason`` (the ledger line)
+``deferred``              ``task_id``, ``attempt``, ``gate`` ("breaker", "rate_limit",
+                          "concurrency", "attempt", "backend", "schedule"), ``name`` (the
+                          policy's name, or None), ``countdown``, ``reason`` (the ledger line)
+``gave_up``               ``task_id``, ``attempt``, ``reason`` (why, in words), ``exc`` (the
+                          last failure), ``history`` (the ledger lines, oldest first)
+``breaker_state_changed`` ``name``, ``old``, ``new`` (:class:`BreakerState`),
+                          ``failure_rate``, ``calls`` (outcomes in the window)
+========================  ==================================================================
+"""
+
+from __future__ import annotations
+
+from celery.utils.dispatch import Signal
+
+__all__ = [
+    "attempt_failed",
+    "attempt_started",
+    "breaker_state_changed",
+    "deferred",
+    "gave_up",
+    "retry_scheduled",
+]
+
+attempt_started = Signal(
+    name="attempt_started", providing_args=["task_id", "attempt", "trace_id", "span_id"]
+)
+attempt_failed = Signal(
+    name="attempt_failed",
+    providing_args=["task_id", "attempt", "verdict", "cause", "exc", "duration"],
+)
+retry_scheduled = Signal(
+    name="retry_scheduled",
+    providing_args=["task_id", "attempt", "countdown", "verdict", "cause", "reason"],
+)
+deferred = Signal(
+    name="deferred",
+    providing_args=["task_id", "attempt", "gate", "name", "countdown", "reason"],
+)
+gave_up = Signal(
+    name="gave_up", providing_args=["task_id", "attempt", "reason", "exc", "history"]
+)
+breaker_state_changed = Signal(
+    name="breaker_state_changed",
+    providing_args=["name", "old", "new", "failure_rate", "calls"],
+)

@@ -1,0 +1,172 @@
+"""What happens when Redis cannot be reached: a per-process store, logged once.
+
+``FallbackStore`` wraps the shared store. While Redis answers, it is a pass-through.
+When a call fails with a connection error, it logs one warning for the outage (not one
+per task), counts the fallback, and answers from a per-process :class:`MemoryStore`
+(``mode="allow"``, fail-open) or tells every attempt to wait (``mode="defer"``). It
+tries Redis again at most once per ``retry_every`` seconds and logs when it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Literal, TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from celery_resilience import clock
+from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.state.base import (
+    BreakerStatus,
+    Denial,
+    GateAnswer,
+    GateAsk,
+    LimiterStatus,
+    OutcomeReport,
+    RecordAnswer,
+    StateStore,
+)
+from celery_resilience.state.memory import MemoryStore
+
+__all__ = ["BACKEND_ERRORS", "FallbackMode", "FallbackStore"]
+
+logger = logging.getLogger("celery_resilience.state")
+
+#: Errors that mean "the store cannot be reached", as opposed to a bug.
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+FallbackMode = Literal["allow", "defer"]
+_T = TypeVar("_T")
+
+
+class FallbackStore:
+    """The shared store, with a logged, counted, per-process fallback."""
+
+    def __init__(
+        self,
+        primary: StateStore,
+        *,
+        mode: FallbackMode = "allow",
+        retry_every: float = 2.0,
+        defer_for: float = 5.0,
+        describe: str = "Redis",
+        on_fallback: Callable[[], None] | None = None,
+    ) -> None:
+        if mode not in ("allow", "defer"):
+            raise ValueError(f"resilience_fallback must be 'allow' or 'defer', got {mode!r}")
+        self.primary = primary
+        self.local = MemoryStore()
+        self.mode: FallbackMode = mode
+        self.retry_every = retry_every
+        self.defer_for = defer_for
+        self.describe = describe
+        self.fallbacks = 0
+        self._on_fallback = on_fallback
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def degraded(self) -> bool:
+        """True while the shared store is unreachable and the fallback answers."""
+        return self._down_since is not None
+
+    def _call(self, op: Callable[[], _T]) -> _T | None:
+        """Run ``op`` against Redis unless it is known down; None means "fall back"."""
+        now = clock.monotonic()
+        if self._down_since is not None and now < self._next_try:
+            self._count()
+            return None
+        try:
+            result = op()
+        except BACKEND_ERRORS as exc:
+            with self._lock:
+                first = self._down_since is None
+                if first:
+                    self._down_since = now
+                self._next_try = now + self.retry_every
+            if first:
+                logger.warning(
+                    "celery-resilience: %s unreachable (%s: %s); gates fall back to "
+                    "per-process state (%s) until it answers again",
+                    self.describe,
+                    type(exc).__name__,
+                    _short(exc),
+                    "fail-open" if self.mode == "allow" else "deferring every attempt",
+                )
+            self._count()
+            return None
+        if self._down_since is not None:
+            with self._lock:
+                down_for = now - self._down_since
+                self._down_since = None
+            logger.warning(
+                "celery-resilience: %s answers again after %.1f s; back to shared state",
+                self.describe,
+                down_for,
+            )
+        return result
+
+    def _count(self) -> None:
+        with self._lock:
+            self.fallbacks += 1
+        if self._on_fallback is not None:
+            self._on_fallback()
+
+    def gate(self, ask: GateAsk) -> GateAnswer:
+        """Ask Redis; if it is down, the local store (or a deferral)."""
+        answer = self._call(lambda: self.primary.gate(ask))
+        if answer is not None:
+            return answer
+        if self.mode == "defer":
+            return GateAnswer(
+                allowed=False,
+                now=clock.now(),
+                wait=self.defer_for,
+                denial=Denial.BACKEND_DOWN,
+                fallback=True,
+            )
+        local = self.local.gate(ask)
+        return GateAnswer(
+            allowed=local.allowed,
+            now=local.now,
+            wait=local.wait,
+            denial=local.denial,
+            breaker_state=local.breaker_state,
+            open_until=local.open_until,
+            probe=local.probe,
+            slot=local.slot,
+            transitions=local.transitions,
+            fallback=True,
+        )
+
+    def record(self, report: OutcomeReport) -> RecordAnswer:
+        """Report to Redis; if it is down, to the local store."""
+        answer = self._call(lambda: self.primary.record(report))
+        if answer is not None:
+            return answer
+        return self.local.record(report)
+
+    def breaker(
+        self, policy: CircuitBreaker, op: Literal["status", "open", "close", "reset"] = "status"
+    ) -> BreakerStatus:
+        """Breaker administration always speaks to Redis: errors propagate."""
+        return self.primary.breaker(policy, op)
+
+    def limiter(
+        self, policy: RateLimit | None, concurrency: ConcurrencyLimit | None, name: str
+    ) -> LimiterStatus:
+        """Limiter status always speaks to Redis: errors propagate."""
+        return self.primary.limiter(policy, concurrency, name)
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,155 @@
+-- gate.lua: ask every gate of one attempt, atomically and in one round trip.
+--
+-- Order: attempt lease (not running or done elsewhere), breaker, concurrency limit,
+-- rate limit. A later gate that says "wait" undoes what the earlier ones granted.
+--
+-- KEYS, only those of the gates present in ARGV[1], in this order:
+--   breaker present:      state hash, window hash, probes zset
+--   concurrency present:  slots zset
+--   limiter present:      limiter hash (fields tat, pu)
+--   attempt present:      attempt lease string
+-- ARGV[1]: JSON object
+--   h  holder: unique id of this attempt (task id and attempt number)
+--   b  breaker {rate, min, win, of, ofm, hoc, lease}          (optional)
+--   c  concurrency {limit, lease, poll}                       (optional)
+--   l  limiter {T, tau, early, grace, slot?}                  (optional)
+--   a  attempt lease {lease}                                  (optional)
+-- Returns: JSON object
+--   ok     true when the attempt may run
+--   now    Redis server time, seconds
+--   wait   seconds to wait before asking again (when not ok)
+--   why    "breaker_open" | "breaker_half_open" | "concurrency_full" | "rate_limited"
+--          | "running" | "done"  (when not ok)
+--   st     breaker state after the call ("" without a breaker)
+--   ou     breaker open-until time (0 unless open)
+--   probe  true when this attempt holds a half-open probe slot
+--   slot   booked rate-limit slot, Redis time (when why = "rate_limited")
+--   tr     breaker transitions made by this call: list of {old, new}
+
+--!include lib.lua
+
+local args = cjson.decode(ARGV[1])
+local now = now_seconds()
+local holder = args.h
+local p = part_keys(args)
+local skey, wkey, pkey = p.state, p.window, p.probes
+local ckey, lkey, akey = p.slots, p.limiter, p.attempt
+
+local res = {ok = false, now = now, wait = 0, why = '', st = '', ou = 0, probe = false,
+             slot = false, tr = {}}
+local function answer()
+  return cjson.encode(res)
+end
+
+-- 1. Attempt lease: the same attempt never runs twice at once, nor again once done.
+if akey then
+  local held = redis.call('GET', akey)
+  if held == 'done' then
+    res.why = 'done'
+    return answer()
+  elseif held then
+    res.why = 'running'
+    res.wait = math.max(redis.call('PTTL', akey), 0) / 1000
+    return answer()
+  end
+end
+
+-- 2. Breaker.
+if skey then
+  local b = args.b
+  local st, ou = breaker_phase(skey, now, res.tr)
+  res.st = st
+  if st == 'open' then
+    res.ou = ou
+    res.why = 'breaker_open'
+    res.wait = ou - now
+    return answer()
+  elseif st == 'forced_open' then
+    res.why = 'breaker_open'
+    res.wait = b.of
+    return answer()
+  elseif st == 'half_open' then
+    redis.call('ZREMRANGEBYSCORE', pkey, '-inf', now)
+    if redis.call('ZCARD', pkey) < b.hoc then
+      redis.call('ZADD', pkey, now + b.lease, holder)
+      pexpire_seconds(pkey, b.lease * 2)
+      res.probe = true
+    else
+      local first = redis.call('ZRANGE', pkey, 0, 0, 'WITHSCORES')
+      res.why = 'breaker_half_open'
+      res.wait = math.max(tonumber(first[2]) - now, 0)
+      return answer()
+    end
+  end
+end
+
+local function undo_breaker()
+  if res.probe then
+    redis.call('ZREM', pkey, holder)
+    res.probe = false
+  end
+end
+
+-- 3. Concurrency: a slot is a lease in a sorted set scored by its expiry.
+local took_slot = false
+if ckey then
+  local c = args.c
+  redis.call('ZREMRANGEBYSCORE', ckey, '-inf', now)
+  if redis.call('ZSCORE', ckey, holder) or redis.call('ZCARD', ckey) < c.limit then
+    redis.call('ZADD', ckey, now + c.lease, holder)
+    pexpire_seconds(ckey, c.lease * 2)
+    took_slot = true
+  else
+    local first = redis.call('ZRANGE', ckey, 0, 0, 'WITHSCORES')
+    undo_breaker()
+    res.why = 'concurrency_full'
+    res.wait = math.min(math.max(tonumber(first[2]) - now, 0), c.poll)
+    return answer()
+  end
+end
+
+-- 4. Rate limit: GCRA. "No room" books the next slot for this attempt and returns it,
+--    so that the woken attempt runs without asking the queue again.
+if lkey then
+  local l = args.l
+  local tat, pu = unpack(redis.call('HMGET', lkey, 'tat', 'pu'))
+  tat = tonumber(tat) or 0
+  pu = tonumber(pu) or 0
+  local granted = false
+  local slot = tonumber(l.slot)
+  if slot and now >= pu then
+    if now < slot - l.early then
+      res.slot = slot
+      res.wait = slot - now
+    elseif now <= slot + l.grace then
+      granted = true
+    end
+    -- later than the grace: the slot is gone, ask anew below
+  end
+  if not granted and not (res.slot) then
+    tat = math.max(tat, now)
+    local allow_at = tat - l.tau
+    if now >= allow_at then
+      granted = true
+    else
+      res.slot = allow_at
+      res.wait = allow_at - now
+    end
+    tat = tat + l.T
+    redis.call('HSET', lkey, 'tat', fmt(tat))
+    pexpire_seconds(lkey, math.max(tat, pu) - now + l.T + 1)
+  end
+  if not granted then
+    undo_breaker()
+    if took_slot then redis.call('ZREM', ckey, holder) end
+    res.why = 'rate_limited'
+    return answer()
+  end
+end
+
+-- 5. Granted: hold the attempt lease.
+if akey then
+  redis.call('SET', akey, 'run', 'PX', math.max(1, math.ceil(args.a.lease * 1000)))
+end
+res.ok = true
+return answer()

@@ -1,0 +1,73 @@
+-- lib.lua: helpers shared by the operation scripts. Not an operation itself: each
+-- operation script names it on an "--!include lib.lua" line, which the loader
+-- replaces with this text before registering the script.
+
+local function now_seconds()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+-- The keys of the parts present in an operation's arguments, in the order of KEYS:
+-- breaker (state, window, probes), concurrency slots, limiter, attempt lease.
+local function part_keys(args)
+  local k, p = 1, {}
+  if args.b then p.state, p.window, p.probes = KEYS[k], KEYS[k + 1], KEYS[k + 2]; k = k + 3 end
+  if args.c then p.slots = KEYS[k]; k = k + 1 end
+  if args.l then p.limiter = KEYS[k]; k = k + 1 end
+  if args.a then p.attempt = KEYS[k] end
+  return p
+end
+
+local function fmt(x)
+  return string.format('%.6f', x)
+end
+
+local function pexpire_seconds(key, seconds)
+  redis.call('PEXPIRE', key, math.max(1, math.ceil(seconds * 1000)))
+end
+
+-- Breaker window: a hash of time buckets, fields "<bucket start ms>:s" and ":f".
+-- Returns successes, failures within the last b.win seconds; drops older buckets.
+local function window_totals(wkey, b, now)
+  local flat = redis.call('HGETALL', wkey)
+  local succ, fail = 0, 0
+  local horizon = (now - b.win) * 1000
+  local stale = {}
+  for i = 1, #flat, 2 do
+    local field = flat[i]
+    local sep = string.find(field, ':', 1, true)
+    local start = tonumber(string.sub(field, 1, sep - 1))
+    local bucket_end = start + (b.win * 100)
+    if bucket_end <= horizon then
+      stale[#stale + 1] = field
+    elseif string.sub(field, sep + 1) == 's' then
+      succ = succ + tonumber(flat[i + 1])
+    else
+      fail = fail + tonumber(flat[i + 1])
+    end
+  end
+  if #stale > 0 then
+    redis.call('HDEL', wkey, unpack(stale))
+  end
+  return succ, fail
+end
+
+local function window_add(wkey, b, now, kind)
+  local width_ms = b.win * 100
+  local start = math.floor(now * 1000 / width_ms) * width_ms
+  redis.call('HINCRBY', wkey, string.format('%d', start) .. ':' .. kind, 1)
+  pexpire_seconds(wkey, b.win * 2)
+end
+
+-- Moves an OPEN breaker whose time is up to HALF_OPEN. Returns state, open_until.
+local function breaker_phase(skey, now, transitions)
+  local st, ou = unpack(redis.call('HMGET', skey, 'st', 'ou'))
+  st = st or 'closed'
+  ou = tonumber(ou) or 0
+  if st == 'open' and now >= ou then
+    redis.call('HSET', skey, 'st', 'half_open', 'ch', fmt(now), 'hs', 0)
+    transitions[#transitions + 1] = {'open', 'half_open'}
+    st = 'half_open'
+  end
+  return st, ou
+end

@@ -1,0 +1,96 @@
+-- record.lua: report the outcome of one attempt, atomically and in one round trip.
+--
+-- KEYS, only those of the parts present in ARGV[1], in this order:
+--   breaker present:      state hash, window hash, probes zset
+--   concurrency present:  slots zset (this attempt's slot is released)
+--   limiter present:      limiter hash (paused when "pause" is given)
+--   attempt present:      attempt lease string (marked done)
+-- ARGV[1]: JSON object
+--   h  holder: the id the attempt used at the gate
+--   b  breaker {rate, min, win, of, ofm, hoc, outcome = "success"|"failure"|"neutral",
+--      probe = true|false}                                          (optional)
+--   c  concurrency {}                                               (optional)
+--   l  limiter {T, tau, pause = seconds}                            (optional)
+--   a  attempt {done_ttl}                                           (optional)
+-- Returns: JSON object
+--   now  Redis server time, seconds
+--   st   breaker state after the call ("" without a breaker)
+--   ou   breaker open-until time (0 unless open)
+--   rate failure ratio in the window, calls: outcomes in the window
+--   tr   breaker transitions made by this call: list of {old, new}
+
+--!include lib.lua
+
+local args = cjson.decode(ARGV[1])
+local now = now_seconds()
+local holder = args.h
+local p = part_keys(args)
+local skey, wkey, pkey = p.state, p.window, p.probes
+local ckey, lkey, akey = p.slots, p.limiter, p.attempt
+
+local res = {now = now, st = '', ou = 0, rate = 0, calls = 0, tr = {}}
+
+local function open_breaker(b, old, open_for)
+  redis.call('HSET', skey, 'st', 'open', 'ou', fmt(now + open_for), 'of', fmt(open_for),
+             'ch', fmt(now), 'hs', 0)
+  redis.call('DEL', pkey)
+  res.tr[#res.tr + 1] = {old, 'open'}
+  res.st = 'open'
+  res.ou = now + open_for
+end
+
+if skey then
+  local b = args.b
+  local st = breaker_phase(skey, now, res.tr)
+  res.st = st
+  if st == 'closed' or st == 'forced_open' or st == 'forced_closed' then
+    if b.outcome == 'success' then
+      window_add(wkey, b, now, 's')
+    elseif b.outcome == 'failure' then
+      window_add(wkey, b, now, 'f')
+    end
+    local succ, fail = window_totals(wkey, b, now)
+    res.calls = succ + fail
+    if res.calls > 0 then res.rate = fail / res.calls end
+    if st == 'closed' and b.outcome == 'failure' and res.calls >= b.min
+        and res.rate >= b.rate then
+      open_breaker(b, 'closed', b.of)
+    end
+  elseif st == 'half_open' and b.probe then
+    redis.call('ZREM', pkey, holder)
+    if b.outcome == 'failure' then
+      local last = tonumber(redis.call('HGET', skey, 'of')) or b.of
+      open_breaker(b, 'half_open', math.min(math.max(last * 2, b.of), b.ofm))
+    elseif b.outcome == 'success' then
+      local hs = redis.call('HINCRBY', skey, 'hs', 1)
+      if hs >= b.hoc then
+        redis.call('HSET', skey, 'st', 'closed', 'ch', fmt(now), 'of', fmt(b.of), 'hs', 0)
+        redis.call('DEL', wkey, pkey)
+        res.tr[#res.tr + 1] = {'half_open', 'closed'}
+        res.st = 'closed'
+      end
+    end
+  elseif st == 'open' then
+    res.ou = tonumber(redis.call('HGET', skey, 'ou')) or 0
+  end
+end
+
+if ckey then
+  redis.call('ZREM', ckey, holder)
+end
+
+if lkey and args.l.pause then
+  local l = args.l
+  local until_ = now + args.l.pause
+  local tat, pu = unpack(redis.call('HMGET', lkey, 'tat', 'pu'))
+  tat = math.max(tonumber(tat) or 0, until_ + l.tau)
+  pu = math.max(tonumber(pu) or 0, until_)
+  redis.call('HSET', lkey, 'tat', fmt(tat), 'pu', fmt(pu))
+  pexpire_seconds(lkey, math.max(tat, pu) - now + l.T + 1)
+end
+
+if akey then
+  redis.call('SET', akey, 'done', 'PX', math.max(1, math.ceil(args.a.done_ttl * 1000)))
+end
+
+return cjson.encode(res)

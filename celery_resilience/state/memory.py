@@ -1,0 +1,355 @@
+"""The same gates in one process's memory: the fallback when Redis cannot be reached.
+
+Semantics match the Lua scripts exactly (the test suite drives both side by side), but
+the state is this process's alone and time is the local clock.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from celery_resilience import clock
+from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.state.base import (
+    BreakerState,
+    BreakerStatus,
+    Denial,
+    GateAnswer,
+    GateAsk,
+    LimiterStatus,
+    OutcomeReport,
+    RecordAnswer,
+    Transition,
+)
+from celery_resilience.state.redis import limiter_args
+
+__all__ = ["MemoryStore"]
+
+_WINDOW_BUCKETS = 10
+
+
+@dataclass
+class _Breaker:
+    state: BreakerState = BreakerState.CLOSED
+    open_until: float = 0.0
+    open_for: float | None = None
+    changed_at: float = 0.0
+    half_open_successes: int = 0
+    window: dict[tuple[int, str], int] = field(default_factory=dict)
+    probes: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Limiter:
+    tat: float = 0.0
+    paused_until: float = 0.0
+
+
+class MemoryStore:
+    """Breakers, limiters and leases of this process only. Thread-safe."""
+
+    def __init__(self, now: Callable[[], float] = clock.now) -> None:
+        self._now = now
+        self._lock = threading.Lock()
+        self._breakers: dict[str, _Breaker] = {}
+        self._limiters: dict[str, _Limiter] = {}
+        self._slots: dict[str, dict[str, float]] = {}
+        self._attempts: dict[str, tuple[str, float]] = {}
+
+    # -- helpers mirroring lib.lua -------------------------------------------------------
+
+    @staticmethod
+    def _width_ms(policy: CircuitBreaker) -> float:
+        return policy.window * 1000 / _WINDOW_BUCKETS
+
+    def _totals(self, br: _Breaker, policy: CircuitBreaker, now: float) -> tuple[int, int]:
+        horizon = (now - policy.window) * 1000
+        width = self._width_ms(policy)
+        succ = fail = 0
+        for key in list(br.window):
+            start, kind = key
+            if start + width <= horizon:
+                del br.window[key]
+            elif kind == "s":
+                succ += br.window[key]
+            else:
+                fail += br.window[key]
+        return succ, fail
+
+    def _add(self, br: _Breaker, policy: CircuitBreaker, now: float, kind: str) -> None:
+        width = self._width_ms(policy)
+        start = int(math.floor(now * 1000 / width) * width)
+        br.window[(start, kind)] = br.window.get((start, kind), 0) + 1
+
+    def _phase(
+        self, br: _Breaker, policy: CircuitBreaker, now: float, out: list[Transition]
+    ) -> None:
+        if br.state is BreakerState.OPEN and now >= br.open_until:
+            br.state = BreakerState.HALF_OPEN
+            br.changed_at = now
+            br.half_open_successes = 0
+            out.append(Transition(policy.name, BreakerState.OPEN, BreakerState.HALF_OPEN, 0.0, 0))
+
+    def _attempt_live(self, key: str, now: float) -> tuple[str, float] | None:
+        held = self._attempts.get(key)
+        if held is not None and held[1] <= now:
+            del self._attempts[key]
+            return None
+        return held
+
+    # -- the protocol ----------------------------------------------------------------------
+
+    def gate(self, ask: GateAsk) -> GateAnswer:
+        """Ask every gate of one attempt at once (the semantics of ``gate.lua``)."""
+        with self._lock:
+            return self._gate(ask, self._now())
+
+    def _gate(self, ask: GateAsk, now: float) -> GateAnswer:  # noqa: C901 - mirrors gate.lua
+        transitions: list[Transition] = []
+
+        def deny(denial: Denial, wait: float, **extra: object) -> GateAnswer:
+            return GateAnswer(
+                allowed=False,
+                now=now,
+                wait=max(wait, 0.0),
+                denial=denial,
+                transitions=tuple(transitions),
+                **extra,  # type: ignore[arg-type]
+            )
+
+        if ask.attempt_key is not None:
+            held = self._attempt_live(ask.attempt_key, now)
+            if held is not None and held[0] == "done":
+                return deny(Denial.DONE, 0.0)
+            if held is not None:
+                return deny(Denial.RUNNING, held[1] - now)
+
+        state: BreakerState | None = None
+        probe = False
+        br: _Breaker | None = None
+        if ask.breaker is not None:
+            policy = ask.breaker
+            br = self._breakers.setdefault(policy.name, _Breaker())
+            self._phase(br, policy, now, transitions)
+            state = br.state
+            if state is BreakerState.OPEN:
+                return deny(
+                    Denial.BREAKER_OPEN,
+                    br.open_until - now,
+                    breaker_state=state,
+                    open_until=br.open_until,
+                )
+            if state is BreakerState.FORCED_OPEN:
+                return deny(Denial.BREAKER_OPEN, policy.open_for, breaker_state=state)
+            if state is BreakerState.HALF_OPEN:
+                br.probes = {h: t for h, t in br.probes.items() if t > now}
+                if len(br.probes) < policy.half_open_calls:
+                    br.probes[ask.holder] = now + policy.lease
+                    probe = True
+                else:
+                    return deny(
+                        Denial.BREAKER_HALF_OPEN,
+                        min(br.probes.values()) - now,
+                        breaker_state=state,
+                    )
+
+        def undo() -> None:
+            if probe and br is not None:
+                br.probes.pop(ask.holder, None)
+
+        slots: dict[str, float] | None = None
+        if ask.concurrency is not None:
+            slots = self._slots.setdefault(ask.concurrency.name, {})
+            for holder in [h for h, t in slots.items() if t <= now]:
+                del slots[holder]
+            if ask.holder in slots or len(slots) < ask.concurrency.limit:
+                slots[ask.holder] = now + ask.concurrency_lease
+            else:
+                undo()
+                wait = min(max(min(slots.values()) - now, 0.0), ask.concurrency_poll)
+                return deny(Denial.CONCURRENCY_FULL, wait, breaker_state=state)
+
+        if ask.limiter is not None:
+            args = limiter_args(ask.limiter)
+            lim = self._limiters.setdefault(ask.limiter.name, _Limiter())
+            granted = False
+            slot: float | None = None
+            wait = 0.0
+            booked = ask.booked_slot
+            if booked is not None and now >= lim.paused_until:
+                if now < booked - args["early"]:
+                    slot, wait = booked, booked - now
+                elif now <= booked + args["grace"]:
+                    granted = True
+            if not granted and slot is None:
+                tat = max(lim.tat, now)
+                allow_at = tat - args["tau"]
+                if now >= allow_at:
+                    granted = True
+                else:
+                    slot, wait = allow_at, allow_at - now
+                lim.tat = tat + args["T"]
+            if not granted:
+                undo()
+                if slots is not None:
+                    slots.pop(ask.holder, None)
+                return deny(Denial.RATE_LIMITED, wait, breaker_state=state, slot=slot)
+
+        if ask.attempt_key is not None:
+            self._attempts[ask.attempt_key] = ("run", now + ask.attempt_lease)
+        return GateAnswer(
+            allowed=True,
+            now=now,
+            breaker_state=state,
+            probe=probe,
+            transitions=tuple(transitions),
+        )
+
+    def record(self, report: OutcomeReport) -> RecordAnswer:
+        """Report one attempt's outcome (the semantics of ``record.lua``)."""
+        with self._lock:
+            return self._record(report, self._now())
+
+    def _record(self, report: OutcomeReport, now: float) -> RecordAnswer:
+        transitions: list[Transition] = []
+        state: BreakerState | None = None
+        open_until = 0.0
+        if report.breaker is not None:
+            policy = report.breaker
+            br = self._breakers.setdefault(policy.name, _Breaker())
+            self._phase(br, policy, now, transitions)
+            outcome = report.breaker_outcome
+
+            def open_(old: BreakerState, open_for: float, rate: float, calls: int) -> None:
+                br.state = BreakerState.OPEN
+                br.open_until = now + open_for
+                br.open_for = open_for
+                br.changed_at = now
+                br.half_open_successes = 0
+                br.probes.clear()
+                transitions.append(Transition(policy.name, old, BreakerState.OPEN, rate, calls))
+
+            if br.state in (
+                BreakerState.CLOSED,
+                BreakerState.FORCED_OPEN,
+                BreakerState.FORCED_CLOSED,
+            ):
+                if outcome != "neutral":
+                    self._add(br, policy, now, "s" if outcome == "success" else "f")
+                succ, fail = self._totals(br, policy, now)
+                calls = succ + fail
+                rate = fail / calls if calls else 0.0
+                if (
+                    br.state is BreakerState.CLOSED
+                    and outcome == "failure"
+                    and calls >= policy.minimum_calls
+                    and rate >= policy.failure_rate
+                ):
+                    open_(BreakerState.CLOSED, policy.open_for, rate, calls)
+            elif br.state is BreakerState.HALF_OPEN and report.probe:
+                br.probes.pop(report.holder, None)
+                if outcome == "failure":
+                    last = br.open_for if br.open_for is not None else policy.open_for
+                    longer = min(max(last * 2, policy.open_for), policy.max_open_for)
+                    open_(BreakerState.HALF_OPEN, longer, 0.0, 0)
+                elif outcome == "success":
+                    br.half_open_successes += 1
+                    if br.half_open_successes >= policy.half_open_calls:
+                        br.state = BreakerState.CLOSED
+                        br.changed_at = now
+                        br.open_for = policy.open_for
+                        br.half_open_successes = 0
+                        br.window.clear()
+                        br.probes.clear()
+                        transitions.append(
+                            Transition(
+                                policy.name, BreakerState.HALF_OPEN, BreakerState.CLOSED, 0.0, 0
+                            )
+                        )
+            state = br.state
+            open_until = br.open_until if state is BreakerState.OPEN else 0.0
+
+        if report.concurrency is not None:
+            self._slots.get(report.concurrency.name, {}).pop(report.holder, None)
+        if report.limiter is not None and report.pause is not None:
+            args = limiter_args(report.limiter)
+            lim = self._limiters.setdefault(report.limiter.name, _Limiter())
+            until = now + report.pause
+            lim.tat = max(lim.tat, until + args["tau"])
+            lim.paused_until = max(lim.paused_until, until)
+        if report.attempt_key is not None:
+            self._attempts[report.attempt_key] = ("done", now + report.done_ttl)
+        return RecordAnswer(
+            now=now,
+            breaker_state=state,
+            open_until=open_until,
+            transitions=tuple(transitions),
+            fallback=True,
+        )
+
+    def breaker(
+        self, policy: CircuitBreaker, op: Literal["status", "open", "close", "reset"] = "status"
+    ) -> BreakerStatus:
+        """Read a breaker, force it open or closed, or reset it."""
+        with self._lock:
+            now = self._now()
+            existed = policy.name in self._breakers
+            br = self._breakers.setdefault(policy.name, _Breaker())
+            transitions: list[Transition] = []
+            self._phase(br, policy, now, transitions)
+            new = {
+                "open": BreakerState.FORCED_OPEN,
+                "close": BreakerState.FORCED_CLOSED,
+                "reset": BreakerState.CLOSED,
+            }.get(op)
+            if new is not None:
+                if new is not br.state:
+                    transitions.append(Transition(policy.name, br.state, new, 0.0, 0))
+                br.state = new
+                br.changed_at = now
+                br.half_open_successes = 0
+                br.probes.clear()
+                existed = True
+                if op == "reset":
+                    br.window.clear()
+                    br.open_for = policy.open_for
+                    br.open_until = 0.0
+            succ, fail = self._totals(br, policy, now)
+            br.probes = {h: t for h, t in br.probes.items() if t > now}
+            calls = succ + fail
+            return BreakerStatus(
+                name=policy.name,
+                state=br.state,
+                failure_rate=fail / calls if calls else 0.0,
+                calls=calls,
+                failures=fail,
+                open_until=br.open_until if br.state is BreakerState.OPEN else 0.0,
+                open_for=br.open_for if br.open_for is not None else policy.open_for,
+                changed_at=br.changed_at,
+                probes=len(br.probes),
+                now=now,
+                exists=existed or calls > 0,
+                transitions=tuple(transitions),
+            )
+
+    def limiter(
+        self, policy: RateLimit | None, concurrency: ConcurrencyLimit | None, name: str
+    ) -> LimiterStatus:
+        """Read a rate limiter and the concurrency limit of the same name."""
+        with self._lock:
+            now = self._now()
+            lim = self._limiters.get(name, _Limiter())
+            tau = limiter_args(policy)["tau"] if policy is not None else 0.0
+            in_use = sum(1 for t in self._slots.get(name, {}).values() if t > now)
+            return LimiterStatus(
+                name=name,
+                wait=max(lim.tat - tau - now, 0.0),
+                paused_until=lim.paused_until if lim.paused_until > now else 0.0,
+                in_use=in_use,
+                now=now,
+                exists=name in self._limiters or in_use > 0,
+            )

@@ -1,0 +1,30 @@
+"""Load the Lua scripts from the package, expanding ``--!include`` lines."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+
+__all__ = ["SCRIPT_NAMES", "script_source"]
+
+SCRIPT_NAMES = ("gate", "record", "breaker_admin", "limiter_status")
+_INCLUDE = "--!include "
+
+
+@cache
+def script_source(name: str) -> str:
+    """The full text of one operation script, its includes expanded."""
+    if name not in SCRIPT_NAMES:
+        raise KeyError(f"no Lua script named {name!r}")
+    return _expand(f"{name}.lua")
+
+
+def _expand(filename: str) -> str:
+    text = files("celery_resilience.state").joinpath("lua").joinpath(filename).read_text("utf-8")
+    lines = []
+    for line in text.splitlines():
+        if line.startswith(_INCLUDE):
+            lines.append(_expand(line[len(_INCLUDE) :].strip()))
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
