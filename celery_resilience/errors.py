@@ -6,6 +6,9 @@
     ├── TransientError              task code: "this failure may pass, retry me"
     ├── PermanentError              task code: "retrying cannot help, fail now"
     ├── GaveUp                      final failure: retries or deadline exhausted
+    ├── Rescheduled                 handed to Task.retry; its repr is the ledger line
+    │   ├── Retrying                a failed attempt, retried after a countdown
+    │   └── Deferred                a gate said "not now"; no retry is spent
     ├── BreakerOpenError            on_open="fail": the breaker refused the call
     └── ResilienceConfigError       bad configuration found at run time (also a ValueError)
 
@@ -17,10 +20,13 @@ from __future__ import annotations
 
 __all__ = [
     "BreakerOpenError",
+    "Deferred",
     "GaveUp",
     "PermanentError",
+    "Rescheduled",
     "ResilienceConfigError",
     "ResilienceError",
+    "Retrying",
     "TransientError",
 ]
 
@@ -39,7 +45,9 @@ class TransientError(ResilienceError):
             raise TransientError("settlement pending", retry_after=10)
     """
 
-    def __init__(self, message: str = "transient failure", *, retry_after: float | None = None):
+    def __init__(
+        self, message: str = "transient failure", *, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -54,7 +62,7 @@ def _rebuild_transient(message: str, retry_after: float | None) -> TransientErro
 class PermanentError(ResilienceError):
     """Raise from a task body to fail the task at once, without a retry."""
 
-    def __init__(self, message: str = "permanent failure"):
+    def __init__(self, message: str = "permanent failure") -> None:
         super().__init__(message)
 
 
@@ -66,19 +74,43 @@ class GaveUp(ResilienceError):  # noqa: N818 - reads as the outcome it reports
     chained as ``__cause__`` on the worker.
     """
 
-    def __init__(self, message: str = "gave up"):
+    def __init__(self, message: str = "gave up") -> None:
         super().__init__(message)
+
+
+class Rescheduled(ResilienceError):  # noqa: N818 - names what happened, not a fault
+    """The attempt ended and the task was re-queued. The message is the ledger line.
+
+    Celery reports a retry (in events, Flower and the result backend) by the ``repr`` of
+    the exception handed to ``Task.retry``, so ``repr`` is the line itself::
+
+        transient: HTTP 503 from api.example.com; attempt 2 of 6; retry in 3.4 s; trace 4bf9…
+    """
+
+    def __init__(self, message: str = "rescheduled") -> None:
+        super().__init__(message)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+class Retrying(Rescheduled):
+    """A failed attempt that will be retried (it spent one of ``max_retries``)."""
+
+
+class Deferred(Rescheduled):
+    """An attempt that a gate (breaker, rate limit, concurrency) sent back to the queue."""
 
 
 class BreakerOpenError(ResilienceError):
     """The task's breaker was open and its ``on_open`` policy says fail."""
 
-    def __init__(self, message: str = "circuit breaker open"):
+    def __init__(self, message: str = "circuit breaker open") -> None:
         super().__init__(message)
 
 
 class ResilienceConfigError(ResilienceError, ValueError):
     """Configuration that cannot work, found when the worker starts or a task runs."""
 
-    def __init__(self, message: str = "invalid celery-resilience configuration"):
+    def __init__(self, message: str = "invalid celery-resilience configuration") -> None:
         super().__init__(message)

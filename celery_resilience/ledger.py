@@ -149,18 +149,18 @@ def _clip(text: str) -> str:
 
 
 def _of(attempt: int, max_retries: int | None) -> str:
-    return f"attempt {attempt}" if max_retries is None else f"attempt {attempt} of {max_retries + 1}"
+    if max_retries is None:
+        return f"attempt {attempt}"
+    return f"attempt {attempt} of {max_retries + 1}"
 
 
 def retry_line(
     *, verdict: str, cause: str, attempt: int, max_retries: int | None, countdown: float,
     trace_id: str,
 ) -> str:
-    """The ledger line of a failed attempt that will be retried.
+    """The ledger line of a failed attempt that will be retried, e.g.::
 
-    >>> retry_line(verdict="transient", cause="HTTP 503 from api.example.com", attempt=2,
-    ...            max_retries=8, countdown=3.41, trace_id="4bf92f3577b34da6a3ce929d0e0e4736")
-    'transient: HTTP 503 from api.example.com; attempt 2 of 9; retry in 3.4 s; trace 4bf92f3577b34da6a3ce929d0e0e4736'
+        transient: HTTP 503 from api.example.com; attempt 2 of 9; retry in 3.4 s; trace 4bf9…
     """
     return (
         f"{verdict}: {cause}; {_of(attempt, max_retries)}; retry in {countdown:.1f} s; "
@@ -171,11 +171,9 @@ def retry_line(
 def deferral_line(
     *, why: str, attempt: int, max_retries: int | None, countdown: float, trace_id: str
 ) -> str:
-    """The ledger line of an attempt deferred by a gate (it does not spend a retry).
+    """The ledger line of an attempt deferred by a gate (it does not spend a retry), e.g.::
 
-    >>> deferral_line(why="breaker 'payments' open, half-open in 8.1 s", attempt=1,
-    ...               max_retries=8, countdown=9.3, trace_id="4bf92f3577b34da6a3ce929d0e0e4736")
-    "deferred: breaker 'payments' open, half-open in 8.1 s; attempt 1 of 9; retry in 9.3 s; trace 4bf92f3577b34da6a3ce929d0e0e4736"
+        deferred: breaker 'payments' open, half-open in 8.1 s; attempt 1 of 9; retry in 9.3 s; …
     """
     return (
         f"deferred: {why}; {_of(attempt, max_retries)}; retry in {countdown:.1f} s; "

@@ -108,7 +108,7 @@ def parse_rate(rate: object) -> tuple[float, float]:
     ((50.0, 1.0), (600.0, 60.0), (0.5, 1.0), (10.0, 1.0))
     """
     if not isinstance(rate, str):
-        raise ValueError(
+        raise ValueError(  # noqa: TRY004 - a bad rate is a bad value, as Celery has it
             f"RateLimit: rate must be a str such as '50/s', not {type(rate).__name__}"
         )
     match = _RATE_RE.match(rate)
@@ -183,7 +183,7 @@ class ConcurrencyLimit:
     def __post_init__(self) -> None:
         _check_name("ConcurrencyLimit", self.name)
         if isinstance(self.limit, bool) or not isinstance(self.limit, int):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 - one error type for every bad limit
                 f"ConcurrencyLimit: limit must be an int >= 1, not {type(self.limit).__name__}"
             )
         if self.limit < 1:

@@ -108,7 +108,7 @@ class MemoryStore:
         with self._lock:
             return self._gate(ask, self._now())
 
-    def _gate(self, ask: GateAsk, now: float) -> GateAnswer:  # noqa: C901 - mirrors gate.lua
+    def _gate(self, ask: GateAsk, now: float) -> GateAnswer:
         transitions: list[Transition] = []
 
         def deny(denial: Denial, wait: float, **extra: object) -> GateAnswer:

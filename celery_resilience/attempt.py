@@ -1,0 +1,589 @@
+"""One attempt of a resilient task on a worker: gates, body, outcome, next step.
+
+The flow (DESIGN.md, "Behaviour, per attempt"):
+
+1. trace context from the message (or a fresh one), a new span, logging bound;
+2. a wait split below the broker's visibility timeout not yet over → wait again;
+3. the gates, in one round trip: attempt lease, breaker, concurrency, rate limit;
+4. the deadline;
+5. a gate that says "not now" → deferred (re-queued; no retry is spent);
+6. the body; its outcome recorded in one round trip;
+7. a failure classified: permanent → FAILURE now; transient or rate-limited → retried
+   after a countdown, unless retries or deadline are spent → FAILURE (gave up).
+
+Re-queueing goes through ``Task.retry`` with the task's own counters in a message header;
+nothing of one attempt is kept on the (shared) task object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from celery.exceptions import Ignore, Reject, Retry
+from celery.utils.log import get_task_logger
+
+from celery_resilience import signals
+from celery_resilience.backoff import retry_countdown
+from celery_resilience.classify import Failure, Verdict, classify
+from celery_resilience.errors import Deferred, GaveUp, Retrying
+from celery_resilience.ledger import (
+    HEADER,
+    AttemptState,
+    deferral_line,
+    gave_up_message,
+    retry_line,
+)
+from celery_resilience.logs import format_outcome
+from celery_resilience.options import TaskOptions
+from celery_resilience.otel import attempt_span
+from celery_resilience.runtime import Runtime, runtime_for
+from celery_resilience.state.base import (
+    BreakerState,
+    Denial,
+    GateAnswer,
+    GateAsk,
+    OutcomeReport,
+    Transition,
+)
+from celery_resilience.state.deadletters import DeadLetter, capped_repr
+from celery_resilience.tracing import (
+    AttemptInfo,
+    TraceContext,
+    bind_attempt,
+    current_attempt,
+    new_trace,
+    parse_traceparent,
+    safe_token,
+)
+
+if TYPE_CHECKING:
+    from celery.app.task import Context
+
+    from celery_resilience.task import ResilientTask
+
+__all__ = ["TRACE_HEADER", "run_eager", "run_in_worker", "trace_for_publish"]
+
+logger = get_task_logger("celery_resilience")
+_internal = logging.getLogger("celery_resilience.attempt")
+
+#: The message header carrying the W3C trace context.
+TRACE_HEADER = "traceparent"
+#: A task woken this early (seconds) before its time is let through rather than re-queued.
+_EARLY = 0.05
+#: Eager mode has no countdowns: an unbounded task is still stopped after this many tries.
+EAGER_ATTEMPT_LIMIT = 100
+_noted: set[str] = set()
+
+
+def _note_once(key: str, message: str, *args: object) -> None:
+    if key not in _noted:
+        _noted.add(key)
+        _internal.warning(message, *args)
+
+
+def _incoming_trace(headers: dict[str, Any]) -> TraceContext:
+    raw = headers.get(TRACE_HEADER)
+    parsed = parse_traceparent(raw)
+    if parsed is not None:
+        return parsed
+    if raw is not None:
+        _note_once(
+            "traceparent",
+            "celery-resilience: a malformed %s header was replaced by a fresh trace "
+            "(noted once per process)",
+            TRACE_HEADER,
+        )
+    return trace_for_publish()
+
+
+def trace_for_publish() -> TraceContext:
+    """The trace a task published now continues: the current attempt's, OTel's, or new."""
+    attempt = current_attempt()
+    if attempt is not None:
+        return attempt.trace_context().child()
+    from celery_resilience.otel import otel_parent  # noqa: PLC0415 - optional dependency
+
+    parent = otel_parent()
+    return parent.child() if parent is not None else new_trace()
+
+
+def _incoming_state(headers: dict[str, Any]) -> AttemptState:
+    raw = headers.get(HEADER)
+    state = AttemptState.from_header(raw)
+    if state is not None:
+        return state
+    if raw is not None:
+        _note_once(
+            "state",
+            "celery-resilience: a malformed %s header was ignored; the task starts its "
+            "count afresh (noted once per process)",
+            HEADER,
+        )
+    return AttemptState()
+
+
+_BREAKER_OUTCOME = {
+    Verdict.TRANSIENT: "failure",
+    Verdict.RATE_LIMITED: "neutral",
+    Verdict.PERMANENT: "success",
+}
+
+
+class _Attempt:
+    """The state of one attempt on a worker. Built per attempt; never shared."""
+
+    def __init__(
+        self,
+        *,
+        task: ResilientTask,
+        request: Context,
+        opts: TaskOptions,
+        rt: Runtime,
+        state: AttemptState,
+        trace: TraceContext,
+        info: AttemptInfo,
+    ) -> None:
+        self.task = task
+        self.request = request
+        self.opts = opts
+        self.rt = rt
+        self.state = state
+        self.trace = trace
+        self.info = info
+        self.task_id: str = request.id or "?"
+        self.holder = f"{self.task_id}:{state.attempt}"
+        self.attempt_key = rt.settings.keys.attempt(self.task_id, state.attempt)
+        self.started = time.monotonic()
+
+    # -- signals and logs ----------------------------------------------------------------
+
+    def _transitions(self, transitions: tuple[Transition, ...]) -> None:
+        for tr in transitions:
+            logger.warning(
+                "breaker %r: %s -> %s (failure rate %.2f over %d calls)",
+                tr.name, tr.old.value, tr.new.value, tr.failure_rate, tr.calls,
+            )
+            signals.breaker_state_changed.send(
+                sender=tr.name, name=tr.name, old=tr.old, new=tr.new,
+                failure_rate=tr.failure_rate, calls=tr.calls,
+            )
+
+    # -- the flow ------------------------------------------------------------------------
+
+    def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        signals.attempt_started.send(
+            sender=self.task, task_id=self.task_id, attempt=self.state.attempt,
+            trace_id=self.trace.trace_id, span_id=self.info.span_id,
+        )
+        self.rt.counters.attempts += 1
+        if self.state.not_before is not None:
+            now = self.rt.now()
+            if now < self.state.not_before - _EARLY:
+                self._defer(
+                    wait=self.state.not_before - now,
+                    gate="schedule",
+                    name=None,
+                    why="waiting out a long countdown in legs below the broker's "
+                    "visibility timeout",
+                    now=now,
+                )
+            self.state = replace(self.state, not_before=None)
+
+        slot = self.state.slot
+        limiter = self.opts.limiter
+        ask = GateAsk(
+            holder=self.holder,
+            breaker=self.opts.breaker,
+            concurrency=self.opts.concurrency,
+            concurrency_lease=self._concurrency_lease(),
+            limiter=limiter,
+            booked_slot=slot[1] if slot and limiter and slot[0] == limiter.name else None,
+            attempt_key=self.attempt_key,
+            attempt_lease=self._attempt_lease(),
+        )
+        answer = self.rt.gate(ask)
+        self._transitions(answer.transitions)
+        started = self.state.started if self.state.started is not None else answer.now
+        self.state = replace(self.state, started=started, slot=None)
+
+        if self._deadline_passed(answer.now):
+            if answer.allowed:
+                self._report("neutral", probe=answer.probe, pause=None)
+            self._give_up(f"deadline of {self.opts.deadline:g} s passed", exc=None, failure=None)
+        if not answer.allowed:
+            self._denied(answer)
+
+        try:
+            result = self.task.run(*args, **kwargs)
+        except (Retry, Ignore, Reject):
+            self._report("neutral", probe=answer.probe, pause=None)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure of the body is classified
+            self._failed(exc, answer)
+        self._report("success", probe=answer.probe, pause=None)
+        logger.info(
+            "%s",
+            format_outcome(
+                outcome="succeeded", verdict=None, cause=None,
+                duration=time.monotonic() - self.started, countdown=None, final_state="SUCCESS",
+            ),
+        )
+        return result
+
+    def _concurrency_lease(self) -> float:
+        policy = self.opts.concurrency
+        if policy is not None and policy.lease is not None:
+            return policy.lease
+        limit = self._time_limit()
+        return limit + 5.0 if limit is not None else 60.0
+
+    def _attempt_lease(self) -> float:
+        limit = self._time_limit()
+        return limit + 5.0 if limit is not None else self.rt.settings.attempt_lease
+
+    def _time_limit(self) -> float | None:
+        hard, soft = self.request.timelimit or (None, None)
+        hard = hard or self.task.time_limit
+        soft = soft or self.task.soft_time_limit
+        limits = [float(x) for x in (hard, soft) if x]
+        return max(limits) if limits else None
+
+    def _deadline_passed(self, now: float) -> bool:
+        deadline = self.opts.deadline
+        started = self.state.started
+        return deadline is not None and started is not None and now - started >= deadline
+
+    def _remaining(self, now: float) -> float | None:
+        if self.opts.deadline is None or self.state.started is None:
+            return None
+        return self.opts.deadline - (now - self.state.started)
+
+    def _report(self, outcome: str, *, probe: bool, pause: float | None) -> Any:
+        report = OutcomeReport(
+            holder=self.holder,
+            breaker=self.opts.breaker,
+            breaker_outcome=outcome,  # type: ignore[arg-type]
+            probe=probe,
+            concurrency=self.opts.concurrency,
+            limiter=self.opts.limiter,
+            pause=pause,
+            attempt_key=self.attempt_key,
+            done_ttl=self._done_ttl(),
+        )
+        answer = self.rt.record(report)
+        self._transitions(answer.transitions)
+        return answer
+
+    def _done_ttl(self) -> float:
+        visibility = self.rt.settings.visibility_timeout
+        return max(3600.0, 2 * visibility) if visibility is not None else 3600.0
+
+    # -- a gate said no ------------------------------------------------------------------
+
+    def _denied(self, answer: GateAnswer) -> NoReturn:
+        denial = answer.denial
+        if denial is Denial.DONE:
+            logger.info(
+                "attempt %d was already done (a redelivered message): ignored",
+                self.state.attempt,
+            )
+            raise Ignore()
+        wait = answer.wait
+        breaker, limiter, pool = self.opts.breaker, self.opts.limiter, self.opts.concurrency
+        name: str | None = None
+        if denial is Denial.BREAKER_OPEN and breaker is not None:
+            gate, name = "breaker", breaker.name
+            if answer.breaker_state is BreakerState.FORCED_OPEN:
+                why = f"breaker {_quote(name)} forced open"
+            else:
+                why = f"breaker {_quote(name)} open, half-open in {wait:.1f} s"
+            wait += random.uniform(0.0, breaker.open_for)  # noqa: S311 - jitter
+        elif denial is Denial.BREAKER_HALF_OPEN and breaker is not None:
+            gate, name = "breaker", breaker.name
+            why = f"breaker {_quote(name)} half-open, probe in flight"
+            wait += random.uniform(0.0, 0.5 * breaker.lease)  # noqa: S311 - jitter
+        elif denial is Denial.RATE_LIMITED and limiter is not None:
+            gate, name = "rate_limit", limiter.name
+            why = f"rate limit {_quote(name)} ({limiter.rate}) full, slot in {wait:.2f} s"
+            if answer.slot is not None:
+                self.state = replace(self.state, slot=(limiter.name, answer.slot))
+        elif denial is Denial.CONCURRENCY_FULL and pool is not None:
+            gate, name = "concurrency", pool.name
+            why = f"concurrency {_quote(name)} full ({pool.limit} in flight)"
+            wait *= random.uniform(1.0, 1.5)  # noqa: S311 - jitter
+        elif denial is Denial.RUNNING:
+            gate = "attempt"
+            why = f"attempt {self.state.attempt} is running elsewhere (a redelivered message)"
+            wait += 0.5
+        else:
+            gate = "backend"
+            why = "state store unreachable and resilience_fallback is 'defer'"
+            wait *= random.uniform(1.0, 1.5)  # noqa: S311 - jitter
+        self._defer(wait=wait, gate=gate, name=name, why=why, now=answer.now)
+
+    def _defer(self, *, wait: float, gate: str, name: str | None, why: str, now: float) -> NoReturn:
+        remaining = self._remaining(now)
+        if remaining is not None and wait >= remaining:
+            self._give_up(
+                f"deadline of {self.opts.deadline:g} s would pass while deferred ({why})",
+                exc=None,
+                failure=None,
+            )
+        wait = max(wait, 0.01)
+        self.state = replace(self.state, deferrals=self.state.deferrals + 1)
+        line = deferral_line(
+            why=why, attempt=self.state.attempt, max_retries=self.opts.max_retries,
+            countdown=wait, trace_id=self.trace.trace_id,
+        )
+        self.rt.counters.deferrals += 1
+        signals.deferred.send(
+            sender=self.task, task_id=self.task_id, attempt=self.state.attempt,
+            gate=gate, name=name, countdown=wait, reason=line,
+        )
+        logger.info("%s", line)
+        self._reschedule(wait, Deferred(line), now)
+
+    # -- the body failed -----------------------------------------------------------------
+
+    def _failed(self, exc: Exception, answer: GateAnswer) -> NoReturn:
+        duration = time.monotonic() - self.started
+        failure = classify(
+            exc,
+            retry_on=self.opts.retry_on,
+            give_up_on=self.opts.give_up_on,
+            classifier=self.opts.classifier,
+        )
+        pause = (
+            failure.retry_after
+            if failure.verdict is Verdict.RATE_LIMITED and failure.retry_after
+            else None
+        )
+        record = self._report(_BREAKER_OUTCOME[failure.verdict], probe=answer.probe, pause=pause)
+        signals.attempt_failed.send(
+            sender=self.task, task_id=self.task_id, attempt=self.state.attempt,
+            verdict=failure.verdict, cause=failure.cause, exc=exc, duration=duration,
+        )
+        if failure.verdict is Verdict.PERMANENT:
+            logger.warning(
+                "%s",
+                format_outcome(
+                    outcome="failed", verdict=failure.verdict.value, cause=failure.cause,
+                    duration=duration, countdown=None, final_state="FAILURE",
+                ),
+            )
+            entry = f"#{self.state.attempt} permanent: {failure.cause}"
+            self.state = self.state.with_entry(entry)
+            self._dead_letter(failure, reason="permanent failure")
+            raise exc
+        spent = self.state.failures + 1
+        if self.opts.max_retries is not None and spent > self.opts.max_retries:
+            self._give_up(
+                f"retries exhausted (max_retries={self.opts.max_retries})", exc=exc,
+                failure=failure,
+            )
+        countdown = retry_countdown(
+            self.opts.backoff, spent, retry_after=failure.retry_after,
+            remaining=self._remaining(record.now),
+        )
+        if countdown.seconds is None:
+            self._give_up(
+                f"deadline of {self.opts.deadline:g} s leaves no room for another attempt",
+                exc=exc, failure=failure,
+            )
+        line = retry_line(
+            verdict=failure.verdict.value, cause=failure.cause, attempt=self.state.attempt,
+            max_retries=self.opts.max_retries, countdown=countdown.seconds,
+            trace_id=self.trace.trace_id,
+        )
+        self.state = replace(self.state, failures=spent).with_entry(
+            f"#{spent} {failure.verdict.value}: {failure.cause}"
+        )
+        self.rt.counters.retries += 1
+        signals.retry_scheduled.send(
+            sender=self.task, task_id=self.task_id, attempt=spent,
+            countdown=countdown.seconds, verdict=failure.verdict, cause=failure.cause,
+            reason=line,
+        )
+        logger.warning(
+            "%s",
+            format_outcome(
+                outcome="failed", verdict=failure.verdict.value, cause=failure.cause,
+                duration=duration, countdown=countdown.seconds, final_state=None,
+            ),
+        )
+        self._reschedule(countdown.seconds, Retrying(line), record.now, cause=exc)
+
+    def _give_up(
+        self, reason: str, *, exc: BaseException | None, failure: Failure | None
+    ) -> NoReturn:
+        if failure is not None:
+            self.state = self.state.with_entry(
+                f"#{self.state.attempt} {failure.verdict.value}: {failure.cause}"
+            )
+        message = gave_up_message(reason=reason, state=self.state, trace_id=self.trace.trace_id)
+        self.rt.counters.gave_up += 1
+        signals.gave_up.send(
+            sender=self.task, task_id=self.task_id, attempt=self.state.attempt,
+            reason=reason, exc=exc, history=self.state.history,
+        )
+        logger.error("%s", message.splitlines()[0])
+        self._dead_letter(failure, reason=reason)
+        raise GaveUp(message) from exc
+
+    def _dead_letter(self, failure: Failure | None, *, reason: str) -> None:
+        request = self.request
+        delivery = request.delivery_info or {}
+        letter = DeadLetter(
+            task_name=self.task.name,
+            task_id=safe_token(request.id),
+            args=capped_repr(request.args),
+            kwargs=capped_repr(request.kwargs),
+            args_json=_json_or_none(request.args),
+            kwargs_json=_json_or_none(request.kwargs),
+            verdict=failure.verdict.value if failure is not None else "deadline",
+            cause=failure.cause if failure is not None else reason,
+            reason=reason,
+            trace_id=self.trace.trace_id,
+            attempts=self.state.attempt,
+            history=self.state.history,
+            worker=safe_token(request.hostname or "?"),
+            queue=delivery.get("routing_key"),
+            failed_at=self.rt.estimated_now(),
+            first_attempt_at=self.state.started,
+        )
+        self.rt.add_dead_letter(letter)
+
+    # -- re-queue ------------------------------------------------------------------------
+
+    def _reschedule(
+        self, countdown: float, reason: Exception, now: float, cause: BaseException | None = None
+    ) -> NoReturn:
+        cap = self.rt.settings.countdown_cap
+        leg = countdown
+        state = self.state
+        if cap is not None and countdown > cap:
+            leg = cap
+            state = replace(state, not_before=now + countdown)
+        headers = dict(self.request.headers or {})
+        headers[HEADER] = state.to_header()
+        headers[TRACE_HEADER] = TraceContext(
+            self.trace.trace_id, self.info.span_id, self.trace.sampled
+        ).traceparent()
+        # Celery publishes request.retries + 1 and compares it with max_retries: make it
+        # count failures only, since deferrals must not spend retries.
+        self.request.retries = state.failures - 1
+        if cause is not None:
+            reason.__cause__ = cause
+        raise self.task.retry(exc=reason, countdown=leg, headers=headers)
+
+
+def _quote(name: str) -> str:
+    return repr(safe_token(name))
+
+
+def _json_or_none(value: object) -> str | None:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        return None
+    return text if len(text) <= 65_536 else None
+
+
+def _bind(
+    task: ResilientTask, request: Context, state: AttemptState, trace: TraceContext, span_id: str
+) -> AttemptInfo:
+    return AttemptInfo(
+        trace_id=trace.trace_id,
+        span_id=span_id,
+        task_id=safe_token(request.id),
+        task_name=safe_token(task.name),
+        attempt=state.attempt,
+    )
+
+
+def run_in_worker(
+    task: ResilientTask, request: Context, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run one attempt of ``task`` on a worker (the request is already pushed)."""
+    headers = dict(request.headers or {})
+    state = _incoming_state(headers)
+    trace = _incoming_trace(headers)
+    rt = runtime_for(task.app)
+    opts = task.resilience_options()
+    with attempt_span(
+        task.name, trace, {"celery.task_id": safe_token(request.id), "attempt": state.attempt}
+    ) as span:
+        info = _bind(task, request, state, trace, span.span_id)
+        with bind_attempt(info):
+            attempt = _Attempt(
+                task=task, request=request, opts=opts, rt=rt, state=state, trace=trace, info=info
+            )
+            try:
+                return attempt.run(args, kwargs)
+            except Retry as exc:
+                span.set("countdown", float(exc.when) if isinstance(exc.when, (int, float)) else 0)
+                raise
+
+
+def run_eager(
+    task: ResilientTask, request: Context, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run ``task`` eagerly: retries at once, in this call, without gates or countdowns."""
+    headers = dict(request.headers or {})
+    state = _incoming_state(headers)
+    trace = _incoming_trace(headers)
+    opts = task.resilience_options()
+    limit = opts.max_retries if opts.max_retries is not None else EAGER_ATTEMPT_LIMIT - 1
+    while True:
+        with attempt_span(task.name, trace, {"attempt": state.attempt}) as span:
+            info = _bind(task, request, state, trace, span.span_id)
+            with bind_attempt(info):
+                signals.attempt_started.send(
+                    sender=task, task_id=request.id, attempt=state.attempt,
+                    trace_id=trace.trace_id, span_id=info.span_id,
+                )
+                started = time.monotonic()
+                try:
+                    return task.run(*args, **kwargs)
+                except (Retry, Ignore, Reject):
+                    raise
+                except Exception as exc:
+                    failure = classify(
+                        exc, retry_on=opts.retry_on, give_up_on=opts.give_up_on,
+                        classifier=opts.classifier,
+                    )
+                    signals.attempt_failed.send(
+                        sender=task, task_id=request.id, attempt=state.attempt,
+                        verdict=failure.verdict, cause=failure.cause, exc=exc,
+                        duration=time.monotonic() - started,
+                    )
+                    span.set("verdict", failure.verdict.value)
+                    entry = f"#{state.attempt} {failure.verdict.value}: {failure.cause}"
+                    if failure.verdict is Verdict.PERMANENT:
+                        raise
+                    if state.failures + 1 > limit:
+                        state = state.with_entry(entry)
+                        reason = f"retries exhausted (max_retries={opts.max_retries})"
+                        signals.gave_up.send(
+                            sender=task, task_id=request.id, attempt=state.attempt,
+                            reason=reason, exc=exc, history=state.history,
+                        )
+                        raise GaveUp(
+                            gave_up_message(reason=reason, state=state, trace_id=trace.trace_id)
+                        ) from exc
+                    line = retry_line(
+                        verdict=failure.verdict.value, cause=failure.cause,
+                        attempt=state.attempt, max_retries=opts.max_retries, countdown=0.0,
+                        trace_id=trace.trace_id,
+                    )
+                    signals.retry_scheduled.send(
+                        sender=task, task_id=request.id, attempt=state.attempt,
+                        countdown=0.0, verdict=failure.verdict, cause=failure.cause,
+                        reason=line,
+                    )
+                    state = replace(state, failures=state.failures + 1).with_entry(entry)

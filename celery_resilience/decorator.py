@@ -1,0 +1,69 @@
+"""``@resilient_task``: declare a resilient task from a function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, overload
+
+from celery import shared_task
+
+from celery_resilience.options import OPTION_NAMES, check_options
+from celery_resilience.task import ResilientTask
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = ["resilient_task"]
+
+
+@overload
+def resilient_task(fun: Callable[..., Any], /) -> ResilientTask: ...
+
+
+@overload
+def resilient_task(
+    *, app: Celery | None = None, **options: Any
+) -> Callable[[Callable[..., Any]], ResilientTask]: ...
+
+
+def resilient_task(
+    fun: Callable[..., Any] | None = None, /, *, app: Celery | None = None, **options: Any
+) -> ResilientTask | Callable[[Callable[..., Any]], ResilientTask]:
+    """Declare a resilient task, as ``app.task`` (with ``app=``) or ``shared_task`` does.
+
+    Resilience options (``breaker``, ``limiter``, ``concurrency``, ``max_retries``,
+    ``deadline``, ``backoff``, ``classifier``, ``retry_on``, ``give_up_on``) sit beside
+    Celery's own (``bind``, ``name``, ``acks_late``, ``time_limit``...)::
+
+        @resilient_task(app=app, bind=True, breaker=CircuitBreaker("payments"),
+                        limiter=RateLimit("payments", "50/s"), max_retries=8, deadline=600)
+        def charge(self, invoice_id):
+            resp = self.http.post(f"https://payments.example/charges/{invoice_id}")
+            resp.raise_for_status()
+            return resp.json()
+
+    Every option is checked here: a wrong type or value raises ``TypeError`` or
+    ``ValueError`` naming the option and the task.
+    """
+    base = options.pop("base", ResilientTask)
+    if not (isinstance(base, type) and issubclass(base, ResilientTask)):
+        raise TypeError(
+            f"resilient_task: base must be ResilientTask or a subclass of it, got {base!r}"
+        )
+
+    def decorate(f: Callable[..., Any]) -> ResilientTask:
+        if not callable(f):
+            raise TypeError(f"resilient_task decorates a function, got {type(f).__name__}")
+        name = options.get("name") or f"{f.__module__}.{f.__qualname__}"
+        check_options(name, {key: options[key] for key in OPTION_NAMES if key in options})
+        if app is not None:
+            task: ResilientTask = app.task(base=base, **options)(f)  # type: ignore[no-untyped-call]
+        else:
+            task = shared_task(base=base, **options)(f)  # type: ignore[no-untyped-call]
+        return task
+
+    if fun is not None:
+        if options or app is not None:
+            raise TypeError("resilient_task: use @resilient_task or @resilient_task(...)")
+        return decorate(fun)
+    return decorate

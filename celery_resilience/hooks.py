@@ -1,0 +1,49 @@
+"""Celery signal handlers: trace context at publish time, log context in the worker.
+
+Connected once, when :mod:`celery_resilience` is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import after_setup_logger, after_setup_task_logger, before_task_publish
+
+from celery_resilience import logs
+from celery_resilience.attempt import TRACE_HEADER, trace_for_publish
+from celery_resilience.task import resilient_task_names
+from celery_resilience.tracing import current_attempt
+
+__all__ = ["connect"]
+
+_connected = False
+
+
+def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None,
+                **_: Any) -> None:
+    """Give a resilient task (or any task published inside an attempt) a trace context."""
+    if headers is None or headers.get(TRACE_HEADER):
+        return
+    if sender in resilient_task_names or current_attempt() is not None:
+        headers[TRACE_HEADER] = trace_for_publish().traceparent()
+
+
+def _on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
+    """Bind trace and attempt to every line the worker logs (and redact secrets)."""
+    from celery import current_app  # noqa: PLC0415 - the worker's app, once it is set up
+
+    if not current_app.conf.get("resilience_log_context", True):
+        return
+    logs.install_on_logger(logger if logger is not None else logging.getLogger())
+
+
+def connect() -> None:
+    """Connect the handlers (idempotent)."""
+    global _connected  # noqa: PLW0603 - one-time wiring
+    if _connected:
+        return
+    before_task_publish.connect(_on_publish, weak=False)
+    after_setup_logger.connect(_on_setup_logger, weak=False)
+    after_setup_task_logger.connect(_on_setup_logger, weak=False)
+    _connected = True

@@ -1,0 +1,137 @@
+"""The resilience options of one task, checked when the task is declared.
+
+A fresh :class:`TaskOptions` is built for every attempt from the task's attributes, so
+no per-call state ever lives on the shared task object.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery_resilience.backoff import DEFAULT_BACKOFF, check_backoff
+from celery_resilience.classify import Classifier
+from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+
+__all__ = ["OPTION_NAMES", "TaskOptions", "check_options", "options_from"]
+
+#: Every resilience option a task accepts (as a decorator argument or class attribute).
+OPTION_NAMES = (
+    "breaker",
+    "limiter",
+    "concurrency",
+    "max_retries",
+    "deadline",
+    "backoff",
+    "classifier",
+    "retry_on",
+    "give_up_on",
+)
+
+ExceptionTypes = tuple[type[BaseException], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """The options in force for one attempt."""
+
+    breaker: CircuitBreaker | None = None
+    limiter: RateLimit | None = None
+    concurrency: ConcurrencyLimit | None = None
+    max_retries: int | None = 5
+    deadline: float | None = None
+    backoff: Callable[..., Any] = DEFAULT_BACKOFF
+    classifier: Classifier | None = None
+    retry_on: ExceptionTypes = ()
+    give_up_on: ExceptionTypes = ()
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+def _exception_types(task: str, option: str, value: object) -> ExceptionTypes:
+    items = value if isinstance(value, (tuple, list, frozenset, set)) else (value,)
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise TypeError(
+                f"task {task!r}: option {option} must be an exception class or a tuple "
+                f"of them, got {item!r}"
+            )
+    return tuple(items)
+
+
+def _policy(task: str, option: str, value: object, kind: type) -> None:
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(
+            f"task {task!r}: option {option} must be a {kind.__name__} or None, "
+            f"got {_kind(value)}"
+        )
+
+
+def check_options(task: str, values: Mapping[str, Any]) -> TaskOptions:
+    """Validate the options of ``task``; raise TypeError/ValueError naming option and task."""
+    _policy(task, "breaker", values.get("breaker"), CircuitBreaker)
+    _policy(task, "limiter", values.get("limiter"), RateLimit)
+    _policy(task, "concurrency", values.get("concurrency"), ConcurrencyLimit)
+
+    max_retries = values.get("max_retries", 5)
+    if max_retries is not None:
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int):
+            raise TypeError(
+                f"task {task!r}: option max_retries must be an int or None, "
+                f"got {_kind(max_retries)}"
+            )
+        if max_retries < 0:
+            raise ValueError(f"task {task!r}: option max_retries must be >= 0, got {max_retries}")
+
+    deadline = values.get("deadline")
+    if deadline is not None:
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+            raise TypeError(
+                f"task {task!r}: option deadline must be a number of seconds or None, "
+                f"got {_kind(deadline)}"
+            )
+        if not math.isfinite(deadline) or deadline <= 0:
+            raise ValueError(f"task {task!r}: option deadline must be > 0, got {deadline!r}")
+
+    backoff = values.get("backoff", DEFAULT_BACKOFF)
+    try:
+        check_backoff(backoff)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"task {task!r}: option backoff: {exc}") from None
+
+    classifier = values.get("classifier")
+    if classifier is not None and not callable(classifier):
+        raise TypeError(
+            f"task {task!r}: option classifier must be a callable taking the exception, "
+            f"got {_kind(classifier)}"
+        )
+    return TaskOptions(
+        breaker=values.get("breaker"),
+        limiter=values.get("limiter"),
+        concurrency=values.get("concurrency"),
+        max_retries=max_retries,
+        deadline=None if deadline is None else float(deadline),
+        backoff=backoff,
+        classifier=classifier,
+        retry_on=_exception_types(task, "retry_on", values.get("retry_on", ())),
+        give_up_on=_exception_types(task, "give_up_on", values.get("give_up_on", ())),
+    )
+
+
+def options_from(owner: object) -> TaskOptions:
+    """The options found on ``owner``'s attributes (already checked at declaration)."""
+    return TaskOptions(
+        breaker=getattr(owner, "breaker", None),
+        limiter=getattr(owner, "limiter", None),
+        concurrency=getattr(owner, "concurrency", None),
+        max_retries=getattr(owner, "max_retries", 5),
+        deadline=getattr(owner, "deadline", None),
+        backoff=getattr(owner, "backoff", DEFAULT_BACKOFF),
+        classifier=getattr(owner, "classifier", None),
+        retry_on=tuple(getattr(owner, "retry_on", ()) or ()),
+        give_up_on=tuple(getattr(owner, "give_up_on", ()) or ()),
+    )

@@ -1,0 +1,203 @@
+"""Per-process runtime of one Celery app: its settings, its state store, its caches.
+
+Built lazily in the process that runs attempts (a prefork child builds its own after the
+fork: connections are never shared across processes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from celery_resilience import clock
+from celery_resilience.settings import Settings, read_settings
+from celery_resilience.state.base import (
+    BreakerState,
+    Denial,
+    GateAnswer,
+    GateAsk,
+    OutcomeReport,
+    RecordAnswer,
+)
+from celery_resilience.state.deadletters import DeadLetter, DeadLetters
+from celery_resilience.state.fallback import BACKEND_ERRORS, FallbackStore
+from celery_resilience.state.redis import RedisStore
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = ["Runtime", "connect", "runtime_for"]
+
+logger = logging.getLogger("celery_resilience.runtime")
+_PENDING_LETTERS = 1_000
+
+
+def connect(url: str, *, timeout: float = 2.0) -> redis.Redis:
+    """A Redis client for the state store: short timeouts, one quick reconnect."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+    )
+
+
+@dataclass
+class _Counters:
+    attempts: int = 0
+    deferrals: int = 0
+    retries: int = 0
+    gave_up: int = 0
+
+
+class Runtime:
+    """Settings, store and caches of one app in one process."""
+
+    def __init__(self, app: Celery, settings: Settings | None = None) -> None:
+        self.app = app
+        self.settings = settings or read_settings(app)
+        self.client = connect(self.settings.backend_url, timeout=self.settings.redis_timeout)
+        self.shared = RedisStore(self.client, self.settings.keys)
+        self.store = FallbackStore(
+            self.shared,
+            mode=self.settings.fallback,
+            describe=f"state store {_describe(self.client)}",
+        )
+        self.dead_letters = DeadLetters(
+            self.client, self.settings.keys, self.settings.dead_letters_max
+        )
+        self.counters = _Counters()
+        self._open_until: dict[str, float] = {}
+        self._offset = 0.0
+        self._pending: deque[DeadLetter] = deque(maxlen=_PENDING_LETTERS)
+        self._lock = threading.Lock()
+
+    # -- time ----------------------------------------------------------------------------
+
+    def _learn_time(self, store_now: float) -> None:
+        self._offset = store_now - clock.now()
+
+    def estimated_now(self) -> float:
+        """The store's clock as last seen, moved on by the local clock since."""
+        return clock.now() + self._offset
+
+    def now(self) -> float:
+        """The store's clock (Redis ``TIME``); the local clock while Redis is down."""
+        try:
+            seconds, micros = self.client.time()
+        except BACKEND_ERRORS:
+            return clock.now()
+        now = seconds + micros / 1e6
+        self._learn_time(now)
+        return now
+
+    # -- gates ---------------------------------------------------------------------------
+
+    def gate(self, ask: GateAsk) -> GateAnswer:
+        """Ask the gates; a breaker known to be OPEN is answered from memory."""
+        if ask.breaker is not None:
+            until = self._open_until.get(ask.breaker.name)
+            mono = clock.monotonic()
+            if until is not None and mono < until:
+                return GateAnswer(
+                    allowed=False,
+                    now=self.estimated_now(),
+                    wait=until - mono,
+                    denial=Denial.BREAKER_OPEN,
+                    breaker_state=BreakerState.OPEN,
+                    open_until=self.estimated_now() + until - mono,
+                )
+        if ask.empty:
+            return GateAnswer(allowed=True, now=self.estimated_now())
+        answer = self.store.gate(ask)
+        if not answer.fallback:
+            self._learn_time(answer.now)
+            self._flush_letters()
+        if (
+            ask.breaker is not None
+            and answer.denial is Denial.BREAKER_OPEN
+            and answer.breaker_state is BreakerState.OPEN
+        ):
+            self._open_until[ask.breaker.name] = clock.monotonic() + answer.wait
+        return answer
+
+    def record(self, report: OutcomeReport) -> RecordAnswer:
+        """Report an outcome; remember an OPEN verdict it produced."""
+        if report.empty:
+            return RecordAnswer(now=self.estimated_now())
+        answer = self.store.record(report)
+        if not answer.fallback:
+            self._learn_time(answer.now)
+        if report.breaker is not None and answer.breaker_state is BreakerState.OPEN:
+            self._open_until[report.breaker.name] = clock.monotonic() + max(
+                answer.open_until - answer.now, 0.0
+            )
+        return answer
+
+    # -- dead letters --------------------------------------------------------------------
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        """Store a dead letter; while Redis is down keep it (bounded) and retry later."""
+        try:
+            self.dead_letters.add(letter)
+        except BACKEND_ERRORS as exc:
+            with self._lock:
+                self._pending.append(letter)
+            logger.error(  # noqa: TRY400 - the cause is named; a traceback adds nothing
+                "celery-resilience: dead letter for %s[%s] kept in memory until the state "
+                "store answers (%s)",
+                letter.task_name,
+                letter.task_id,
+                type(exc).__name__,
+            )
+        else:
+            self._flush_letters()
+
+    def _flush_letters(self) -> None:
+        while self._pending:
+            with self._lock:
+                if not self._pending:
+                    return
+                letter = self._pending[0]
+            try:
+                self.dead_letters.add(letter)
+            except BACKEND_ERRORS:
+                return
+            with self._lock:
+                if self._pending and self._pending[0] is letter:
+                    self._pending.popleft()
+
+
+def _describe(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix:{kwargs['path']}"
+    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+
+_runtimes: dict[int, tuple[int, Runtime]] = {}
+_runtimes_lock = threading.Lock()
+
+
+def runtime_for(app: Celery) -> Runtime:
+    """The runtime of ``app`` in this process (a fresh one after a fork)."""
+    pid = os.getpid()
+    key = id(app)
+    found = _runtimes.get(key)
+    if found is not None and found[0] == pid:
+        return found[1]
+    with _runtimes_lock:
+        found = _runtimes.get(key)
+        if found is None or found[0] != pid:
+            found = (pid, Runtime(app))
+            _runtimes[key] = found
+        return found[1]

@@ -1,0 +1,104 @@
+"""``ResilientTask``: a ``celery.Task`` whose attempts go through the resilience flow."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from celery import Task
+
+from celery_resilience.attempt import run_eager, run_in_worker
+from celery_resilience.backoff import DEFAULT_BACKOFF
+from celery_resilience.http import ResilientSession, session_for_process
+from celery_resilience.options import OPTION_NAMES, TaskOptions, check_options, options_from
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from celery_resilience.classify import Classifier
+    from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+
+__all__ = ["ResilientTask", "resilient_task_names"]
+
+#: Names of every resilient task declared in this process (for the publish hook).
+resilient_task_names: set[str] = set()
+
+
+class ResilientTask(Task[Any, Any]):
+    """A Celery task that survives a flaky upstream.
+
+    Every option is a class attribute (or a keyword of :func:`resilient_task`, or of
+    ``app.task(base=ResilientTask, ...)``), checked when the task is declared:
+
+    ================  ============================================================  =========
+    option            meaning                                                       default
+    ================  ============================================================  =========
+    ``breaker``       a :class:`CircuitBreaker` shared by every task naming it      None
+    ``limiter``       a :class:`RateLimit`, exact across the cluster                None
+    ``concurrency``   a :class:`ConcurrencyLimit`: bodies in flight, cluster-wide   None
+    ``max_retries``   retries after failures (deferrals by a gate do not count)     5
+    ``deadline``      seconds from the first attempt after which the task gives up  None
+    ``backoff``       any tenacity wait strategy: the countdown after failure *n*   full jitter,
+                                                                                    1 s..60 s
+    ``classifier``    ``callable(exc) -> Verdict | None``, asked before defaults    None
+    ``retry_on``      exception classes always retried (transient)                  ()
+    ``give_up_on``    exception classes never retried (permanent)                   ()
+    ================  ============================================================  =========
+
+    Subclass it for class-based tasks::
+
+        class SyncCustomer(ResilientTask):
+            breaker = CircuitBreaker("crm")
+            limiter = RateLimit("crm", "10/s")
+
+            def run(self, customer_id):
+                resp = self.http.put(f"https://crm.example/customers/{customer_id}")
+                resp.raise_for_status()
+
+        sync_customer = app.register_task(SyncCustomer())
+    """
+
+    breaker: ClassVar[CircuitBreaker | None] = None
+    limiter: ClassVar[RateLimit | None] = None
+    concurrency: ClassVar[ConcurrencyLimit | None] = None
+    max_retries: ClassVar[int | None] = 5  # type: ignore[misc]
+    deadline: ClassVar[float | None] = None
+    backoff: ClassVar[Callable[..., Any]] = DEFAULT_BACKOFF
+    classifier: ClassVar[Classifier | None] = None
+    retry_on: ClassVar[tuple[type[BaseException], ...]] = ()
+    give_up_on: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        owner = cls.__dict__.get("name") or f"{cls.__module__}.{cls.__qualname__}"
+        checked = check_options(owner, {name: getattr(cls, name) for name in OPTION_NAMES})
+        for name in OPTION_NAMES:
+            setattr(cls, name, getattr(checked, name))
+        if isinstance(cls.__dict__.get("name"), str):
+            resilient_task_names.add(cls.__dict__["name"])
+
+    @classmethod
+    def bind(cls, app: Any) -> Any:
+        """Bind to ``app`` (Celery calls this on registration); remember the task's name."""
+        bound = super().bind(app)
+        if isinstance(cls.name, str):
+            resilient_task_names.add(cls.name)
+        return bound
+
+    def resilience_options(self) -> TaskOptions:
+        """The options in force for the attempt about to run (a fresh value each time)."""
+        return options_from(self)
+
+    @property
+    def http(self) -> ResilientSession:
+        """This process's HTTP session: pooled, with a default timeout, ``traceparent`` on
+        every request and an ``Idempotency-Key`` on POST and PATCH, stable across retries."""
+        return session_for_process()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request_stack.top
+        if request is None or request.called_directly:
+            # A plain function call (``task(...)``): no queue to retry through.
+            return super().__call__(*args, **kwargs)
+        if request.is_eager:
+            return run_eager(self, request, args, kwargs)
+        return run_in_worker(self, request, args, kwargs)
