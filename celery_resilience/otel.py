@@ -1,0 +1,170 @@
+"""Optional OpenTelemetry: continue the caller's trace, one span per attempt.
+
+Nothing here needs OpenTelemetry: without ``opentelemetry-api`` (the ``otel`` extra),
+:func:`otel_parent` returns ``None`` and :func:`attempt_span` only hands out a fresh span
+ID. With it and a configured ``TracerProvider``, each attempt is a span, child of the
+message's trace context, whose span ID is the attempt's span ID, so that log records,
+the outbound ``traceparent`` and the exported span agree::
+
+    with attempt_span("shop.charge", msg_ctx, {"celery.task_id": task_id}) as span:
+        info = AttemptInfo(trace_id=span.trace_id, span_id=span.span_id, ...)
+        with bind_attempt(info):
+            ...
+        span.set("resilience.verdict", "transient")
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from celery_resilience.logs import redact
+from celery_resilience.tracing import TraceContext, new_span_id
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, TracerProvider
+    from opentelemetry.util.types import AttributeValue
+
+__all__ = ["SpanHandle", "attempt_span", "otel_parent"]
+
+_INSTRUMENTATION = "celery_resilience"
+_Primitive = (str, bool, int, float)
+
+
+def _attribute(value: object) -> AttributeValue | None:
+    """``value`` as an OpenTelemetry attribute value; ``None`` drops it."""
+    if value is None or isinstance(value, _Primitive):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, _Primitive) for v in value):
+        items = list(value)
+        if len({type(v) for v in items}) <= 1:
+            return items
+    return str(value)
+
+
+class SpanHandle:
+    """The attempt's span: its IDs, and ``set()`` to add attributes before it ends.
+
+    ``span_id`` is the OpenTelemetry span's ID when one is recorded, else a fresh
+    random one; ``recording`` tells which. ``attributes`` holds what was set, in both
+    cases.
+    """
+
+    __slots__ = ("_span", "attributes", "recording", "sampled", "span_id", "trace_id")
+
+    def __init__(
+        self, ctx: TraceContext, span_id: str, *, span: Span | None, recording: bool
+    ) -> None:
+        self.trace_id: str = ctx.trace_id
+        self.span_id: str = span_id
+        self.sampled: bool = ctx.sampled
+        self.recording: bool = recording
+        self.attributes: dict[str, object] = {}
+        self._span = span
+
+    @property
+    def context(self) -> TraceContext:
+        """The attempt's position in the trace (what outbound calls continue from)."""
+        return TraceContext(self.trace_id, self.span_id, self.sampled)
+
+    def set(self, key: str, value: object) -> None:
+        """Set an attribute on the span (``None`` values are skipped)."""
+        attribute = _attribute(value)
+        if attribute is None:
+            return
+        self.attributes[key] = value
+        if self._span is not None:
+            self._span.set_attribute(key, attribute)
+
+
+def otel_parent() -> TraceContext | None:
+    """The current OpenTelemetry span's trace context, if there is a valid one.
+
+    Used at publish time so a task continues the trace of whoever sent it. ``None``
+    without ``opentelemetry-api`` or outside any span.
+    """
+    try:
+        from opentelemetry import trace  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return None
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    return TraceContext(
+        format(span_context.trace_id, "032x"),
+        format(span_context.span_id, "016x"),
+        sampled=span_context.trace_flags.sampled,
+    )
+
+
+@contextmanager
+def attempt_span(
+    name: str,
+    ctx: TraceContext,
+    attributes: Mapping[str, object] | None = None,
+    *,
+    tracer_provider: TracerProvider | None = None,
+) -> Iterator[SpanHandle]:
+    """Run the block as one attempt's span, child of ``ctx`` (the message's context).
+
+    The span is current inside the block (instrumented calls become its children) and
+    ends on exit; an exception leaving the block is recorded, with its message and
+    traceback redacted, and sets the status to error. ``tracer_provider`` defaults to
+    the global one. Without OpenTelemetry, yields a handle with a fresh span ID.
+    """
+    try:
+        from opentelemetry import trace  # noqa: PLC0415 - optional dependency
+        from opentelemetry.trace import (  # noqa: PLC0415
+            NonRecordingSpan,
+            SpanContext,
+            SpanKind,
+            Status,
+            StatusCode,
+            TraceFlags,
+        )
+    except ImportError:
+        handle = SpanHandle(ctx, new_span_id(), span=None, recording=False)
+        for key, value in (attributes or {}).items():
+            handle.set(key, value)
+        yield handle
+        return
+
+    flags = TraceFlags(TraceFlags.SAMPLED if ctx.sampled else TraceFlags.DEFAULT)
+    trace_id = int(ctx.trace_id, 16)
+    parent = NonRecordingSpan(
+        SpanContext(trace_id, int(ctx.span_id, 16), is_remote=True, trace_flags=flags)
+    )
+    tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
+    span = tracer.start_span(
+        name, context=trace.set_span_in_context(parent), kind=SpanKind.CONSUMER
+    )
+    own = span.get_span_context()
+    if span.is_recording() and own.trace_id == trace_id:
+        handle = SpanHandle(ctx, format(own.span_id, "016x"), span=span, recording=True)
+    else:
+        # No provider (the API's no-op tracer hands back the parent) or not sampled:
+        # make the attempt's own context current, so its children still hang under it.
+        span.end()
+        span_id = new_span_id()
+        span = NonRecordingSpan(SpanContext(trace_id, int(span_id, 16), False, flags))
+        handle = SpanHandle(ctx, span_id, span=None, recording=False)
+    for key, value in (attributes or {}).items():
+        handle.set(key, value)
+
+    with trace.use_span(
+        span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+    ):
+        try:
+            yield handle
+        except Exception as exc:
+            if handle.recording:
+                details = redact("".join(traceback.format_exception(exc)))
+                message = redact(str(exc))
+                span.record_exception(
+                    exc,
+                    attributes={"exception.message": message, "exception.stacktrace": details},
+                )
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {message}"))
+            raise
