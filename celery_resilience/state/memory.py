@@ -32,6 +32,11 @@ __all__ = ["MemoryStore"]
 _WINDOW_BUCKETS = 10
 
 
+def _stored(value: float) -> float:
+    """A time as Redis keeps it (``%.6f``), so both stores decide on the same numbers."""
+    return float(f"{value:.6f}")
+
+
 @dataclass
 class _Breaker:
     state: BreakerState = BreakerState.CLOSED
@@ -64,7 +69,7 @@ class MemoryStore:
 
     @staticmethod
     def _width_ms(policy: CircuitBreaker) -> float:
-        return policy.window * 1000 / _WINDOW_BUCKETS
+        return policy.window * (1000 / _WINDOW_BUCKETS)
 
     def _totals(self, br: _Breaker, policy: CircuitBreaker, now: float) -> tuple[int, int]:
         horizon = (now - policy.window) * 1000
@@ -90,13 +95,13 @@ class MemoryStore:
     ) -> None:
         if br.state is BreakerState.OPEN and now >= br.open_until:
             br.state = BreakerState.HALF_OPEN
-            br.changed_at = now
+            br.changed_at = _stored(now)
             br.half_open_successes = 0
             out.append(Transition(policy.name, BreakerState.OPEN, BreakerState.HALF_OPEN, 0.0, 0))
 
     def _attempt_live(self, key: str, now: float) -> tuple[str, float] | None:
         held = self._attempts.get(key)
-        if held is not None and held[1] <= now:
+        if held is not None and now >= held[1]:
             del self._attempts[key]
             return None
         return held
@@ -146,9 +151,9 @@ class MemoryStore:
             if state is BreakerState.FORCED_OPEN:
                 return deny(Denial.BREAKER_OPEN, policy.open_for, breaker_state=state)
             if state is BreakerState.HALF_OPEN:
-                br.probes = {h: t for h, t in br.probes.items() if t > now}
+                br.probes = {h: t for h, t in br.probes.items() if t > _stored(now)}
                 if len(br.probes) < policy.half_open_calls:
-                    br.probes[ask.holder] = now + policy.lease
+                    br.probes[ask.holder] = _stored(now + policy.lease)
                     probe = True
                 else:
                     return deny(
@@ -164,10 +169,10 @@ class MemoryStore:
         slots: dict[str, float] | None = None
         if ask.concurrency is not None:
             slots = self._slots.setdefault(ask.concurrency.name, {})
-            for holder in [h for h, t in slots.items() if t <= now]:
+            for holder in [h for h, t in slots.items() if t <= _stored(now)]:
                 del slots[holder]
             if ask.holder in slots or len(slots) < ask.concurrency.limit:
-                slots[ask.holder] = now + ask.concurrency_lease
+                slots[ask.holder] = _stored(now + ask.concurrency_lease)
             else:
                 undo()
                 wait = min(max(min(slots.values()) - now, 0.0), ask.concurrency_poll)
@@ -192,7 +197,7 @@ class MemoryStore:
                     granted = True
                 else:
                     slot, wait = allow_at, allow_at - now
-                lim.tat = tat + args["T"]
+                lim.tat = _stored(tat + args["T"])
             if not granted:
                 undo()
                 if slots is not None:
@@ -200,7 +205,7 @@ class MemoryStore:
                 return deny(Denial.RATE_LIMITED, wait, breaker_state=state, slot=slot)
 
         if ask.attempt_key is not None:
-            self._attempts[ask.attempt_key] = ("run", now + ask.attempt_lease)
+            self._attempts[ask.attempt_key] = ("run", _stored(now + ask.attempt_lease))
         return GateAnswer(
             allowed=True,
             now=now,
@@ -226,9 +231,9 @@ class MemoryStore:
 
             def open_(old: BreakerState, open_for: float, rate: float, calls: int) -> None:
                 br.state = BreakerState.OPEN
-                br.open_until = now + open_for
-                br.open_for = open_for
-                br.changed_at = now
+                br.open_until = _stored(now + open_for)
+                br.open_for = _stored(open_for)
+                br.changed_at = _stored(now)
                 br.half_open_successes = 0
                 br.probes.clear()
                 transitions.append(Transition(policy.name, old, BreakerState.OPEN, rate, calls))
@@ -260,8 +265,8 @@ class MemoryStore:
                     br.half_open_successes += 1
                     if br.half_open_successes >= policy.half_open_calls:
                         br.state = BreakerState.CLOSED
-                        br.changed_at = now
-                        br.open_for = policy.open_for
+                        br.changed_at = _stored(now)
+                        br.open_for = _stored(policy.open_for)
                         br.half_open_successes = 0
                         br.window.clear()
                         br.probes.clear()
@@ -279,10 +284,10 @@ class MemoryStore:
             args = limiter_args(report.limiter)
             lim = self._limiters.setdefault(report.limiter.name, _Limiter())
             until = now + report.pause
-            lim.tat = max(lim.tat, until + args["tau"])
-            lim.paused_until = max(lim.paused_until, until)
+            lim.tat = _stored(max(lim.tat, until + args["tau"]))
+            lim.paused_until = _stored(max(lim.paused_until, until))
         if report.attempt_key is not None:
-            self._attempts[report.attempt_key] = ("done", now + report.done_ttl)
+            self._attempts[report.attempt_key] = ("done", _stored(now + report.done_ttl))
         return RecordAnswer(
             now=now,
             breaker_state=state,
@@ -310,16 +315,16 @@ class MemoryStore:
                 if new is not br.state:
                     transitions.append(Transition(policy.name, br.state, new, 0.0, 0))
                 br.state = new
-                br.changed_at = now
+                br.changed_at = _stored(now)
                 br.half_open_successes = 0
                 br.probes.clear()
                 existed = True
                 if op == "reset":
                     br.window.clear()
-                    br.open_for = policy.open_for
+                    br.open_for = _stored(policy.open_for)
                     br.open_until = 0.0
             succ, fail = self._totals(br, policy, now)
-            br.probes = {h: t for h, t in br.probes.items() if t > now}
+            br.probes = {h: t for h, t in br.probes.items() if t > _stored(now)}
             calls = succ + fail
             return BreakerStatus(
                 name=policy.name,
@@ -344,7 +349,7 @@ class MemoryStore:
             now = self._now()
             lim = self._limiters.get(name, _Limiter())
             tau = limiter_args(policy)["tau"] if policy is not None else 0.0
-            in_use = sum(1 for t in self._slots.get(name, {}).values() if t > now)
+            in_use = sum(1 for t in self._slots.get(name, {}).values() if t > _stored(now))
             return LimiterStatus(
                 name=name,
                 wait=max(lim.tat - tau - now, 0.0),

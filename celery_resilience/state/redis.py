@@ -33,6 +33,11 @@ SLOT_EARLY = 0.01
 SLOT_GRACE = 0.9
 
 
+def _now(res: dict[str, Any]) -> float:
+    seconds, micros = res["now"]
+    return int(seconds) + int(micros) / 1_000_000
+
+
 def breaker_args(policy: CircuitBreaker) -> dict[str, Any]:
     """The breaker's parameters as the scripts read them."""
     return {
@@ -116,7 +121,7 @@ class RedisStore:
         res = self._run("gate", keys, args)
         return GateAnswer(
             allowed=bool(res["ok"]),
-            now=float(res["now"]),
+            now=_now(res),
             wait=max(float(res["wait"]), 0.0),
             denial=Denial(res["why"]) if res["why"] else None,
             breaker_state=BreakerState(res["st"]) if res["st"] else None,
@@ -145,7 +150,7 @@ class RedisStore:
         keys = self._parts(report.breaker, report.concurrency, limiter, report.attempt_key)
         res = self._run("record", keys, args)
         return RecordAnswer(
-            now=float(res["now"]),
+            now=_now(res),
             breaker_state=BreakerState(res["st"]) if res["st"] else None,
             open_until=float(res["ou"]),
             transitions=_transitions(
@@ -173,7 +178,7 @@ class RedisStore:
             open_for=float(res["of"]),
             changed_at=float(res["ch"]),
             probes=int(res["probes"]),
-            now=float(res["now"]),
+            now=_now(res),
             exists=bool(res["exists"]),
             transitions=_transitions(policy, res.get("tr"), rate, calls),
         )
@@ -193,7 +198,7 @@ class RedisStore:
             wait=float(res["wait"]),
             paused_until=float(res["paused_until"]),
             in_use=int(res["in_use"]),
-            now=float(res["now"]),
+            now=_now(res),
             exists=bool(res["exists"]),
         )
 

@@ -8,7 +8,8 @@
 --       reset:  CLOSED with an empty window and the base open time
 --   b   breaker {rate, min, win, of, ofm, hoc}
 -- Returns: JSON object
---   now, st, ou (open until, 0 unless open), of (current open time), ch (last change),
+--   now ({seconds, microseconds}), st, ou (open until, 0 unless open), of (current open
+--   time), ch (last change) (times as decimal strings),
 --   rate, calls, failures, probes (live probe leases), tr (transitions: list of {old, new})
 
 --!include lib.lua
@@ -16,8 +17,8 @@
 local args = cjson.decode(ARGV[1])
 local b = args.b
 local skey, wkey, pkey = KEYS[1], KEYS[2], KEYS[3]
-local now = now_seconds()
-local res = {now = now, tr = {}}
+local now, ts = now_seconds()
+local res = {now = ts, tr = {}}
 local st = breaker_phase(skey, now, res.tr)
 
 local function set_state(new)
@@ -41,11 +42,11 @@ end
 
 local ou, of, ch = unpack(redis.call('HMGET', skey, 'ou', 'of', 'ch'))
 local succ, fail = window_totals(wkey, b, now)
-redis.call('ZREMRANGEBYSCORE', pkey, '-inf', now)
+redis.call('ZREMRANGEBYSCORE', pkey, '-inf', fmt(now))
 res.st = st
-res.ou = (st == 'open') and (tonumber(ou) or 0) or 0
+res.ou = (st == 'open') and (ou or 0) or 0
 res.of = tonumber(of) or b.of
-res.ch = tonumber(ch) or 0
+res.ch = ch or 0
 res.calls = succ + fail
 res.failures = fail
 res.rate = 0

@@ -16,26 +16,26 @@
 --   a  attempt lease {lease}                                  (optional)
 -- Returns: JSON object
 --   ok     true when the attempt may run
---   now    Redis server time, seconds
+--   now    Redis server time: {seconds, microseconds}
 --   wait   seconds to wait before asking again (when not ok)
 --   why    "breaker_open" | "breaker_half_open" | "concurrency_full" | "rate_limited"
 --          | "running" | "done"  (when not ok)
 --   st     breaker state after the call ("" without a breaker)
---   ou     breaker open-until time (0 unless open)
+--   ou     breaker open-until time, as a decimal string (0 unless open)
 --   probe  true when this attempt holds a half-open probe slot
---   slot   booked rate-limit slot, Redis time (when why = "rate_limited")
+--   slot   booked rate-limit slot, Redis time as a decimal string (why = "rate_limited")
 --   tr     breaker transitions made by this call: list of {old, new}
 
 --!include lib.lua
 
 local args = cjson.decode(ARGV[1])
-local now = now_seconds()
+local now, ts = now_seconds()
 local holder = args.h
 local p = part_keys(args)
 local skey, wkey, pkey = p.state, p.window, p.probes
 local ckey, lkey, akey = p.slots, p.limiter, p.attempt
 
-local res = {ok = false, now = now, wait = 0, why = '', st = '', ou = 0, probe = false,
+local res = {ok = false, now = ts, wait = 0, why = '', st = '', ou = 0, probe = false,
              slot = false, tr = {}}
 local function answer()
   return cjson.encode(res)
@@ -43,13 +43,13 @@ end
 
 -- 1. Attempt lease: the same attempt never runs twice at once, nor again once done.
 if akey then
-  local held = redis.call('GET', akey)
+  local held, expiry = get_lease(akey, now)
   if held == 'done' then
     res.why = 'done'
     return answer()
   elseif held then
     res.why = 'running'
-    res.wait = math.max(redis.call('PTTL', akey), 0) / 1000
+    res.wait = expiry - now
     return answer()
   end
 end
@@ -60,7 +60,7 @@ if skey then
   local st, ou = breaker_phase(skey, now, res.tr)
   res.st = st
   if st == 'open' then
-    res.ou = ou
+    res.ou = fmt(ou)
     res.why = 'breaker_open'
     res.wait = ou - now
     return answer()
@@ -69,9 +69,9 @@ if skey then
     res.wait = b.of
     return answer()
   elseif st == 'half_open' then
-    redis.call('ZREMRANGEBYSCORE', pkey, '-inf', now)
+    redis.call('ZREMRANGEBYSCORE', pkey, '-inf', fmt(now))
     if redis.call('ZCARD', pkey) < b.hoc then
-      redis.call('ZADD', pkey, now + b.lease, holder)
+      redis.call('ZADD', pkey, fmt(now + b.lease), holder)
       pexpire_seconds(pkey, b.lease * 2)
       res.probe = true
     else
@@ -94,9 +94,9 @@ end
 local took_slot = false
 if ckey then
   local c = args.c
-  redis.call('ZREMRANGEBYSCORE', ckey, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', ckey, '-inf', fmt(now))
   if redis.call('ZSCORE', ckey, holder) or redis.call('ZCARD', ckey) < c.limit then
-    redis.call('ZADD', ckey, now + c.lease, holder)
+    redis.call('ZADD', ckey, fmt(now + c.lease), holder)
     pexpire_seconds(ckey, c.lease * 2)
     took_slot = true
   else
@@ -119,20 +119,20 @@ if lkey then
   local slot = tonumber(l.slot)
   if slot and now >= pu then
     if now < slot - l.early then
-      res.slot = slot
+      res.slot = fmt(slot)
       res.wait = slot - now
     elseif now <= slot + l.grace then
       granted = true
     end
     -- later than the grace: the slot is gone, ask anew below
   end
-  if not granted and not (res.slot) then
+  if not granted and not res.slot then
     tat = math.max(tat, now)
     local allow_at = tat - l.tau
     if now >= allow_at then
       granted = true
     else
-      res.slot = allow_at
+      res.slot = fmt(allow_at)
       res.wait = allow_at - now
     end
     tat = tat + l.T
@@ -149,7 +149,7 @@ end
 
 -- 5. Granted: hold the attempt lease.
 if akey then
-  redis.call('SET', akey, 'run', 'PX', math.max(1, math.ceil(args.a.lease * 1000)))
+  set_lease(akey, 'run', now, args.a.lease)
 end
 res.ok = true
 return answer()

@@ -2,9 +2,12 @@
 -- operation script names it on an "--!include lib.lua" line, which the loader
 -- replaces with this text before registering the script.
 
+-- The server's clock: seconds as a float, and the exact {seconds, microseconds} pair
+-- (returned to the caller as "now", so that it computes the very same float).
 local function now_seconds()
   local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local sec, usec = tonumber(t[1]), tonumber(t[2])
+  return sec + usec / 1000000, {sec, usec}
 end
 
 -- The keys of the parts present in an operation's arguments, in the order of KEYS:
@@ -20,6 +23,23 @@ end
 
 local function fmt(x)
   return string.format('%.6f', x)
+end
+
+-- Attempt leases hold "<kind>:<expiry>"; the key itself lives a second longer, so
+-- that the decision is made on the server clock, to the microsecond, like the others.
+local function set_lease(key, kind, now, seconds)
+  redis.call('SET', key, kind .. ':' .. fmt(now + seconds), 'PX',
+             math.ceil((seconds + 1) * 1000))
+end
+
+local function get_lease(key, now)
+  local held = redis.call('GET', key)
+  if not held then return nil, 0 end
+  local sep = string.find(held, ':', 1, true)
+  if not sep then return nil, 0 end
+  local expiry = tonumber(string.sub(held, sep + 1))
+  if not expiry or now >= expiry then return nil, 0 end
+  return string.sub(held, 1, sep - 1), expiry
 end
 
 local function pexpire_seconds(key, seconds)

@@ -3,21 +3,21 @@
 -- KEYS[1] limiter hash (fields tat, pu), KEYS[2] concurrency slots zset
 -- ARGV[1]: JSON object {tau}: the limiter's burst tolerance, seconds
 -- Returns: JSON object
---   now, wait (seconds before a new ask would be granted), paused_until (0: not paused),
+--   now ({seconds, microseconds}), wait (seconds before a new ask would be granted), paused_until (0: not paused),
 --   in_use (live concurrency slots), exists
 
 --!include lib.lua
 
 local args = cjson.decode(ARGV[1])
-local now = now_seconds()
+local now, ts = now_seconds()
 local tat, pu = unpack(redis.call('HMGET', KEYS[1], 'tat', 'pu'))
 tat = tonumber(tat) or 0
 pu = tonumber(pu) or 0
 local in_use = redis.call('ZCOUNT', KEYS[2], '(' .. fmt(now), '+inf')
 return cjson.encode({
-  now = now,
+  now = ts,
   wait = math.max(tat - args.tau - now, 0),
-  paused_until = (pu > now) and pu or 0,
+  paused_until = (pu > now) and fmt(pu) or 0,
   in_use = in_use,
   exists = redis.call('EXISTS', KEYS[1]) == 1 or in_use > 0,
 })

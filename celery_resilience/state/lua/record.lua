@@ -13,30 +13,30 @@
 --   l  limiter {T, tau, pause = seconds}                            (optional)
 --   a  attempt {done_ttl}                                           (optional)
 -- Returns: JSON object
---   now  Redis server time, seconds
+--   now  Redis server time: {seconds, microseconds}
 --   st   breaker state after the call ("" without a breaker)
---   ou   breaker open-until time (0 unless open)
+--   ou   breaker open-until time, as a decimal string (0 unless open)
 --   rate failure ratio in the window, calls: outcomes in the window
 --   tr   breaker transitions made by this call: list of {old, new}
 
 --!include lib.lua
 
 local args = cjson.decode(ARGV[1])
-local now = now_seconds()
+local now, ts = now_seconds()
 local holder = args.h
 local p = part_keys(args)
 local skey, wkey, pkey = p.state, p.window, p.probes
 local ckey, lkey, akey = p.slots, p.limiter, p.attempt
 
-local res = {now = now, st = '', ou = 0, rate = 0, calls = 0, tr = {}}
+local res = {now = ts, st = '', ou = 0, rate = 0, calls = 0, tr = {}}
 
-local function open_breaker(b, old, open_for)
-  redis.call('HSET', skey, 'st', 'open', 'ou', fmt(now + open_for), 'of', fmt(open_for),
-             'ch', fmt(now), 'hs', 0)
+local function open_breaker(old, open_for)
+  local ou = fmt(now + open_for)
+  redis.call('HSET', skey, 'st', 'open', 'ou', ou, 'of', fmt(open_for), 'ch', fmt(now), 'hs', 0)
   redis.call('DEL', pkey)
   res.tr[#res.tr + 1] = {old, 'open'}
   res.st = 'open'
-  res.ou = now + open_for
+  res.ou = ou
 end
 
 if skey then
@@ -54,13 +54,13 @@ if skey then
     if res.calls > 0 then res.rate = fail / res.calls end
     if st == 'closed' and b.outcome == 'failure' and res.calls >= b.min
         and res.rate >= b.rate then
-      open_breaker(b, 'closed', b.of)
+      open_breaker('closed', b.of)
     end
   elseif st == 'half_open' and b.probe then
     redis.call('ZREM', pkey, holder)
     if b.outcome == 'failure' then
       local last = tonumber(redis.call('HGET', skey, 'of')) or b.of
-      open_breaker(b, 'half_open', math.min(math.max(last * 2, b.of), b.ofm))
+      open_breaker('half_open', math.min(math.max(last * 2, b.of), b.ofm))
     elseif b.outcome == 'success' then
       local hs = redis.call('HINCRBY', skey, 'hs', 1)
       if hs >= b.hoc then
@@ -71,7 +71,7 @@ if skey then
       end
     end
   elseif st == 'open' then
-    res.ou = tonumber(redis.call('HGET', skey, 'ou')) or 0
+    res.ou = redis.call('HGET', skey, 'ou') or 0
   end
 end
 
@@ -90,7 +90,7 @@ if lkey and args.l.pause then
 end
 
 if akey then
-  redis.call('SET', akey, 'done', 'PX', math.max(1, math.ceil(args.a.done_ttl * 1000)))
+  set_lease(akey, 'done', now, args.a.done_ttl)
 end
 
 return cjson.encode(res)

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""One entry point for people working on celery-resilience; needs only Python 3.10+.
+
+    python3 dev.py demo [--quick] ...   run the demo (creates .venv on first use)
+    python3 dev.py test [pytest args]   run the whole test suite
+    python3 dev.py lint                 ruff and mypy (strict on the package)
+    python3 dev.py bench [args]         run the benchmarks (benchmarks/README.md)
+
+Each command creates ``.venv`` beside this file when it is missing and installs the
+project into it (again whenever pyproject.toml changes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+EXTRAS = "test,example,dev"
+
+
+def _python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def ensure_venv() -> Path:
+    """Create .venv and install the project with its extras, when needed."""
+    if sys.version_info < (3, 10):  # noqa: UP036 - dev.py may run on an older python3
+        sys.exit(f"celery-resilience needs Python 3.10 or newer; this is {sys.version.split()[0]}")
+    python = _python()
+    if not python.exists():
+        print(f"creating {VENV.relative_to(ROOT)} ...", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    stamp = VENV / f".installed-{digest}"
+    if not stamp.exists():
+        print("installing celery-resilience and its test, example and dev extras ...", flush=True)
+        run([python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
+        run([python, "-m", "pip", "install", "--quiet", "-e", f".[{EXTRAS}]"])
+        for old in VENV.glob(".installed-*"):
+            old.unlink()
+        stamp.touch()
+    return python
+
+
+def run(cmd: list[object]) -> None:
+    """Run a command in the project root; exit with its code if it fails."""
+    code = subprocess.call([str(c) for c in cmd], cwd=ROOT)
+    if code != 0:
+        sys.exit(code)
+
+
+def main(argv: list[str]) -> None:
+    """Dispatch one command."""
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(__doc__)
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in {"demo", "test", "lint", "bench"}:
+        sys.exit(f"unknown command {command!r}; try: python3 dev.py --help")
+    python = ensure_venv()
+    if command == "demo":
+        run([python, "-m", "example_project", "demo", *rest])
+    elif command == "test":
+        run([python, "-m", "pytest", *rest])
+    elif command == "lint":
+        run([python, "-m", "ruff", "check", "."])
+        run([python, "-m", "mypy"])
+    else:
+        run([python, "-m", "benchmarks", *rest])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

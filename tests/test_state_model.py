@@ -1,0 +1,166 @@
+"""The Lua scripts against the in-process store, driven side by side by hypothesis.
+
+Every step runs on the real Redis first; the in-process store then decides on the very
+same clock reading (the one the script returned), and both answers must agree. Times are
+short (a 0.2 s open period, a 20/s limiter) so that the machine walks through every state.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.state.base import GateAnswer, GateAsk, OutcomeReport, RecordAnswer
+from celery_resilience.state.keys import KeySpace
+from celery_resilience.state.memory import MemoryStore
+from celery_resilience.state.redis import RedisStore
+
+BREAKER = CircuitBreaker(
+    "model", failure_rate=0.5, minimum_calls=3, window=0.6, open_for=0.12, open_for_max=0.5,
+    half_open_calls=2, probe_lease=0.15,
+)
+LIMITER = RateLimit("model", "20/s", burst=2)
+POOL = ConcurrencyLimit("model", 2)
+HOLDERS = [f"t{i}" for i in range(5)]
+
+
+def _same_time(a: float, b: float) -> bool:
+    return abs(a - b) < 1e-5
+
+
+class StoresAgree(RuleBasedStateMachine):
+    """Redis and the in-process store, given the same steps at the same times, agree."""
+
+    client = None  # set by the test
+
+    @initialize()
+    def start(self) -> None:
+        self.redis = RedisStore(self.client, KeySpace(f"model-{uuid.uuid4().hex[:12]}"))
+        self.clock = 0.0
+        self.memory = MemoryStore(now=lambda: self.clock)
+        self.probes: dict[str, bool] = {}
+        self.slots: dict[str, float] = {}
+        self.attempts: dict[str, int] = dict.fromkeys(HOLDERS, 1)
+
+    def _key(self, holder: str) -> str:
+        return self.redis.keys.attempt(holder, self.attempts[holder])
+
+    def _check_gate(self, shared: GateAnswer, local: GateAnswer) -> None:
+        assert (shared.allowed, shared.denial, shared.breaker_state, shared.probe) == (
+            local.allowed, local.denial, local.breaker_state, local.probe,
+        )
+        assert _same_time(shared.wait, local.wait)
+        assert (shared.slot is None) == (local.slot is None)
+        if shared.slot is not None and local.slot is not None:
+            assert _same_time(shared.slot, local.slot)
+        assert [(t.old, t.new) for t in shared.transitions] == [
+            (t.old, t.new) for t in local.transitions
+        ]
+
+    @rule(
+        holder=st.sampled_from(HOLDERS),
+        breaker=st.booleans(),
+        limiter=st.booleans(),
+        pool=st.booleans(),
+        lease=st.booleans(),
+        use_slot=st.booleans(),
+    )
+    def gate(
+        self, holder: str, breaker: bool, limiter: bool, pool: bool, lease: bool, use_slot: bool
+    ) -> None:
+        slot = self.slots.get(holder) if limiter and use_slot else None
+        ask = GateAsk(
+            holder=holder,
+            breaker=BREAKER if breaker else None,
+            concurrency=POOL if pool else None,
+            concurrency_lease=0.3,
+            concurrency_poll=0.2,
+            limiter=LIMITER if limiter else None,
+            booked_slot=slot,
+            attempt_key=self._key(holder) if lease else None,
+            attempt_lease=0.25,
+        )
+        shared = self.redis.gate(ask)
+        self.clock = shared.now
+        local = self.memory.gate(ask)
+        self._check_gate(shared, local)
+        self.probes[holder] = shared.probe
+        if shared.slot is not None:
+            self.slots[holder] = shared.slot
+
+    @rule(
+        holder=st.sampled_from(HOLDERS),
+        outcome=st.sampled_from(["success", "failure", "neutral"]),
+        pool=st.booleans(),
+        pause=st.sampled_from([None, None, 0.1, 0.3]),
+        lease=st.booleans(),
+    )
+    def record(
+        self, holder: str, outcome: str, pool: bool, pause: float | None, lease: bool
+    ) -> None:
+        report = OutcomeReport(
+            holder=holder,
+            breaker=BREAKER,
+            breaker_outcome=outcome,  # type: ignore[arg-type]
+            probe=self.probes.pop(holder, False),
+            concurrency=POOL if pool else None,
+            limiter=LIMITER,
+            pause=pause,
+            attempt_key=self._key(holder) if lease else None,
+            done_ttl=0.5,
+        )
+        shared: RecordAnswer = self.redis.record(report)
+        self.clock = shared.now
+        local = self.memory.record(report)
+        assert shared.breaker_state == local.breaker_state
+        assert _same_time(shared.open_until, local.open_until)
+        assert [(t.old, t.new) for t in shared.transitions] == [
+            (t.old, t.new) for t in local.transitions
+        ]
+        if lease:
+            self.attempts[holder] += 1
+
+    @rule(op=st.sampled_from(["status", "status", "open", "close", "reset"]))
+    def admin(self, op: str) -> None:
+        shared = self.redis.breaker(BREAKER, op)  # type: ignore[arg-type]
+        self.clock = shared.now
+        local = self.memory.breaker(BREAKER, op)  # type: ignore[arg-type]
+        assert (shared.state, shared.calls, shared.failures, shared.probes) == (
+            local.state, local.calls, local.failures, local.probes,
+        )
+        assert _same_time(shared.open_until, local.open_until)
+
+    @rule(seconds=st.sampled_from([0.0, 0.01, 0.03, 0.06, 0.15]))
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    @invariant()
+    def limiter_agrees(self) -> None:
+        if not hasattr(self, "redis"):
+            return
+        shared = self.redis.limiter(LIMITER, POOL, "model")
+        self.clock = shared.now
+        local = self.memory.limiter(LIMITER, POOL, "model")
+        assert _same_time(shared.wait, local.wait)
+        assert _same_time(shared.paused_until, local.paused_until)
+        assert shared.in_use == local.in_use
+
+
+@pytest.mark.integration
+def test_redis_scripts_match_the_reference_model(redis_server):
+    """Breaker, limiter, concurrency and attempt leases behave alike in Redis and in memory."""
+    StoresAgree.client = redis_server.client(3)
+    machine = StoresAgree.TestCase
+    machine.settings = settings(
+        max_examples=25,
+        stateful_step_count=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    machine().runTest()
