@@ -226,11 +226,15 @@ class _Attempt:
         except Exception as exc:  # noqa: BLE001 - every failure of the body is classified
             self._failed(exc, answer)
         self._report("success", probe=answer.probe, pause=None)
+        duration = time.monotonic() - self.started
+        signals.attempt_succeeded.send(
+            sender=self.task, task_id=self.task_id, attempt=self.state.attempt, duration=duration
+        )
         logger.info(
             "%s",
             format_outcome(
                 outcome="succeeded", verdict=None, cause=None,
-                duration=time.monotonic() - self.started, countdown=None, final_state="SUCCESS",
+                duration=duration, countdown=None, final_state="SUCCESS",
             ),
         )
         return result
@@ -549,7 +553,7 @@ def run_eager(
                 )
                 started = time.monotonic()
                 try:
-                    return task.run(*args, **kwargs)
+                    result = task.run(*args, **kwargs)
                 except (Retry, Ignore, Reject):
                     raise
                 except Exception as exc:
@@ -587,3 +591,9 @@ def run_eager(
                         reason=line,
                     )
                     state = replace(state, failures=state.failures + 1).with_entry(entry)
+                    continue
+                signals.attempt_succeeded.send(
+                    sender=task, task_id=request.id, attempt=state.attempt,
+                    duration=time.monotonic() - started,
+                )
+                return result

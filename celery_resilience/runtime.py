@@ -17,7 +17,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from celery_resilience import clock
+from celery_resilience import clock, signals
 from celery_resilience.settings import Settings, read_settings
 from celery_resilience.state.base import (
     BreakerState,
@@ -67,10 +67,14 @@ class Runtime:
         self.settings = settings or read_settings(app)
         self.client = connect(self.settings.backend_url, timeout=self.settings.redis_timeout)
         self.shared = RedisStore(self.client, self.settings.keys)
+        describe = f"state store {_describe(self.client)}"
+        mode = self.settings.fallback
+
+        def fell_back() -> None:
+            signals.backend_fallback.send(sender=describe, mode=mode)
+
         self.store = FallbackStore(
-            self.shared,
-            mode=self.settings.fallback,
-            describe=f"state store {_describe(self.client)}",
+            self.shared, mode=mode, describe=describe, on_fallback=fell_back
         )
         self.dead_letters = DeadLetters(
             self.client, self.settings.keys, self.settings.dead_letters_max

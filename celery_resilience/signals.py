@@ -16,6 +16,7 @@ raise (an exception in a receiver is logged by Celery and otherwise ignored).
 signal                    keyword arguments
 ========================  ==================================================================
 ``attempt_started``       ``task_id``, ``attempt`` (from 1), ``trace_id``, ``span_id``
+``attempt_succeeded``     ``task_id``, ``attempt``, ``duration`` (seconds)
 ``attempt_failed``        ``task_id``, ``attempt``, ``verdict`` (:class:`Verdict`),
                           ``cause`` (one log-safe line), ``exc``, ``duration`` (seconds)
 ``retry_scheduled``       ``task_id``, ``attempt`` (the one that failed), ``countdown``,
@@ -27,6 +28,9 @@ signal                    keyword arguments
                           last failure), ``history`` (the ledger lines, oldest first)
 ``breaker_state_changed`` ``name``, ``old``, ``new`` (:class:`BreakerState`),
                           ``failure_rate``, ``calls`` (outcomes in the window)
+``backend_fallback``      ``mode`` ("allow" or "defer"): an attempt was answered by the
+                          per-process fallback because Redis could not be reached
+                          (``sender``: the runtime's description of the store)
 ========================  ==================================================================
 """
 
@@ -37,6 +41,8 @@ from celery.utils.dispatch import Signal
 __all__ = [
     "attempt_failed",
     "attempt_started",
+    "attempt_succeeded",
+    "backend_fallback",
     "breaker_state_changed",
     "deferred",
     "gave_up",
@@ -45,6 +51,9 @@ __all__ = [
 
 attempt_started = Signal(
     name="attempt_started", providing_args=["task_id", "attempt", "trace_id", "span_id"]
+)
+attempt_succeeded = Signal(
+    name="attempt_succeeded", providing_args=["task_id", "attempt", "duration"]
 )
 attempt_failed = Signal(
     name="attempt_failed",
@@ -65,3 +74,4 @@ breaker_state_changed = Signal(
     name="breaker_state_changed",
     providing_args=["name", "old", "new", "failure_rate", "calls"],
 )
+backend_fallback = Signal(name="backend_fallback", providing_args=["mode"])
