@@ -392,7 +392,7 @@ class _Attempt:
             )
         countdown = retry_countdown(
             self.opts.backoff, spent, retry_after=failure.retry_after,
-            remaining=self._remaining(record.now),
+            remaining=self._remaining(record.now), exc=exc,
         )
         if countdown.seconds is None:
             self._give_up(

@@ -21,6 +21,7 @@ any other exception carrying a ``response`` with an integer ``status_code`` (SDK
 on either)::
 
     408, 425, 500, 502, 503, 504           TRANSIENT
+    520-524, 529, 598, 599 (CDN, proxy)    TRANSIENT
     429                                    RATE_LIMITED
     501, 505, every other 4xx and 5xx      PERMANENT
 
@@ -98,8 +99,12 @@ __all__ = [
     "status_verdict",
 ]
 
-#: HTTP statuses worth retrying: the upstream may well answer otherwise soon.
-TRANSIENT_STATUSES = frozenset({408, 425, 500, 502, 503, 504})
+#: HTTP statuses worth retrying: the upstream may well answer otherwise soon. Besides the
+#: standard ones, the origin-unreachable answers of CDNs and proxies (Cloudflare's 520-524,
+#: "site overloaded" 529, the network timeouts 598 and 599) say the same.
+TRANSIENT_STATUSES = frozenset(
+    {408, 425, 500, 502, 503, 504, 520, 521, 522, 523, 524, 529, 598, 599}
+)
 
 #: HTTP statuses meaning "too many requests": retried, honouring ``Retry-After``.
 RATE_LIMITED_STATUSES = frozenset({429})

@@ -32,6 +32,7 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
 from celery_resilience.classify import (
     MAX_RETRY_AFTER,
+    TRANSIENT_STATUSES,
     Failure,
     Verdict,
     classify,
@@ -477,9 +478,9 @@ def test_urllib3_host_comes_from_the_pool() -> None:
 # -- the status table --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", [408, 425, 500, 502, 503, 504])
+@pytest.mark.parametrize("status", [408, 425, 500, 502, 503, 504, 520, 522, 524, 529, 599])
 def test_transient_statuses(status: int) -> None:
-    """408, 425, 500, 502, 503 and 504 are transient."""
+    """408, 425, 500, 502, 503, 504 and the CDNs' origin-unreachable answers are transient."""
     assert status_verdict(status) is T
 
 
@@ -490,7 +491,7 @@ def test_429_is_rate_limited() -> None:
 
 @pytest.mark.parametrize(
     "status",
-    [s for s in range(400, 600) if s not in {408, 425, 429, 500, 502, 503, 504}],
+    [s for s in range(400, 600) if s not in TRANSIENT_STATUSES | {429}],
 )
 def test_every_other_error_status_is_permanent(status: int) -> None:
     """501, 505 and every other 4xx and 5xx status are permanent."""
