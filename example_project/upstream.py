@@ -347,6 +347,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = 120  # an idle keep-alive connection is closed after this many seconds
+    # headers and body go out in two writes: with Nagle's algorithm, the client's delayed
+    # ACK would hold the body back ~40 ms
+    disable_nagle_algorithm = True
     server: _Server
 
     def do_GET(self) -> None:
@@ -439,11 +442,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {}, json.dumps(result).encode())
 
     def setup(self) -> None:
-        """Send small answers at once; register the connection, so stop can end it."""
+        """Register the connection, so the server can end it on stop."""
         super().setup()
-        # headers and body go out in two writes: without this, Nagle's algorithm and the
-        # client's delayed ACK hold the body back ~40 ms
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.track(self.connection)
 
     def finish(self) -> None:

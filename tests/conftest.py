@@ -78,17 +78,22 @@ def backend_url(redis_server: RedisServer) -> str:
 
 @pytest.fixture
 def celery_client() -> Iterator[Callable[..., Celery]]:
-    """Make client apps (``celery_client(broker, backend, queue)``), closed at the end."""
-    apps: list[Celery] = []
+    """Make client apps (``celery_client(broker, backend, queue)``), closed at the end.
+
+    On RabbitMQ, the queue a client app sends to is deleted at the end.
+    """
+    apps: list[tuple[Celery, str, str]] = []
 
     def make(broker: str, backend: str | None, queue: str) -> Celery:
         app = make_app("client", broker=broker, backend=backend, queue=queue, set_as_current=False)
-        apps.append(app)
+        apps.append((app, broker, queue))
         return app
 
     yield make
-    for app in apps:
+    for app, broker, queue in apps:
         app.close()
+        if is_amqp(broker):
+            delete_amqp_queue(broker, queue)
 
 
 @pytest.fixture
