@@ -22,8 +22,14 @@ from celery_resilience.state.memory import MemoryStore
 from celery_resilience.state.redis import RedisStore
 
 BREAKER = CircuitBreaker(
-    "model", failure_rate=0.5, minimum_calls=3, window=0.6, open_for=0.12, open_for_max=0.5,
-    half_open_calls=2, probe_lease=0.15,
+    "model",
+    failure_rate=0.5,
+    minimum_calls=3,
+    window=0.6,
+    open_for=0.12,
+    open_for_max=0.5,
+    half_open_calls=2,
+    probe_lease=0.15,
 )
 LIMITER = RateLimit("model", "20/s", burst=2)
 POOL = ConcurrencyLimit("model", 2)
@@ -53,7 +59,10 @@ class StoresAgree(RuleBasedStateMachine):
 
     def _check_gate(self, shared: GateAnswer, local: GateAnswer) -> None:
         assert (shared.allowed, shared.denial, shared.breaker_state, shared.probe) == (
-            local.allowed, local.denial, local.breaker_state, local.probe,
+            local.allowed,
+            local.denial,
+            local.breaker_state,
+            local.probe,
         )
         assert _same_time(shared.wait, local.wait)
         assert (shared.slot is None) == (local.slot is None)
@@ -132,7 +141,10 @@ class StoresAgree(RuleBasedStateMachine):
         self.clock = shared.now
         local = self.memory.breaker(BREAKER, op)  # type: ignore[arg-type]
         assert (shared.state, shared.calls, shared.failures, shared.probes) == (
-            local.state, local.calls, local.failures, local.probes,
+            local.state,
+            local.calls,
+            local.failures,
+            local.probes,
         )
         assert _same_time(shared.open_until, local.open_until)
 

@@ -34,7 +34,7 @@ def _call(task: Any, path: str, method: str, timeout: float, base: str | None) -
     url = (base or os.environ[ENV_UPSTREAM]) + path
     resp = task.http.request(method, url, timeout=timeout)
     resp.raise_for_status()
-    return {"status": resp.status_code, "attempt": task.request.headers.get("resilience")}
+    return {"status": resp.status_code, "ledger": (task.request.headers or {}).get("resilience")}
 
 
 @resilient_task(app=app, bind=True, name="res.call", backoff=FAST)
@@ -51,29 +51,42 @@ def call3(self: Any, path: str, method: str = "GET") -> dict[str, Any]:
     return _call(self, path, method, 5.0, None)
 
 
-@resilient_task(app=app, bind=True, name="res.slow_backoff", max_retries=2,
-                backoff=tenacity.wait_fixed(3))
-def slow_backoff(self: Any, path: str) -> dict[str, Any]:
-    """Call the upstream; a fixed 3 s countdown between attempts."""
-    return _call(self, path, "GET", 5.0, None)
+@resilient_task(
+    app=app, bind=True, name="res.slow_backoff", max_retries=2, backoff=tenacity.wait_fixed(3)
+)
+def slow_backoff(self: Any, path: str, base: str | None = None) -> dict[str, Any]:
+    """Call the upstream (or ``base``); a fixed 3 s countdown between attempts."""
+    return _call(self, path, "GET", 5.0, base)
 
 
-@resilient_task(app=app, bind=True, name="res.guarded", backoff=FAST, max_retries=8,
-                breaker=CircuitBreaker("upstream", minimum_calls=5, open_for=2.0))
+@resilient_task(
+    app=app,
+    bind=True,
+    name="res.guarded",
+    backoff=FAST,
+    max_retries=8,
+    breaker=CircuitBreaker("upstream", minimum_calls=5, open_for=2.0),
+)
 def guarded(self: Any, path: str) -> dict[str, Any]:
     """Call the upstream behind the breaker 'upstream'."""
     return _call(self, path, "GET", 5.0, None)
 
 
-@resilient_task(app=app, bind=True, name="res.limited", backoff=FAST,
-                limiter=RateLimit("api", "10/s"))
+@resilient_task(
+    app=app, bind=True, name="res.limited", backoff=FAST, limiter=RateLimit("api", "10/s")
+)
 def limited(self: Any, path: str) -> dict[str, Any]:
     """Call the upstream through the rate limit 'api' (10/s)."""
     return _call(self, path, "GET", 5.0, None)
 
 
-@resilient_task(app=app, bind=True, name="res.pooled", backoff=FAST,
-                concurrency=ConcurrencyLimit("api", 3, lease=5.0))
+@resilient_task(
+    app=app,
+    bind=True,
+    name="res.pooled",
+    backoff=FAST,
+    concurrency=ConcurrencyLimit("api", 3, lease=5.0),
+)
 def pooled(self: Any, path: str) -> dict[str, Any]:
     """Call the upstream holding one of 3 slots of 'api'."""
     return _call(self, path, "GET", 10.0, None)

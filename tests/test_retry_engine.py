@@ -1,0 +1,210 @@
+"""The retry engine end to end: real workers, a real Redis, the real upstream.
+
+Tasks come from :mod:`tests.apps.resilient`; their backoff for these tests is full jitter
+with a 0.25 s base and a 2 s cap (``FAST``), so a countdown after failure *n* lies in
+[0.05, min(2, 0.25 * 2**(n-1))] seconds.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import itertools
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from celery import Celery
+from celery.result import AsyncResult
+
+from example_project.upstream import Response, Upstream, closed_port_url
+from tests.helpers.celery_apps import app_env
+from tests.helpers.polling import wait_until
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.workers import CeleryWorker, stop_workers
+
+pytestmark = pytest.mark.integration
+
+APP = "tests.apps.resilient"
+#: Broker and worker overhead allowed on top of a countdown, seconds.
+SLACK = 1.0
+
+
+@pytest.fixture(scope="module")
+def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
+    """Worker environment on the private Redis, with this module's own queue and prefix."""
+    unique = uuid.uuid4().hex[:10]
+    return {
+        **app_env(
+            broker=redis_server.url(0),
+            backend=redis_server.url(1),
+            upstream=upstream_server.url,
+            queue=f"q-{unique}",
+        ),
+        "RESILIENCE_TEST_STATE": redis_server.url(2),
+        "RESILIENCE_TEST_PREFIX": f"t-{unique}",
+    }
+
+
+@pytest.fixture(scope="module")
+def worker(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[CeleryWorker]:
+    """One worker node (2 processes) shared by the tests that need nothing special."""
+    logfile = tmp_path_factory.mktemp("workers") / "shared.log"
+    node = CeleryWorker(APP, f"shared-{env['RESILIENCE_TEST_PREFIX']}", env=env, logfile=logfile)
+    try:
+        node.start().wait_ready()
+        yield node
+    finally:
+        stop_workers([node])
+
+
+@pytest.fixture
+def client(celery_client: Callable[..., Celery], env: dict[str, str]) -> Celery:
+    return celery_client(
+        env["RESILIENCE_TEST_BROKER"], env["RESILIENCE_TEST_BACKEND"], env["RESILIENCE_TEST_QUEUE"]
+    )
+
+
+def _retry_logged(worker: CeleryWorker, result: AsyncResult) -> bool:
+    return any(f"[{result.id}] retry:" in line for line in worker.log_text().splitlines())
+
+
+def test_503_three_times_then_success(
+    worker_factory,
+    celery_client,
+    broker_url,
+    redis_server,
+    backend_url,
+    upstream,
+    queue,
+    unique,
+):
+    """503, 503, 503, 200: SUCCESS after exactly 4 calls, each gap within the backoff."""
+    env = {
+        **app_env(broker=broker_url, backend=backend_url, upstream=upstream.url, queue=queue),
+        "RESILIENCE_TEST_STATE": redis_server.url(2),
+        "RESILIENCE_TEST_PREFIX": f"t-{unique}",
+    }
+    worker_factory(APP, env=env)
+    client = celery_client(broker_url, backend_url, queue)
+    path = f"/{unique}/flaky"
+    upstream.script(path, [503, 503, 503], then=200)
+
+    result = client.send_task("res.call", args=[path])
+
+    assert result.get(timeout=30)["status"] == 200
+    assert result.state == "SUCCESS"
+    calls = upstream.requests(path)
+    assert [c.status for c in calls] == [503, 503, 503, 200]
+    for n, (before, after) in enumerate(itertools.pairwise(calls), start=1):
+        gap = after.start - before.start
+        assert 0.05 <= gap <= min(2.0, 0.25 * 2 ** (n - 1)) + SLACK, (n, gap)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_permanent_status_fails_at_once(worker, client, upstream, unique, status):
+    """A 4xx: exactly one call, FAILURE, and no retry ever recorded."""
+    path = f"/{unique}/{status}"
+    upstream.script(path, [status], then=200)
+
+    result = client.send_task("res.call", args=[path])
+
+    with pytest.raises(Exception, match=str(status)):
+        result.get(timeout=20)
+    assert result.state == "FAILURE"
+    assert upstream.count(path) == 1
+    assert not _retry_logged(worker, result)
+
+
+def test_429_retry_after_seconds_is_a_floor(worker, client, upstream, unique):
+    """429 with Retry-After: 2: the next call comes at least 2 s after the first."""
+    path = f"/{unique}/throttled"
+    upstream.script(path, [Response(status=429, retry_after=2)], then=200)
+
+    result = client.send_task("res.call", args=[path])
+
+    assert result.get(timeout=20)["status"] == 200
+    first, second = upstream.requests(path)
+    assert second.start - first.start >= 2.0
+
+
+def test_429_retry_after_http_date_is_a_floor(worker, client, upstream, unique):
+    """429 with Retry-After as an HTTP-date: the next call comes no earlier than that date."""
+    path = f"/{unique}/throttled-date"
+    upstream.script(path, [Response(status=429, retry_after_date=3)], then=200)
+
+    result = client.send_task("res.call", args=[path])
+
+    assert result.get(timeout=20)["status"] == 200
+    first, second = upstream.requests(path)
+    told = email.utils.parsedate_to_datetime(
+        email.utils.formatdate(first.start + 3, usegmt=True)
+    ).timestamp()
+    assert second.start >= told >= first.start + 2.0
+
+
+def test_always_503_with_max_retries_3_fails_after_4_calls(worker, client, upstream, unique):
+    """Always 503 and max_retries=3: FAILURE (GaveUp, with its history) after exactly 4 calls."""
+    path = f"/{unique}/down"
+    upstream.script(path, [], then=503)
+
+    result = client.send_task("res.call3", args=[path])
+
+    with pytest.raises(Exception, match="gave up after 4 attempt") as info:
+        result.get(timeout=30)
+    assert type(info.value).__name__ == "GaveUp"
+    assert "#1 transient: HTTP 503" in str(info.value)
+    assert "#4 transient: HTTP 503" in str(info.value)
+    assert result.state == "FAILURE"
+    assert upstream.count(path) == 4
+
+
+def test_read_timeout_is_retried(worker, client, upstream, unique):
+    """A response slower than the client's timeout is transient: retried, then SUCCESS."""
+    path = f"/{unique}/slow"
+    upstream.script(path, [Response(delay=2.0)], then=200)
+
+    result = client.send_task("res.call", args=[path], kwargs={"timeout": 0.5})
+
+    assert result.get(timeout=30)["status"] == 200
+    assert upstream.count(path) == 2
+
+
+def test_refused_connection_is_retried(worker, client, unique):
+    """Nothing listening: the attempt is retried; once the upstream is up, SUCCESS."""
+    base = closed_port_url()
+    port = int(base.rsplit(":", 1)[1])
+
+    result = client.send_task("res.slow_backoff", args=[f"/{unique}"], kwargs={"base": base})
+
+    wait_until(
+        lambda: "attempt 1 failed: transient (ConnectionError" in worker.log_text(),
+        timeout=15,
+        what="the first, refused attempt",
+    )
+    with Upstream(port=port) as late:
+        assert result.get(timeout=15)["status"] == 200
+        assert [r.path for r in late.requests()] == [f"/{unique}"]
+
+
+def test_waiting_task_does_not_hold_the_worker(
+    worker_factory, celery_client, env, upstream, unique
+):
+    """While A waits out its countdown, B runs to completion on the same single process."""
+    worker_factory(APP, env={**env, "RESILIENCE_TEST_QUEUE": f"q-{unique}"}, concurrency=1)
+    client = celery_client(
+        env["RESILIENCE_TEST_BROKER"], env["RESILIENCE_TEST_BACKEND"], f"q-{unique}"
+    )
+    path_a, path_b = f"/{unique}/a", f"/{unique}/b"
+    upstream.script(path_a, [503], then=200)
+    upstream.script(path_b, [], then=200)
+
+    a = client.send_task("res.slow_backoff", args=[path_a])
+    wait_until(lambda: upstream.count(path_a) == 1, timeout=15, what="A's first call")
+    b = client.send_task("res.call", args=[path_b])
+
+    assert b.get(timeout=15)["status"] == 200
+    assert a.get(timeout=15)["status"] == 200
+    first_a, second_a = upstream.requests(path_a)
+    (only_b,) = upstream.requests(path_b)
+    assert first_a.start < only_b.start < second_a.start
+    assert second_a.start - first_a.start >= 3.0
