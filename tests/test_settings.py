@@ -1,0 +1,80 @@
+"""Where the shared state lives, and what happens when nothing says."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from celery import Celery
+
+from celery_resilience.errors import ResilienceConfigError
+from celery_resilience.settings import read_settings
+
+
+@pytest.fixture
+def make() -> Iterator:
+    apps: list[Celery] = []
+
+    def build(**conf) -> Celery:
+        app = Celery("settings", set_as_current=False)
+        app.conf.update(**conf)
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        app.close()
+
+
+def test_explicit_backend_url_wins(make):
+    """resilience_backend_url is used as given."""
+    app = make(broker_url="redis://b:6379/0", resilience_backend_url="rediss://u:pw@s:6380/2")
+    assert read_settings(app).backend_url == "rediss://u:pw@s:6380/2"
+
+
+def test_broker_url_when_it_is_redis(make):
+    """Without the setting, a Redis broker holds the state (the first of a failover list)."""
+    app = make(broker_url="redis://b:6379/0;redis://c:6379/0", result_backend="rpc://")
+    assert read_settings(app).backend_url == "redis://b:6379/0"
+
+
+def test_result_backend_when_the_broker_is_not_redis(make):
+    """With an amqp broker, a Redis result backend holds the state."""
+    app = make(broker_url="amqp://guest:guest@h//", result_backend="redis://r:6379/3")
+    assert read_settings(app).backend_url == "redis://r:6379/3"
+
+
+def test_no_redis_anywhere_is_a_clear_error_without_passwords(make):
+    """Neither is Redis: one clear error, which never shows a password."""
+    app = make(broker_url="amqp://guest:hunter2@h//", result_backend="rpc://")
+    with pytest.raises(ResilienceConfigError, match="resilience_backend_url") as info:
+        read_settings(app)
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("conf", "words"),
+    [
+        ({"resilience_fallback": "maybe"}, "resilience_fallback"),
+        ({"resilience_key_prefix": "a b{c}"}, "resilience_key_prefix"),
+        ({"resilience_attempt_lease": 0}, "resilience_attempt_lease"),
+        ({"resilience_dead_letters_max": 0}, "resilience_dead_letters_max"),
+        ({"resilience_backend_url": "memcached://x"}, "Redis URL"),
+    ],
+)
+def test_bad_settings_are_named(make, conf, words):
+    """A setting that cannot work is named in the error."""
+    app = make(broker_url="redis://b:6379/0", **conf)
+    with pytest.raises(ResilienceConfigError, match=words):
+        read_settings(app)
+
+
+def test_visibility_timeout_caps_countdowns(make):
+    """With the Redis broker, countdowns stay below its visibility timeout."""
+    app = make(broker_url="redis://b:6379/0", broker_transport_options={"visibility_timeout": 10})
+    settings = read_settings(app)
+    assert settings.visibility_timeout == 10
+    assert settings.countdown_cap is not None
+    assert 0 < settings.countdown_cap < 10
+    amqp = make(broker_url="amqp://h//", resilience_backend_url="redis://s/0")
+    assert read_settings(amqp).countdown_cap is None
