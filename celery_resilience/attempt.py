@@ -30,7 +30,13 @@ from celery.utils.log import get_task_logger
 from celery_resilience import signals
 from celery_resilience.backoff import retry_countdown
 from celery_resilience.classify import Failure, Verdict, classify
-from celery_resilience.errors import Deferred, GaveUp, Retrying
+from celery_resilience.errors import (
+    BreakerOpenError,
+    Deferred,
+    GaveUp,
+    ResilienceConfigError,
+    Retrying,
+)
 from celery_resilience.ledger import (
     HEADER,
     AttemptState,
@@ -166,19 +172,31 @@ class _Attempt:
         for tr in transitions:
             logger.warning(
                 "breaker %r: %s -> %s (failure rate %.2f over %d calls)",
-                tr.name, tr.old.value, tr.new.value, tr.failure_rate, tr.calls,
+                tr.name,
+                tr.old.value,
+                tr.new.value,
+                tr.failure_rate,
+                tr.calls,
             )
             signals.breaker_state_changed.send(
-                sender=tr.name, name=tr.name, old=tr.old, new=tr.new,
-                failure_rate=tr.failure_rate, calls=tr.calls,
+                sender=tr.name,
+                name=tr.name,
+                old=tr.old,
+                new=tr.new,
+                failure_rate=tr.failure_rate,
+                calls=tr.calls,
             )
 
     # -- the flow ------------------------------------------------------------------------
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.args, self.kwargs = args, kwargs
         signals.attempt_started.send(
-            sender=self.task, task_id=self.task_id, attempt=self.state.attempt,
-            trace_id=self.trace.trace_id, span_id=self.info.span_id,
+            sender=self.task,
+            task_id=self.task_id,
+            attempt=self.state.attempt,
+            trace_id=self.trace.trace_id,
+            span_id=self.info.span_id,
         )
         self.rt.counters.attempts += 1
         if self.state.not_before is not None:
@@ -216,7 +234,7 @@ class _Attempt:
                 self._report("neutral", probe=answer.probe, pause=None)
             self._give_up(f"deadline of {self.opts.deadline:g} s passed", exc=None, failure=None)
         if not answer.allowed:
-            self._denied(answer)
+            return self._denied(answer)
 
         try:
             result = self.task.run(*args, **kwargs)
@@ -233,8 +251,12 @@ class _Attempt:
         logger.info(
             "%s",
             format_outcome(
-                outcome="succeeded", verdict=None, cause=None,
-                duration=duration, countdown=None, final_state="SUCCESS",
+                outcome="succeeded",
+                verdict=None,
+                cause=None,
+                duration=duration,
+                countdown=None,
+                final_state="SUCCESS",
             ),
         )
         return result
@@ -289,8 +311,17 @@ class _Attempt:
 
     # -- a gate said no ------------------------------------------------------------------
 
-    def _denied(self, answer: GateAnswer) -> NoReturn:
+    def _denied(self, answer: GateAnswer) -> Any:
+        """Defer the task (the default), or apply the breaker's ``on_open`` policy."""
         denial = answer.denial
+        breaker = self.opts.breaker
+        on_open = self.opts.on_open
+        if (
+            breaker is not None
+            and on_open != "defer"
+            and denial in (Denial.BREAKER_OPEN, Denial.BREAKER_HALF_OPEN)
+        ):
+            return self._breaker_refused(breaker.name, answer)
         if denial is Denial.DONE:
             logger.info(
                 "attempt %d was already done (a redelivered message): ignored",
@@ -298,7 +329,7 @@ class _Attempt:
             )
             raise Ignore()
         wait = answer.wait
-        breaker, limiter, pool = self.opts.breaker, self.opts.limiter, self.opts.concurrency
+        limiter, pool = self.opts.limiter, self.opts.concurrency
         name: str | None = None
         if denial is Denial.BREAKER_OPEN and breaker is not None:
             gate, name = "breaker", breaker.name
@@ -328,7 +359,43 @@ class _Attempt:
             gate = "backend"
             why = "state store unreachable and resilience_fallback is 'defer'"
             wait *= random.uniform(1.0, 1.5)  # noqa: S311 - jitter
-        self._defer(wait=wait, gate=gate, name=name, why=why, now=answer.now)
+        return self._defer(wait=wait, gate=gate, name=name, why=why, now=answer.now)
+
+    def _breaker_refused(self, name: str, answer: GateAnswer) -> Any:
+        """``on_open="fail"``: fail now; a callable: its result is the task's result."""
+        state = (
+            "forced open"
+            if answer.breaker_state is BreakerState.FORCED_OPEN
+            else (
+                "half-open, probe in flight"
+                if answer.denial is Denial.BREAKER_HALF_OPEN
+                else f"open, half-open in {answer.wait:.1f} s"
+            )
+        )
+        why = f"breaker {_quote(name)} {state}"
+        on_open = self.opts.on_open
+        if on_open == "fail":
+            logger.warning("attempt %d: %s; on_open='fail': FAILURE", self.state.attempt, why)
+            self.state = self.state.with_entry(f"#{self.state.attempt} refused: {why}")
+            self._dead_letter(None, reason=f"{why} (on_open='fail')")
+            raise BreakerOpenError(f"{why}; on_open='fail'; trace {self.trace.trace_id}")
+        if not callable(on_open):
+            raise ResilienceConfigError(
+                f"on_open must be 'defer', 'fail' or a callable: {on_open!r}"
+            )
+        result = on_open(*self.args, **self.kwargs)
+        logger.info(
+            "%s",
+            format_outcome(
+                outcome=f"answered by its fallback ({why})",
+                verdict=None,
+                cause=None,
+                duration=time.monotonic() - self.started,
+                countdown=None,
+                final_state="SUCCESS",
+            ),
+        )
+        return result
 
     def _defer(self, *, wait: float, gate: str, name: str | None, why: str, now: float) -> NoReturn:
         remaining = self._remaining(now)
@@ -341,13 +408,21 @@ class _Attempt:
         wait = max(wait, 0.01)
         self.state = replace(self.state, deferrals=self.state.deferrals + 1)
         line = deferral_line(
-            why=why, attempt=self.state.attempt, max_retries=self.opts.max_retries,
-            countdown=wait, trace_id=self.trace.trace_id,
+            why=why,
+            attempt=self.state.attempt,
+            max_retries=self.opts.max_retries,
+            countdown=wait,
+            trace_id=self.trace.trace_id,
         )
         self.rt.counters.deferrals += 1
         signals.deferred.send(
-            sender=self.task, task_id=self.task_id, attempt=self.state.attempt,
-            gate=gate, name=name, countdown=wait, reason=line,
+            sender=self.task,
+            task_id=self.task_id,
+            attempt=self.state.attempt,
+            gate=gate,
+            name=name,
+            countdown=wait,
+            reason=line,
         )
         logger.info("%s", line)
         self._reschedule(wait, Deferred(line), now)
@@ -369,15 +444,24 @@ class _Attempt:
         )
         record = self._report(_BREAKER_OUTCOME[failure.verdict], probe=answer.probe, pause=pause)
         signals.attempt_failed.send(
-            sender=self.task, task_id=self.task_id, attempt=self.state.attempt,
-            verdict=failure.verdict, cause=failure.cause, exc=exc, duration=duration,
+            sender=self.task,
+            task_id=self.task_id,
+            attempt=self.state.attempt,
+            verdict=failure.verdict,
+            cause=failure.cause,
+            exc=exc,
+            duration=duration,
         )
         if failure.verdict is Verdict.PERMANENT:
             logger.warning(
                 "%s",
                 format_outcome(
-                    outcome="failed", verdict=failure.verdict.value, cause=failure.cause,
-                    duration=duration, countdown=None, final_state="FAILURE",
+                    outcome="failed",
+                    verdict=failure.verdict.value,
+                    cause=failure.cause,
+                    duration=duration,
+                    countdown=None,
+                    final_state="FAILURE",
                 ),
             )
             entry = f"#{self.state.attempt} permanent: {failure.cause}"
@@ -387,21 +471,29 @@ class _Attempt:
         spent = self.state.failures + 1
         if self.opts.max_retries is not None and spent > self.opts.max_retries:
             self._give_up(
-                f"retries exhausted (max_retries={self.opts.max_retries})", exc=exc,
+                f"retries exhausted (max_retries={self.opts.max_retries})",
+                exc=exc,
                 failure=failure,
             )
         countdown = retry_countdown(
-            self.opts.backoff, spent, retry_after=failure.retry_after,
-            remaining=self._remaining(record.now), exc=exc,
+            self.opts.backoff,
+            spent,
+            retry_after=failure.retry_after,
+            remaining=self._remaining(record.now),
+            exc=exc,
         )
         if countdown.seconds is None:
             self._give_up(
                 f"deadline of {self.opts.deadline:g} s leaves no room for another attempt",
-                exc=exc, failure=failure,
+                exc=exc,
+                failure=failure,
             )
         line = retry_line(
-            verdict=failure.verdict.value, cause=failure.cause, attempt=self.state.attempt,
-            max_retries=self.opts.max_retries, countdown=countdown.seconds,
+            verdict=failure.verdict.value,
+            cause=failure.cause,
+            attempt=self.state.attempt,
+            max_retries=self.opts.max_retries,
+            countdown=countdown.seconds,
             trace_id=self.trace.trace_id,
         )
         self.state = replace(self.state, failures=spent).with_entry(
@@ -409,15 +501,23 @@ class _Attempt:
         )
         self.rt.counters.retries += 1
         signals.retry_scheduled.send(
-            sender=self.task, task_id=self.task_id, attempt=spent,
-            countdown=countdown.seconds, verdict=failure.verdict, cause=failure.cause,
+            sender=self.task,
+            task_id=self.task_id,
+            attempt=spent,
+            countdown=countdown.seconds,
+            verdict=failure.verdict,
+            cause=failure.cause,
             reason=line,
         )
         logger.warning(
             "%s",
             format_outcome(
-                outcome="failed", verdict=failure.verdict.value, cause=failure.cause,
-                duration=duration, countdown=countdown.seconds, final_state=None,
+                outcome="failed",
+                verdict=failure.verdict.value,
+                cause=failure.cause,
+                duration=duration,
+                countdown=countdown.seconds,
+                final_state=None,
             ),
         )
         self._reschedule(countdown.seconds, Retrying(line), record.now, cause=exc)
@@ -432,8 +532,12 @@ class _Attempt:
         message = gave_up_message(reason=reason, state=self.state, trace_id=self.trace.trace_id)
         self.rt.counters.gave_up += 1
         signals.gave_up.send(
-            sender=self.task, task_id=self.task_id, attempt=self.state.attempt,
-            reason=reason, exc=exc, history=self.state.history,
+            sender=self.task,
+            task_id=self.task_id,
+            attempt=self.state.attempt,
+            reason=reason,
+            exc=exc,
+            history=self.state.history,
         )
         logger.error("%s", message.splitlines()[0])
         self._dead_letter(failure, reason=reason)
@@ -541,15 +645,18 @@ def run_eager(
     headers = dict(request.headers or {})
     state = _incoming_state(headers)
     trace = _incoming_trace(headers)
-    opts = task.resilience_options()
+    opts = task.resilience_options(overrides=False)
     limit = opts.max_retries if opts.max_retries is not None else EAGER_ATTEMPT_LIMIT - 1
     while True:
         with attempt_span(task.name, trace, {"attempt": state.attempt}) as span:
             info = _bind(task, request, state, trace, span.span_id)
             with bind_attempt(info):
                 signals.attempt_started.send(
-                    sender=task, task_id=request.id, attempt=state.attempt,
-                    trace_id=trace.trace_id, span_id=info.span_id,
+                    sender=task,
+                    task_id=request.id,
+                    attempt=state.attempt,
+                    trace_id=trace.trace_id,
+                    span_id=info.span_id,
                 )
                 started = time.monotonic()
                 try:
@@ -558,12 +665,18 @@ def run_eager(
                     raise
                 except Exception as exc:
                     failure = classify(
-                        exc, retry_on=opts.retry_on, give_up_on=opts.give_up_on,
+                        exc,
+                        retry_on=opts.retry_on,
+                        give_up_on=opts.give_up_on,
                         classifier=opts.classifier,
                     )
                     signals.attempt_failed.send(
-                        sender=task, task_id=request.id, attempt=state.attempt,
-                        verdict=failure.verdict, cause=failure.cause, exc=exc,
+                        sender=task,
+                        task_id=request.id,
+                        attempt=state.attempt,
+                        verdict=failure.verdict,
+                        cause=failure.cause,
+                        exc=exc,
                         duration=time.monotonic() - started,
                     )
                     span.set("verdict", failure.verdict.value)
@@ -574,26 +687,39 @@ def run_eager(
                         state = state.with_entry(entry)
                         reason = f"retries exhausted (max_retries={opts.max_retries})"
                         signals.gave_up.send(
-                            sender=task, task_id=request.id, attempt=state.attempt,
-                            reason=reason, exc=exc, history=state.history,
+                            sender=task,
+                            task_id=request.id,
+                            attempt=state.attempt,
+                            reason=reason,
+                            exc=exc,
+                            history=state.history,
                         )
                         raise GaveUp(
                             gave_up_message(reason=reason, state=state, trace_id=trace.trace_id)
                         ) from exc
                     line = retry_line(
-                        verdict=failure.verdict.value, cause=failure.cause,
-                        attempt=state.attempt, max_retries=opts.max_retries, countdown=0.0,
+                        verdict=failure.verdict.value,
+                        cause=failure.cause,
+                        attempt=state.attempt,
+                        max_retries=opts.max_retries,
+                        countdown=0.0,
                         trace_id=trace.trace_id,
                     )
                     signals.retry_scheduled.send(
-                        sender=task, task_id=request.id, attempt=state.attempt,
-                        countdown=0.0, verdict=failure.verdict, cause=failure.cause,
+                        sender=task,
+                        task_id=request.id,
+                        attempt=state.attempt,
+                        countdown=0.0,
+                        verdict=failure.verdict,
+                        cause=failure.cause,
                         reason=line,
                     )
                     state = replace(state, failures=state.failures + 1).with_entry(entry)
                     continue
                 signals.attempt_succeeded.send(
-                    sender=task, task_id=request.id, attempt=state.attempt,
+                    sender=task,
+                    task_id=request.id,
+                    attempt=state.attempt,
                     duration=time.monotonic() - started,
                 )
                 return result

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from celery import shared_task
 
+from celery_resilience.named import config_book
 from celery_resilience.options import OPTION_NAMES, check_options
 from celery_resilience.task import ResilientTask
 
@@ -55,7 +56,12 @@ def resilient_task(
         if not callable(f):
             raise TypeError(f"resilient_task decorates a function, got {type(f).__name__}")
         name = options.get("name") or f"{f.__module__}.{f.__qualname__}"
-        check_options(name, {key: options[key] for key in OPTION_NAMES if key in options})
+        checked = check_options(name, {key: options[key] for key in OPTION_NAMES if key in options})
+        if app is not None and checked.policy is not None:
+            try:
+                config_book(app).config_of(checked.policy)
+            except ValueError as exc:
+                raise ValueError(f"task {name!r}: option policy: {exc}") from None
         if app is not None:
             task: ResilientTask = app.task(base=base, **options)(f)  # type: ignore[no-untyped-call]
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from celery_resilience.backoff import DEFAULT_BACKOFF, check_backoff
 from celery_resilience.classify import Classifier
@@ -28,9 +28,14 @@ OPTION_NAMES = (
     "classifier",
     "retry_on",
     "give_up_on",
+    "on_open",
+    "policy",
 )
 
 ExceptionTypes = tuple[type[BaseException], ...]
+#: What a task does when its breaker refuses the call: defer (re-queue until it may pass),
+#: fail at once, or return what a fallback callable returns (called with the task's args).
+OnOpen = Literal["defer", "fail"] | Callable[..., Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,8 @@ class TaskOptions:
     classifier: Classifier | None = None
     retry_on: ExceptionTypes = ()
     give_up_on: ExceptionTypes = ()
+    on_open: OnOpen = "defer"
+    policy: str | None = None
 
 
 def _kind(value: object) -> str:
@@ -66,8 +73,7 @@ def _exception_types(task: str, option: str, value: object) -> ExceptionTypes:
 def _policy(task: str, option: str, value: object, kind: type) -> None:
     if value is not None and not isinstance(value, kind):
         raise TypeError(
-            f"task {task!r}: option {option} must be a {kind.__name__} or None, "
-            f"got {_kind(value)}"
+            f"task {task!r}: option {option} must be a {kind.__name__} or None, got {_kind(value)}"
         )
 
 
@@ -109,6 +115,17 @@ def check_options(task: str, values: Mapping[str, Any]) -> TaskOptions:
             f"task {task!r}: option classifier must be a callable taking the exception, "
             f"got {_kind(classifier)}"
         )
+    on_open = values.get("on_open", "defer")
+    if on_open not in ("defer", "fail") and not callable(on_open):
+        raise ValueError(
+            f"task {task!r}: option on_open must be 'defer', 'fail' or a callable "
+            f"returning a fallback result, got {on_open!r}"
+        )
+    policy = values.get("policy")
+    if policy is not None and (not isinstance(policy, str) or not policy):
+        raise TypeError(
+            f"task {task!r}: option policy must be the name of a resilience policy, got {policy!r}"
+        )
     return TaskOptions(
         breaker=values.get("breaker"),
         limiter=values.get("limiter"),
@@ -119,6 +136,8 @@ def check_options(task: str, values: Mapping[str, Any]) -> TaskOptions:
         classifier=classifier,
         retry_on=_exception_types(task, "retry_on", values.get("retry_on", ())),
         give_up_on=_exception_types(task, "give_up_on", values.get("give_up_on", ())),
+        on_open=on_open,
+        policy=policy,
     )
 
 
@@ -134,4 +153,6 @@ def options_from(owner: object) -> TaskOptions:
         classifier=getattr(owner, "classifier", None),
         retry_on=tuple(getattr(owner, "retry_on", ()) or ()),
         give_up_on=tuple(getattr(owner, "give_up_on", ()) or ()),
+        on_open=getattr(owner, "on_open", "defer"),
+        policy=getattr(owner, "policy", None),
     )

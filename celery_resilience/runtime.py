@@ -18,6 +18,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from celery_resilience import clock, signals
+from celery_resilience.named import PolicyBook
 from celery_resilience.settings import Settings, read_settings
 from celery_resilience.state.base import (
     BreakerState,
@@ -29,6 +30,7 @@ from celery_resilience.state.base import (
 )
 from celery_resilience.state.deadletters import DeadLetter, DeadLetters
 from celery_resilience.state.fallback import BACKEND_ERRORS, FallbackStore
+from celery_resilience.state.overrides import Overrides
 from celery_resilience.state.redis import RedisStore
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ class Runtime:
         self.store = FallbackStore(
             self.shared, mode=mode, describe=describe, on_fallback=fell_back
         )
+        self.policies = PolicyBook(app, Overrides(self.client, self.settings.keys))
         self.dead_letters = DeadLetters(
             self.client, self.settings.keys, self.settings.dead_letters_max
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery import Task
@@ -9,7 +10,15 @@ from celery import Task
 from celery_resilience.attempt import run_eager, run_in_worker
 from celery_resilience.backoff import DEFAULT_BACKOFF
 from celery_resilience.http import ResilientSession, session_for_process
-from celery_resilience.options import OPTION_NAMES, TaskOptions, check_options, options_from
+from celery_resilience.named import config_book
+from celery_resilience.options import (
+    OPTION_NAMES,
+    OnOpen,
+    TaskOptions,
+    check_options,
+    options_from,
+)
+from celery_resilience.runtime import runtime_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -42,7 +51,13 @@ class ResilientTask(Task[Any, Any]):
     ``classifier``    ``callable(exc) -> Verdict | None``, asked before defaults    None
     ``retry_on``      exception classes always retried (transient)                  ()
     ``give_up_on``    exception classes never retried (permanent)                   ()
+    ``on_open``       breaker refuses: ``"defer"``, ``"fail"``, or a callable that   "defer"
+                      returns a fallback result (called with the task's arguments)
+    ``policy``        the name of a policy in ``resilience_policies``               None
     ================  ============================================================  =========
+
+    A task that names a ``policy`` takes the policy's options, then its own explicit
+    options over them, then the run-time overrides of the policy over both.
 
     Subclass it for class-based tasks::
 
@@ -66,13 +81,30 @@ class ResilientTask(Task[Any, Any]):
     classifier: ClassVar[Classifier | None] = None
     retry_on: ClassVar[tuple[type[BaseException], ...]] = ()
     give_up_on: ClassVar[tuple[type[BaseException], ...]] = ()
+    on_open: ClassVar[OnOpen] = "defer"
+    policy: ClassVar[str | None] = None
+    #: The options set by the task itself (not inherited from ResilientTask's defaults).
+    explicit_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         owner = cls.__dict__.get("name") or f"{cls.__module__}.{cls.__qualname__}"
         checked = check_options(owner, {name: getattr(cls, name) for name in OPTION_NAMES})
+        cls.explicit_options = frozenset(
+            name
+            for klass in cls.__mro__
+            if klass is not ResilientTask and issubclass(klass, ResilientTask)
+            for name in OPTION_NAMES
+            if name in klass.__dict__
+        )
         for name in OPTION_NAMES:
-            setattr(cls, name, getattr(checked, name))
+            if name not in cls.__dict__:
+                continue
+            value = getattr(checked, name)
+            # A plain function as a class attribute would bind to the task: keep it as is.
+            setattr(
+                cls, name, staticmethod(value) if isinstance(value, types.FunctionType) else value
+            )
         if isinstance(cls.__dict__.get("name"), str):
             resilient_task_names.add(cls.__dict__["name"])
 
@@ -84,9 +116,17 @@ class ResilientTask(Task[Any, Any]):
             resilient_task_names.add(cls.name)
         return bound
 
-    def resilience_options(self) -> TaskOptions:
-        """The options in force for the attempt about to run (a fresh value each time)."""
-        return options_from(self)
+    def resilience_options(self, *, overrides: bool = True) -> TaskOptions:
+        """The options in force for the attempt about to run (a fresh value each time).
+
+        With a named ``policy``, the policy and (``overrides=True``) its run-time overrides
+        from Redis take part; eager mode reads the configuration only.
+        """
+        own = options_from(self)
+        if own.policy is None:
+            return own
+        book = runtime_for(self.app).policies if overrides else config_book(self.app)
+        return book.options(own.policy, own, self.explicit_options)
 
     @property
     def http(self) -> ResilientSession:

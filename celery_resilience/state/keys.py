@@ -57,6 +57,10 @@ class KeySpace:
         """The lease of one attempt of one task."""
         return f"{self.prefix}:attempt:{{{escape(task_id)}}}:{attempt}"
 
+    def policies(self) -> str:
+        """The hash of run-time policy overrides."""
+        return f"{self.prefix}:policies"
+
     def dead_letters(self) -> str:
         """The dead-letter stream."""
         return f"{self.prefix}:dead-letters"

@@ -7,7 +7,7 @@ from importlib.resources import files
 
 __all__ = ["SCRIPT_NAMES", "script_source"]
 
-SCRIPT_NAMES = ("gate", "record", "breaker_admin", "limiter_status")
+SCRIPT_NAMES = ("gate", "record", "breaker_admin", "limiter_status", "policy_set")
 _INCLUDE = "--!include "
 
 
