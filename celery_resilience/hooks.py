@@ -8,11 +8,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import after_setup_logger, after_setup_task_logger, before_task_publish
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    before_task_publish,
+    worker_init,
+)
 
 from celery_resilience import logs
 from celery_resilience.attempt import TRACE_HEADER, trace_for_publish
-from celery_resilience.task import resilient_task_names
+from celery_resilience.named import config_book
+from celery_resilience.settings import read_settings
+from celery_resilience.task import ResilientTask, resilient_task_names
 from celery_resilience.tracing import current_attempt
 
 __all__ = ["connect"]
@@ -38,6 +45,30 @@ def _on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
     logs.install_on_logger(logger if logger is not None else logging.getLogger())
 
 
+def check_app(app: Any) -> None:
+    """Check the settings and named policies of ``app`` (ValueError when they cannot work)."""
+    tasks = [t for t in app.tasks.values() if isinstance(t, ResilientTask)]
+    if not tasks:
+        return
+    read_settings(app)
+    book = config_book(app)
+    for task in tasks:
+        name = task.resilience_options(overrides=False).policy
+        if name is not None:
+            book.config_of(name)
+
+
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    """A worker whose resilient tasks cannot work stops at once, with one clear line."""
+    app = getattr(sender, "app", None)
+    if app is None:
+        return
+    try:
+        check_app(app)
+    except ValueError as exc:
+        raise SystemExit(f"celery-resilience: {exc}") from None
+
+
 def connect() -> None:
     """Connect the handlers (idempotent)."""
     global _connected  # noqa: PLW0603 - one-time wiring
@@ -46,4 +77,5 @@ def connect() -> None:
     before_task_publish.connect(_on_publish, weak=False)
     after_setup_logger.connect(_on_setup_logger, weak=False)
     after_setup_task_logger.connect(_on_setup_logger, weak=False)
+    worker_init.connect(_on_worker_init, weak=False)
     _connected = True

@@ -104,7 +104,7 @@ def read_settings(app: Celery) -> Settings:
                 break
     if url is None:
         raise ResilienceConfigError(
-            "celery-resilience keeps its shared state in Redis: set "
+            "resilient tasks keep their shared state in Redis: set "
             "app.conf.resilience_backend_url = 'redis://host:6379/1' (the broker is "
             f"{maybe_sanitize_url(_first_url(conf.broker_url) or 'unset')!r} and the result "
             f"backend is {maybe_sanitize_url(_first_url(conf.result_backend) or 'unset')!r}, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -78,3 +80,25 @@ def test_visibility_timeout_caps_countdowns(make):
     assert 0 < settings.countdown_cap < 10
     amqp = make(broker_url="amqp://h//", resilience_backend_url="redis://s/0")
     assert read_settings(amqp).countdown_cap is None
+
+
+def test_worker_refuses_to_start_without_a_state_store(tmp_path):
+    """A worker whose resilient tasks have no Redis stops at once with one clear line."""
+    (tmp_path / "badapp.py").write_text(
+        "from celery import Celery\n"
+        "from celery_resilience import resilient_task\n"
+        "app = Celery('bad', broker='memory://', backend='rpc://')\n"
+        "@resilient_task(app=app, name='bad.t')\n"
+        "def t():\n    pass\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "badapp", "worker", "-P", "solo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "resilience_backend_url" in done.stderr.splitlines()[-1]
+    assert "Traceback" not in done.stderr
