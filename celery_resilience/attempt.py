@@ -238,7 +238,11 @@ class _Attempt:
 
         try:
             result = self.task.run(*args, **kwargs)
-        except (Retry, Ignore, Reject):
+        except Retry:
+            # The body re-queued the task itself (self.retry): the same attempt comes back.
+            self._report("neutral", probe=answer.probe, pause=None, done=False)
+            raise
+        except (Ignore, Reject):
             self._report("neutral", probe=answer.probe, pause=None)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure of the body is classified
@@ -289,7 +293,9 @@ class _Attempt:
             return None
         return self.opts.deadline - (now - self.state.started)
 
-    def _report(self, outcome: str, *, probe: bool, pause: float | None) -> Any:
+    def _report(
+        self, outcome: str, *, probe: bool, pause: float | None, done: bool = True
+    ) -> Any:
         report = OutcomeReport(
             holder=self.holder,
             breaker=self.opts.breaker,
@@ -300,6 +306,7 @@ class _Attempt:
             pause=pause,
             attempt_key=self.attempt_key,
             done_ttl=self._done_ttl(),
+            attempt_done=done,
         )
         answer = self.rt.record(report)
         self._transitions(answer.transitions)
@@ -582,9 +589,12 @@ class _Attempt:
         headers[TRACE_HEADER] = TraceContext(
             self.trace.trace_id, self.info.span_id, self.trace.sampled
         ).traceparent()
-        # Celery publishes request.retries + 1 and compares it with max_retries: make it
-        # count failures only, since deferrals must not spend retries.
-        self.request.retries = state.failures - 1
+        # Celery publishes request.retries + 1 and compares it with the task's class-level
+        # max_retries: make it count failures only (deferrals spend no retry), and never
+        # past that class-level bound, which a named policy may exceed.
+        ceiling = self.task.max_retries
+        counted = state.failures if ceiling is None else min(state.failures, ceiling)
+        self.request.retries = counted - 1
         if cause is not None:
             reason.__cause__ = cause
         raise self.task.retry(exc=reason, countdown=leg, headers=headers)

@@ -208,3 +208,14 @@ def test_waiting_task_does_not_hold_the_worker(
     (only_b,) = upstream.requests(path_b)
     assert first_a.start < only_b.start < second_a.start
     assert second_a.start - first_a.start >= 3.0
+
+
+def test_a_body_that_requeues_itself_is_not_taken_for_a_duplicate(worker, client, upstream, unique):
+    """``self.retry`` from the body: the re-queued attempt runs (its lease was released)."""
+    path = f"/{unique}/requeued"
+    upstream.script(path, [], then=200)
+
+    result = client.send_task("res.requeues_itself", args=[path])
+
+    assert result.get(timeout=20)["status"] == 200
+    assert upstream.count(path) == 1

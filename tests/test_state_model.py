@@ -109,9 +109,16 @@ class StoresAgree(RuleBasedStateMachine):
         pool=st.booleans(),
         pause=st.sampled_from([None, None, 0.1, 0.3]),
         lease=st.booleans(),
+        done=st.booleans(),
     )
     def record(
-        self, holder: str, outcome: str, pool: bool, pause: float | None, lease: bool
+        self,
+        holder: str,
+        outcome: str,
+        pool: bool,
+        pause: float | None,
+        lease: bool,
+        done: bool,
     ) -> None:
         report = OutcomeReport(
             holder=holder,
@@ -123,6 +130,7 @@ class StoresAgree(RuleBasedStateMachine):
             pause=pause,
             attempt_key=self._key(holder) if lease else None,
             done_ttl=0.5,
+            attempt_done=done,
         )
         shared: RecordAnswer = self.redis.record(report)
         self.clock = shared.now
@@ -132,7 +140,7 @@ class StoresAgree(RuleBasedStateMachine):
         assert [(t.old, t.new) for t in shared.transitions] == [
             (t.old, t.new) for t in local.transitions
         ]
-        if lease:
+        if lease and done:
             self.attempts[holder] += 1
 
     @rule(op=st.sampled_from(["status", "status", "open", "close", "reset"]))

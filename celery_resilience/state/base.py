@@ -116,6 +116,9 @@ class OutcomeReport:
     pause: float | None = None
     attempt_key: str | None = None
     done_ttl: float = 3600.0
+    #: False: the attempt did not finish (the task re-queued itself with ``self.retry``):
+    #: its lease is dropped, so that the re-queued message is not taken for a duplicate.
+    attempt_done: bool = True
 
     @property
     def empty(self) -> bool:

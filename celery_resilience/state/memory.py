@@ -286,7 +286,9 @@ class MemoryStore:
             until = now + report.pause
             lim.tat = _stored(max(lim.tat, until + args["tau"]))
             lim.paused_until = _stored(max(lim.paused_until, until))
-        if report.attempt_key is not None:
+        if report.attempt_key is not None and not report.attempt_done:
+            self._attempts.pop(report.attempt_key, None)
+        elif report.attempt_key is not None:
             self._attempts[report.attempt_key] = ("done", _stored(now + report.done_ttl))
         return RecordAnswer(
             now=now,

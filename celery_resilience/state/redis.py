@@ -146,7 +146,7 @@ class RedisStore:
         if limiter is not None:
             args["l"] = {**limiter_args(limiter), "pause": report.pause}
         if report.attempt_key is not None:
-            args["a"] = {"done_ttl": report.done_ttl}
+            args["a"] = {"done_ttl": report.done_ttl, "done": report.attempt_done}
         keys = self._parts(report.breaker, report.concurrency, limiter, report.attempt_key)
         res = self._run("record", keys, args)
         return RecordAnswer(

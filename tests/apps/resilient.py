@@ -1,25 +1,37 @@
 """Resilient tasks against the upstream, configured from the environment.
 
 Besides the variables of :mod:`tests.helpers.celery_apps`: ``RESILIENCE_TEST_STATE`` (the
-state store's URL; default: the broker's when it is Redis) and ``RESILIENCE_TEST_PREFIX``
-(the key prefix, so each test's breakers and limiters are its own).
+state store's URL; default: the broker's when it is Redis), ``RESILIENCE_TEST_PREFIX``
+(the key prefix, so each test's breakers and limiters are its own),
+``RESILIENCE_TEST_FALLBACK`` (``resilience_fallback``) and ``RESILIENCE_TEST_TRANSITIONS``
+(a Redis list on the result backend where every ``breaker_state_changed`` this process
+sends is appended, for tests to count).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
+import redis
 import tenacity
 
-from celery_resilience import CircuitBreaker, ConcurrencyLimit, RateLimit, resilient_task
-from tests.helpers.celery_apps import ENV_UPSTREAM, app_from_env
+from celery_resilience import (
+    CircuitBreaker,
+    ConcurrencyLimit,
+    RateLimit,
+    resilient_task,
+    signals,
+)
+from tests.helpers.celery_apps import ENV_BACKEND, ENV_UPSTREAM, app_from_env
 
 app = app_from_env("resilient")
 app.conf.update(
     resilience_backend_url=os.environ.get("RESILIENCE_TEST_STATE") or None,
     resilience_key_prefix=os.environ.get("RESILIENCE_TEST_PREFIX") or "resilience",
     task_acks_late=os.environ.get("RESILIENCE_TEST_ACKS_LATE") == "1",
+    resilience_fallback=os.environ.get("RESILIENCE_TEST_FALLBACK") or "allow",
 )
 if os.environ.get("RESILIENCE_TEST_VISIBILITY"):
     app.conf.broker_transport_options = {
@@ -28,6 +40,22 @@ if os.environ.get("RESILIENCE_TEST_VISIBILITY"):
 
 #: Quick backoff for tests: full jitter, 0.25 s base, 2 s cap.
 FAST = tenacity.wait_random_exponential(multiplier=0.25, max=2)
+
+
+_signal_clients: dict[int, redis.Redis] = {}
+
+
+@signals.breaker_state_changed.connect
+def _note_transition(sender: Any, name: str, old: Any, new: Any, **_: Any) -> None:
+    """Append ``{pid, name, old, new}`` to the list ``RESILIENCE_TEST_TRANSITIONS`` names."""
+    key = os.environ.get("RESILIENCE_TEST_TRANSITIONS")
+    if not key:
+        return
+    client = _signal_clients.get(os.getpid())
+    if client is None:
+        client = _signal_clients[os.getpid()] = redis.Redis.from_url(os.environ[ENV_BACKEND])
+    entry = {"pid": os.getpid(), "name": name, "old": old.value, "new": new.value}
+    client.rpush(key, json.dumps(entry))
 
 
 def _call(task: Any, path: str, method: str, timeout: float, base: str | None) -> dict[str, Any]:
@@ -90,3 +118,63 @@ def limited(self: Any, path: str) -> dict[str, Any]:
 def pooled(self: Any, path: str) -> dict[str, Any]:
     """Call the upstream holding one of 3 slots of 'api'."""
     return _call(self, path, "GET", 10.0, None)
+
+
+@resilient_task(
+    app=app,
+    bind=True,
+    name="res.manual",
+    backoff=FAST,
+    max_retries=0,
+    breaker=CircuitBreaker("manual", open_for=0.5),
+)
+def manual(self: Any, path: str) -> dict[str, Any]:
+    """Behind the breaker 'manual' (tests force it open); not a single retry allowed."""
+    return _call(self, path, "GET", 5.0, None)
+
+
+@resilient_task(
+    app=app,
+    bind=True,
+    name="res.manual_deadline",
+    backoff=FAST,
+    deadline=3.0,
+    breaker=CircuitBreaker("manual-deadline", open_for=0.5),
+)
+def manual_deadline(self: Any, path: str) -> dict[str, Any]:
+    """Behind the breaker 'manual-deadline' (tests force it open); a 3 s deadline."""
+    return _call(self, path, "GET", 5.0, None)
+
+
+@resilient_task(
+    app=app,
+    bind=True,
+    name="res.both",
+    backoff=FAST,
+    breaker=CircuitBreaker("both"),
+    limiter=RateLimit("both", "100/s"),
+)
+def both(self: Any, path: str) -> dict[str, Any]:
+    """Behind the breaker 'both' and through the rate limit 'both' (100/s)."""
+    return _call(self, path, "GET", 5.0, None)
+
+
+@resilient_task(
+    app=app,
+    bind=True,
+    name="res.solo",
+    backoff=FAST,
+    concurrency=ConcurrencyLimit("solo", 1, lease=3.0),
+)
+def solo(self: Any, path: str) -> dict[str, Any]:
+    """Hold the only slot of 'solo' (3 s lease); the call names this process (``?pid=``)."""
+    return _call(self, f"{path}?pid={os.getpid()}", "GET", 30.0, None)
+
+
+@resilient_task(app=app, bind=True, name="res.requeues_itself", backoff=FAST)
+def requeues_itself(self: Any, path: str) -> dict[str, Any]:
+    """Re-queue itself once with ``self.retry`` (as a task body may), then call the upstream."""
+    if not (self.request.headers or {}).get("requeued"):
+        headers = {**(self.request.headers or {}), "requeued": "yes"}
+        raise self.retry(countdown=0.1, headers=headers)
+    return _call(self, path, "GET", 5.0, None)

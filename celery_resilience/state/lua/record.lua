@@ -11,7 +11,7 @@
 --      probe = true|false}                                          (optional)
 --   c  concurrency {}                                               (optional)
 --   l  limiter {T, tau, pause = seconds}                            (optional)
---   a  attempt {done_ttl}                                           (optional)
+--   a  attempt {done_ttl, done}: done = false drops the lease instead   (optional)
 -- Returns: JSON object
 --   now  Redis server time: {seconds, microseconds}
 --   st   breaker state after the call ("" without a breaker)
@@ -89,7 +89,9 @@ if lkey and args.l.pause then
   pexpire_seconds(lkey, math.max(tat, pu) - now + l.T + 1)
 end
 
-if akey then
+if akey and args.a.done == false then
+  redis.call('DEL', akey)
+elseif akey then
   set_lease(akey, 'done', now, args.a.done_ttl)
 end
 
