@@ -13,10 +13,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
-
 from celery_resilience import clock, signals
 from celery_resilience.named import PolicyBook
 from celery_resilience.settings import Settings, read_settings
@@ -28,6 +24,7 @@ from celery_resilience.state.base import (
     OutcomeReport,
     RecordAnswer,
 )
+from celery_resilience.state.connect import connect, describe
 from celery_resilience.state.deadletters import DeadLetter, DeadLetters
 from celery_resilience.state.fallback import BACKEND_ERRORS, FallbackStore
 from celery_resilience.state.overrides import Overrides
@@ -40,17 +37,6 @@ __all__ = ["Runtime", "connect", "runtime_for"]
 
 logger = logging.getLogger("celery_resilience.runtime")
 _PENDING_LETTERS = 1_000
-
-
-def connect(url: str, *, timeout: float = 2.0) -> redis.Redis:
-    """A Redis client for the state store: short timeouts, one quick reconnect."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
-    )
 
 
 @dataclass
@@ -69,15 +55,13 @@ class Runtime:
         self.settings = settings or read_settings(app)
         self.client = connect(self.settings.backend_url, timeout=self.settings.redis_timeout)
         self.shared = RedisStore(self.client, self.settings.keys)
-        describe = f"state store {_describe(self.client)}"
+        where = f"state store {describe(self.client)}"
         mode = self.settings.fallback
 
         def fell_back() -> None:
-            signals.backend_fallback.send(sender=describe, mode=mode)
+            signals.backend_fallback.send(sender=where, mode=mode)
 
-        self.store = FallbackStore(
-            self.shared, mode=mode, describe=describe, on_fallback=fell_back
-        )
+        self.store = FallbackStore(self.shared, mode=mode, describe=where, on_fallback=fell_back)
         self.policies = PolicyBook(app, Overrides(self.client, self.settings.keys))
         self.dead_letters = DeadLetters(
             self.client, self.settings.keys, self.settings.dead_letters_max
@@ -182,13 +166,6 @@ class Runtime:
             with self._lock:
                 if self._pending and self._pending[0] is letter:
                     self._pending.popleft()
-
-
-def _describe(client: redis.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    if "path" in kwargs:
-        return f"unix:{kwargs['path']}"
-    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
 
 
 _runtimes: dict[int, tuple[int, Runtime]] = {}

@@ -5,8 +5,10 @@ setting                         meaning (default)
 =============================== ===========================================================
 ``resilience_backend_url``      Redis for the shared state. Default: the broker URL if it is
                                 Redis, else the result backend's if it is Redis, else an
-                                error. ``redis://``, ``rediss://`` (TLS), ``unix://`` and
-                                ACL URLs (``redis://user:password@host/1``) all work. The
+                                error. ``redis://``, ``rediss://`` (TLS), ``unix://``, ACL
+                                URLs (``redis://user:password@host/1``), and
+                                ``redis+cluster://`` / ``redis+sentinel://`` (see
+                                :mod:`celery_resilience.state.connect`) all work. The
                                 name holds "backend" so Celery masks its password in
                                 ``inspect conf`` and in Flower.
 ``resilience_key_prefix``       Prefix of every Redis key (``"resilience"``).
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from kombu.utils.url import maybe_sanitize_url
 
 from celery_resilience.errors import ResilienceConfigError
+from celery_resilience.state.connect import SCHEMES
 from celery_resilience.state.fallback import FallbackMode
 from celery_resilience.state.keys import DEFAULT_PREFIX, KeySpace
 
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Settings", "read_settings", "redis_visibility_timeout"]
 
+#: Broker or result-backend URLs that can serve as the state store as they are.
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _DEFAULT_VISIBILITY = 3600.0
 
@@ -110,10 +114,10 @@ def read_settings(app: Celery) -> Settings:
             f"backend is {maybe_sanitize_url(_first_url(conf.result_backend) or 'unset')!r}, "
             "neither of them Redis)"
         )
-    if not _is_redis(url):
+    if not url.lower().startswith(SCHEMES):
         raise ResilienceConfigError(
-            f"resilience_backend_url must be a Redis URL (redis://, rediss://, unix://), "
-            f"got {maybe_sanitize_url(url)!r}"
+            "resilience_backend_url must be a Redis URL "
+            f"({', '.join(s.rstrip('/') for s in SCHEMES)}), got {maybe_sanitize_url(url)!r}"
         )
     fallback = conf.get("resilience_fallback", "allow")
     if fallback not in ("allow", "defer"):

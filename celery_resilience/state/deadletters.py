@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from celery_resilience.state.keys import KeySpace
 
 if TYPE_CHECKING:
-    import redis
+    from celery_resilience.state.connect import Client
 
 __all__ = ["DeadLetter", "DeadLetters", "capped_repr"]
 
@@ -69,16 +69,15 @@ class DeadLetter:
 class DeadLetters:
     """The dead-letter stream in Redis."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace, maxlen: int = 10_000) -> None:
+    def __init__(self, client: Client, keys: KeySpace, maxlen: int = 10_000) -> None:
         self.client = client
         self.key = keys.dead_letters()
         self.maxlen = maxlen
 
     def add(self, letter: DeadLetter) -> str:
         """Append a letter; returns its stream ID."""
-        raw = self.client.xadd(
-            self.key, letter.fields(), maxlen=self.maxlen, approximate=True  # type: ignore[arg-type]
-        )
+        fields: dict[Any, Any] = letter.fields()
+        raw = self.client.xadd(self.key, fields, maxlen=self.maxlen, approximate=True)
         return _text(raw)
 
     def count(self) -> int:
@@ -110,7 +109,7 @@ class DeadLetters:
             now = seconds + micros / 1e6
         cutoff_ms = int((now - older_than) * 1000)
         before = self.count()
-        self.client.xtrim(self.key, minid=str(cutoff_ms))
+        self.client.xtrim(self.key, minid=str(cutoff_ms), approximate=False)
         return before - self.count()
 
 
@@ -120,6 +119,4 @@ def _text(value: object) -> str:
 
 def _letter(entry: Any) -> DeadLetter:
     entry_id, fields = entry
-    return DeadLetter.from_entry(
-        _text(entry_id), {_text(k): _text(v) for k, v in fields.items()}
-    )
+    return DeadLetter.from_entry(_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})

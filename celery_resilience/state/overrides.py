@@ -15,7 +15,7 @@ from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.scripts import script_source
 
 if TYPE_CHECKING:
-    import redis
+    from celery_resilience.state.connect import Client
 
 __all__ = ["Override", "OverrideConflictError", "Overrides"]
 
@@ -36,7 +36,7 @@ class OverrideConflictError(RuntimeError):
 class Overrides:
     """The overrides hash in Redis."""
 
-    def __init__(self, client: redis.Redis, keys: KeySpace) -> None:
+    def __init__(self, client: Client, keys: KeySpace) -> None:
         self.client = client
         self.key = keys.policies()
         self._set = client.register_script(script_source("policy_set"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
@@ -17,12 +18,14 @@ from celery_resilience.state.base import (
     RecordAnswer,
     Transition,
 )
+from celery_resilience.state.connect import is_cluster
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.scripts import SCRIPT_NAMES, script_source
 
 if TYPE_CHECKING:
-    import redis
     from redis.commands.core import Script
+
+    from celery_resilience.state.connect import Client
 
 __all__ = ["RedisStore", "breaker_args", "limiter_args"]
 
@@ -70,9 +73,10 @@ class RedisStore:
     a missing Redis means (see :mod:`celery_resilience.state.fallback`).
     """
 
-    def __init__(self, client: redis.Redis, keys: KeySpace | None = None) -> None:
+    def __init__(self, client: Client, keys: KeySpace | None = None) -> None:
         self.client = client
         self.keys = keys or KeySpace()
+        self.cluster = is_cluster(client)
         self._scripts: dict[str, Script] = {
             name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
@@ -102,6 +106,44 @@ class RedisStore:
 
     def gate(self, ask: GateAsk) -> GateAnswer:
         """Ask every gate of one attempt (see ``lua/gate.lua``)."""
+        if self.cluster and len(_split_ask(ask)) > 1:
+            return self._gate_in_parts(ask)
+        return self._gate(ask)
+
+    def _gate_in_parts(self, ask: GateAsk) -> GateAnswer:
+        """Redis Cluster: each gate's keys live in their own slot, so the gates are asked
+        one after the other, and what the first ones granted is given back if a later one
+        says no (a breaker probe, a concurrency slot, the attempt lease)."""
+        granted: dict[str, GateAnswer] = {}
+        transitions: list[Transition] = []
+        for kind, part in _split_ask(ask):
+            answer = self._gate(part)
+            transitions.extend(answer.transitions)
+            if not answer.allowed:
+                probe = "breaker" in granted and granted["breaker"].probe
+                undo = OutcomeReport(
+                    holder=ask.holder,
+                    breaker=ask.breaker if probe else None,
+                    probe=probe,
+                    concurrency=ask.concurrency if "concurrency" in granted else None,
+                    attempt_key=ask.attempt_key if "attempt" in granted else None,
+                    attempt_done=False,
+                )
+                if not undo.empty:
+                    self.record(undo)
+                return replace(answer, transitions=tuple(transitions))
+            granted[kind] = answer
+        last = list(granted.values())[-1]
+        breaker = granted.get("breaker", last)
+        return replace(
+            last,
+            breaker_state=breaker.breaker_state,
+            open_until=breaker.open_until,
+            probe=breaker.probe,
+            transitions=tuple(transitions),
+        )
+
+    def _gate(self, ask: GateAsk) -> GateAnswer:
         args: dict[str, Any] = {"h": ask.holder}
         if ask.breaker is not None:
             args["b"] = breaker_args(ask.breaker)
@@ -133,6 +175,14 @@ class RedisStore:
 
     def record(self, report: OutcomeReport) -> RecordAnswer:
         """Report one attempt's outcome (see ``lua/record.lua``)."""
+        parts = _split_report(report) if self.cluster else [report]
+        if len(parts) <= 1:
+            return self._record(report)
+        answers = [self._record(part) for part in parts]
+        breaker = next((a for a in answers if a.breaker_state is not None), answers[0])
+        return replace(breaker, transitions=tuple(t for a in answers for t in a.transitions))
+
+    def _record(self, report: OutcomeReport) -> RecordAnswer:
         args: dict[str, Any] = {"h": report.holder}
         if report.breaker is not None:
             args["b"] = {
@@ -212,3 +262,59 @@ def _transitions(
         Transition(breaker.name, BreakerState(old), BreakerState(new), rate, calls)
         for old, new in raw
     )
+
+
+def _split_ask(ask: GateAsk) -> list[tuple[str, GateAsk]]:
+    """One ask per gate, in the order of ``gate.lua``: attempt, breaker, concurrency, limit."""
+    bare = GateAsk(holder=ask.holder)
+    parts = []
+    if ask.attempt_key is not None:
+        parts.append(
+            ("attempt", replace(bare, attempt_key=ask.attempt_key, attempt_lease=ask.attempt_lease))
+        )
+    if ask.breaker is not None:
+        parts.append(("breaker", replace(bare, breaker=ask.breaker)))
+    if ask.concurrency is not None:
+        parts.append(
+            (
+                "concurrency",
+                replace(
+                    bare,
+                    concurrency=ask.concurrency,
+                    concurrency_lease=ask.concurrency_lease,
+                    concurrency_poll=ask.concurrency_poll,
+                ),
+            )
+        )
+    if ask.limiter is not None:
+        parts.append(("limiter", replace(bare, limiter=ask.limiter, booked_slot=ask.booked_slot)))
+    return parts
+
+
+def _split_report(report: OutcomeReport) -> list[OutcomeReport]:
+    """One report per part, for Redis Cluster."""
+    bare = OutcomeReport(holder=report.holder)
+    parts = []
+    if report.breaker is not None:
+        parts.append(
+            replace(
+                bare,
+                breaker=report.breaker,
+                breaker_outcome=report.breaker_outcome,
+                probe=report.probe,
+            )
+        )
+    if report.concurrency is not None:
+        parts.append(replace(bare, concurrency=report.concurrency))
+    if report.limiter is not None and report.pause is not None:
+        parts.append(replace(bare, limiter=report.limiter, pause=report.pause))
+    if report.attempt_key is not None:
+        parts.append(
+            replace(
+                bare,
+                attempt_key=report.attempt_key,
+                done_ttl=report.done_ttl,
+                attempt_done=report.attempt_done,
+            )
+        )
+    return parts
