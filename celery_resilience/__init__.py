@@ -6,6 +6,7 @@ across every attempt.
 """
 
 from celery_resilience import signals
+from celery_resilience.bootstep import connect as _connect_bootstep
 from celery_resilience.classify import Verdict
 from celery_resilience.decorator import resilient_task
 from celery_resilience.errors import (
@@ -41,3 +42,4 @@ __all__ = [
 ]
 
 _connect_hooks()
+_connect_bootstep()

@@ -1,0 +1,212 @@
+"""The worker bootstep: a ``resilience`` section in ``inspect stats`` (and Flower).
+
+Added automatically to every worker whose app has a resilient task (on Celery's
+``worker_init`` signal, before the worker builds its bootsteps); :func:`install` adds it
+by hand. The section holds the app's breakers and limiters as Redis has them now, whether
+the state store answers, how often the pool fell back to per-process state, and the
+node's counters::
+
+    celery -A proj inspect stats   →   {"resilience": {"breakers": {"payments":
+        {"state": "open", "failure_rate": 0.8, "calls": 10, ...}}, "limiters": {...},
+        "store": {...}, "fallback": {...}, "counters": {...}}, ...}
+
+With the setting ``resilience_metrics`` it also turns metrics on before the pool forks,
+serves them on ``resilience_metrics_port`` when set, and refreshes the breaker gauges
+from Redis every ``resilience_metrics_interval`` seconds (15).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import redis
+from celery import bootsteps
+from celery.signals import worker_init
+from kombu.utils.url import maybe_sanitize_url
+
+from celery_resilience import clock, counters
+from celery_resilience.errors import ResilienceConfigError
+from celery_resilience.inspection import (
+    breaker_status,
+    declared,
+    limiter_row,
+    limiter_status,
+)
+from celery_resilience.runtime import connect as connect_store
+from celery_resilience.settings import read_settings
+from celery_resilience.state.fallback import BACKEND_ERRORS
+from celery_resilience.state.redis import RedisStore
+from celery_resilience.task import ResilientTask
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = ["ResilienceStep", "connect", "install"]
+
+logger = logging.getLogger("celery_resilience.bootstep")
+
+#: ``inspect stats`` waits one second by default: keep each Redis call well below it.
+_STATS_TIMEOUT = 0.3
+#: A fallback answer this recent (seconds) counts as "fallback active".
+_RECENT_FALLBACK = 10.0
+_STORE_ERRORS: tuple[type[BaseException], ...] = (
+    ResilienceConfigError, redis.RedisError, *BACKEND_ERRORS
+)
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class ResilienceStep(bootsteps.StartStopStep):
+    """Reports breakers, limiters, fallbacks and counters in ``inspect stats``."""
+
+    label = "Resilience"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.app: Celery = parent.app
+        self.counters = counters.install()  # mapped here: before the pool forks
+        self._store: RedisStore | None = None
+        self._describe = "?"
+        self._mode = "?"
+        self._server: Any = None
+        self._refresh: Any = None
+
+    # -- the state store -----------------------------------------------------------------
+
+    def _shared(self) -> RedisStore:
+        if self._store is None:
+            settings = read_settings(self.app)
+            timeout = min(settings.redis_timeout, _STATS_TIMEOUT)
+            self._store = RedisStore(connect_store(settings.backend_url, timeout=timeout),
+                                     settings.keys)
+            self._describe = maybe_sanitize_url(settings.backend_url)
+            self._mode = settings.fallback
+        return self._store
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self, parent: Any) -> None:
+        """Serve metrics and refresh the breaker gauges, when metrics are on."""
+        conf = self.app.conf
+        if not conf.get("resilience_metrics"):
+            return
+        from celery_resilience.metrics import serve_metrics  # noqa: PLC0415 - optional
+
+        port = conf.get("resilience_metrics_port")
+        if port is not None:
+            self._server = serve_metrics(int(port), conf.get("resilience_metrics_addr")
+                                         or "127.0.0.1")
+            logger.info("celery-resilience: metrics on port %s", self._server.server_port)
+        interval = float(conf.get("resilience_metrics_interval") or 15.0)
+        self._refresh = parent.timer.call_repeatedly(interval, self.refresh_gauges)
+
+    def stop(self, parent: Any) -> None:
+        """Stop the refresh and the metrics server."""
+        if self._refresh is not None:
+            self._refresh.cancel()
+            self._refresh = None
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def terminate(self, parent: Any) -> None:
+        """Same as :meth:`stop` (a cold shutdown)."""
+        self.stop(parent)
+
+    def refresh_gauges(self) -> None:
+        """Set each declared breaker's gauge from Redis (metrics on)."""
+        from celery_resilience.metrics import set_breaker_state  # noqa: PLC0415
+
+        try:
+            store = self._shared()
+            for policy in declared(self.app).breakers.values():
+                set_breaker_state(policy.name, breaker_status(store, policy).state)
+        except _STORE_ERRORS as exc:
+            logger.debug("celery-resilience: breaker gauges not refreshed (%s)", _short(exc))
+
+    # -- inspect stats -------------------------------------------------------------------
+
+    def info(self, parent: Any) -> dict[str, Any]:  # type: ignore[override]
+        """The ``resilience`` section of ``inspect stats``."""
+        return {"resilience": self.section()}
+
+    def section(self) -> dict[str, Any]:
+        """Breakers, limiters, store, fallback and counters of this node, as JSON values."""
+        totals = self.counters.totals()
+        out: dict[str, Any] = {"breakers": {}, "limiters": {}}
+        problem: str | None = None
+        try:
+            store = self._shared()
+            found = declared(self.app)
+            for name, policy in sorted(found.breakers.items()):
+                status = breaker_status(store, policy)
+                is_open = status.open_until > 0
+                out["breakers"][name] = {
+                    "state": status.state.value,
+                    "failure_rate": round(status.failure_rate, 4),
+                    "calls": status.calls,
+                    "open_until": round(status.open_until, 1) if is_open else None,
+                    "half_open_in": (
+                        round(max(status.open_until - status.now, 0.0), 1) if is_open else None
+                    ),
+                }
+            for name in sorted(found.limiter_names):
+                row = limiter_row(limiter_status(store, name, found), found)
+                paused = row["paused_until"]
+                out["limiters"][name] = {
+                    "rate": row["rate"],
+                    "wait": round(row["wait"], 2),
+                    "in_use": row["in_use"],
+                    "concurrency": row["concurrency"],
+                    "paused_until": round(paused, 1) if paused else None,
+                }
+        except _STORE_ERRORS as exc:
+            problem = _short(exc)
+        last = totals.pop("last_fallback_at")
+        recent = last is not None and clock.now() - last < _RECENT_FALLBACK
+        out["store"] = {"url": self._describe, "reachable": problem is None, "error": problem}
+        out["fallback"] = {
+            "active": problem is not None or recent,
+            "mode": self._mode,
+            "answers": totals.pop("fallbacks"),
+            "last_at": last,
+        }
+        out["counters"] = totals
+        return out
+
+
+def install(app: Celery) -> None:
+    """Add the bootstep to the workers of ``app`` (idempotent; before the worker starts)."""
+    app.steps["worker"].add(ResilienceStep)
+
+
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    if app is None or not any(isinstance(t, ResilientTask) for t in app.tasks.values()):
+        return
+    install(app)
+    if not app.conf.get("resilience_metrics"):
+        return
+    from celery_resilience.metrics import DEFAULT_NAMESPACE, enable_metrics  # noqa: PLC0415
+
+    try:
+        enable_metrics(namespace=app.conf.get("resilience_metrics_namespace", DEFAULT_NAMESPACE))
+    except ImportError as exc:
+        logger.error("%s", exc)  # noqa: TRY400 - the message says what to install
+
+
+_connected = False
+
+
+def connect() -> None:
+    """Connect the ``worker_init`` handler (idempotent)."""
+    global _connected  # noqa: PLW0603 - one-time wiring
+    if not _connected:
+        worker_init.connect(_on_worker_init, weak=False)
+        _connected = True

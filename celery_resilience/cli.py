@@ -1,0 +1,186 @@
+"""``celery -A proj resilience``: breakers, limiters and dead letters, from a terminal.
+
+::
+
+    celery -A proj resilience status [--json]
+    celery -A proj resilience breaker open|close|reset NAME
+    celery -A proj resilience dead-letters list [--limit N] [--json]
+    celery -A proj resilience dead-letters show ID [--json]
+    celery -A proj resilience dead-letters requeue ID [--queue QUEUE]
+    celery -A proj resilience dead-letters purge [--older-than DURATION] [--force]
+    celery -A proj resilience policy show|set|unset ...     (see cli_policy)
+
+A breaker or limiter exists for the command when a task of the app declares it or Redis
+holds state for it. Failures print one line on stderr and exit non-zero: 1 (no such
+breaker or letter, refused), 2 (bad input), 69 (state store or broker unreachable),
+78 (configuration). Names from Redis or from task input are escaped before they are
+printed; in ``--json`` output they are JSON strings.
+
+Registered through the ``celery.commands`` entry point, like Flower.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import click
+
+from celery_resilience.cli_letters import dead_letters
+from celery_resilience.cli_policy import policy
+from celery_resilience.clikit import CommandError, Session, session, table, when
+from celery_resilience.inspection import (
+    Declared,
+    announce,
+    breaker_row,
+    breaker_status,
+    declared,
+    limiter_row,
+    limiter_status,
+    policy_for,
+    scan_names,
+)
+from celery_resilience.tracing import safe_token
+
+__all__ = ["resilience"]
+
+_ACTIONS: dict[str, Literal["open", "close", "reset"]] = {
+    "open": "open", "close": "close", "reset": "reset"
+}
+
+
+@click.group(name="resilience")
+@click.pass_context
+def resilience(ctx: click.Context, /, **_: Any) -> None:
+    """Circuit breakers, rate limits and dead letters of celery-resilience."""
+
+
+def _found(s: Session) -> Declared:
+    s.app.loader.import_default_modules()
+    return declared(s.app)
+
+
+def _quote(name: str) -> str:
+    return f"'{safe_token(name)}'"
+
+
+def collect_status(s: Session) -> tuple[dict[str, Any], list[str]]:
+    """The status object (see the ``status`` command) and names of keys that were skipped."""
+    found = _found(s)
+    skipped: list[str] = []
+    breakers: list[dict[str, Any]] = []
+    limiters: list[dict[str, Any]] = []
+    with s.talking():
+        in_redis = scan_names(s.client, s.settings.keys, ["breaker"])
+        for name in sorted(set(found.breakers) | in_redis):
+            try:
+                policy = policy_for(name, found)
+            except ValueError:
+                skipped.append(name)
+                continue
+            status = breaker_status(s.store, policy)
+            if status.exists or name in found.breakers:
+                breakers.append(breaker_row(status, found))
+        in_redis = scan_names(s.client, s.settings.keys, ["limiter", "concurrency"])
+        for name in sorted(found.limiter_names | in_redis):
+            status_l = limiter_status(s.store, name, found)
+            if status_l.exists or name in found.limiter_names:
+                limiters.append(limiter_row(status_l, found))
+        count = s.letters.count()
+        now = s.now()
+    data = {
+        "store": {"url": s.where, "prefix": s.prefix},
+        "now": now,
+        "breakers": breakers,
+        "limiters": limiters,
+        "dead_letters": {"count": count, "max": s.settings.dead_letters_max},
+    }
+    return data, skipped
+
+
+def _section(title: str, headers: list[str], rows: list[list[str]]) -> list[str]:
+    return [f"{title} ({len(rows)})", table(headers, rows) if rows else "(none)", ""]
+
+
+def _declared(row: dict[str, Any]) -> str:
+    return "yes" if row["declared"] else "no (Redis only)"
+
+
+def render_status(data: dict[str, Any]) -> str:
+    """The status object as readable tables."""
+    now = data["now"]
+    breakers = [
+        [
+            safe_token(b["name"]), b["state"], f"{b['failure_rate']:.0%}",
+            f"{b['failures']}/{b['calls']}", when(b["open_until"], now), _declared(b),
+        ]
+        for b in data["breakers"]
+    ]
+    limiters = [
+        [
+            safe_token(x["name"]), x["rate"] or "-", f"{x['wait']:.2f} s",
+            f"{x['in_use']}/{x['concurrency']}" if x["concurrency"] else str(x["in_use"]),
+            when(x["paused_until"], now), _declared(x),
+        ]
+        for x in data["limiters"]
+    ]
+    return "\n".join([
+        f"State store {data['store']['url']} (prefix {data['store']['prefix']!r})",
+        "",
+        *_section("Breakers", ["NAME", "STATE", "FAILURE RATE", "FAILED/CALLS", "OPEN UNTIL",
+                               "DECLARED"], breakers),
+        *_section("Limiters", ["NAME", "RATE", "WAIT", "IN USE", "PAUSED UNTIL", "DECLARED"],
+                  limiters),
+        f"Dead letters: {data['dead_letters']['count']}",
+    ])
+
+
+@resilience.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Breakers, limiters and the dead-letter count.
+
+    JSON: {"breakers": [{"name", "state", "failure_rate", "calls", "open_until", ...}],
+    "limiters": [{"name", "rate", "wait", "in_use", "paused_until", ...}],
+    "dead_letters": {"count", ...}}.
+    """
+    data, skipped = collect_status(session(ctx))
+    if skipped:
+        click.echo(
+            f"ignored {len(skipped)} breaker key(s) with a name no breaker can have: "
+            + ", ".join(_quote(name) for name in skipped[:5]),
+            err=True,
+        )
+    if as_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=True))
+    else:
+        click.echo(render_status(data))
+
+
+@resilience.command()
+@click.argument("action", type=click.Choice(["open", "close", "reset"]))
+@click.argument("name")
+@click.pass_context
+def breaker(ctx: click.Context, action: str, name: str) -> None:
+    """Force the breaker NAME open or closed (until reset), or reset it to closed."""
+    s = session(ctx)
+    found = _found(s)
+    try:
+        policy = policy_for(name, found)
+    except ValueError:
+        raise CommandError(f"{_quote(name)} cannot name a breaker", 2) from None
+    with s.talking():
+        if name not in found.breakers and not breaker_status(s.store, policy).exists:
+            raise CommandError(
+                f"no breaker {_quote(name)}: no task of this app declares it and the state "
+                f"store holds nothing for it under prefix {s.prefix!r}"
+            )
+        result = s.store.breaker(policy, _ACTIONS[action])
+    announce(result.transitions)
+    old = result.transitions[0].old.value if result.transitions else result.state.value
+    click.echo(f"breaker {_quote(name)}: {result.state.value} (was {old})")
+
+
+resilience.add_command(dead_letters)
+resilience.add_command(policy)

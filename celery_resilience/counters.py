@@ -1,0 +1,122 @@
+"""Counters of one worker node, summed over its pool processes, for ``inspect stats``.
+
+Attempts run in pool processes, but ``inspect stats`` is answered by the worker's main
+process. So the counters live in an anonymous shared memory block that the main process
+maps before the pool forks; every process adds to its own row (one writer per row: no
+lock between processes), and the main process sums the rows.
+"""
+
+from __future__ import annotations
+
+import mmap
+import threading
+from typing import Any
+
+from billiard.process import current_process
+
+from celery_resilience import clock, signals
+
+__all__ = ["FIELDS", "PoolCounters", "install", "installed"]
+
+#: What is counted, in the pool processes of this node since it started.
+FIELDS = (
+    "attempts",
+    "succeeded",
+    "failed",
+    "retries",
+    "deferrals",
+    "gave_up",
+    "fallbacks",
+    "last_fallback_us",
+)
+_ROWS = 256
+_WIDTH = len(FIELDS)
+_INDEX = {name: i for i, name in enumerate(FIELDS)}
+
+
+class PoolCounters:
+    """A table of 64-bit counters in shared memory: one row per pool process."""
+
+    def __init__(self, rows: int = _ROWS) -> None:
+        self.rows = rows
+        self._memory = mmap.mmap(-1, rows * _WIDTH * 8)
+        self._cells = memoryview(self._memory).cast("q")
+        self._lock = threading.Lock()
+
+    def _row(self) -> int:
+        index = getattr(current_process(), "index", None)
+        if not isinstance(index, int):
+            return 0  # the main process (solo and thread pools)
+        return 1 + index % (self.rows - 1)
+
+    def add(self, name: str, amount: int = 1) -> None:
+        """Add ``amount`` to counter ``name`` of this process."""
+        cell = self._row() * _WIDTH + _INDEX[name]
+        with self._lock:
+            self._cells[cell] += amount
+
+    def fell_back(self) -> None:
+        """Count one answer from the per-process fallback, and note when."""
+        self.add("fallbacks")
+        cell = self._row() * _WIDTH + _INDEX["last_fallback_us"]
+        with self._lock:
+            self._cells[cell] = int(clock.now() * 1_000_000)
+
+    def totals(self) -> dict[str, Any]:
+        """The counters summed over every process; ``last_fallback_at`` in epoch seconds."""
+        sums = dict.fromkeys(FIELDS, 0)
+        last = 0
+        for row in range(self.rows):
+            base = row * _WIDTH
+            for name, i in _INDEX.items():
+                value = self._cells[base + i]
+                if name == "last_fallback_us":
+                    last = max(last, value)
+                else:
+                    sums[name] += value
+        del sums["last_fallback_us"]
+        out: dict[str, Any] = sums
+        out["last_fallback_at"] = last / 1_000_000 if last else None
+        return out
+
+
+_installed: PoolCounters | None = None
+
+
+def installed() -> PoolCounters | None:
+    """The counters of this node, once :func:`install` ran (in the main process)."""
+    return _installed
+
+
+def _on(name: str) -> Any:
+    def receiver(**_: Any) -> None:
+        if _installed is not None:
+            _installed.add(name)
+
+    return receiver
+
+
+def _on_fallback(**_: Any) -> None:
+    if _installed is not None:
+        _installed.fell_back()
+
+
+_RECEIVERS = (
+    (signals.attempt_started, _on("attempts")),
+    (signals.attempt_succeeded, _on("succeeded")),
+    (signals.attempt_failed, _on("failed")),
+    (signals.retry_scheduled, _on("retries")),
+    (signals.deferred, _on("deferrals")),
+    (signals.gave_up, _on("gave_up")),
+    (signals.backend_fallback, _on_fallback),
+)
+
+
+def install() -> PoolCounters:
+    """Map the counters and connect their receivers (idempotent). Call before the fork."""
+    global _installed  # noqa: PLW0603 - one table per worker node
+    if _installed is None:
+        _installed = PoolCounters()
+        for signal, receiver in _RECEIVERS:
+            signal.connect(receiver, weak=False)
+    return _installed

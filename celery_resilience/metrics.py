@@ -1,0 +1,239 @@
+"""Prometheus metrics, fed by :mod:`celery_resilience.signals`.
+
+Optional: ``pip install celery-resilience[prometheus]``. Turn them on in the worker with
+the setting ``resilience_metrics = True`` (or call :func:`enable_metrics` in every
+process that runs tasks, before the pool forks)::
+
+    celery_resilience_attempts_total{task, verdict}   success, transient, permanent,
+                                                      rate_limited, deferred
+    celery_resilience_retries_total{task}
+    celery_resilience_deferrals_total{task, reason}   breaker, rate_limit, concurrency,
+                                                      attempt, backend, schedule
+    celery_resilience_gave_up_total{task}
+    celery_resilience_backend_fallbacks_total
+    celery_resilience_breaker_state{name}             see BREAKER_STATE_VALUES
+
+Under the prefork pool every process counts on its own: set ``PROMETHEUS_MULTIPROC_DIR``
+(an empty directory) in the worker's environment, and expose the sum with
+:func:`serve_metrics` or the setting ``resilience_metrics_port`` (docs/metrics.md).
+The breaker gauge uses ``multiprocess_mode="mostrecent"``: a breaker is shared, so its
+state is the last one any process saw, not a sum or a maximum over processes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from celery.signals import worker_process_shutdown
+
+from celery_resilience import signals
+from celery_resilience.state.base import BreakerState
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Gauge
+
+__all__ = [
+    "BREAKER_STATE_VALUES",
+    "DEFAULT_NAMESPACE",
+    "Metrics",
+    "disable_metrics",
+    "enable_metrics",
+    "metrics_registry",
+    "serve_metrics",
+    "set_breaker_state",
+]
+
+DEFAULT_NAMESPACE = "celery_resilience"
+#: The value of the ``breaker_state`` gauge for each state.
+BREAKER_STATE_VALUES = {
+    BreakerState.CLOSED: 0,
+    BreakerState.HALF_OPEN: 1,
+    BreakerState.OPEN: 2,
+    BreakerState.FORCED_OPEN: 3,
+    BreakerState.FORCED_CLOSED: 4,
+}
+_MISSING = (
+    "celery-resilience metrics need prometheus-client: "
+    "pip install celery-resilience[prometheus]"
+)
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client  # noqa: PLC0415 - optional dependency
+        import prometheus_client.multiprocess  # noqa: PLC0415
+    except ImportError as exc:
+        raise ImportError(_MISSING) from exc
+    return prometheus_client
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """The metric objects, once enabled."""
+
+    attempts: Counter
+    retries: Counter
+    deferrals: Counter
+    gave_up: Counter
+    backend_fallbacks: Counter
+    breaker_state: Gauge
+    registry: CollectorRegistry | None
+
+
+_metrics: Metrics | None = None
+
+
+def _task_name(sender: object) -> str:
+    name = getattr(sender, "name", None)
+    return name if isinstance(name, str) else str(sender)
+
+
+def _on_succeeded(sender: object = None, **_: Any) -> None:
+    if _metrics is not None:
+        _metrics.attempts.labels(_task_name(sender), "success").inc()
+
+
+def _on_failed(sender: object = None, verdict: Any = None, **_: Any) -> None:
+    if _metrics is not None:
+        value = getattr(verdict, "value", str(verdict))
+        _metrics.attempts.labels(_task_name(sender), value).inc()
+
+
+def _on_deferred(sender: object = None, gate: str = "", **_: Any) -> None:
+    if _metrics is not None:
+        task = _task_name(sender)
+        _metrics.attempts.labels(task, "deferred").inc()
+        _metrics.deferrals.labels(task, gate).inc()
+
+
+def _on_retry(sender: object = None, **_: Any) -> None:
+    if _metrics is not None:
+        _metrics.retries.labels(_task_name(sender)).inc()
+
+
+def _on_gave_up(sender: object = None, **_: Any) -> None:
+    if _metrics is not None:
+        _metrics.gave_up.labels(_task_name(sender)).inc()
+
+
+def _on_fallback(**_: Any) -> None:
+    if _metrics is not None:
+        _metrics.backend_fallbacks.inc()
+
+
+def _on_breaker(name: str = "", new: Any = None, **_: Any) -> None:
+    if isinstance(new, BreakerState):
+        set_breaker_state(name, new)
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _prometheus().multiprocess.mark_process_dead(os.getpid())
+
+
+_RECEIVERS = (
+    (signals.attempt_succeeded, _on_succeeded),
+    (signals.attempt_failed, _on_failed),
+    (signals.deferred, _on_deferred),
+    (signals.retry_scheduled, _on_retry),
+    (signals.gave_up, _on_gave_up),
+    (signals.backend_fallback, _on_fallback),
+    (signals.breaker_state_changed, _on_breaker),
+    (worker_process_shutdown, _on_process_shutdown),
+)
+
+
+def enable_metrics(
+    *, namespace: str = DEFAULT_NAMESPACE, registry: CollectorRegistry | None = None
+) -> Metrics:
+    """Create the metrics and connect their receivers in this process (idempotent).
+
+    ``registry`` defaults to prometheus-client's global one. Raises ``ImportError`` naming
+    the extra to install when prometheus-client is missing::
+
+        from celery_resilience.metrics import enable_metrics
+        enable_metrics()
+    """
+    global _metrics  # noqa: PLW0603 - metrics are per process, like prometheus-client's
+    if _metrics is not None:
+        return _metrics
+    prom = _prometheus()
+    where: dict[str, Any] = {"namespace": namespace}
+    if registry is not None:
+        where["registry"] = registry
+    metrics = Metrics(
+        attempts=prom.Counter(
+            "attempts", "Attempts of resilient tasks, by how they ended",
+            ["task", "verdict"], **where,
+        ),
+        retries=prom.Counter(
+            "retries", "Failed attempts re-queued for a retry", ["task"], **where
+        ),
+        deferrals=prom.Counter(
+            "deferrals", "Attempts re-queued by a gate, without spending a retry",
+            ["task", "reason"], **where,
+        ),
+        gave_up=prom.Counter(
+            "gave_up", "Tasks that failed after their retries or deadline ran out",
+            ["task"], **where,
+        ),
+        backend_fallbacks=prom.Counter(
+            "backend_fallbacks",
+            "Gate calls answered by the per-process fallback (state store unreachable)",
+            **where,
+        ),
+        breaker_state=prom.Gauge(
+            "breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open, 3 forced open, "
+            "4 forced closed",
+            ["name"], multiprocess_mode="mostrecent", **where,
+        ),
+        registry=registry,
+    )
+    _metrics = metrics
+    for signal, receiver in _RECEIVERS:
+        signal.connect(receiver, weak=False)
+    return metrics
+
+
+def disable_metrics() -> None:
+    """Disconnect the receivers and unregister the metrics (for tests)."""
+    global _metrics
+    metrics, _metrics = _metrics, None
+    for signal, receiver in _RECEIVERS:
+        signal.disconnect(receiver)
+    if metrics is None:
+        return
+    registry = metrics.registry if metrics.registry is not None else _prometheus().REGISTRY
+    for metric in (
+        metrics.attempts, metrics.retries, metrics.deferrals, metrics.gave_up,
+        metrics.backend_fallbacks, metrics.breaker_state,
+    ):
+        registry.unregister(metric)
+
+
+def set_breaker_state(name: str, state: BreakerState) -> None:
+    """Set the ``breaker_state`` gauge of ``name`` (nothing when metrics are off)."""
+    if _metrics is not None:
+        _metrics.breaker_state.labels(name).set(BREAKER_STATE_VALUES[state])
+
+
+def metrics_registry() -> CollectorRegistry:
+    """The registry to expose: every process's metrics under ``PROMETHEUS_MULTIPROC_DIR``
+    when it is set, else this process's global registry."""
+    prom = _prometheus()
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry: CollectorRegistry = prom.REGISTRY
+        return registry
+    registry = prom.CollectorRegistry()
+    prom.multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def serve_metrics(port: int, addr: str = "127.0.0.1") -> Any:
+    """Serve ``/metrics`` over HTTP from a thread of this process; returns the server
+    (``server.shutdown()`` stops it). Port 0 picks a free port (``server.server_port``)."""
+    server, _thread = _prometheus().start_http_server(port, addr, registry=metrics_registry())
+    return server

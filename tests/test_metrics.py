@@ -1,0 +1,219 @@
+"""Prometheus metrics: fed by the signals, summed over a prefork pool, equal to what the
+upstream saw."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from celery_resilience import CircuitBreaker, Verdict, signals
+from celery_resilience.metrics import (
+    BREAKER_STATE_VALUES,
+    disable_metrics,
+    enable_metrics,
+)
+from celery_resilience.runtime import connect
+from celery_resilience.state.base import BreakerState
+from celery_resilience.state.keys import KeySpace
+from celery_resilience.state.redis import RedisStore
+from example_project.upstream import Response, Upstream
+from tests.helpers.inspection import Rig, worker_rig
+from tests.helpers.polling import wait_until
+from tests.helpers.processes import free_port
+from tests.helpers.redis_server import RedisServer
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _samples(registry: CollectorRegistry) -> Samples:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def _value(samples: Samples, metric: str, **labels: str) -> float:
+    return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+def local_metrics() -> Iterator[CollectorRegistry]:
+    """Metrics enabled in this process on a private registry; disabled afterwards."""
+    disable_metrics()
+    registry = CollectorRegistry()
+    enable_metrics(registry=registry)
+    yield registry
+    disable_metrics()
+
+
+class _Task:
+    name = "shop.charge"
+
+
+def test_signals_feed_the_counters_and_the_gauge(local_metrics: CollectorRegistry):
+    """Each signal moves its metric; the gauge holds the breaker's last state."""
+    task = _Task()
+    signals.attempt_succeeded.send(sender=task, task_id="t", attempt=1, duration=0.1)
+    for verdict in (Verdict.TRANSIENT, Verdict.TRANSIENT, Verdict.PERMANENT, Verdict.RATE_LIMITED):
+        signals.attempt_failed.send(sender=task, task_id="t", attempt=1, verdict=verdict,
+                                    cause="c", exc=None, duration=0.1)
+    signals.retry_scheduled.send(sender=task, task_id="t", attempt=1, countdown=1.0,
+                                 verdict=Verdict.TRANSIENT, cause="c", reason="r")
+    signals.deferred.send(sender=task, task_id="t", attempt=1, gate="breaker", name="pay",
+                          countdown=1.0, reason="r")
+    signals.gave_up.send(sender=task, task_id="t", attempt=3, reason="r", exc=None, history=())
+    signals.backend_fallback.send(sender="redis", mode="allow")
+    for new in (BreakerState.OPEN, BreakerState.HALF_OPEN):
+        signals.breaker_state_changed.send(sender="pay", name="pay", old=BreakerState.CLOSED,
+                                           new=new, failure_rate=1.0, calls=5)
+
+    got = _samples(local_metrics)
+    attempts = "celery_resilience_attempts_total"
+    assert _value(got, attempts, task="shop.charge", verdict="success") == 1
+    assert _value(got, attempts, task="shop.charge", verdict="transient") == 2
+    assert _value(got, attempts, task="shop.charge", verdict="permanent") == 1
+    assert _value(got, attempts, task="shop.charge", verdict="rate_limited") == 1
+    assert _value(got, attempts, task="shop.charge", verdict="deferred") == 1
+    assert _value(got, "celery_resilience_retries_total", task="shop.charge") == 1
+    assert _value(got, "celery_resilience_deferrals_total", task="shop.charge",
+                  reason="breaker") == 1
+    assert _value(got, "celery_resilience_gave_up_total", task="shop.charge") == 1
+    assert _value(got, "celery_resilience_backend_fallbacks_total") == 1
+    assert _value(got, "celery_resilience_breaker_state", name="pay") == 1
+
+
+def test_enable_is_idempotent_and_the_namespace_can_be_dropped():
+    """``enable_metrics`` twice returns the same metrics; namespace "" gives bare names."""
+    disable_metrics()
+    registry = CollectorRegistry()
+    try:
+        first = enable_metrics(namespace="", registry=registry)
+        assert enable_metrics(namespace="", registry=registry) is first
+        names = {family.name for family in registry.collect()}
+        assert {"attempts", "retries", "deferrals", "gave_up", "backend_fallbacks",
+                "breaker_state"} <= names
+    finally:
+        disable_metrics()
+
+
+def test_without_prometheus_client_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """prometheus-client is optional: the ImportError names the extra."""
+    disable_metrics()
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with pytest.raises(ImportError, match=r"pip install celery-resilience\[prometheus\]"):
+        enable_metrics()
+
+
+@pytest.fixture(scope="module")
+def metrics_rig(
+    redis_server: RedisServer, upstream_server: Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Rig, Path, int]]:
+    """A prefork worker (-c 2) in multiprocess mode, serving its metrics over HTTP too."""
+    base = tmp_path_factory.mktemp("metrics")
+    directory = base / "prom"
+    directory.mkdir()
+    port = free_port()
+    env = {
+        "PROMETHEUS_MULTIPROC_DIR": str(directory),
+        "RESILIENCE_TEST_METRICS": "1",
+        "RESILIENCE_TEST_METRICS_PORT": str(port),
+    }
+    with worker_rig(redis_server, upstream_server, base, extra_env=env) as rig:
+        yield rig, directory, port
+
+
+def _scrape(directory: Path) -> Samples:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return _samples(registry)
+
+
+@pytest.mark.integration
+def test_a_prefork_worker_counts_exactly_what_the_upstream_saw(
+    metrics_rig: tuple[Rig, Path, int], upstream: Upstream, unique: str
+):
+    """Successes, transient, permanent and rate-limited attempts, retries and give-ups,
+    summed over the pool, equal the upstream's records; deferrals add up by reason."""
+    rig, directory, port = metrics_rig
+    before = _scrape(directory)
+    u = f"/{unique}"
+    upstream.script(f"{u}/ok", [], then=200)
+    upstream.script(f"{u}/flaky", [503, 503], then=200)
+    upstream.script(f"{u}/gone", [], then=404)
+    upstream.script(f"{u}/down", [], then=503)
+    upstream.script(f"{u}/busy", [Response(429, retry_after=1)], then=200)
+    upstream.script(f"{u}/limited", [], then=200)
+    client = rig.client()
+    sent = [
+        *(client.send_task("res.limited", args=[f"{u}/limited/{i}"]) for i in range(6)),
+        client.send_task("res.call", args=[f"{u}/ok"]),
+        client.send_task("res.call", args=[f"{u}/flaky"]),
+        client.send_task("res.call", args=[f"{u}/gone"]),
+        client.send_task("res.call3", args=[f"{u}/down"]),
+        client.send_task("res.call", args=[f"{u}/busy"]),
+    ]
+    for result in sent:
+        result.get(timeout=60, propagate=False)
+    after = _scrape(directory)
+
+    def delta(metric: str, **labels: str) -> float:
+        return _value(after, metric, **labels) - _value(before, metric, **labels)
+
+    seen = Counter(r.status for r in upstream.requests() if r.path.startswith(u))
+    attempts = "celery_resilience_attempts_total"
+    by_verdict: Counter[str] = Counter()
+    for task in ("res.call", "res.call3", "res.limited"):
+        for verdict in ("success", "transient", "permanent", "rate_limited"):
+            by_verdict[verdict] += int(delta(attempts, task=task, verdict=verdict))
+    assert by_verdict == Counter(
+        success=seen[200], transient=seen[503], permanent=seen[404], rate_limited=seen[429]
+    )
+    assert dict(by_verdict) == {"success": 9, "transient": 6, "permanent": 1, "rate_limited": 1}
+
+    retries = "celery_resilience_retries_total"
+    assert delta(retries, task="res.call") == 3  # two 503s and one 429
+    assert delta(retries, task="res.call3") == 3
+    assert delta("celery_resilience_gave_up_total", task="res.call3") == 1
+    assert delta("celery_resilience_gave_up_total", task="res.call") == 0
+    deferred = delta(attempts, task="res.limited", verdict="deferred")
+    assert deferred >= 1  # six tasks at 10/s, two at a time: some wait for a slot
+    assert delta("celery_resilience_deferrals_total", task="res.limited",
+                 reason="rate_limit") == deferred
+
+    served = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    exposed = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(served)
+        for s in family.samples
+    }
+    key = (attempts, (("task", "res.call3"), ("verdict", "transient")))
+    assert exposed[key] == _value(after, attempts, task="res.call3", verdict="transient")
+
+
+@pytest.mark.integration
+def test_the_breaker_gauge_follows_the_shared_state(metrics_rig: tuple[Rig, Path, int]):
+    """The worker refreshes ``breaker_state`` from Redis, whoever changed the breaker."""
+    rig, directory, _ = metrics_rig
+    store = RedisStore(connect(rig.redis.url(0)), KeySpace(rig.prefix))
+    gauge = "celery_resilience_breaker_state"
+
+    def shows(state: BreakerState) -> Any:
+        return _value(_scrape(directory), gauge, name="upstream") == BREAKER_STATE_VALUES[state]
+
+    store.breaker(CircuitBreaker("upstream"), "open")
+    wait_until(lambda: shows(BreakerState.FORCED_OPEN), timeout=10, what="gauge forced open")
+    store.breaker(CircuitBreaker("upstream"), "reset")
+    wait_until(lambda: shows(BreakerState.CLOSED), timeout=10, what="gauge closed")
