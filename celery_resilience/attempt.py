@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -62,8 +63,10 @@ from celery_resilience.tracing import (
     TraceContext,
     bind_attempt,
     current_attempt,
+    hold_attempt,
     new_trace,
     parse_traceparent,
+    release_attempt,
     safe_token,
 )
 
@@ -72,7 +75,7 @@ if TYPE_CHECKING:
 
     from celery_resilience.task import ResilientTask
 
-__all__ = ["TRACE_HEADER", "run_eager", "run_in_worker", "trace_for_publish"]
+__all__ = ["TRACE_HEADER", "release_held", "run_eager", "run_in_worker", "trace_for_publish"]
 
 logger = get_task_logger("celery_resilience")
 _internal = logging.getLogger("celery_resilience.attempt")
@@ -163,6 +166,8 @@ class _Attempt:
         self.info = info
         self.task_id: str = request.id or "?"
         self.holder = f"{self.task_id}:{state.attempt}"
+        #: How the attempt ended, for its span: success, a verdict, deferred, fallback...
+        self.verdict = "unknown"
         self.attempt_key = rt.settings.keys.attempt(self.task_id, state.attempt)
         self.started = time.monotonic()
 
@@ -248,6 +253,7 @@ class _Attempt:
         except Exception as exc:  # noqa: BLE001 - every failure of the body is classified
             self._failed(exc, answer)
         self._report("success", probe=answer.probe, pause=None)
+        self.verdict = "success"
         duration = time.monotonic() - self.started
         signals.attempt_succeeded.send(
             sender=self.task, task_id=self.task_id, attempt=self.state.attempt, duration=duration
@@ -293,9 +299,7 @@ class _Attempt:
             return None
         return self.opts.deadline - (now - self.state.started)
 
-    def _report(
-        self, outcome: str, *, probe: bool, pause: float | None, done: bool = True
-    ) -> Any:
+    def _report(self, outcome: str, *, probe: bool, pause: float | None, done: bool = True) -> Any:
         report = OutcomeReport(
             holder=self.holder,
             breaker=self.opts.breaker,
@@ -381,6 +385,7 @@ class _Attempt:
         )
         why = f"breaker {_quote(name)} {state}"
         on_open = self.opts.on_open
+        self.verdict = "refused" if on_open == "fail" else "fallback"
         if on_open == "fail":
             logger.warning("attempt %d: %s; on_open='fail': FAILURE", self.state.attempt, why)
             self.state = self.state.with_entry(f"#{self.state.attempt} refused: {why}")
@@ -413,6 +418,7 @@ class _Attempt:
                 failure=None,
             )
         wait = max(wait, 0.01)
+        self.verdict = "deferred"
         self.state = replace(self.state, deferrals=self.state.deferrals + 1)
         line = deferral_line(
             why=why,
@@ -444,6 +450,7 @@ class _Attempt:
             give_up_on=self.opts.give_up_on,
             classifier=self.opts.classifier,
         )
+        self.verdict = failure.verdict.value
         pause = (
             failure.retry_after
             if failure.verdict is Verdict.RATE_LIMITED and failure.retry_after
@@ -637,15 +644,36 @@ def run_in_worker(
         task.name, trace, {"celery.task_id": safe_token(request.id), "attempt": state.attempt}
     ) as span:
         info = _bind(task, request, state, trace, span.span_id)
-        with bind_attempt(info):
-            attempt = _Attempt(
-                task=task, request=request, opts=opts, rt=rt, state=state, trace=trace, info=info
-            )
-            try:
-                return attempt.run(args, kwargs)
-            except Retry as exc:
-                span.set("countdown", float(exc.when) if isinstance(exc.when, (int, float)) else 0)
-                raise
+        attempt = _Attempt(
+            task=task, request=request, opts=opts, rt=rt, state=state, trace=trace, info=info
+        )
+        try:
+            with bind_attempt(info):
+                result = attempt.run(args, kwargs)
+        except Retry as exc:
+            span.set("countdown", float(exc.when) if isinstance(exc.when, (int, float)) else 0.0)
+            raise
+        finally:
+            span.set("verdict", attempt.verdict)
+            _hold(info)
+        return result
+
+
+_held = threading.local()
+
+
+def _hold(info: AttemptInfo) -> None:
+    """Keep the attempt bound for Celery's own lines about it, until ``task_postrun``."""
+    release_held()
+    _held.token = hold_attempt(info)
+
+
+def release_held() -> None:
+    """Unbind what :func:`_hold` kept (Celery's ``task_postrun``)."""
+    token = getattr(_held, "token", None)
+    if token is not None:
+        _held.token = None
+        release_attempt(token)
 
 
 def run_eager(
@@ -724,8 +752,10 @@ def run_eager(
                         cause=failure.cause,
                         reason=line,
                     )
+                    span.set("countdown", 0.0)
                     state = replace(state, failures=state.failures + 1).with_entry(entry)
                     continue
+                span.set("verdict", "success")
                 signals.attempt_succeeded.send(
                     sender=task,
                     task_id=request.id,

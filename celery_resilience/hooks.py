@@ -12,11 +12,12 @@ from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
     before_task_publish,
+    task_postrun,
     worker_init,
 )
 
 from celery_resilience import logs
-from celery_resilience.attempt import TRACE_HEADER, trace_for_publish
+from celery_resilience.attempt import TRACE_HEADER, release_held, trace_for_publish
 from celery_resilience.named import config_book
 from celery_resilience.settings import read_settings
 from celery_resilience.task import ResilientTask, resilient_task_names
@@ -27,8 +28,7 @@ __all__ = ["connect"]
 _connected = False
 
 
-def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None,
-                **_: Any) -> None:
+def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
     """Give a resilient task (or any task published inside an attempt) a trace context."""
     if headers is None or headers.get(TRACE_HEADER):
         return
@@ -69,6 +69,11 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         raise SystemExit(f"celery-resilience: {exc}") from None
 
 
+def _on_postrun(**_: Any) -> None:
+    """The attempt's own lines are written: unbind it."""
+    release_held()
+
+
 def connect() -> None:
     """Connect the handlers (idempotent)."""
     global _connected  # noqa: PLW0603 - one-time wiring
@@ -78,4 +83,5 @@ def connect() -> None:
     after_setup_logger.connect(_on_setup_logger, weak=False)
     after_setup_task_logger.connect(_on_setup_logger, weak=False)
     worker_init.connect(_on_worker_init, weak=False)
+    task_postrun.connect(_on_postrun, weak=False)
     _connected = True

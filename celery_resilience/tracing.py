@@ -37,10 +37,12 @@ __all__ = [
     "TraceContext",
     "bind_attempt",
     "current_attempt",
+    "hold_attempt",
     "new_span_id",
     "new_trace",
     "next_unsafe_call_index",
     "parse_traceparent",
+    "release_attempt",
     "safe_text",
     "safe_token",
 ]
@@ -279,6 +281,24 @@ def bind_attempt(info: AttemptInfo) -> Iterator[AttemptInfo]:
     finally:
         _unsafe_calls.reset(calls_token)
         _attempt.reset(attempt_token)
+
+
+def hold_attempt(info: AttemptInfo) -> contextvars.Token[AttemptInfo | None]:
+    """Bind ``info`` past the end of a block, until :func:`release_attempt`.
+
+    The worker logs an attempt's outcome (``retry:``, ``succeeded in``, ``raised``) after
+    the task's own call returns; holding the attempt until Celery's ``task_postrun``
+    gives those lines the attempt's trace too. No call counter is bound: the body is over.
+    """
+    return _attempt.set(info)
+
+
+def release_attempt(token: contextvars.Token[AttemptInfo | None]) -> None:
+    """Undo :func:`hold_attempt` (a token from another context is ignored)."""
+    try:
+        _attempt.reset(token)
+    except ValueError:
+        _attempt.set(None)
 
 
 def next_unsafe_call_index() -> int:
