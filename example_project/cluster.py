@@ -164,13 +164,13 @@ def delete_amqp_entities(broker_url: str, namespace: str, queues: list[str]) -> 
     """Delete the demo's queues and exchanges on an AMQP broker (best effort)."""
     import kombu  # noqa: PLC0415
 
-    with kombu.Connection(broker_url, connect_timeout=5) as connection:
-        channel = connection.default_channel
-        for name in queues:
-            with contextlib.suppress(Exception):
-                channel.queue_delete(name)
-        names = [*queues, f"{namespace}.events", f"{namespace}.control.pidbox",
+    exchanges = [*queues, f"{namespace}.events", f"{namespace}.control.pidbox",
                  f"reply.{namespace}.control.pidbox"]
-        for name in names:
-            with contextlib.suppress(Exception):
-                channel.exchange_delete(name)
+    with kombu.Connection(broker_url, connect_timeout=5) as connection:
+        # a fresh channel for each: the broker closes a channel that names a missing entity
+        for kind, names in (("queue", queues), ("exchange", exchanges)):
+            for name in names:
+                with contextlib.suppress(Exception):
+                    channel: Any = connection.channel()
+                    getattr(channel, f"{kind}_delete")(name)
+                    channel.close()

@@ -38,12 +38,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a shorter story (<= 30 s)")
     parser.add_argument("--skip-baseline", action="store_true",
                         help="run the resilient tasks only (no plain-Celery comparison)")
-    parser.add_argument("--redis-url", help="a Redis for broker, results and state "
-                        "(default: a private redis-server on a free port)")
+    parser.add_argument("--redis-url", help="a Redis for broker, results and state (default: "
+                        "$EXAMPLE_*_URL when set, else a private redis-server on a free port)")
     parser.add_argument("--broker-url", help="another broker, e.g. amqp://guest:guest@"
                         "127.0.0.1:5672// (default: the Redis)")
-    parser.add_argument("--upstream-url", help="script this running upstream "
-                        "(python -m example_project.upstream) instead of starting one")
+    parser.add_argument("--upstream-url", help="script this running upstream (python -m "
+                        "example_project.upstream; default: $EXAMPLE_UPSTREAM_URL when set) "
+                        "instead of starting one")
     parser.add_argument("--workers", type=int, default=2,
                         help="worker nodes to start (2); 0 uses workers already running")
     parser.add_argument("--concurrency", type=int, default=4, help="pool size per node (4)")
@@ -58,8 +59,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.workers < 0 or args.concurrency < 1:
         parser.error("--workers must be >= 0 and --concurrency >= 1")
-    if args.workers == 0 and not args.redis_url:
-        parser.error("--workers 0 needs --redis-url (the Redis those workers use)")
     return args
 
 

@@ -184,6 +184,11 @@ class BreakerWatch:
             self.limiter_wait = limit.wait
             self.paused_for = max(limit.paused_until - limit.now, 0.0)
 
+    def reset(self) -> None:
+        """Reset every watched breaker to CLOSED with an empty window."""
+        for policy in self.breakers:
+            self.store.breaker(policy, "reset")
+
     def state(self, name: str) -> str:
         """The last state read of breaker ``name``."""
         status = self.status.get(name)

@@ -153,16 +153,30 @@ def _timeline_table(report: dict[str, Any]) -> Table | Text:
     if not timeline:
         return Text("The breakers never left CLOSED.")
     table = Table(title="Breaker transitions", title_justify="left")
-    for column in ("at", "phase", "breaker", "transition", "failure rate (calls in window)"):
+    for column in ("at", "phase", "breaker", "transition", "why"):
         table.add_column(column, justify="right" if column == "at" else "left")
     for entry in timeline:
         table.add_row(
             f"{entry['at']:.1f} s", entry["phase"], entry["breaker"],
-            Text.assemble((entry["from"], STATE_STYLE.get(entry["from"], "")), " → ",
+            Text.assemble((entry["from"], STATE_STYLE.get(entry["from"], "")), " -> ",
                           (entry["to"], STATE_STYLE.get(entry["to"], ""))),
-            f"{entry['failure_rate']:.0%} ({entry['calls']})",
+            _why(entry),
         )
     return table
+
+
+def _why(entry: dict[str, Any]) -> str:
+    """Why a breaker moved, in words."""
+    move = (entry["from"], entry["to"])
+    if move == ("closed", "open"):
+        return f"{entry['failure_rate']:.0%} of the last {entry['calls']} calls failed"
+    if entry["to"] == "half_open":
+        return "open time over: one probe may call"
+    if move == ("half_open", "open"):
+        return "the probe failed"
+    if move == ("half_open", "closed"):
+        return "the probe succeeded"
+    return "set by an operator" if entry["to"].startswith("forced") else ""
 
 
 def _trace_view(report: dict[str, Any]) -> RenderableType:

