@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -49,10 +50,27 @@ def ensure_venv() -> Path:
 
 
 def run(cmd: list[object]) -> None:
-    """Run a command in the project root; exit with its code if it fails."""
-    code = subprocess.call([str(c) for c in cmd], cwd=ROOT)
+    """Run a command in the project root; exit with its code if it fails.
+
+    Ctrl-C reaches the command itself (it is in the same process group); this process
+    waits for the command to stop what it started rather than killing it. SIGTERM and
+    SIGHUP are passed on to it.
+    """
+    process = subprocess.Popen([str(c) for c in cmd], cwd=ROOT)
+
+    def forward(signum: int, frame: object) -> None:
+        process.send_signal(signum)
+
+    passed_on = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    previous.update({s: signal.signal(s, forward) for s in passed_on})
+    try:
+        code = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if code != 0:
-        sys.exit(code)
+        sys.exit(128 - code if code < 0 else code)
 
 
 def main(argv: list[str]) -> None:
