@@ -1,0 +1,96 @@
+"""The concurrency limit shared through Redis, end to end on 2 nodes x 4 processes.
+
+Tasks come from :mod:`tests.apps.resilient`: ``res.pooled`` holds one of the 3 slots of
+'api' (5 s leases) while it calls the upstream; ``res.solo`` holds the only slot of
+'solo' (3 s lease) and names its process in the call (``?pid=``), so that a test can
+kill it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+
+import pytest
+from celery import Celery
+
+from example_project.upstream import Response, Upstream, max_overlap
+from tests.helpers.cluster import (
+    calls_under,
+    client_for,
+    log_lines,
+    module_env,
+    note,
+    running_nodes,
+    wait_all,
+)
+from tests.helpers.polling import wait_until
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.workers import CeleryWorker
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
+    """This module's worker environment (its own queue and key prefix)."""
+    return module_env(redis_server, upstream_server.url)
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[CeleryWorker]]:
+    """2 worker nodes of 4 processes each: more processes than slots."""
+    with running_nodes(env, tmp_path_factory.mktemp("workers"), nodes=2, concurrency=4) as w:
+        yield w
+
+
+@pytest.fixture
+def client(celery_client: Callable[..., Celery], env: dict[str, str]) -> Celery:
+    return client_for(celery_client, env)
+
+
+def test_the_upstream_never_sees_more_than_the_limit(nodes, client, upstream, unique, request):
+    """16 tasks under ConcurrencyLimit("api", 3) on 8 processes, against an upstream that
+    takes 0.3 s to answer (503 for the first 4 calls): every task succeeds, and the upstream
+    never has more than 3 of them in flight; it does have 3 (the limit is used, not just
+    respected). A failed attempt gives its slot back like a successful one."""
+    prefix = f"/{unique}/pooled"
+    upstream.script(prefix, [Response(503, delay=0.3)] * 4, then=Response(delay=0.3))
+
+    results = [client.send_task("res.pooled", args=[f"{prefix}/{i}"]) for i in range(16)]
+
+    assert wait_all(results, timeout=60, what="16 pooled tasks") == ["SUCCESS"] * 16
+    calls = upstream.requests(prefix)
+    note(request, calls=len(calls), max_in_flight=max_overlap(calls))
+    assert len(calls) == 20
+    assert max_overlap(calls) == 3
+
+
+def test_a_killed_holders_slot_comes_back_after_its_lease(
+    nodes, client, upstream, unique, redis_server, env, request
+):
+    """The process holding the only slot of 'solo' is SIGKILLed in the middle of its call.
+    Another task is deferred ("concurrency 'solo' full") until the dead holder's lease
+    expires, and runs soon after: not before the expiry, and within one poll of it."""
+    upstream.script(f"/{unique}/holder", [], then=Response(delay=10.0))
+    holder = client.send_task("res.solo", args=[f"/{unique}/holder"])
+    (call,) = wait_until(
+        lambda: upstream.requests(f"/{unique}/holder"), timeout=20, what="the holder's call"
+    )
+    slots_key = f"{env['RESILIENCE_TEST_PREFIX']}:concurrency:{{solo}}"
+    with redis_server.client(2) as state:
+        ((_, expiry),) = state.zrange(slots_key, 0, -1, withscores=True)
+    os.kill(int(call.query.removeprefix("pid=")), signal.SIGKILL)
+
+    waiting = client.send_task("res.solo", args=[f"/{unique}/waiting"])
+
+    assert waiting.get(timeout=20)["status"] == 200
+    wait_until(lambda: holder.state == "FAILURE", timeout=10, what="the holder to be lost")
+    assert "WorkerLostError" in repr(holder.info)
+    (late,) = calls_under(upstream, f"/{unique}/waiting")
+    note(request, after_expiry=round(late.start - expiry, 3))
+    assert expiry <= late.start <= expiry + 2.5
+    assert log_lines(nodes, f"[{waiting.id}]: deferred: concurrency 'solo' full")

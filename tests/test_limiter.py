@@ -1,0 +1,233 @@
+"""The rate limiter shared through Redis: racing processes, then real workers.
+
+Two clocks are in play. The limiter decides on the Redis server's clock, and those
+decisions must be exact whatever the load of the machine: they are checked on the times
+the scripts return. The upstream sees the calls a little later, after the worker's
+scheduling noise; there the steady rate is measured as the median gap between
+consecutive calls (a call that comes late lengthens one gap and shortens the next, and
+a slot a woken task came too late for makes one gap of two intervals; neither moves the
+median), and the busiest 1-second window is counted as it is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import statistics
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from celery_resilience.policy import RateLimit
+from celery_resilience.state.keys import KeySpace
+from celery_resilience.state.redis import SLOT_GRACE, RedisStore
+from example_project.upstream import Response, Upstream
+from tests.helpers import racers
+from tests.helpers.cluster import client_for, module_env, note, running_nodes, wait_all, windows
+from tests.helpers.monitor import CommandLog
+from tests.helpers.polling import wait_until
+from tests.helpers.redis_server import HOST, RedisServer
+from tests.helpers.workers import CeleryWorker
+
+pytestmark = pytest.mark.integration
+
+SPAWN = multiprocessing.get_context("spawn")
+TAKERS = 8
+RATE = 50.0
+SECONDS = 5.0
+
+
+# -- 8 processes on one limiter -------------------------------------------------------------
+
+
+def _decisions(events: list[dict[str, Any]], interval: float) -> dict[str, list[Any]]:
+    """Replay one process's answers: the limiter's decisions (a grant at once, or a slot
+    booked), the grants, the booked slots used and those the process came too late for."""
+    grace = SLOT_GRACE * interval
+    out: dict[str, list[Any]] = {"decided": [], "granted": [], "used": [], "missed": []}
+    for event in events:
+        at, slot, presented = event["at"], event["slot"], event["presented"]
+        timely = presented is not None and at <= presented + grace
+        if event["ok"]:
+            out["granted"].append(at)
+            if timely:
+                out["used"].append(presented)
+            else:
+                out["decided"].append(at)
+        elif slot != presented:
+            out["decided"].append(slot)
+        if presented is not None and not timely:
+            out["missed"].append(presented)
+    return out
+
+
+@pytest.fixture(scope="module", params=[None, 10], ids=["burst=1", "burst=10"])
+def race(
+    request: pytest.FixtureRequest,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
+    """8 processes take from one 50/s limiter for 5 s; what the limiter decided."""
+    burst = request.param
+    limiter = {"name": "race", "rate": f"{RATE:g}/s", "burst": burst}
+    out = tmp_path_factory.mktemp("takers")
+    prefix = f"limit-{uuid.uuid4().hex[:10]}"
+    barrier = SPAWN.Barrier(TAKERS)
+    processes = [
+        SPAWN.Process(
+            target=racers.take_slots,
+            args=(redis_server.url(3), prefix, limiter, i, barrier, SECONDS + 0.5, str(out)),
+        )
+        for i in range(TAKERS)
+    ]
+    racers.run_all(processes, timeout=60)
+    policy = RateLimit(**limiter)
+    merged: dict[str, list[Any]] = {"decided": [], "granted": [], "used": [], "missed": []}
+    for path in out.glob("*.json"):
+        for key, values in _decisions(json.loads(path.read_text()), policy.interval).items():
+            merged[key].extend(values)
+    return {"policy": policy, **merged}
+
+
+def test_limiter_decides_rate_times_time_plus_burst(race, request):
+    """In 5 s of the Redis clock from its first decision, a contended 50/s limiter hands
+    out 250 slots plus its burst, within 2 %, whatever the load of the machine; no more
+    calls than that are granted."""
+    policy: RateLimit = race["policy"]
+    start = min(race["decided"])
+    decided = sum(1 for t in race["decided"] if start <= t < start + SECONDS)
+    granted = sum(1 for t in race["granted"] if start <= t < start + SECONDS)
+    expected = RATE * SECONDS + policy.capacity
+    note(request, decided=decided, granted=granted)
+    assert abs(decided - expected) <= 0.02 * expected, (decided, expected)
+    assert granted <= decided
+
+
+def test_no_second_holds_more_grants_than_rate_plus_burst(race, request):
+    """Over every 1-second window of the Redis clock, at most 50 + burst grants."""
+    policy: RateLimit = race["policy"]
+    worst = windows(race["granted"])
+    note(request, worst_window=worst)
+    assert worst <= RATE + policy.capacity
+
+
+def test_every_booked_slot_is_used_once_or_lost_to_lateness(race, request):
+    """A slot booked for a process is granted to it once when it comes in time; one it
+    comes too late for is not granted at all (it asks anew). So the grants are exactly
+    the decisions less the slots missed, and none is granted twice."""
+    used, missed = race["used"], race["missed"]
+    note(request, missed=len(missed))
+    assert len(set(used)) == len(used)
+    assert not set(used) & set(missed)
+    assert len(race["granted"]) == len(race["decided"]) - len(missed)
+
+
+# -- real workers --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
+    """This module's worker environment (its own queue and key prefix)."""
+    return module_env(redis_server, upstream_server.url)
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[CeleryWorker]]:
+    """2 worker nodes of 2 processes each, shared by this module's end-to-end tests."""
+    with running_nodes(env, tmp_path_factory.mktemp("workers"), nodes=2, concurrency=2) as w:
+        yield w
+
+
+@pytest.fixture
+def client(celery_client: Callable[..., Celery], env: dict[str, str]) -> Celery:
+    return client_for(celery_client, env)
+
+
+@pytest.fixture
+def store(redis_server: RedisServer, env: dict[str, str]) -> Iterator[RedisStore]:
+    """The workers' state store, as a test reads it."""
+    client = redis_server.client(2)
+    yield RedisStore(client, KeySpace(env["RESILIENCE_TEST_PREFIX"]))
+    client.close()
+
+
+def test_two_nodes_call_the_upstream_at_the_limit(nodes, client, upstream, unique, request):
+    """RateLimit("api", "10/s") on 2 nodes x 2 processes, 200 tasks: every task succeeds
+    with one call; the steady rate at the upstream is 10/s within 5 % and no 1-second
+    window holds more than 10 + burst calls."""
+    prefix = f"/{unique}/rate"
+    upstream.script(prefix, [], then=200)
+    results = [client.send_task("res.limited", args=[f"{prefix}/{i}"]) for i in range(200)]
+
+    states = wait_all(results, timeout=90, what="200 rate-limited tasks")
+
+    assert states == ["SUCCESS"] * 200
+    arrivals = sorted(r.start for r in upstream.requests(prefix))
+    assert len(arrivals) == 200
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    steady = 1 / statistics.median(gaps)
+    worst = windows(arrivals)
+    overall = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    note(request, steady_rate=round(steady, 3), overall_rate=round(overall, 3), worst=worst)
+    assert steady == pytest.approx(10.0, rel=0.05)
+    assert overall <= 10.0 * 1.05
+    assert worst <= 10 + RateLimit("api", "10/s").capacity
+
+
+def test_429_pauses_the_limiter_for_every_worker(nodes, client, upstream, unique, store):
+    """A 429 with Retry-After: 3 pauses the limiter 'api' for the cluster: neither the
+    throttled task nor 5 other tasks of that limiter call the upstream before the pause
+    (3 s after the 429 was recorded) is over."""
+    upstream.script(f"/{unique}/throttled", [Response(429, retry_after=3)], then=200)
+    upstream.script(f"/{unique}/other", [], then=200)
+    policy = RateLimit("api", "10/s")
+    throttled = client.send_task("res.limited", args=[f"/{unique}/throttled"])
+    status = wait_until(
+        lambda: (s := store.limiter(policy, None, "api")).paused_until > s.now and s,
+        timeout=20,
+        what="the limiter to be paused",
+    )
+    others = [client.send_task("res.limited", args=[f"/{unique}/other/{i}"]) for i in range(5)]
+
+    assert wait_all([throttled, *others], timeout=30, what="6 tasks") == ["SUCCESS"] * 6
+    calls = upstream.requests(f"/{unique}/throttled") + upstream.requests(f"/{unique}/other")
+    first, *later = sorted(calls, key=lambda r: r.start)
+    assert first.status == 429
+    assert len(later) == 6
+    assert status.paused_until >= first.start + 3.0
+    assert min(r.start for r in later) >= status.paused_until
+
+
+def test_breaker_and_limiter_are_asked_in_one_round_trip(
+    nodes, client, upstream, unique, redis_server, env
+):
+    """A task with a breaker and a limiter costs the state store exactly two commands for
+    one attempt: one EVALSHA of the gate (breaker and limiter keys together) before the
+    body and one EVALSHA of the record after it."""
+    warm = client.send_task("res.both", args=[f"/{unique}/warm"])
+    assert wait_all([warm], timeout=20, what="a first task (scripts loaded)") == ["SUCCESS"]
+    prefix = env["RESILIENCE_TEST_PREFIX"]
+
+    with CommandLog(HOST, redis_server.port) as log:
+        result = client.send_task("res.both", args=[f"/{unique}/counted"])
+        assert wait_all([result], timeout=20, what="the counted task") == ["SUCCESS"]
+        # the result is stored after the outcome is recorded: once MONITOR has shown the
+        # result, it has shown every state-store command of the attempt
+        wait_until(
+            lambda: log.commands(db=1, containing=f"celery-task-meta-{result.id}"),
+            timeout=10,
+            what="MONITOR to show the stored result",
+        )
+        commands = log.commands(db=2, containing=result.id)
+
+    assert [c.name for c in commands] == ["EVALSHA", "EVALSHA"]
+    gate, record = commands
+    assert f"{prefix}:breaker:{{both}}:state" in gate.args
+    assert f"{prefix}:limiter:{{both}}" in gate.args
+    assert f"{prefix}:breaker:{{both}}:state" in record.args
