@@ -172,10 +172,18 @@ def _to_str(value: object) -> str:
         return f"<unprintable {type(value).__name__}>"
 
 
+#: Text that escaping leaves as it is: printable ASCII, without or with the space.
+_VERBATIM = re.compile(r"[!-~]*")
+_VERBATIM_SPACED = re.compile(r"[ -~]*")
+
+
 def _escape(value: object, limit: int, *, keep_space: bool) -> str:
     if limit < _MIN_LIMIT:
         raise ValueError(f"limit must be at least {_MIN_LIMIT}, got {limit}")
     text = _to_str(value)
+    verbatim = _VERBATIM_SPACED if keep_space else _VERBATIM
+    if type(text) is str and len(text) <= limit and verbatim.fullmatch(text):
+        return text  # the common case (IDs, names): nothing to escape, nothing to cut
     pieces = [_escape_char(char, keep_space=keep_space) for char in text]
     if sum(map(len, pieces)) <= limit:
         return "".join(pieces)
