@@ -18,24 +18,24 @@ from Redis every ``resilience_metrics_interval`` seconds (15).
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
-import redis
 from celery import bootsteps
 from celery.signals import worker_init
-from kombu.utils.url import maybe_sanitize_url
 
 from celery_resilience import clock, counters
 from celery_resilience.errors import ResilienceConfigError
 from celery_resilience.inspection import (
+    STORE_ERRORS,
     breaker_status,
     declared,
     limiter_row,
     limiter_status,
 )
-from celery_resilience.runtime import connect as connect_store
 from celery_resilience.settings import read_settings
-from celery_resilience.state.fallback import BACKEND_ERRORS
+from celery_resilience.state.connect import connect as connect_store
+from celery_resilience.state.connect import describe
 from celery_resilience.state.redis import RedisStore
 from celery_resilience.task import ResilientTask
 
@@ -50,9 +50,8 @@ logger = logging.getLogger("celery_resilience.bootstep")
 _STATS_TIMEOUT = 0.3
 #: A fallback answer this recent (seconds) counts as "fallback active".
 _RECENT_FALLBACK = 10.0
-_STORE_ERRORS: tuple[type[BaseException], ...] = (
-    ResilienceConfigError, redis.RedisError, *BACKEND_ERRORS
-)
+_STORE_ERRORS: tuple[type[BaseException], ...] = (ResilienceConfigError, ValueError,
+                                                   *STORE_ERRORS)
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:
@@ -81,11 +80,11 @@ class ResilienceStep(bootsteps.StartStopStep):
     def _shared(self) -> RedisStore:
         if self._store is None:
             settings = read_settings(self.app)
-            timeout = min(settings.redis_timeout, _STATS_TIMEOUT)
-            self._store = RedisStore(connect_store(settings.backend_url, timeout=timeout),
-                                     settings.keys)
-            self._describe = maybe_sanitize_url(settings.backend_url)
             self._mode = settings.fallback
+            timeout = min(settings.redis_timeout, _STATS_TIMEOUT)
+            client = connect_store(settings.backend_url, timeout=timeout)
+            self._describe = describe(client)
+            self._store = RedisStore(client, settings.keys)
         return self._store
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -96,6 +95,14 @@ class ResilienceStep(bootsteps.StartStopStep):
         if not conf.get("resilience_metrics"):
             return
         from celery_resilience.metrics import serve_metrics  # noqa: PLC0415 - optional
+
+        pool = type(getattr(parent, "pool", None)).__module__
+        if pool.endswith(".prefork") and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            logger.warning(
+                "celery-resilience: metrics under the prefork pool need "
+                "PROMETHEUS_MULTIPROC_DIR (an empty directory); without it each pool "
+                "process keeps its own and nothing sums them (docs/metrics.md)"
+            )
 
         port = conf.get("resilience_metrics_port")
         if port is not None:
@@ -170,7 +177,7 @@ class ResilienceStep(bootsteps.StartStopStep):
             problem = _short(exc)
         last = totals.pop("last_fallback_at")
         recent = last is not None and clock.now() - last < _RECENT_FALLBACK
-        out["store"] = {"url": self._describe, "reachable": problem is None, "error": problem}
+        out["store"] = {"address": self._describe, "reachable": problem is None, "error": problem}
         out["fallback"] = {
             "active": problem is not None or recent,
             "mode": self._mode,

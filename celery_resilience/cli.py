@@ -89,7 +89,7 @@ def collect_status(s: Session) -> tuple[dict[str, Any], list[str]]:
         count = s.letters.count()
         now = s.now()
     data = {
-        "store": {"url": s.where, "prefix": s.prefix},
+        "store": {"address": s.where, "prefix": s.prefix},
         "now": now,
         "breakers": breakers,
         "limiters": limiters,
@@ -125,7 +125,7 @@ def render_status(data: dict[str, Any]) -> str:
         for x in data["limiters"]
     ]
     return "\n".join([
-        f"State store {data['store']['url']} (prefix {data['store']['prefix']!r})",
+        f"State store {data['store']['address']} (prefix {data['store']['prefix']!r})",
         "",
         *_section("Breakers", ["NAME", "STATE", "FAILURE RATE", "FAILED/CALLS", "OPEN UNTIL",
                                "DECLARED"], breakers),

@@ -11,14 +11,12 @@ import time
 from typing import TYPE_CHECKING
 
 import click
-import redis
-from kombu.utils.url import maybe_sanitize_url
 
 from celery_resilience.errors import ResilienceConfigError
-from celery_resilience.runtime import connect
+from celery_resilience.inspection import STORE_ERRORS
 from celery_resilience.settings import read_settings
+from celery_resilience.state.connect import connect, describe
 from celery_resilience.state.deadletters import DeadLetters
-from celery_resilience.state.fallback import BACKEND_ERRORS
 from celery_resilience.state.redis import RedisStore
 from celery_resilience.tracing import safe_text
 
@@ -67,8 +65,14 @@ class Session:
             self.settings = read_settings(app)
         except ResilienceConfigError as exc:
             raise CommandError(str(exc), EX_CONFIG) from None
-        self.where = maybe_sanitize_url(self.settings.backend_url)
-        self.client = connect(self.settings.backend_url, timeout=self.settings.redis_timeout)
+        self.where = "the state store"
+        with self.talking():
+            try:
+                client = connect(self.settings.backend_url, timeout=self.settings.redis_timeout)
+            except ValueError as exc:
+                raise CommandError(f"resilience_backend_url: {exc}", EX_CONFIG) from None
+            self.where = describe(client)
+        self.client = client
         self.store = RedisStore(self.client, self.settings.keys)
         self.letters = DeadLetters(
             self.client, self.settings.keys, self.settings.dead_letters_max
@@ -81,16 +85,12 @@ class Session:
 
     @contextlib.contextmanager
     def talking(self) -> Iterator[None]:
-        """Turn Redis errors into one-line command errors."""
+        """Turn state-store errors into one-line command errors (exit 69)."""
         try:
             yield
-        except BACKEND_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise CommandError(
                 f"state store {self.where} unreachable ({short(exc)})", EX_UNAVAILABLE
-            ) from None
-        except redis.RedisError as exc:
-            raise CommandError(
-                f"state store {self.where} failed ({short(exc)})", EX_UNAVAILABLE
             ) from None
 
     def now(self) -> float:
@@ -108,6 +108,7 @@ def session(ctx: click.Context) -> Session:
             raise CommandError("run it as `celery -A proj resilience ...`", EX_USAGE)
         found = Session(app)
         ctx.meta["celery_resilience.session"] = found
+        ctx.call_on_close(found.client.close)
     return found
 
 

@@ -11,15 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import redis
+from redis.exceptions import RedisClusterException
+
 from celery_resilience import signals
 from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.base import BreakerState, BreakerStatus, LimiterStatus, Transition
+from celery_resilience.state.fallback import BACKEND_ERRORS
 from celery_resilience.task import ResilientTask
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    import redis
     from celery import Celery
     from redis.cluster import RedisCluster
 
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from celery_resilience.state.redis import RedisStore
 
 __all__ = [
+    "STORE_ERRORS",
     "Declared",
     "announce",
     "breaker_row",
@@ -40,6 +44,10 @@ __all__ = [
 #: nothing (the window's buckets expire on their own).
 UNDECLARED_WINDOW = 10_000_000.0
 _SCAN_COUNT = 1_000
+#: What a state store that cannot be reached (or cannot serve) raises.
+STORE_ERRORS: tuple[type[BaseException], ...] = (
+    *BACKEND_ERRORS, redis.RedisError, RedisClusterException
+)
 
 
 @dataclass

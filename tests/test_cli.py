@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from celery.bin.base import CLIContext
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from celery_resilience import CircuitBreaker, RateLimit, resilient_task, signals
 from celery_resilience.cli import render_status, resilience
-from celery_resilience.runtime import connect
 from celery_resilience.state.base import BreakerState
-from celery_resilience.state.keys import KeySpace, escape
-from celery_resilience.state.redis import RedisStore
+from celery_resilience.state.keys import escape
 from example_project.upstream import Upstream
 from tests.helpers.celery_apps import make_app
 from tests.helpers.inspection import OUTAGE, Rig, rig_fixture, run_cli
@@ -27,10 +27,6 @@ pytestmark = pytest.mark.integration
 
 
 rig = rig_fixture("cli")
-
-
-def _store(rig: Rig) -> RedisStore:
-    return RedisStore(connect(rig.redis.url(0)), KeySpace(rig.prefix))
 
 
 def _one_line_error(result: Any) -> str:
@@ -48,7 +44,7 @@ def test_status_shows_an_open_breaker_during_an_outage_and_reset_closes_it(
     client = rig.client()
     for i in range(3):
         client.send_task("inspect.outage", args=[f"/{unique}/{i}"])
-    store = _store(rig)
+    store = rig.store
     wait_until(lambda: store.breaker(OUTAGE).state is BreakerState.OPEN, timeout=20,
                what="the breaker opens")
 
@@ -90,7 +86,7 @@ def test_open_and_close_force_a_breaker_until_reset(rig: Rig):
     assert rig.cli("breaker", "close", "upstream").stdout.strip() == (
         "breaker 'upstream': forced_closed (was forced_open)"
     )
-    assert _store(rig).breaker(CircuitBreaker("upstream")).state is BreakerState.FORCED_CLOSED
+    assert rig.store.breaker(CircuitBreaker("upstream")).state is BreakerState.FORCED_CLOSED
     assert rig.cli("breaker", "reset", "upstream").stdout.strip() == (
         "breaker 'upstream': closed (was forced_closed)"
     )
@@ -98,7 +94,7 @@ def test_open_and_close_force_a_breaker_until_reset(rig: Rig):
 
 def test_names_only_redis_holds_are_listed_escaped_and_can_be_reset(rig: Rig):
     """A breaker no task declares but Redis holds is listed (escaped) and can be reset."""
-    store = _store(rig)
+    store = rig.store
     store.breaker(CircuitBreaker("legacy café"), "open")
     evil = "\x1b[31mred\x1b[0m"
     state_key = f"{rig.prefix}:breaker:{{{escape(evil)}}}:state"
@@ -130,7 +126,7 @@ def test_a_breaker_nobody_knows_is_one_line_and_exit_1(rig: Rig):
         f"Error: no breaker 'nosuch': no task of this app declares it and the state store "
         f"holds nothing for it under prefix '{rig.prefix}'"
     )
-    assert not _store(rig).breaker(CircuitBreaker("nosuch")).exists
+    assert not rig.store.breaker(CircuitBreaker("nosuch")).exists
     bad = rig.cli("breaker", "open", "a\nb")
     assert bad.returncode == 2
     assert _one_line_error(bad) == "Error: 'a\\x0ab' cannot name a breaker"
@@ -144,7 +140,7 @@ def test_unreachable_store_is_one_line_and_exit_69(unique: str):
         result = run_cli(*args, env=env)
         assert result.returncode == 69, (args, result.stderr)
         line = _one_line_error(result)
-        assert line.startswith(f"Error: state store {url} unreachable (ConnectionError: ")
+        assert line.startswith(f"Error: state store {url[8:]} unreachable (ConnectionError: ")
 
 
 def test_no_redis_configured_is_one_line_and_exit_78():
@@ -218,3 +214,19 @@ def test_help_lists_the_subcommands():
     assert result.returncode == 0, result.stderr
     for command in ("status", "breaker", "dead-letters"):
         assert command in result.stdout
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_any_name_is_printed_as_printable_ascii(name: str):
+    """Whatever a key or a task names, the table holds printable ASCII and newlines only."""
+    row = {"name": name, "declared": False}
+    data = {
+        "store": {"address": "127.0.0.1:6379/0", "prefix": "p"},
+        "now": 0.0,
+        "breakers": [{**row, "state": "closed", "failure_rate": 0.0, "calls": 0,
+                      "failures": 0, "open_until": None}],
+        "limiters": [{**row, "rate": None, "wait": 0.0, "in_use": 0, "concurrency": None,
+                      "paused_until": None}],
+        "dead_letters": {"count": 0},
+    }
+    assert all(ch == "\n" or " " <= ch <= "~" for ch in render_status(data))

@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 
 from celery_resilience.cli_letters import parse_duration
-from celery_resilience.runtime import connect
 from celery_resilience.state.deadletters import DeadLetter, DeadLetters
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.tracing import parse_traceparent
@@ -26,7 +25,7 @@ rig = rig_fixture("letters")
 @pytest.fixture
 def letters(rig: Rig) -> Iterator[DeadLetters]:
     """The module's dead-letter stream, emptied after each test."""
-    stream = DeadLetters(connect(rig.redis.url(0)), KeySpace(rig.prefix))
+    stream = DeadLetters(rig.store.client, KeySpace(rig.prefix))
     yield stream
     stream.purge()
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import states
 
 from celery_resilience import CircuitBreaker
-from celery_resilience.runtime import connect
-from celery_resilience.state.keys import KeySpace
-from celery_resilience.state.redis import RedisStore
 from celery_resilience.tracing import parse_traceparent
 from example_project.upstream import Upstream
 from tests.helpers.flower import FlowerProcess
@@ -78,7 +76,7 @@ def test_a_deferred_task_says_why_and_until_when(
 ):
     """A task held back by a forced-open breaker shows the reason and when it comes back."""
     worker, flower = rig
-    store = RedisStore(connect(worker.redis.url(0)), KeySpace(worker.prefix))
+    store = worker.store
     store.breaker(CircuitBreaker("upstream"), "open")
     try:
         result = worker.client().send_task("res.guarded", args=[f"/{unique}"])
@@ -147,3 +145,25 @@ def test_flower_sees_only_celery_task_states(rig: tuple[Rig, FlowerProcess]):
     tasks = flower.get("/api/tasks")
     assert tasks
     assert {task["state"] for task in tasks.values()} <= set(states.ALL_STATES)
+
+
+def test_stats_say_when_the_pool_falls_back(
+    redis_server: RedisServer, upstream: Upstream, tmp_path: Path, unique: str
+):
+    """With the state store gone, the section says so: unreachable, fallback active, and
+    how many gate calls the pool answered alone."""
+    with RedisServer(tmp_path / "state") as state:
+        env = {"RESILIENCE_TEST_STATE": state.url(0)}
+        with worker_rig(redis_server, upstream, tmp_path, extra_env=env) as rig:
+            state.kill()
+            client = rig.client()
+            assert client.send_task("res.guarded", args=[f"/{unique}"]).get(timeout=20)
+            stats = client.control.inspect(
+                destination=[rig.worker.nodename], timeout=5, limit=1
+            ).stats()
+    section = stats[rig.worker.nodename]["resilience"]
+    assert section["store"]["reachable"] is False
+    assert section["store"]["error"].startswith("ConnectionError: ")
+    assert section["fallback"]["active"] is True
+    assert section["fallback"]["answers"] >= 1
+    assert section["breakers"] == {}

@@ -21,10 +21,7 @@ from celery_resilience.metrics import (
     disable_metrics,
     enable_metrics,
 )
-from celery_resilience.runtime import connect
 from celery_resilience.state.base import BreakerState
-from celery_resilience.state.keys import KeySpace
-from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Response, Upstream
 from tests.helpers.inspection import Rig, worker_rig
 from tests.helpers.polling import wait_until
@@ -207,7 +204,7 @@ def test_a_prefork_worker_counts_exactly_what_the_upstream_saw(
 def test_the_breaker_gauge_follows_the_shared_state(metrics_rig: tuple[Rig, Path, int]):
     """The worker refreshes ``breaker_state`` from Redis, whoever changed the breaker."""
     rig, directory, _ = metrics_rig
-    store = RedisStore(connect(rig.redis.url(0)), KeySpace(rig.prefix))
+    store = rig.store
     gauge = "celery_resilience_breaker_state"
 
     def shows(state: BreakerState) -> Any:

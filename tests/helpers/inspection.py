@@ -7,6 +7,7 @@ of its own; each test keeps apart by upstream paths and task IDs of its own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -19,6 +20,9 @@ from typing import Any
 from celery import Celery
 
 from celery_resilience import CircuitBreaker
+from celery_resilience.state.connect import connect
+from celery_resilience.state.keys import KeySpace
+from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Upstream
 from tests.helpers import REPO_ROOT
 from tests.helpers.celery_apps import app_env, make_app
@@ -57,6 +61,11 @@ class Rig:
     ) -> subprocess.CompletedProcess[str]:
         """``celery -A tests.apps.inspect_app resilience ARGS`` with the worker's settings."""
         return run_cli(*args, env={**self.env, **(env or {})})
+
+    @functools.cached_property
+    def store(self) -> RedisStore:
+        """The worker's state store, seen from the test (closed with the rig)."""
+        return RedisStore(connect(self.redis.url(0)), KeySpace(self.prefix))
 
     def log(self) -> str:
         """The tail of the worker's log (for assertion messages)."""
@@ -123,3 +132,5 @@ def worker_rig(
         worker.stop()
         for app in rig.clients:
             app.close()
+        if "store" in rig.__dict__:
+            rig.store.client.close()
