@@ -15,6 +15,7 @@ the outbound ``traceparent`` and the exported span agree::
 
 from __future__ import annotations
 
+import sys
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -79,6 +80,26 @@ class SpanHandle:
             self._span.set_attribute(key, attribute)
 
 
+_missing = False
+
+
+def _importable() -> None:
+    """Raise ImportError at once when OpenTelemetry is known to be missing.
+
+    A failed import searches the whole path again each time, which would cost every
+    attempt tens of microseconds where the ``otel`` extra is not installed. So once an
+    import has failed, it is tried again only when something has put ``opentelemetry``
+    in ``sys.modules`` since.
+    """
+    if _missing and "opentelemetry" not in sys.modules:
+        raise ImportError("opentelemetry is not installed")
+
+
+def _note_missing() -> None:
+    global _missing  # noqa: PLW0603 - one flag per process
+    _missing = "opentelemetry" not in sys.modules
+
+
 def otel_parent() -> TraceContext | None:
     """The current OpenTelemetry span's trace context, if there is a valid one.
 
@@ -86,8 +107,10 @@ def otel_parent() -> TraceContext | None:
     without ``opentelemetry-api`` or outside any span.
     """
     try:
+        _importable()
         from opentelemetry import trace  # noqa: PLC0415 - optional dependency
     except ImportError:
+        _note_missing()
         return None
     span_context = trace.get_current_span().get_span_context()
     if not span_context.is_valid:
@@ -115,6 +138,7 @@ def attempt_span(
     the global one. Without OpenTelemetry, yields a handle with a fresh span ID.
     """
     try:
+        _importable()
         from opentelemetry import trace  # noqa: PLC0415 - optional dependency
         from opentelemetry.trace import (  # noqa: PLC0415
             NonRecordingSpan,
@@ -125,6 +149,7 @@ def attempt_span(
             TraceFlags,
         )
     except ImportError:
+        _note_missing()
         handle = SpanHandle(ctx, new_span_id(), span=None, recording=False)
         for key, value in (attributes or {}).items():
             handle.set(key, value)

@@ -152,6 +152,32 @@ def test_without_opentelemetry_exceptions_pass_through(monkeypatch):
         raise KeyError("x")
 
 
+class _Absent:
+    """A meta-path finder that makes ``opentelemetry`` missing, and counts the searches."""
+
+    def __init__(self) -> None:
+        self.searches = 0
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "opentelemetry":
+            self.searches += 1
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+def test_a_missing_opentelemetry_is_looked_for_once(monkeypatch):
+    """Where OpenTelemetry is not installed, attempts do not search the path for it again."""
+    for name in [n for n in sys.modules if n.split(".")[0] == "opentelemetry"]:
+        monkeypatch.delitem(sys.modules, name)
+    absent = _Absent()
+    monkeypatch.setattr(sys, "meta_path", [absent, *sys.meta_path])
+    monkeypatch.setattr("celery_resilience.otel._missing", False)
+    for _ in range(3):
+        assert otel_parent() is None
+        with attempt_span("shop.charge", MESSAGE) as handle:
+            assert not handle.recording
+    assert absent.searches == 1
+
+
 # --- otel_parent ----------------------------------------------------------------
 
 
