@@ -258,17 +258,18 @@ class _Attempt:
         signals.attempt_succeeded.send(
             sender=self.task, task_id=self.task_id, attempt=self.state.attempt, duration=duration
         )
-        logger.info(
-            "%s",
-            format_outcome(
-                outcome="succeeded",
-                verdict=None,
-                cause=None,
-                duration=duration,
-                countdown=None,
-                final_state="SUCCESS",
-            ),
-        )
+        if logger.isEnabledFor(logging.INFO):  # the line costs more than a no-op task body
+            logger.info(
+                "%s",
+                format_outcome(
+                    outcome="succeeded",
+                    verdict=None,
+                    cause=None,
+                    duration=duration,
+                    countdown=None,
+                    final_state="SUCCESS",
+                ),
+            )
         return result
 
     def _concurrency_lease(self) -> float:
