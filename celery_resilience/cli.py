@@ -66,11 +66,11 @@ def _quote(name: str) -> str:
 
 def collect_status(s: Session) -> tuple[dict[str, Any], list[str]]:
     """The status object (see the ``status`` command) and names of keys that were skipped."""
-    found = _found(s)
     skipped: list[str] = []
     breakers: list[dict[str, Any]] = []
     limiters: list[dict[str, Any]] = []
     with s.talking():
+        found = _found(s)
         in_redis = scan_names(s.client, s.settings.keys, ["breaker"])
         for name in sorted(set(found.breakers) | in_redis):
             try:
@@ -165,7 +165,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def breaker(ctx: click.Context, action: str, name: str) -> None:
     """Force the breaker NAME open or closed (until reset), or reset it to closed."""
     s = session(ctx)
-    found = _found(s)
+    with s.talking():
+        found = _found(s)
     try:
         policy = policy_for(name, found)
     except ValueError:

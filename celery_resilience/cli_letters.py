@@ -68,8 +68,8 @@ def requeue_letter(app: Celery, letter: DeadLetter, *, queue: str | None = None)
     if letter.args_json is None or letter.kwargs_json is None:
         which = "args" if letter.args_json is None else "kwargs"
         raise RequeueRefusedError(
-            f"its {which} were not JSON-serialisable when it failed, so they cannot be sent "
-            "again as they were (the letter keeps only their repr)"
+            f"its {which} were not kept as JSON (not JSON-serialisable, or over 64 KiB), so "
+            "they cannot be sent again as they were (the letter keeps only a capped repr)"
         )
     args = json.loads(letter.args_json)
     kwargs = json.loads(letter.kwargs_json)
@@ -178,7 +178,7 @@ def show(ctx: click.Context, letter_id: str, as_json: bool) -> None:
         ("args", safe_text(letter.args, 2_000)),
         ("kwargs", safe_text(letter.kwargs, 2_000)),
         ("requeue", "possible" if letter.args_json is not None
-         and letter.kwargs_json is not None else "refused: arguments were not JSON"),
+         and letter.kwargs_json is not None else "refused: arguments not kept as JSON"),
     ]
     width = max(len(k) for k, _ in fields) + 1
     for key, value in fields:

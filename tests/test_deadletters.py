@@ -136,13 +136,13 @@ def test_requeue_refuses_a_letter_whose_arguments_were_not_json(
     result = rig.cli("dead-letters", "requeue", entry)
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        f"Error: dead letter {entry} not requeued: its args were not JSON-serialisable when "
-        "it failed, so they cannot be sent again as they were (the letter keeps only their "
-        "repr)"
+        f"Error: dead letter {entry} not requeued: its args were not kept as JSON (not "
+        "JSON-serialisable, or over 64 KiB), so they cannot be sent again as they were (the "
+        "letter keeps only a capped repr)"
     )
     assert letters.get(entry) is not None
     shown = rig.cli("dead-letters", "show", entry)
-    assert "requeue:       refused: arguments were not JSON" in shown.stdout
+    assert "requeue:       refused: arguments not kept as JSON" in shown.stdout
 
 
 def test_purge_older_than_removes_only_old_letters(rig: Rig, letters: DeadLetters):
