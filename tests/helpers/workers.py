@@ -156,6 +156,14 @@ class CeleryWorker(LoggedProcess):
             kill_group(process.pid)
         process.wait(10.0)
 
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool at once (fault injection: a machine lost)."""
+        process = self._process
+        if process is None:
+            return
+        kill_group(process.pid)
+        process.wait(10.0)
+
     def child_pids(self) -> list[int]:
         """Return the worker's child processes (the prefork pool)."""
         return child_pids(self.pid)
