@@ -14,13 +14,22 @@ where ``2`` is the database and ``lua`` stands for the client of a command a scr
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 import threading
 from dataclasses import dataclass
 from types import TracebackType
 
+from celery_resilience.state.scripts import script_source
+
 _LINE = re.compile(r"^\+(?P<time>\d+\.\d+) \[(?P<db>\d+) (?P<client>[^\]]+)\] (?P<args>.*)$")
+_SHA = re.compile(r'^"EVALSHA" "(?P<sha>[0-9a-f]{40})"', re.IGNORECASE)
+
+
+def script_sha(name: str) -> str:
+    """The SHA1 under which one of the package's Lua scripts runs (``EVALSHA``)."""
+    return hashlib.sha1(script_source(name).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +45,12 @@ class Command:
     def name(self) -> str:
         """The command's name, upper case."""
         return self.args.split(" ", 1)[0].strip('"').upper()
+
+    @property
+    def sha(self) -> str | None:
+        """The script an ``EVALSHA`` runs (see :func:`script_sha`), else None."""
+        match = _SHA.match(self.args)
+        return match["sha"].lower() if match else None
 
 
 class CommandLog:
