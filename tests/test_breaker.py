@@ -234,13 +234,18 @@ def _unreachable_env(
 def test_unreachable_state_store_fails_open_and_says_so_once(
     worker_factory, celery_client, redis_server, upstream, unique
 ):
-    """With nothing listening where the state store should be, 10 tasks behind a breaker
-    all succeed (per-process state, fail-open), and the worker logs the fallback once."""
+    """With nothing listening where the state store should be, 10 tasks, half behind a
+    breaker and half behind a rate limit, all succeed (per-process state, fail-open), and
+    the worker logs the fallback once, not once per task."""
     env = _unreachable_env(redis_server, upstream, free_port(), "allow")
     worker = worker_factory("tests.apps.resilient", env=env, concurrency=1)
     client = client_for(celery_client, env)
 
-    results = [client.send_task("res.guarded", args=[f"/{unique}/{i}"]) for i in range(10)]
+    results = [
+        client.send_task(name, args=[f"/{unique}/{name}/{i}"])
+        for name in ("res.guarded", "res.limited")
+        for i in range(5)
+    ]
 
     assert wait_all(results, timeout=30, what="10 tasks") == ["SUCCESS"] * 10
     (warning,) = log_lines([worker], "unreachable")
