@@ -13,6 +13,7 @@ __all__ = ["DEFAULT_PREFIX", "KeySpace", "escape"]
 
 DEFAULT_PREFIX = "resilience"
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]*")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -22,9 +23,9 @@ def escape(name: str) -> str:
     >>> escape("payments"), escape("a{b}:c d")
     ('payments', 'a%7Bb%7D%3Ac%20d')
     """
-    return "".join(
-        chr(byte) if byte in _SAFE else f"%{byte:02X}" for byte in name.encode("utf-8")
-    )
+    if type(name) is str and _SAFE_NAME.fullmatch(name):
+        return name  # the usual case: nothing to encode
+    return "".join(chr(byte) if byte in _SAFE else f"%{byte:02X}" for byte in name.encode("utf-8"))
 
 
 @dataclass(frozen=True, slots=True)
