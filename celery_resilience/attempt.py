@@ -55,6 +55,7 @@ from celery_resilience.state.base import (
     GateAnswer,
     GateAsk,
     OutcomeReport,
+    RecordAnswer,
     Transition,
 )
 from celery_resilience.state.deadletters import DeadLetter, capped_repr
@@ -203,7 +204,6 @@ class _Attempt:
             trace_id=self.trace.trace_id,
             span_id=self.info.span_id,
         )
-        self.rt.counters.attempts += 1
         if self.state.not_before is not None:
             now = self.rt.now()
             if now < self.state.not_before - _EARLY:
@@ -428,7 +428,6 @@ class _Attempt:
             countdown=wait,
             trace_id=self.trace.trace_id,
         )
-        self.rt.counters.deferrals += 1
         signals.deferred.send(
             sender=self.task,
             task_id=self.task_id,
@@ -503,23 +502,23 @@ class _Attempt:
                 exc=exc,
                 failure=failure,
             )
+        seconds = self._not_before_half_open(countdown.seconds, record)
         line = retry_line(
             verdict=failure.verdict.value,
             cause=failure.cause,
             attempt=self.state.attempt,
             max_retries=self.opts.max_retries,
-            countdown=countdown.seconds,
+            countdown=seconds,
             trace_id=self.trace.trace_id,
         )
         self.state = replace(self.state, failures=spent).with_entry(
             f"#{spent} {failure.verdict.value}: {failure.cause}"
         )
-        self.rt.counters.retries += 1
         signals.retry_scheduled.send(
             sender=self.task,
             task_id=self.task_id,
             attempt=spent,
-            countdown=countdown.seconds,
+            countdown=seconds,
             verdict=failure.verdict,
             cause=failure.cause,
             reason=line,
@@ -531,11 +530,24 @@ class _Attempt:
                 verdict=failure.verdict.value,
                 cause=failure.cause,
                 duration=duration,
-                countdown=countdown.seconds,
+                countdown=seconds,
                 final_state=None,
             ),
         )
-        self._reschedule(countdown.seconds, Retrying(line), record.now, cause=exc)
+        self._reschedule(seconds, Retrying(line), record.now, cause=exc)
+
+    def _not_before_half_open(self, seconds: float, record: RecordAnswer) -> float:
+        """A retry due while the breaker (opened by this very failure, or before) is still
+        open would only be deferred on waking: schedule it for the half-open time instead,
+        spread like a deferral, when the deadline allows."""
+        breaker = self.opts.breaker
+        if breaker is None or record.breaker_state is not BreakerState.OPEN:
+            return seconds
+        floor = record.open_until - record.now + random.uniform(0.0, breaker.open_for)  # noqa: S311
+        remaining = self._remaining(record.now)
+        if seconds >= floor or (remaining is not None and floor >= remaining):
+            return seconds
+        return floor
 
     def _give_up(
         self, reason: str, *, exc: BaseException | None, failure: Failure | None
@@ -545,7 +557,6 @@ class _Attempt:
                 f"#{self.state.attempt} {failure.verdict.value}: {failure.cause}"
             )
         message = gave_up_message(reason=reason, state=self.state, trace_id=self.trace.trace_id)
-        self.rt.counters.gave_up += 1
         signals.gave_up.send(
             sender=self.task,
             task_id=self.task_id,

@@ -64,7 +64,7 @@ class CircuitBreaker:
     name: str
     failure_rate: float = 0.5
     minimum_calls: int = 5
-    window: float = 30.0
+    window: float = 10.0
     open_for: float = 5.0
     open_for_max: float | None = None
     half_open_calls: int = 1

@@ -10,7 +10,6 @@ import logging
 import os
 import threading
 from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from celery_resilience import clock, signals
@@ -39,14 +38,6 @@ logger = logging.getLogger("celery_resilience.runtime")
 _PENDING_LETTERS = 1_000
 
 
-@dataclass
-class _Counters:
-    attempts: int = 0
-    deferrals: int = 0
-    retries: int = 0
-    gave_up: int = 0
-
-
 class Runtime:
     """Settings, store and caches of one app in one process."""
 
@@ -66,7 +57,6 @@ class Runtime:
         self.dead_letters = DeadLetters(
             self.client, self.settings.keys, self.settings.dead_letters_max
         )
-        self.counters = _Counters()
         self._open_until: dict[str, float] = {}
         self._offset = 0.0
         self._pending: deque[DeadLetter] = deque(maxlen=_PENDING_LETTERS)

@@ -72,17 +72,17 @@ class ResilientTask(Task[Any, Any]):
         sync_customer = app.register_task(SyncCustomer())
     """
 
-    breaker: ClassVar[CircuitBreaker | None] = None
-    limiter: ClassVar[RateLimit | None] = None
-    concurrency: ClassVar[ConcurrencyLimit | None] = None
-    max_retries: ClassVar[int | None] = 5  # type: ignore[misc]
-    deadline: ClassVar[float | None] = None
-    backoff: ClassVar[Callable[..., Any]] = DEFAULT_BACKOFF
-    classifier: ClassVar[Classifier | None] = None
-    retry_on: ClassVar[tuple[type[BaseException], ...]] = ()
-    give_up_on: ClassVar[tuple[type[BaseException], ...]] = ()
-    on_open: ClassVar[OnOpen] = "defer"
-    policy: ClassVar[str | None] = None
+    breaker: CircuitBreaker | None = None
+    limiter: RateLimit | None = None
+    concurrency: ConcurrencyLimit | None = None
+    max_retries: int | None = 5
+    deadline: float | None = None
+    backoff: Callable[..., Any] = DEFAULT_BACKOFF
+    classifier: Classifier | None = None
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ()
+    give_up_on: type[BaseException] | tuple[type[BaseException], ...] = ()
+    on_open: OnOpen = "defer"
+    policy: str | None = None
     #: The options set by the task itself (not inherited from ResilientTask's defaults).
     explicit_options: ClassVar[frozenset[str]] = frozenset()
 

@@ -162,7 +162,7 @@ def test_django_style_setting_is_read_through_the_namespace():
             namespace="CELERY",
         )
 
-        @resilient_task(app=app, name="crm.sync", policy="crm")
+        @resilient_task(app=app, name="django.crm.sync", policy="crm")
         def sync() -> None: ...
 
         assert sync.resilience_options(overrides=False).max_retries == 0

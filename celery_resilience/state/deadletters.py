@@ -85,7 +85,8 @@ class DeadLetters:
         return int(self.client.xlen(self.key))
 
     def list(self, limit: int = 50) -> list[DeadLetter]:
-        """The newest ``limit`` letters, newest first."""
+        """The newest ``limit`` letters, newest first (an unreadable entry is shown as one
+        whose reason says so, rather than hiding the others)."""
         entries = self.client.xrevrange(self.key, count=limit) or []
         return [_letter(entry) for entry in entries]
 
@@ -119,4 +120,27 @@ def _text(value: object) -> str:
 
 def _letter(entry: Any) -> DeadLetter:
     entry_id, fields = entry
-    return DeadLetter.from_entry(_text(entry_id), {_text(k): _text(v) for k, v in fields.items()})
+    try:
+        return DeadLetter.from_entry(
+            _text(entry_id), {_text(k): _text(v) for k, v in fields.items()}
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        return DeadLetter(
+            task_name="?",
+            task_id="?",
+            args="",
+            kwargs="",
+            args_json=None,
+            kwargs_json=None,
+            verdict="?",
+            cause="?",
+            reason=f"unreadable entry ({type(exc).__name__})",
+            trace_id="?",
+            attempts=0,
+            history=(),
+            worker="?",
+            queue=None,
+            failed_at=0.0,
+            first_attempt_at=None,
+            id=_text(entry_id),
+        )

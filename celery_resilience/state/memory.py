@@ -71,14 +71,17 @@ class MemoryStore:
     def _width_ms(policy: CircuitBreaker) -> float:
         return policy.window * (1000 / _WINDOW_BUCKETS)
 
-    def _totals(self, br: _Breaker, policy: CircuitBreaker, now: float) -> tuple[int, int]:
+    def _totals(
+        self, br: _Breaker, policy: CircuitBreaker, now: float, *, keep: bool = False
+    ) -> tuple[int, int]:
         horizon = (now - policy.window) * 1000
         width = self._width_ms(policy)
         succ = fail = 0
         for key in list(br.window):
             start, kind = key
             if start + width <= horizon:
-                del br.window[key]
+                if not keep:
+                    del br.window[key]
             elif kind == "s":
                 succ += br.window[key]
             else:
@@ -325,7 +328,7 @@ class MemoryStore:
                     br.window.clear()
                     br.open_for = _stored(policy.open_for)
                     br.open_until = 0.0
-            succ, fail = self._totals(br, policy, now)
+            succ, fail = self._totals(br, policy, now, keep=True)
             br.probes = {h: t for h, t in br.probes.items() if t > _stored(now)}
             calls = succ + fail
             return BreakerStatus(

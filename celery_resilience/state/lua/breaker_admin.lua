@@ -41,7 +41,7 @@ elseif args.op == 'reset' then
 end
 
 local ou, of, ch = unpack(redis.call('HMGET', skey, 'ou', 'of', 'ch'))
-local succ, fail = window_totals(wkey, b, now)
+local succ, fail = window_totals(wkey, b, now, true)
 redis.call('ZREMRANGEBYSCORE', pkey, '-inf', fmt(now))
 res.st = st
 res.ou = (st == 'open') and (ou or 0) or 0

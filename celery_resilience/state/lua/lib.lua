@@ -47,8 +47,9 @@ local function pexpire_seconds(key, seconds)
 end
 
 -- Breaker window: a hash of time buckets, fields "<bucket start ms>:s" and ":f".
--- Returns successes, failures within the last b.win seconds; drops older buckets.
-local function window_totals(wkey, b, now)
+-- Returns successes, failures within the last b.win seconds; drops older buckets unless
+-- keep is true (a reader whose window may differ from the writers' must not prune).
+local function window_totals(wkey, b, now, keep)
   local flat = redis.call('HGETALL', wkey)
   local succ, fail = 0, 0
   local horizon = (now - b.win) * 1000
@@ -66,7 +67,7 @@ local function window_totals(wkey, b, now)
       fail = fail + tonumber(flat[i + 1])
     end
   end
-  if #stale > 0 then
+  if #stale > 0 and not keep then
     redis.call('HDEL', wkey, unpack(stale))
   end
   return succ, fail
