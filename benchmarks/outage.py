@@ -11,6 +11,7 @@ recovery (the herd). The sweep repeats the resilient side for each breaker in
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from benchmarks.apps import plain, resilient
@@ -144,46 +145,56 @@ def run_outage(rig: Rig, params: Params) -> Outcome:
 
 
 def run_sweep(rig: Rig, params: Params) -> Outcome:
-    """The resilient side of the outage for every breaker of the sweep."""
+    """The resilient side of the outage for every breaker of the sweep, ``sweep_reps``
+    times each (the settings interleaved); a cell lists every run."""
     rig.reset()
     queue = "sweep"
-    runs: dict[str, OutageRun] = {}
+    runs: dict[str, list[OutageRun]] = {resilient.sweep_label(b): [] for b in resilient.SWEEP}
     with rig.nodes(SIDES["resilient"], queue, count=NODES, concurrency=CONCURRENCY):
-        for breaker in resilient.SWEEP:
-            label = resilient.sweep_label(breaker)
-            runs[label] = measure_outage(
-                rig,
-                resilient.sweep_tasks[label],
-                prefix=f"/sweep/{label}",
-                queue=queue,
-                tasks=params.outage_tasks,
-                outage=params.outage_seconds,
-            )
-            print(f"  sweep {label}: {_summary(runs[label])}", flush=True)
+        for rep in range(params.sweep_reps):
+            for label, found in runs.items():
+                found.append(
+                    measure_outage(
+                        rig,
+                        resilient.sweep_tasks[label],
+                        prefix=f"/sweep/{label}/{rep}",
+                        queue=queue,
+                        tasks=params.outage_tasks,
+                        outage=params.outage_seconds,
+                    )
+                )
+                print(f"  sweep {label} #{rep + 1}: {_summary(found[-1])}", flush=True)
     base = resilient.SWEEP[0]
     lines = [
         "## Breaker sweep (outage scenario, resilient side)",
         "",
-        f"{params.outage_tasks} tasks, upstream 503 for {params.outage_seconds:g} s then 200; "
-        f"otherwise the library's defaults (failure_rate {base.failure_rate:g}, window "
-        f"{base.window:g} s, half_open_calls {base.half_open_calls}); growth: open_for doubles "
-        f"on each re-open up to {resilient.GROWTH_CAP:g} s. Goal (DESIGN): calls ≤ about "
-        f"{GOAL_CALLS}, last ≤ {GOAL_LAST:g} s, median ≤ {GOAL_MEDIAN:g} s, none lost.",
+        f"{params.outage_tasks} tasks, upstream 503 for {params.outage_seconds:g} s then 200, "
+        f"{params.sweep_reps} run(s) per setting (each cell lists them, in order); otherwise "
+        f"the library's defaults (failure_rate {base.failure_rate:g}, window {base.window:g} s, "
+        f"half_open_calls {base.half_open_calls}); growth: open_for doubles on each re-open up "
+        f"to {resilient.GROWTH_CAP:g} s. Goal (DESIGN), met when every run meets it: calls ≤ "
+        f"about {GOAL_CALLS}, last ≤ {GOAL_LAST:g} s, median ≤ {GOAL_MEDIAN:g} s, none lost.",
         "",
-        "| open_for | minimum_calls | growth | calls during outage | recovery: last | "
-        "recovery: median | herd (100 ms) | lost | goal |",
+        "| open_for | minimum_calls | growth | calls during outage | recovery: last (s) | "
+        "recovery: median (s) | herd (100 ms) | lost | goal |",
         "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for breaker in resilient.SWEEP:
-        run = runs[resilient.sweep_label(breaker)]
+        found = runs[resilient.sweep_label(breaker)]
+
+        def cells(figure: Callable[[OutageRun], object], found: list[OutageRun] = found) -> str:
+            return " / ".join(str(figure(run)) for run in found)
+
         lines.append(
             f"| {breaker.open_for:g} s | {breaker.minimum_calls} | "
-            f"{'yes' if breaker.open_for_max is not None else 'no'} | {run.outage_calls} | "
-            f"{fmt(run.last, unit=' s')} | {fmt(run.median, unit=' s')} | {run.herd} | "
-            f"{run.lost} | {'met' if run.meets_goal() else 'missed'} |"
+            f"{'yes' if breaker.open_for_max is not None else 'no'} | "
+            f"{cells(lambda r: r.outage_calls)} | {cells(lambda r: fmt(r.last))} | "
+            f"{cells(lambda r: fmt(r.median))} | {cells(lambda r: r.herd)} | "
+            f"{cells(lambda r: r.lost)} | "
+            f"{'met' if all(r.meets_goal() for r in found) else 'missed'} |"
         )
-    data = {label: {**asdict(run), "last": run.last, "median": run.median}
-            for label, run in runs.items()}  # fmt: skip
+    data = {label: [{**asdict(run), "last": run.last, "median": run.median} for run in found]
+            for label, found in runs.items()}  # fmt: skip
     return Outcome("sweep", data=data, section="\n".join(lines))
 
 

@@ -11,6 +11,7 @@ its own); memory is ``VmRSS`` of the pool processes after the run.
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import time
 from collections import Counter
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from benchmarks.apps import plain, resilient
+from benchmarks.attempts import cpu_per_attempt
 from benchmarks.monitor import ClientCommands
 from benchmarks.params import Params
 from benchmarks.report import Outcome, Row, fmt, ratio
@@ -123,6 +125,11 @@ def run_overhead(rig: Rig, params: Params) -> Outcome:
         for label, side, task in VARIANTS
         if side == "resilient"
     }
+    own = {
+        label: cpu_per_attempt(task, attempts=min(total, 3_000), reps=params.overhead_reps + 2)
+        for label, side, task in VARIANTS
+        if side == "resilient"
+    }
     rows = []
     for label in GATED:
         share = best[label] / best["plain"]
@@ -136,6 +143,11 @@ def run_overhead(rig: Rig, params: Params) -> Outcome:
                         f"{label}; ratio = plain / resilient", fmt(cpu["plain"], 3),
                         fmt(cpu[label], 3), f"{share:.2f}", f"≥ {TARGET:.2f}",
                         share >= TARGET))  # fmt: skip
+    otel = "with" if importlib.util.find_spec("opentelemetry") else "without"
+    for label in GATED:
+        rows.append(Row("6 overhead", f"celery-resilience's own CPU per attempt, in-process, "
+                        f"{otel} OpenTelemetry installed (best of {params.overhead_reps + 2}), "
+                        f"{label}", "—", f"{own[label]:.0f} µs", "—", "—", None))  # fmt: skip
     attempts = min(total, 2_000)
     for label in GATED:
         sent, executed = trips[label]
@@ -181,6 +193,7 @@ def run_overhead(rig: Rig, params: Params) -> Outcome:
     ]
     data = {
         "runs": {label: [asdict(r) for r in rs] for label, rs in runs.items()},
+        "own_cpu_us": own,
         "round_trips": {label: {"sent": dict(s), "executed": dict(e)}
                         for label, (s, e) in trips.items()},
     }  # fmt: skip

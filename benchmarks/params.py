@@ -21,6 +21,7 @@ class Params:
     ra_phase: float = 3.0
     overhead_tasks: int = 10_000
     overhead_reps: int = 3
+    sweep_reps: int = 2
 
 
 FULL = Params()
@@ -35,4 +36,5 @@ QUICK = Params(
     ra_phase=2.0,
     overhead_tasks=3_000,
     overhead_reps=1,
+    sweep_reps=1,
 )
