@@ -17,9 +17,12 @@ nothing of one attempt is kept on the (shared) task object.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
+import re
+import secrets
 import threading
 import time
 from dataclasses import replace
@@ -45,11 +48,12 @@ from celery_resilience.ledger import (
     gave_up_message,
     retry_line,
 )
-from celery_resilience.logs import format_outcome
+from celery_resilience.logs import format_outcome, redact
 from celery_resilience.options import TaskOptions
 from celery_resilience.otel import attempt_span
 from celery_resilience.runtime import Runtime, runtime_for
 from celery_resilience.state.base import (
+    AttemptMark,
     BreakerState,
     Denial,
     GateAnswer,
@@ -83,8 +87,14 @@ _internal = logging.getLogger("celery_resilience.attempt")
 
 #: The message header carrying the W3C trace context.
 TRACE_HEADER = "traceparent"
+#: A random token given to each publication of a task (its redelivered copies keep it, a
+#: new publication under the same task ID gets another): it keys the attempt leases.
+NONCE_HEADER = "resilience_nonce"
+_NONCE_RE = re.compile(r"^[0-9a-f]{8,32}$")
 #: A task woken this early (seconds) before its time is let through rather than re-queued.
 _EARLY = 0.05
+#: Countdown of a retry published again by a redelivered copy of its failed attempt.
+_REPUBLISH = 0.5
 #: Eager mode has no countdowns: an unbounded task is still stopped after this many tries.
 EAGER_ATTEMPT_LIMIT = 100
 _noted: set[str] = set()
@@ -109,6 +119,17 @@ def _incoming_trace(headers: dict[str, Any]) -> TraceContext:
             TRACE_HEADER,
         )
     return trace_for_publish()
+
+
+def new_nonce() -> str:
+    """A fresh publication token."""
+    return secrets.token_hex(8)
+
+
+def _nonce(request: Context) -> str:
+    """The publication token of this message ("-" when its publisher set none)."""
+    value = (request.headers or {}).get(NONCE_HEADER)
+    return value if isinstance(value, str) and _NONCE_RE.match(value) else "-"
 
 
 def trace_for_publish() -> TraceContext:
@@ -169,7 +190,11 @@ class _Attempt:
         self.holder = f"{self.task_id}:{state.attempt}"
         #: How the attempt ended, for its span: success, a verdict, deferred, fallback...
         self.verdict = "unknown"
-        self.attempt_key = rt.settings.keys.attempt(self.task_id, state.attempt)
+        self.attempt_key = (
+            rt.settings.keys.attempt(self.task_id, state.attempt, _nonce(request))
+            if self._needs_lease()
+            else None
+        )
         self.started = time.monotonic()
 
     # -- signals and logs ----------------------------------------------------------------
@@ -226,17 +251,21 @@ class _Attempt:
             concurrency_lease=self._concurrency_lease(),
             limiter=limiter,
             booked_slot=slot[1] if slot and limiter and slot[0] == limiter.name else None,
+            limiter_max_wait=self._remaining(self.rt.estimated_now()),
             attempt_key=self.attempt_key,
             attempt_lease=self._attempt_lease(),
         )
-        answer = self.rt.gate(ask)
+        # With on_open other than "defer", a refusal is final: ask Redis, not the cache.
+        answer = self.rt.gate(ask, cached=self.opts.on_open == "defer")
         self._transitions(answer.transitions)
+        if answer.denial in (Denial.DONE, Denial.RETRIED, Denial.RUNNING):
+            return self._duplicate(answer)  # a copy of an attempt seen before: no verdict
         started = self.state.started if self.state.started is not None else answer.now
         self.state = replace(self.state, started=started, slot=None)
 
         if self._deadline_passed(answer.now):
             if answer.allowed:
-                self._report("neutral", probe=answer.probe, pause=None)
+                self._report("neutral", probe=answer.probe, pause=None, mark="released")
             self._give_up(f"deadline of {self.opts.deadline:g} s passed", exc=None, failure=None)
         if not answer.allowed:
             return self._denied(answer)
@@ -245,13 +274,21 @@ class _Attempt:
             result = self.task.run(*args, **kwargs)
         except Retry:
             # The body re-queued the task itself (self.retry): the same attempt comes back.
-            self._report("neutral", probe=answer.probe, pause=None, done=False)
+            self._report("neutral", probe=answer.probe, pause=None, mark="released")
             raise
-        except (Ignore, Reject):
+        except Reject as exc:
+            mark: AttemptMark = "released" if getattr(exc, "requeue", False) else "done"
+            self._report("neutral", probe=answer.probe, pause=None, mark=mark)
+            raise
+        except Ignore:
             self._report("neutral", probe=answer.probe, pause=None)
             raise
         except Exception as exc:  # noqa: BLE001 - every failure of the body is classified
             self._failed(exc, answer)
+        except BaseException:
+            # The worker is stopping (or a hard limit): give back what the gates granted.
+            self._report("neutral", probe=answer.probe, pause=None, mark="released")
+            raise
         self._report("success", probe=answer.probe, pause=None)
         self.verdict = "success"
         duration = time.monotonic() - self.started
@@ -279,9 +316,19 @@ class _Attempt:
         limit = self._time_limit()
         return limit + 5.0 if limit is not None else 60.0
 
+    def _needs_lease(self) -> bool:
+        """Whether a copy of this message can come again once it started: always with the
+        Redis broker (its visibility timeout), with others only for acks_late tasks."""
+        return self.rt.settings.visibility_timeout is not None or bool(self.task.acks_late)
+
     def _attempt_lease(self) -> float:
+        """How long a running attempt keeps copies of itself away: the task's time limit,
+        else ``resilience_attempt_lease``, and never less than the Redis broker's visibility
+        timeout (no copy can be redelivered sooner)."""
         limit = self._time_limit()
-        return limit + 5.0 if limit is not None else self.rt.settings.attempt_lease
+        lease = limit + 5.0 if limit is not None else self.rt.settings.attempt_lease
+        visibility = self.rt.settings.visibility_timeout
+        return lease if visibility is None else max(lease, visibility)
 
     def _time_limit(self) -> float | None:
         hard, soft = self.request.timelimit or (None, None)
@@ -300,7 +347,9 @@ class _Attempt:
             return None
         return self.opts.deadline - (now - self.state.started)
 
-    def _report(self, outcome: str, *, probe: bool, pause: float | None, done: bool = True) -> Any:
+    def _report(
+        self, outcome: str, *, probe: bool, pause: float | None, mark: AttemptMark = "done"
+    ) -> Any:
         report = OutcomeReport(
             holder=self.holder,
             breaker=self.opts.breaker,
@@ -310,18 +359,54 @@ class _Attempt:
             limiter=self.opts.limiter,
             pause=pause,
             attempt_key=self.attempt_key,
-            done_ttl=self._done_ttl(),
-            attempt_done=done,
+            mark_ttl=self._mark_ttl(),
+            attempt_mark=mark,
         )
         answer = self.rt.record(report)
         self._transitions(answer.transitions)
         return answer
 
-    def _done_ttl(self) -> float:
+    def _mark_ttl(self) -> float:
+        """How long a finished attempt is remembered: as long as a copy may still come
+        (the Redis broker's visibility timeout, plus a margin; 10 minutes otherwise)."""
         visibility = self.rt.settings.visibility_timeout
-        return max(3600.0, 2 * visibility) if visibility is not None else 3600.0
+        return visibility + 60.0 if visibility is not None else 600.0
 
     # -- a gate said no ------------------------------------------------------------------
+
+    def _duplicate(self, answer: GateAnswer) -> Any:
+        """A redelivered copy of an attempt seen before. It decides nothing about the task:
+        done → ignored; running elsewhere → back later; failed while its retry was being
+        published → publish that retry again (a copy of the retry is kept out by its own
+        lease)."""
+        attempt = self.state.attempt
+        if answer.denial is Denial.DONE:
+            logger.info("attempt %d was already done (a redelivered message): ignored", attempt)
+            raise Ignore()
+        if answer.denial is Denial.RUNNING:
+            line = deferral_line(
+                why=f"attempt {attempt} is running elsewhere (a redelivered message)",
+                attempt=attempt,
+                max_retries=self.opts.max_retries,
+                countdown=answer.wait + 0.5,
+                trace_id=self.trace.trace_id,
+            )
+            logger.info("%s", line)
+            self._reschedule(answer.wait + 0.5, Deferred(line), answer.now)
+        spent = self.state.failures + 1
+        line = retry_line(
+            verdict="transient",
+            cause="its worker stopped while publishing the retry",
+            attempt=attempt,
+            max_retries=self.opts.max_retries,
+            countdown=_REPUBLISH,
+            trace_id=self.trace.trace_id,
+        )
+        logger.warning("%s", line)
+        self.state = replace(self.state, failures=spent).with_entry(
+            f"#{attempt} failed; its retry was published again after its worker stopped"
+        )
+        self._reschedule(_REPUBLISH, Retrying(line), answer.now)
 
     def _denied(self, answer: GateAnswer) -> Any:
         """Defer the task (the default), or apply the breaker's ``on_open`` policy."""
@@ -334,13 +419,11 @@ class _Attempt:
             and denial in (Denial.BREAKER_OPEN, Denial.BREAKER_HALF_OPEN)
         ):
             return self._breaker_refused(breaker.name, answer)
-        if denial is Denial.DONE:
-            logger.info(
-                "attempt %d was already done (a redelivered message): ignored",
-                self.state.attempt,
-            )
-            raise Ignore()
         wait = answer.wait
+        # Jitter spreads the woken tasks, but must not push one past its deadline when the
+        # gate itself would let it through in time.
+        remaining = self._remaining(answer.now)
+        room = max(remaining - wait - 0.5, 0.0) if remaining is not None else float("inf")
         limiter, pool = self.opts.limiter, self.opts.concurrency
         name: str | None = None
         if denial is Denial.BREAKER_OPEN and breaker is not None:
@@ -349,11 +432,11 @@ class _Attempt:
                 why = f"breaker {_quote(name)} forced open"
             else:
                 why = f"breaker {_quote(name)} open, half-open in {wait:.1f} s"
-            wait += random.uniform(0.0, breaker.open_for)  # noqa: S311 - jitter
+            wait += min(random.uniform(0.0, breaker.open_for), room)  # noqa: S311 - jitter
         elif denial is Denial.BREAKER_HALF_OPEN and breaker is not None:
             gate, name = "breaker", breaker.name
             why = f"breaker {_quote(name)} half-open, probe in flight"
-            wait += random.uniform(0.0, 0.5 * breaker.lease)  # noqa: S311 - jitter
+            wait += min(random.uniform(0.0, 0.5 * breaker.lease), room)  # noqa: S311 - jitter
         elif denial is Denial.RATE_LIMITED and limiter is not None:
             gate, name = "rate_limit", limiter.name
             why = f"rate limit {_quote(name)} ({limiter.rate}) full, slot in {wait:.2f} s"
@@ -362,11 +445,9 @@ class _Attempt:
         elif denial is Denial.CONCURRENCY_FULL and pool is not None:
             gate, name = "concurrency", pool.name
             why = f"concurrency {_quote(name)} full ({pool.limit} in flight)"
-            wait *= random.uniform(1.0, 1.5)  # noqa: S311 - jitter
-        elif denial is Denial.RUNNING:
-            gate = "attempt"
-            why = f"attempt {self.state.attempt} is running elsewhere (a redelivered message)"
-            wait += 0.5
+            # a queue of waiters polls less often the longer it waits (1x, 2x, 4x)
+            backlog = 2 ** min(self.state.deferrals, 2)
+            wait = wait * backlog * random.uniform(1.0, 1.5)  # noqa: S311 - jitter
         else:
             gate = "backend"
             why = "state store unreachable and resilience_fallback is 'defer'"
@@ -444,19 +525,49 @@ class _Attempt:
 
     def _failed(self, exc: Exception, answer: GateAnswer) -> NoReturn:
         duration = time.monotonic() - self.started
-        failure = classify(
-            exc,
-            retry_on=self.opts.retry_on,
-            give_up_on=self.opts.give_up_on,
-            classifier=self.opts.classifier,
-        )
+        try:
+            failure = classify(
+                exc,
+                retry_on=self.opts.retry_on,
+                give_up_on=self.opts.give_up_on,
+                classifier=self.opts.classifier,
+            )
+        except BaseException:
+            # the task's own classifier failed: give back what the gates granted
+            self._report("neutral", probe=answer.probe, pause=None, mark="released")
+            raise
         self.verdict = failure.verdict.value
         pause = (
             failure.retry_after
             if failure.verdict is Verdict.RATE_LIMITED and failure.retry_after
             else None
         )
-        record = self._report(_BREAKER_OUTCOME[failure.verdict], probe=answer.probe, pause=pause)
+        # Decide first, so that the attempt is marked for what follows: "retried" lets a
+        # redelivered copy publish the retry again if this worker dies before it does.
+        spent = self.state.failures + 1
+        give_up: str | None = None
+        countdown = None
+        if failure.verdict is not Verdict.PERMANENT:
+            if self.opts.max_retries is not None and spent > self.opts.max_retries:
+                give_up = f"retries exhausted (max_retries={self.opts.max_retries})"
+            else:
+                countdown = retry_countdown(
+                    self.opts.backoff,
+                    spent,
+                    retry_after=failure.retry_after,
+                    remaining=self._remaining(self.rt.estimated_now()),
+                    exc=exc,
+                ).seconds
+                if countdown is None:
+                    give_up = (
+                        f"deadline of {self.opts.deadline:g} s leaves no room for another attempt"
+                    )
+        record = self._report(
+            _BREAKER_OUTCOME[failure.verdict],
+            probe=answer.probe,
+            pause=pause,
+            mark="retried" if countdown is not None else "done",
+        )
         signals.attempt_failed.send(
             sender=self.task,
             task_id=self.task_id,
@@ -481,28 +592,10 @@ class _Attempt:
             entry = f"#{self.state.attempt} permanent: {failure.cause}"
             self.state = self.state.with_entry(entry)
             self._dead_letter(failure, reason="permanent failure")
-            raise exc
-        spent = self.state.failures + 1
-        if self.opts.max_retries is not None and spent > self.opts.max_retries:
-            self._give_up(
-                f"retries exhausted (max_retries={self.opts.max_retries})",
-                exc=exc,
-                failure=failure,
-            )
-        countdown = retry_countdown(
-            self.opts.backoff,
-            spent,
-            retry_after=failure.retry_after,
-            remaining=self._remaining(record.now),
-            exc=exc,
-        )
-        if countdown.seconds is None:
-            self._give_up(
-                f"deadline of {self.opts.deadline:g} s leaves no room for another attempt",
-                exc=exc,
-                failure=failure,
-            )
-        seconds = self._not_before_half_open(countdown.seconds, record)
+            raise redacted(exc)
+        if give_up is not None or countdown is None:
+            self._give_up(give_up or "no retry possible", exc=exc, failure=failure)
+        seconds = self._not_before_half_open(countdown, record)
         line = retry_line(
             verdict=failure.verdict.value,
             cause=failure.cause,
@@ -534,7 +627,7 @@ class _Attempt:
                 final_state=None,
             ),
         )
-        self._reschedule(seconds, Retrying(line), record.now, cause=exc)
+        self._reschedule(seconds, Retrying(line), record.now)
 
     def _not_before_half_open(self, seconds: float, record: RecordAnswer) -> float:
         """A retry due while the breaker (opened by this very failure, or before) is still
@@ -567,7 +660,10 @@ class _Attempt:
         )
         logger.error("%s", message.splitlines()[0])
         self._dead_letter(failure, reason=reason)
-        raise GaveUp(message) from exc
+        # Not chained to the last failure: its message (an URL with a key in its query, say)
+        # would travel to the result backend and Flower with the traceback. The ledger in
+        # the message says what failed; the worker's log line above has the rest.
+        raise GaveUp(message) from None
 
     def _dead_letter(self, failure: Failure | None, *, reason: str) -> None:
         request = self.request
@@ -594,16 +690,16 @@ class _Attempt:
 
     # -- re-queue ------------------------------------------------------------------------
 
-    def _reschedule(
-        self, countdown: float, reason: Exception, now: float, cause: BaseException | None = None
-    ) -> NoReturn:
+    def _reschedule(self, countdown: float, reason: Exception, now: float) -> NoReturn:
         cap = self.rt.settings.countdown_cap
         leg = countdown
         state = self.state
         if cap is not None and countdown > cap:
             leg = cap
             state = replace(state, not_before=now + countdown)
-        headers = dict(self.request.headers or {})
+        # Task.retry replaces the custom headers: start from this message's own, minus
+        # RabbitMQ's x-death bookkeeping (as Celery's own retry does).
+        headers = dict(self.request.as_execution_options().get("headers") or {})
         headers[HEADER] = state.to_header()
         headers[TRACE_HEADER] = TraceContext(
             self.trace.trace_id, self.info.span_id, self.trace.sampled
@@ -614,9 +710,20 @@ class _Attempt:
         ceiling = self.task.max_retries
         counted = state.failures if ceiling is None else min(state.failures, ceiling)
         self.request.retries = counted - 1
-        if cause is not None:
-            reason.__cause__ = cause
-        raise self.task.retry(exc=reason, countdown=leg, headers=headers)
+        try:
+            raise self.task.retry(exc=reason, countdown=leg, headers=headers)
+        except Reject as exc:
+            # The next attempt could not be published (the broker is away): put this
+            # message back rather than drop it; its copy knows what to do (see _duplicate).
+            raise Reject(getattr(exc, "reason", exc), requeue=True) from None
+
+
+def redacted(exc: BaseException) -> BaseException:
+    """``exc`` with secrets taken out of its string arguments (an HTTP error's message holds
+    the URL, query string included), before it travels to the result backend and Flower."""
+    with contextlib.suppress(AttributeError, TypeError):  # a type that guards its args
+        exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+    return exc
 
 
 def _quote(name: str) -> str:
@@ -711,15 +818,17 @@ def run_eager(
                 started = time.monotonic()
                 try:
                     result = task.run(*args, **kwargs)
-                except (Retry, Ignore, Reject):
+                except (Ignore, Reject):
                     raise
-                except Exception as exc:
+                except Exception as exc:  # a Retry from the body too: run again, now
                     failure = classify(
                         exc,
                         retry_on=opts.retry_on,
                         give_up_on=opts.give_up_on,
                         classifier=opts.classifier,
                     )
+                    if isinstance(exc, Retry):  # the body asked for a retry itself
+                        failure = replace(failure, verdict=Verdict.TRANSIENT)
                     signals.attempt_failed.send(
                         sender=task,
                         task_id=request.id,

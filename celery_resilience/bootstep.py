@@ -50,8 +50,7 @@ logger = logging.getLogger("celery_resilience.bootstep")
 _STATS_TIMEOUT = 0.3
 #: A fallback answer this recent (seconds) counts as "fallback active".
 _RECENT_FALLBACK = 10.0
-_STORE_ERRORS: tuple[type[BaseException], ...] = (ResilienceConfigError, ValueError,
-                                                   *STORE_ERRORS)
+_STORE_ERRORS: tuple[type[BaseException], ...] = (ResilienceConfigError, ValueError, *STORE_ERRORS)
 
 
 def _short(exc: BaseException, limit: int = 160) -> str:
@@ -82,7 +81,7 @@ class ResilienceStep(bootsteps.StartStopStep):
             settings = read_settings(self.app)
             self._mode = settings.fallback
             timeout = min(settings.redis_timeout, _STATS_TIMEOUT)
-            client = connect_store(settings.backend_url, timeout=timeout)
+            client = connect_store(settings.backend_url, timeout=timeout, ssl=settings.ssl)
             self._describe = describe(client)
             self._store = RedisStore(client, settings.keys)
         return self._store
@@ -106,8 +105,9 @@ class ResilienceStep(bootsteps.StartStopStep):
 
         port = conf.get("resilience_metrics_port")
         if port is not None:
-            self._server = serve_metrics(int(port), conf.get("resilience_metrics_addr")
-                                         or "127.0.0.1")
+            self._server = serve_metrics(
+                int(port), conf.get("resilience_metrics_addr") or "127.0.0.1"
+            )
             logger.info("celery-resilience: metrics on port %s", self._server.server_port)
         interval = float(conf.get("resilience_metrics_interval") or 15.0)
         self._refresh = parent.timer.call_repeatedly(interval, self.refresh_gauges)

@@ -45,7 +45,9 @@ from celery_resilience.tracing import safe_token
 __all__ = ["resilience"]
 
 _ACTIONS: dict[str, Literal["open", "close", "reset"]] = {
-    "open": "open", "close": "close", "reset": "reset"
+    "open": "open",
+    "close": "close",
+    "reset": "reset",
 }
 
 
@@ -111,28 +113,41 @@ def render_status(data: dict[str, Any]) -> str:
     now = data["now"]
     breakers = [
         [
-            safe_token(b["name"]), b["state"], f"{b['failure_rate']:.0%}",
-            f"{b['failures']}/{b['calls']}", when(b["open_until"], now), _declared(b),
+            safe_token(b["name"]),
+            b["state"],
+            f"{b['failure_rate']:.0%}",
+            f"{b['failures']}/{b['calls']}",
+            when(b["open_until"], now),
+            _declared(b),
         ]
         for b in data["breakers"]
     ]
     limiters = [
         [
-            safe_token(x["name"]), x["rate"] or "-", f"{x['wait']:.2f} s",
+            safe_token(x["name"]),
+            x["rate"] or "-",
+            f"{x['wait']:.2f} s",
             f"{x['in_use']}/{x['concurrency']}" if x["concurrency"] else str(x["in_use"]),
-            when(x["paused_until"], now), _declared(x),
+            when(x["paused_until"], now),
+            _declared(x),
         ]
         for x in data["limiters"]
     ]
-    return "\n".join([
-        f"State store {data['store']['address']} (prefix {data['store']['prefix']!r})",
-        "",
-        *_section("Breakers", ["NAME", "STATE", "FAILURE RATE", "FAILED/CALLS", "OPEN UNTIL",
-                               "DECLARED"], breakers),
-        *_section("Limiters", ["NAME", "RATE", "WAIT", "IN USE", "PAUSED UNTIL", "DECLARED"],
-                  limiters),
-        f"Dead letters: {data['dead_letters']['count']}",
-    ])
+    return "\n".join(
+        [
+            f"State store {data['store']['address']} (prefix {data['store']['prefix']!r})",
+            "",
+            *_section(
+                "Breakers",
+                ["NAME", "STATE", "FAILURE RATE", "FAILED/CALLS", "OPEN UNTIL", "DECLARED"],
+                breakers,
+            ),
+            *_section(
+                "Limiters", ["NAME", "RATE", "WAIT", "IN USE", "PAUSED UNTIL", "DECLARED"], limiters
+            ),
+            f"Dead letters: {data['dead_letters']['count']}",
+        ]
+    )
 
 
 @resilience.command()

@@ -121,8 +121,13 @@ def dead_letters() -> None:
 
 
 @dead_letters.command(name="list")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True,
-              help="How many of the newest letters.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    default=20,
+    show_default=True,
+    help="How many of the newest letters.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @click.pass_context
 def list_letters(ctx: click.Context, limit: int, as_json: bool) -> None:
@@ -132,8 +137,9 @@ def list_letters(ctx: click.Context, limit: int, as_json: bool) -> None:
         try:
             letters = s.letters.list(limit)
         except (KeyError, TypeError, ValueError) as exc:
-            raise CommandError(f"the dead-letter stream holds a malformed entry ({short(exc)})"
-                               ) from None
+            raise CommandError(
+                f"the dead-letter stream holds a malformed entry ({short(exc)})"
+            ) from None
         total = s.letters.count()
     if as_json:
         click.echo(json.dumps([_as_json(x) for x in letters], indent=2, ensure_ascii=True))
@@ -143,8 +149,12 @@ def list_letters(ctx: click.Context, limit: int, as_json: bool) -> None:
         return
     rows = [
         [
-            x.id, utc(x.failed_at), safe_token(x.task_name, 60), safe_token(x.verdict, 20),
-            str(x.attempts), safe_text(x.cause, 60),
+            x.id,
+            utc(x.failed_at),
+            safe_token(x.task_name, 60),
+            safe_token(x.verdict, 20),
+            str(x.attempts),
+            safe_text(x.cause, 60),
         ]
         for x in letters
     ]
@@ -177,8 +187,12 @@ def show(ctx: click.Context, letter_id: str, as_json: bool) -> None:
         ("failed at", utc(letter.failed_at)),
         ("args", safe_text(letter.args, 2_000)),
         ("kwargs", safe_text(letter.kwargs, 2_000)),
-        ("requeue", "possible" if letter.args_json is not None
-         and letter.kwargs_json is not None else "refused: arguments not kept as JSON"),
+        (
+            "requeue",
+            "possible"
+            if letter.args_json is not None and letter.kwargs_json is not None
+            else "refused: arguments not kept as JSON",
+        ),
     ]
     width = max(len(k) for k, _ in fields) + 1
     for key, value in fields:
@@ -190,8 +204,12 @@ def show(ctx: click.Context, letter_id: str, as_json: bool) -> None:
 
 @dead_letters.command()
 @click.argument("letter_id", metavar="ID")
-@click.option("--queue", "-Q", default=None,
-              help="Send it to this queue (default: the queue it last ran from).")
+@click.option(
+    "--queue",
+    "-Q",
+    default=None,
+    help="Send it to this queue (default: the queue it last ran from).",
+)
 @click.pass_context
 def requeue(ctx: click.Context, letter_id: str, queue: str | None) -> None:
     """Publish the task again (new task ID, same trace), then remove the letter.
@@ -205,8 +223,9 @@ def requeue(ctx: click.Context, letter_id: str, queue: str | None) -> None:
     except RequeueRefusedError as exc:
         raise CommandError(f"dead letter {letter.id} not requeued: {exc}") from None
     except OperationalError as exc:
-        raise CommandError(f"broker unreachable; dead letter {letter.id} kept ({short(exc)})",
-                           EX_UNAVAILABLE) from None
+        raise CommandError(
+            f"broker unreachable; dead letter {letter.id} kept ({short(exc)})", EX_UNAVAILABLE
+        ) from None
     click.echo(new_id)
     click.echo(
         f"requeued {safe_token(letter.task_name)} [{safe_token(letter.task_id)}] as {new_id}",
@@ -223,8 +242,13 @@ def requeue(ctx: click.Context, letter_id: str, queue: str | None) -> None:
 
 
 @dead_letters.command()
-@click.option("--older-than", "older_than", metavar="DURATION", default=None,
-              help="Only letters older than this: 90s, 15m, 12h, 7d, 1h30m.")
+@click.option(
+    "--older-than",
+    "older_than",
+    metavar="DURATION",
+    default=None,
+    help="Only letters older than this: 90s, 15m, 12h, 7d, 1h30m.",
+)
 @click.option("--force", "-f", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def purge(ctx: click.Context, older_than: str | None, force: bool) -> None:

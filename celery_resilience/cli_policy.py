@@ -149,7 +149,5 @@ def set_(ctx: click.Context, name: str, assignments: tuple[str, ...]) -> None:
 def unset_(ctx: click.Context, name: str, keys: tuple[str, ...]) -> None:
     """Drop overrides of policy NAME: the KEYs given, or all of them."""
     s = session(ctx)
-    version, values = _change(
-        s, name, lambda current: unset(current, list(keys)) if keys else {}
-    )
+    version, values = _change(s, name, lambda current: unset(current, list(keys)) if keys else {})
     click.echo(f"policy {safe_token(name)!r} is now version {version}: {_describe(values)}")

@@ -68,15 +68,17 @@ class Session:
         self.where = "the state store"
         with self.talking():
             try:
-                client = connect(self.settings.backend_url, timeout=self.settings.redis_timeout)
+                client = connect(
+                    self.settings.backend_url,
+                    timeout=self.settings.redis_timeout,
+                    ssl=self.settings.ssl,
+                )
             except ValueError as exc:
                 raise CommandError(f"resilience_backend_url: {exc}", EX_CONFIG) from None
             self.where = describe(client)
         self.client = client
         self.store = RedisStore(self.client, self.settings.keys)
-        self.letters = DeadLetters(
-            self.client, self.settings.keys, self.settings.dead_letters_max
-        )
+        self.letters = DeadLetters(self.client, self.settings.keys, self.settings.dead_letters_max)
 
     @property
     def prefix(self) -> str:

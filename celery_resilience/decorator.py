@@ -9,7 +9,7 @@ from celery import shared_task
 
 from celery_resilience.named import config_book
 from celery_resilience.options import OPTION_NAMES, check_options
-from celery_resilience.task import ResilientTask
+from celery_resilience.task import ResilientTask, refuse_autoretry
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -43,8 +43,10 @@ def resilient_task(
             resp.raise_for_status()
             return resp.json()
 
-    Every option is checked here: a wrong type or value raises ``TypeError`` or
-    ``ValueError`` naming the option and the task.
+    ``on_open`` (``"defer"``, ``"fail"`` or a fallback callable) and ``policy`` (a name in
+    ``resilience_policies``) complete them. Every option is checked here: a wrong type or
+    value raises ``TypeError`` or ``ValueError`` naming the option and the task; Celery's
+    ``autoretry_for`` is refused (use ``retry_on``).
     """
     base = options.pop("base", ResilientTask)
     if not (isinstance(base, type) and issubclass(base, ResilientTask)):
@@ -56,6 +58,7 @@ def resilient_task(
         if not callable(f):
             raise TypeError(f"resilient_task decorates a function, got {type(f).__name__}")
         name = options.get("name") or f"{f.__module__}.{f.__qualname__}"
+        refuse_autoretry(name, options)
         checked = check_options(name, {key: options[key] for key in OPTION_NAMES if key in options})
         if app is not None and checked.policy is not None:
             try:

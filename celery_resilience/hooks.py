@@ -17,7 +17,13 @@ from celery.signals import (
 )
 
 from celery_resilience import logs
-from celery_resilience.attempt import TRACE_HEADER, release_held, trace_for_publish
+from celery_resilience.attempt import (
+    NONCE_HEADER,
+    TRACE_HEADER,
+    new_nonce,
+    release_held,
+    trace_for_publish,
+)
 from celery_resilience.named import config_book
 from celery_resilience.settings import read_settings
 from celery_resilience.task import ResilientTask, resilient_task_names
@@ -29,10 +35,17 @@ _connected = False
 
 
 def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
-    """Give a resilient task (or any task published inside an attempt) a trace context."""
-    if headers is None or headers.get(TRACE_HEADER):
+    """Give each new publication its own token (a retry keeps the one it carries: see
+    NONCE_HEADER), and a resilient task (or any task published inside an attempt) a trace
+    context. The token goes on every task published here, since a client may publish a
+    resilient task by name without its code."""
+    if headers is None:
         return
-    if sender in resilient_task_names or current_attempt() is not None:
+    if not headers.get(NONCE_HEADER):
+        headers[NONCE_HEADER] = new_nonce()
+    if sender not in resilient_task_names and current_attempt() is None:
+        return
+    if not headers.get(TRACE_HEADER):
         headers[TRACE_HEADER] = trace_for_publish().traceparent()
 
 

@@ -13,6 +13,7 @@ with a default timeout. It never logs headers.
 
 from __future__ import annotations
 
+import http.cookiejar
 import os
 import threading
 import uuid
@@ -60,6 +61,14 @@ def idempotency_key(task_id: str, index: int) -> str:
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{task_id}/{index}"))
 
 
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Store no cookie from any response (cookies passed with a call are still sent)."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        """Refuse every cookie a response sets."""
+        return False
+
+
 class ResilientSession(requests.Session):
     """A ``requests.Session`` for task code: timeouts and attempt headers by default.
 
@@ -75,11 +84,17 @@ class ResilientSession(requests.Session):
 
     Headers are added when the request is sent, so ``session.send(prepared)`` gets them
     as well as ``session.post(...)``.
+
+    One session serves every task of a process (and every thread of a thread pool), so it
+    keeps no cookies: a cookie set by one task's upstream must never reach another task's
+    request. Pass what a call needs with the call (``headers=``, ``cookies=``, ``auth=``)
+    rather than setting it on the session.
     """
 
     def __init__(self, *, timeout: Timeout | None = None) -> None:
         super().__init__()
         self.timeout: Timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+        self.cookies.set_policy(_NoCookies())
 
     def send(self, request: PreparedRequest, **kwargs: Any) -> Response:
         """Send ``request`` with the default timeout and the attempt's headers added."""

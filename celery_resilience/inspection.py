@@ -46,7 +46,9 @@ UNDECLARED_WINDOW = 10_000_000.0
 _SCAN_COUNT = 1_000
 #: What a state store that cannot be reached (or cannot serve) raises.
 STORE_ERRORS: tuple[type[BaseException], ...] = (
-    *BACKEND_ERRORS, redis.RedisError, RedisClusterException
+    *BACKEND_ERRORS,
+    redis.RedisError,
+    RedisClusterException,
 )
 
 
@@ -121,8 +123,12 @@ def announce(transitions: Iterable[Transition]) -> None:
     """Send ``breaker_state_changed`` for transitions this process caused."""
     for tr in transitions:
         signals.breaker_state_changed.send(
-            sender=tr.name, name=tr.name, old=tr.old, new=tr.new,
-            failure_rate=tr.failure_rate, calls=tr.calls,
+            sender=tr.name,
+            name=tr.name,
+            old=tr.old,
+            new=tr.new,
+            failure_rate=tr.failure_rate,
+            calls=tr.calls,
         )
 
 

@@ -155,12 +155,17 @@ def _of(attempt: int, max_retries: int | None) -> str:
 
 
 def retry_line(
-    *, verdict: str, cause: str, attempt: int, max_retries: int | None, countdown: float,
+    *,
+    verdict: str,
+    cause: str,
+    attempt: int,
+    max_retries: int | None,
+    countdown: float,
     trace_id: str,
 ) -> str:
     """The ledger line of a failed attempt that will be retried, e.g.::
 
-        transient: HTTP 503 from api.example.com; attempt 2 of 9; retry in 3.4 s; trace 4bf9…
+    transient: HTTP 503 from api.example.com; attempt 2 of 9; retry in 3.4 s; trace 4bf9…
     """
     return (
         f"{verdict}: {cause}; {_of(attempt, max_retries)}; retry in {countdown:.1f} s; "
@@ -173,7 +178,7 @@ def deferral_line(
 ) -> str:
     """The ledger line of an attempt deferred by a gate (it does not spend a retry), e.g.::
 
-        deferred: breaker 'payments' open, half-open in 8.1 s; attempt 1 of 9; retry in 9.3 s; …
+    deferred: breaker 'payments' open, half-open in 8.1 s; attempt 1 of 9; retry in 9.3 s; …
     """
     return (
         f"deferred: {why}; {_of(attempt, max_retries)}; retry in {countdown:.1f} s; "

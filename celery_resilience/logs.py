@@ -67,13 +67,14 @@ _HEADER_NAMES = (
     r"|[a-z0-9-]*api[-_]?key|private-token"
 )
 _PARAM_NAMES = (
-    r"api[-_]?key|access_token|refresh_token|client_secret|token|secret|passw(?:or)?d"
-    r"|signature|sig|key|auth|x-[a-z]+-(?:signature|credential|security-token)"
+    r"api[-_]?key|(?:access|refresh|id|auth|private|session)[-_]token|client[-_]secret"
+    r"|token|secret|passw(?:or)?d|signature|sig|key|auth"
+    r"|x-[a-z]+-(?:signature|credential|security-token)"
 )
 # In a dict or tuple, "key" and "sig" are too common to mean a secret.
 _MAPPING_NAMES = (
-    _HEADER_NAMES + r"|api[-_]?key|access_token|refresh_token|client_secret|token|secret"
-    r"|passw(?:or)?d|signature|auth"
+    _HEADER_NAMES + r"|api[-_]?key|(?:access|refresh|id|auth|private|session)[-_]token"
+    r"|client[-_]secret|token|secret|passw(?:or)?d|signature|auth"
 )
 _QUOTED = r"'(?:[^'\\\r\n]|\\.)*'|\"(?:[^\"\\\r\n]|\\.)*\""
 
@@ -89,9 +90,9 @@ _MAPPING_RE = re.compile(
     rf"(?P<value>{_QUOTED})",
     re.IGNORECASE,
 )
-# https://host/path?api_key=abc&page=2
+# https://host/path?api_key=abc&page=2, and OAuth's https://host/cb#access_token=abc
 _QUERY_RE = re.compile(
-    rf"(?P<head>[?&;](?:{_PARAM_NAMES})=)(?P<value>[^&#;,\s\"'\\<>()\[\]{{}}]+)",
+    rf"(?P<head>[?&;#](?:{_PARAM_NAMES})=)(?P<value>[^&#;,\s\"'\\<>()\[\]{{}}]+)",
     re.IGNORECASE,
 )
 # redis://:password@host, amqp://user:password@host

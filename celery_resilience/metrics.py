@@ -55,8 +55,7 @@ BREAKER_STATE_VALUES = {
     BreakerState.FORCED_CLOSED: 4,
 }
 _MISSING = (
-    "celery-resilience metrics need prometheus-client: "
-    "pip install celery-resilience[prometheus]"
+    "celery-resilience metrics need prometheus-client: pip install celery-resilience[prometheus]"
 )
 
 
@@ -165,19 +164,23 @@ def enable_metrics(
         where["registry"] = registry
     metrics = Metrics(
         attempts=prom.Counter(
-            "attempts", "Attempts of resilient tasks, by how they ended",
-            ["task", "verdict"], **where,
+            "attempts",
+            "Attempts of resilient tasks, by how they ended",
+            ["task", "verdict"],
+            **where,
         ),
-        retries=prom.Counter(
-            "retries", "Failed attempts re-queued for a retry", ["task"], **where
-        ),
+        retries=prom.Counter("retries", "Failed attempts re-queued for a retry", ["task"], **where),
         deferrals=prom.Counter(
-            "deferrals", "Attempts re-queued by a gate, without spending a retry",
-            ["task", "reason"], **where,
+            "deferrals",
+            "Attempts re-queued by a gate, without spending a retry",
+            ["task", "reason"],
+            **where,
         ),
         gave_up=prom.Counter(
-            "gave_up", "Tasks that failed after their retries or deadline ran out",
-            ["task"], **where,
+            "gave_up",
+            "Tasks that failed after their retries or deadline ran out",
+            ["task"],
+            **where,
         ),
         backend_fallbacks=prom.Counter(
             "backend_fallbacks",
@@ -186,9 +189,10 @@ def enable_metrics(
         ),
         breaker_state=prom.Gauge(
             "breaker_state",
-            "Circuit breaker state: 0 closed, 1 half-open, 2 open, 3 forced open, "
-            "4 forced closed",
-            ["name"], multiprocess_mode="mostrecent", **where,
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open, 3 forced open, 4 forced closed",
+            ["name"],
+            multiprocess_mode="mostrecent",
+            **where,
         ),
         registry=registry,
     )
@@ -208,8 +212,12 @@ def disable_metrics() -> None:
         return
     registry = metrics.registry if metrics.registry is not None else _prometheus().REGISTRY
     for metric in (
-        metrics.attempts, metrics.retries, metrics.deferrals, metrics.gave_up,
-        metrics.backend_fallbacks, metrics.breaker_state,
+        metrics.attempts,
+        metrics.retries,
+        metrics.deferrals,
+        metrics.gave_up,
+        metrics.backend_fallbacks,
+        metrics.breaker_state,
     ):
         registry.unregister(metric)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,8 @@ logger = logging.getLogger("celery_resilience.policies")
 REFRESH_EVERY = 1.0
 #: Policy keys and the task options they set.
 _OPTION_OF = {"rate_limit": "limiter"}
+#: Options holding a policy object whose fields an override may change one by one.
+_OBJECTS = frozenset({"breaker", "limiter", "concurrency"})
 
 
 def configured_policies(app: Celery) -> dict[str, dict[str, Any]]:
@@ -56,18 +59,37 @@ def resolve(
     changes: dict[str, Any] = {k: v for k, v in configured.items() if k not in explicit}
     if override.values:
         overridden = parse_policy(name, merge(config, override.values))
-        for key in override.values:
+        for key, value in override.values.items():
             option = _OPTION_OF.get(key, key)
-            changes[option] = overridden[option]
+            mine = getattr(own, option) if option in explicit else None
+            if isinstance(value, Mapping) and mine is not None and option in _OBJECTS:
+                # a field of the task's own breaker (limiter, pool): change that field of
+                # that object, which keeps its name and its other fields
+                changes[option] = _changed(name, key, mine, value)
+            else:
+                changes[option] = overridden[option]
     return replace(own, **changes)
+
+
+def _changed(policy: str, key: str, mine: Any, fields: Mapping[str, Any]) -> Any:
+    try:
+        return replace(mine, **fields)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"resilience policy {policy!r}: {key}: {exc}") from None
 
 
 class PolicyBook:
     """The named policies of one app in one process."""
 
-    def __init__(self, app: Celery, overrides: Overrides | None) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        overrides: Overrides | None,
+        reachable: Callable[[], bool] | None = None,
+    ) -> None:
         self.config = configured_policies(app)
         self.overrides = overrides
+        self._reachable = reachable
         self._current: dict[str, Override] = {}
         self._read = False
         self._next_read = 0.0
@@ -105,8 +127,8 @@ class PolicyBook:
             return resolve(own, explicit, config, Override(), name)
 
     def _refresh(self) -> None:
-        if self.overrides is None:
-            return
+        if self.overrides is None or (self._reachable is not None and not self._reachable()):
+            return  # Redis is known down: the last known overrides stay in force
         now = clock.monotonic()
         if now < self._next_read:
             return

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 __all__ = ["CircuitBreaker", "ConcurrencyLimit", "RateLimit", "parse_rate"]
 
@@ -62,6 +62,7 @@ class CircuitBreaker:
     """
 
     name: str
+    _: KW_ONLY
     failure_rate: float = 0.5
     minimum_calls: int = 5
     window: float = 10.0
@@ -137,6 +138,7 @@ class RateLimit:
 
     name: str
     rate: str
+    _: KW_ONLY
     burst: int | None = None
     count: float = field(init=False, repr=False, compare=False)
     period: float = field(init=False, repr=False, compare=False)
@@ -178,6 +180,7 @@ class ConcurrencyLimit:
 
     name: str
     limit: int
+    _: KW_ONLY
     lease: float | None = None
 
     def __post_init__(self) -> None:

@@ -36,6 +36,8 @@ __all__ = ["Runtime", "connect", "runtime_for"]
 
 logger = logging.getLogger("celery_resilience.runtime")
 _PENDING_LETTERS = 1_000
+#: Seconds an OPEN verdict is answered from memory before Redis is asked again.
+_OPEN_CACHE = 1.0
 
 
 class Runtime:
@@ -44,7 +46,11 @@ class Runtime:
     def __init__(self, app: Celery, settings: Settings | None = None) -> None:
         self.app = app
         self.settings = settings or read_settings(app)
-        self.client = connect(self.settings.backend_url, timeout=self.settings.redis_timeout)
+        self.client = connect(
+            self.settings.backend_url,
+            timeout=self.settings.redis_timeout,
+            ssl=self.settings.ssl,
+        )
         self.shared = RedisStore(self.client, self.settings.keys)
         where = f"state store {describe(self.client)}"
         mode = self.settings.fallback
@@ -53,11 +59,16 @@ class Runtime:
             signals.backend_fallback.send(sender=where, mode=mode)
 
         self.store = FallbackStore(self.shared, mode=mode, describe=where, on_fallback=fell_back)
-        self.policies = PolicyBook(app, Overrides(self.client, self.settings.keys))
+        self.policies = PolicyBook(
+            app,
+            Overrides(self.client, self.settings.keys),
+            reachable=lambda: not self.store.degraded,
+        )
         self.dead_letters = DeadLetters(
             self.client, self.settings.keys, self.settings.dead_letters_max
         )
-        self._open_until: dict[str, float] = {}
+        #: breaker name -> (cache valid until, open until), both on the monotonic clock
+        self._open_until: dict[str, tuple[float, float]] = {}
         self._offset = 0.0
         self._pending: deque[DeadLetter] = deque(maxlen=_PENDING_LETTERS)
         self._lock = threading.Lock()
@@ -73,6 +84,8 @@ class Runtime:
 
     def now(self) -> float:
         """The store's clock (Redis ``TIME``); the local clock while Redis is down."""
+        if self.store.degraded:
+            return self.estimated_now()
         try:
             seconds, micros = self.client.time()
         except BACKEND_ERRORS:
@@ -83,19 +96,21 @@ class Runtime:
 
     # -- gates ---------------------------------------------------------------------------
 
-    def gate(self, ask: GateAsk) -> GateAnswer:
-        """Ask the gates; a breaker known to be OPEN is answered from memory."""
-        if ask.breaker is not None:
-            until = self._open_until.get(ask.breaker.name)
+    def gate(self, ask: GateAsk, *, cached: bool = True) -> GateAnswer:
+        """Ask the gates. A breaker seen OPEN in the last second is answered from memory
+        (``cached``), so a long outage costs no Redis round trip per deferred task, while
+        an operator's reset still reaches this process within a second."""
+        if cached and ask.breaker is not None:
+            seen = self._open_until.get(ask.breaker.name)
             mono = clock.monotonic()
-            if until is not None and mono < until:
+            if seen is not None and mono < seen[0] and mono < seen[1]:
                 return GateAnswer(
                     allowed=False,
                     now=self.estimated_now(),
-                    wait=until - mono,
+                    wait=seen[1] - mono,
                     denial=Denial.BREAKER_OPEN,
                     breaker_state=BreakerState.OPEN,
-                    open_until=self.estimated_now() + until - mono,
+                    open_until=self.estimated_now() + seen[1] - mono,
                 )
         if ask.empty:
             return GateAnswer(allowed=True, now=self.estimated_now())
@@ -108,8 +123,12 @@ class Runtime:
             and answer.denial is Denial.BREAKER_OPEN
             and answer.breaker_state is BreakerState.OPEN
         ):
-            self._open_until[ask.breaker.name] = clock.monotonic() + answer.wait
+            self._remember_open(ask.breaker.name, answer.wait)
         return answer
+
+    def _remember_open(self, name: str, wait: float) -> None:
+        mono = clock.monotonic()
+        self._open_until[name] = (mono + _OPEN_CACHE, mono + wait)
 
     def record(self, report: OutcomeReport) -> RecordAnswer:
         """Report an outcome; remember an OPEN verdict it produced."""
@@ -119,9 +138,7 @@ class Runtime:
         if not answer.fallback:
             self._learn_time(answer.now)
         if report.breaker is not None and answer.breaker_state is BreakerState.OPEN:
-            self._open_until[report.breaker.name] = clock.monotonic() + max(
-                answer.open_until - answer.now, 0.0
-            )
+            self._remember_open(report.breaker.name, max(answer.open_until - answer.now, 0.0))
         return answer
 
     # -- dead letters --------------------------------------------------------------------

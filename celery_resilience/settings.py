@@ -19,6 +19,10 @@ setting                         meaning (default)
                                 ``time_limit`` (``60``). A redelivered copy of a running
                                 attempt waits this long at most.
 ``resilience_redis_timeout``    Socket timeout towards the state store, seconds (``2.0``).
+``resilience_backend_use_ssl``  TLS options for a ``rediss://`` state store, as Celery's
+                                ``broker_use_ssl`` (whose value, or
+                                ``redis_backend_use_ssl``'s, is used when the state store is
+                                the broker's or the result backend's Redis).
 ``resilience_dead_letters_max`` Length of the dead-letter stream, approximately (``10000``).
 ``resilience_log_context``      Append trace and attempt to worker log lines whose format
                                 does not show them already (``True``).
@@ -44,6 +48,8 @@ __all__ = ["Settings", "read_settings", "redis_visibility_timeout"]
 
 #: Broker or result-backend URLs that can serve as the state store as they are.
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: Brokers served by kombu's Redis transport (and its visibility timeout).
+_REDIS_BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "redis+socket://", "sentinel://")
 _DEFAULT_VISIBILITY = 3600.0
 
 
@@ -59,6 +65,8 @@ class Settings:
     dead_letters_max: int
     log_context: bool
     visibility_timeout: float | None
+    #: TLS options for a ``rediss://`` state store (``ssl_cert_reqs``, ``ssl_ca_certs``...).
+    ssl: dict[str, Any] | None = None
 
     @property
     def countdown_cap(self) -> float | None:
@@ -83,7 +91,8 @@ def _is_redis(url: str | None) -> bool:
 
 def redis_visibility_timeout(app: Celery) -> float | None:
     """The Redis broker's visibility timeout, or None when the broker is not Redis."""
-    if not _is_redis(_first_url(app.conf.broker_url)):
+    broker = _first_url(app.conf.broker_url)
+    if broker is None or not broker.lower().startswith(_REDIS_BROKER_SCHEMES):
         return None
     options = app.conf.broker_transport_options or {}
     value = options.get("visibility_timeout", _DEFAULT_VISIBILITY)
@@ -101,11 +110,18 @@ def read_settings(app: Celery) -> Settings:
     """Resolve the settings of ``app``; raise ResilienceConfigError when they cannot work."""
     conf = app.conf
     url = _first_url(conf.get("resilience_backend_url"))
+    ssl = conf.get("resilience_backend_use_ssl")
     if url is None:
-        for candidate in (_first_url(conf.broker_url), _first_url(conf.result_backend)):
+        for candidate, its_ssl in (
+            (_first_url(conf.broker_url), conf.get("broker_use_ssl")),
+            (_first_url(conf.result_backend), conf.get("redis_backend_use_ssl")),
+        ):
             if _is_redis(candidate):
                 url = candidate
+                ssl = ssl if ssl is not None else its_ssl
                 break
+    if ssl is not None and not isinstance(ssl, dict):
+        ssl = None  # e.g. broker_use_ssl=True: the URL's own parameters say it all
     if url is None:
         raise ResilienceConfigError(
             "resilient tasks keep their shared state in Redis: set "
@@ -142,4 +158,5 @@ def read_settings(app: Celery) -> Settings:
         dead_letters_max=dead_max,
         log_context=bool(conf.get("resilience_log_context", True)),
         visibility_timeout=redis_visibility_timeout(app),
+        ssl=dict(ssl) if ssl else None,
     )

@@ -67,9 +67,7 @@ deferred = Signal(
     name="deferred",
     providing_args=["task_id", "attempt", "gate", "name", "countdown", "reason"],
 )
-gave_up = Signal(
-    name="gave_up", providing_args=["task_id", "attempt", "reason", "exc", "history"]
-)
+gave_up = Signal(name="gave_up", providing_args=["task_id", "attempt", "reason", "exc", "history"])
 breaker_state_changed = Signal(
     name="breaker_state_changed",
     providing_args=["name", "old", "new", "failure_rate", "calls"],

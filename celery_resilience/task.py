@@ -32,6 +32,16 @@ __all__ = ["ResilientTask", "resilient_task_names"]
 resilient_task_names: set[str] = set()
 
 
+def refuse_autoretry(task: str, options: Any) -> None:
+    """Celery's autoretry_for would retry behind the resilience flow's back (every failure
+    turned into a Retry before it is classified): refuse it, naming the option to use."""
+    if options.get("autoretry_for"):
+        raise TypeError(
+            f"task {task!r}: autoretry_for does not go with a resilient task, which retries "
+            "on its own; list the exceptions in retry_on= (and give_up_on=) instead"
+        )
+
+
 class ResilientTask(Task[Any, Any]):
     """A Celery task that survives a flaky upstream.
 
@@ -89,6 +99,7 @@ class ResilientTask(Task[Any, Any]):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         owner = cls.__dict__.get("name") or f"{cls.__module__}.{cls.__qualname__}"
+        refuse_autoretry(owner, cls.__dict__)
         checked = check_options(owner, {name: getattr(cls, name) for name in OPTION_NAMES})
         cls.explicit_options = frozenset(
             name

@@ -58,7 +58,7 @@ def test_breaker_opens_probes_and_closes_across_slots(store):
     """With breaker, limiter, pool and lease in four slots, the breaker still works."""
     breaker = CircuitBreaker("payments", minimum_calls=3, open_for=0.3, half_open_calls=1)
     pool = ConcurrencyLimit("payments-pool", 5)
-    limiter = RateLimit("payments-rate", "1000/s")
+    limiter = RateLimit("payments-rate", "1000/s", burst=1000)
 
     def ask(holder: str):
         return store.gate(

@@ -66,7 +66,7 @@ def test_state_store_dies_and_comes_back(
 
 
 def test_worker_killed_mid_attempt_with_acks_late(
-    worker_factory, celery_client, redis_server, upstream, queue, unique
+    worker_factory, celery_client, redis_server, upstream, queue, unique, request
 ):
     """SIGKILL a whole worker while it runs an acks_late task: another worker completes it,
     exactly one success is recorded, and the dead worker's concurrency slot comes back."""
@@ -88,6 +88,7 @@ def test_worker_killed_mid_attempt_with_acks_late(
     result = client.send_task("res.pooled", args=[path])
     wait_until(lambda: upstream.count(path) == 1, timeout=20, what="the first attempt in flight")
     store = RedisStore(redis_server.client(2), KeySpace(f"k-{unique}"))
+    request.addfinalizer(store.client.close)
     pool = ConcurrencyLimit("api", 3, lease=5.0)
     assert store.limiter(None, pool, "api").in_use == 1
     victim.kill()
@@ -156,7 +157,7 @@ def test_broker_restart_loses_no_task(
 
 
 def test_a_skewed_worker_clock_changes_no_timing(
-    worker_factory, celery_client, redis_server, upstream, queue, unique
+    worker_factory, celery_client, redis_server, upstream, queue, unique, request
 ):
     """Two workers whose clocks (as the library reads them) are 30 s ahead and 30 s behind:
     the breaker still opens for its open_for, and the rate limit still holds."""
@@ -180,6 +181,7 @@ def test_a_skewed_worker_clock_changes_no_timing(
     upstream.phases(down, [(4.0, 503), (None, 200)])
     failing = [client.send_task("res.guarded", args=[down]) for _ in range(10)]
     store = RedisStore(redis_server.client(2), KeySpace(prefix))
+    request.addfinalizer(store.client.close)
     opened = wait_until(
         lambda: (s := store.breaker(CircuitBreaker("upstream"))).state is BreakerState.OPEN and s,
         timeout=20,

@@ -322,3 +322,34 @@ def test_module_name_does_not_shadow_stdlib():
     """celery_resilience.http is imported by its full name; the stdlib http still works."""
     assert http_module.ResilientSession is ResilientSession
     assert BaseHTTPRequestHandler.__module__ == "http.server"
+
+
+def test_no_cookie_travels_from_one_task_to_another():
+    """A cookie set by one upstream's answer is not sent by a later call on the session."""
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Cookie"))
+            self.send_response(200)
+            self.send_header("Set-Cookie", "session=ALICE-SECRET; Path=/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        session = ResilientSession()
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        session.get(url).close()
+        session.get(url).close()
+        session.get(url, cookies={"own": "1"}).close()
+        session.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [None, None, "own=1"]

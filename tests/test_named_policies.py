@@ -118,7 +118,8 @@ def test_no_attempt_sees_half_a_change(worker, env, client, redis_server):
     """Changes of two keys at once racing with 4 processes: each attempt sees one version."""
     stop = threading.Event()
     errors: list[str] = []
-    overrides = Overrides(redis_server.client(2), KeySpace(env["RESILIENCE_TEST_PREFIX"]))
+    state = redis_server.client(2)
+    overrides = Overrides(state, KeySpace(env["RESILIENCE_TEST_PREFIX"]))
 
     def flip() -> None:
         n = 0
@@ -143,6 +144,7 @@ def test_no_attempt_sees_half_a_change(worker, env, client, redis_server):
         stop.set()
         flipper.join(timeout=30)
         overrides.put("pair", {}, overrides.get("pair").version)
+        state.close()
     assert not errors
     assert len({tuple(s) for s in seen}) >= 2, "the policy never changed under the probes"
     for max_retries, deadline_s in seen:

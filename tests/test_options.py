@@ -112,3 +112,11 @@ def test_base_must_be_resilient(app):
     """``base=`` must be ResilientTask or a subclass."""
     with pytest.raises(TypeError, match="base"):
         resilient_task(app=app, base=Task)
+
+
+def test_celery_autoretry_is_refused(app):
+    """autoretry_for would retry behind the flow's back: refused, pointing to retry_on."""
+    with pytest.raises(TypeError, match="retry_on"):
+
+        @resilient_task(app=app, name="shop.auto", autoretry_for=(KeyError,))
+        def auto() -> None: ...

@@ -16,6 +16,9 @@ import pytest
 from celery import Celery
 from celery.result import AsyncResult
 
+from celery_resilience.state.base import OutcomeReport
+from celery_resilience.state.keys import KeySpace
+from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Response, Upstream, closed_port_url
 from tests.helpers.celery_apps import app_env
 from tests.helpers.polling import wait_until
@@ -219,3 +222,72 @@ def test_a_body_that_requeues_itself_is_not_taken_for_a_duplicate(worker, client
 
     assert result.get(timeout=20)["status"] == 200
     assert upstream.count(path) == 1
+
+
+def test_a_new_publication_under_the_same_id_runs(worker, client, upstream, unique):
+    """Publishing a task ID again (as Task.replace does) runs again: it is not a copy.
+    (The publisher has celery_resilience imported, as one publishing resilient tasks has.)"""
+    path = f"/{unique}/again"
+    upstream.script(path, [], then=200)
+    task_id = f"fixed-{unique}"
+    assert client.send_task("res.call", args=[path], task_id=task_id).get(timeout=20)
+    client.send_task("res.call", args=[path], task_id=task_id)
+    # (the result backend already holds the first one's result under this ID)
+    wait_until(lambda: upstream.count(path) == 2, timeout=20, what="the second publication run")
+
+
+def test_a_lost_retry_is_published_again_by_the_redelivered_copy(
+    worker, client, upstream, unique, env, redis_server
+):
+    """Attempt 1 failed and its worker died before publishing the retry: the redelivered
+    copy of attempt 1 publishes it, and the task completes without calling twice."""
+    path = f"/{unique}/lost-retry"
+    upstream.script(path, [], then=200)
+    task_id, nonce = f"lost-{unique}", "0123456789abcdef"
+    state = redis_server.client(2)
+    try:
+        store = RedisStore(state, KeySpace(env["RESILIENCE_TEST_PREFIX"]))
+        store.record(
+            OutcomeReport(
+                holder=f"{task_id}:1",
+                attempt_mark="retried",
+                attempt_key=store.keys.attempt(task_id, 1, nonce),
+            )
+        )
+    finally:
+        state.close()
+    result = client.send_task(
+        "res.call", args=[path], task_id=task_id, headers={"resilience_nonce": nonce}
+    )
+    assert result.get(timeout=20)["status"] == 200
+    assert upstream.count(path) == 1
+    assert "while publishing the retry" in worker.log_text()
+
+
+def test_no_secret_reaches_the_result_backend(worker, client, upstream, unique):
+    """An API key in the URL stays out of the stored failure (message and traceback)."""
+    refused = f"/{unique}/refused"
+    down = f"/{unique}/down"
+    upstream.script(refused, [401])
+    upstream.script(down, [], then=503)
+    for task, path in (("res.call", refused), ("res.call3", down)):
+        result = client.send_task(task, args=[f"{path}?api_key=SUPERSECRET123"])
+        with pytest.raises(Exception) as info:
+            result.get(timeout=30)
+        assert "SUPERSECRET123" not in str(info.value)
+        assert "SUPERSECRET123" not in (result.traceback or "")
+
+
+def test_a_requeued_message_comes_back_and_runs(
+    worker_factory, celery_client, env, upstream, unique
+):
+    """Reject(requeue=True) from the body (acks_late): the message comes back and runs."""
+    queue = f"q-{unique}"
+    worker_factory(
+        APP, env={**env, "RESILIENCE_TEST_QUEUE": queue, "RESILIENCE_TEST_ACKS_LATE": "1"}
+    )
+    client = celery_client(env["RESILIENCE_TEST_BROKER"], env["RESILIENCE_TEST_BACKEND"], queue)
+    path = f"/{unique}/rejected"
+    upstream.script(path, [], then=200)
+    assert client.send_task("res.rejects_once", args=[path]).get(timeout=30)["status"] == 200
+    assert upstream.count(path) == 2

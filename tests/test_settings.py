@@ -11,6 +11,7 @@ from celery import Celery
 
 from celery_resilience.errors import ResilienceConfigError
 from celery_resilience.settings import read_settings
+from celery_resilience.state.connect import connect
 
 
 @pytest.fixture
@@ -102,3 +103,19 @@ def test_worker_refuses_to_start_without_a_state_store(tmp_path):
     assert done.returncode != 0
     assert "resilience_backend_url" in done.stderr.splitlines()[-1]
     assert "Traceback" not in done.stderr
+
+
+def test_tls_options_follow_the_url_they_come_from(make):
+    """A rediss:// result backend lends the state store its redis_backend_use_ssl options,
+    and Celery's ssl_cert_reqs=CERT_REQUIRED spelling is understood."""
+    app = make(
+        broker_url="amqp://h//",
+        result_backend="rediss://r:6380/3?ssl_cert_reqs=CERT_REQUIRED",
+        redis_backend_use_ssl={"ssl_ca_certs": "/etc/ca.pem"},
+    )
+    settings = read_settings(app)
+    assert settings.ssl == {"ssl_ca_certs": "/etc/ca.pem"}
+    client = connect(settings.backend_url, ssl=settings.ssl)
+    kwargs = client.connection_pool.connection_kwargs
+    assert (kwargs["ssl_cert_reqs"], kwargs["ssl_ca_certs"]) == ("required", "/etc/ca.pem")
+    client.close()

@@ -17,9 +17,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.base import GateAnswer, GateAsk, OutcomeReport, RecordAnswer
+from celery_resilience.state.fallback import FallbackStore
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.memory import MemoryStore
 from celery_resilience.state.redis import RedisStore
+from tests.helpers.redis_server import RedisServer
 
 BREAKER = CircuitBreaker(
     "model",
@@ -79,9 +81,17 @@ class StoresAgree(RuleBasedStateMachine):
         pool=st.booleans(),
         lease=st.booleans(),
         use_slot=st.booleans(),
+        max_wait=st.sampled_from([None, None, 0.04, 0.3]),
     )
     def gate(
-        self, holder: str, breaker: bool, limiter: bool, pool: bool, lease: bool, use_slot: bool
+        self,
+        holder: str,
+        breaker: bool,
+        limiter: bool,
+        pool: bool,
+        lease: bool,
+        use_slot: bool,
+        max_wait: float | None,
     ) -> None:
         slot = self.slots.get(holder) if limiter and use_slot else None
         ask = GateAsk(
@@ -92,6 +102,7 @@ class StoresAgree(RuleBasedStateMachine):
             concurrency_poll=0.2,
             limiter=LIMITER if limiter else None,
             booked_slot=slot,
+            limiter_max_wait=max_wait,
             attempt_key=self._key(holder) if lease else None,
             attempt_lease=0.25,
         )
@@ -109,7 +120,7 @@ class StoresAgree(RuleBasedStateMachine):
         pool=st.booleans(),
         pause=st.sampled_from([None, None, 0.1, 0.3]),
         lease=st.booleans(),
-        done=st.booleans(),
+        mark=st.sampled_from(["done", "retried", "released"]),
     )
     def record(
         self,
@@ -118,7 +129,7 @@ class StoresAgree(RuleBasedStateMachine):
         pool: bool,
         pause: float | None,
         lease: bool,
-        done: bool,
+        mark: str,
     ) -> None:
         report = OutcomeReport(
             holder=holder,
@@ -129,8 +140,8 @@ class StoresAgree(RuleBasedStateMachine):
             limiter=LIMITER,
             pause=pause,
             attempt_key=self._key(holder) if lease else None,
-            done_ttl=0.5,
-            attempt_done=done,
+            mark_ttl=0.5,
+            attempt_mark=mark,  # type: ignore[arg-type]
         )
         shared: RecordAnswer = self.redis.record(report)
         self.clock = shared.now
@@ -140,7 +151,7 @@ class StoresAgree(RuleBasedStateMachine):
         assert [(t.old, t.new) for t in shared.transitions] == [
             (t.old, t.new) for t in local.transitions
         ]
-        if lease and done:
+        if lease and mark != "released":
             self.attempts[holder] += 1
 
     @rule(op=st.sampled_from(["status", "status", "open", "close", "reset"]))
@@ -183,4 +194,29 @@ def test_redis_scripts_match_the_reference_model(redis_server):
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
     )
-    machine().runTest()
+    try:
+        machine().runTest()
+    finally:
+        StoresAgree.client.close()
+
+
+@pytest.mark.integration
+def test_a_store_out_of_memory_falls_back_instead_of_failing(tmp_path):
+    """Redis answering OOM (or READONLY, LOADING...) is a store that cannot serve: the gate
+    falls back to the process's own state rather than failing the task."""
+    with RedisServer(
+        tmp_path, extra_args=["--maxmemory", "1", "--maxmemory-policy", "noeviction"]
+    ) as server:
+        client = server.client()
+        try:
+            store = FallbackStore(RedisStore(client, KeySpace("oom")))
+            answer = store.gate(
+                GateAsk(
+                    holder="t", breaker=BREAKER, limiter=LIMITER, attempt_key="oom:attempt:{t}:-:1"
+                )
+            )
+            assert answer.allowed
+            assert answer.fallback
+            assert store.degraded
+        finally:
+            client.close()

@@ -27,6 +27,9 @@ __all__ = [
 ]
 
 BreakerOutcome = Literal["success", "failure", "neutral"]
+#: What becomes of an attempt's lease: finished; failed and being retried; or dropped
+#: because the very same attempt comes back (the body re-queued itself).
+AttemptMark = Literal["done", "retried", "released"]
 
 
 class BreakerState(str, enum.Enum):
@@ -48,6 +51,9 @@ class Denial(str, enum.Enum):
     RATE_LIMITED = "rate_limited"
     RUNNING = "running"  # the same attempt is running elsewhere (a redelivered message)
     DONE = "done"  # the same attempt already finished (a redelivered message)
+    #: The same attempt failed and its retry was being published when its worker stopped
+    #: (a redelivered message): publish that retry again.
+    RETRIED = "retried"
     BACKEND_DOWN = "backend_down"  # the store is unreachable and the fallback says defer
 
 
@@ -73,6 +79,8 @@ class GateAsk:
     concurrency_poll: float = 1.0
     limiter: RateLimit | None = None
     booked_slot: float | None = None
+    #: The longest wait worth booking a rate-limit slot for (what is left of a deadline).
+    limiter_max_wait: float | None = None
     attempt_key: str | None = None
     attempt_lease: float = 60.0
 
@@ -115,10 +123,9 @@ class OutcomeReport:
     limiter: RateLimit | None = None
     pause: float | None = None
     attempt_key: str | None = None
-    done_ttl: float = 3600.0
-    #: False: the attempt did not finish (the task re-queued itself with ``self.retry``):
-    #: its lease is dropped, so that the re-queued message is not taken for a duplicate.
-    attempt_done: bool = True
+    attempt_mark: AttemptMark = "done"
+    #: How long the mark is kept (a redelivered copy may come this late).
+    mark_ttl: float = 3600.0
 
     @property
     def empty(self) -> bool:

@@ -63,14 +63,18 @@ def _hosts(netloc: str, default_port: int) -> tuple[str | None, str | None, list
     return username, password, hosts
 
 
-def connect(url: str, *, timeout: float = 2.0) -> Client:
-    """A client for ``url`` (see the module's table of schemes)."""
+def connect(url: str, *, timeout: float = 2.0, ssl: dict[str, Any] | None = None) -> Client:
+    """A client for ``url`` (see the module's table of schemes); ``ssl``: TLS options
+    (``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``...)."""
     scheme = url.split("://", 1)[0].lower()
+    url = _celery_cert_reqs(url)
     common: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "retry": Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
     }
+    if ssl and scheme.startswith("rediss"):
+        common.update(ssl)
     if scheme in ("redis+cluster", "rediss+cluster"):
         parts = urlsplit(url)
         username, password, hosts = _hosts(parts.netloc, 6379)
@@ -107,6 +111,24 @@ def connect(url: str, *, timeout: float = 2.0) -> Client:
         return client
     single: redis.Redis = redis.Redis.from_url(url, health_check_interval=30, **common)
     return single
+
+
+_CERT_REQS = {"cert_required": "required", "cert_optional": "optional", "cert_none": "none"}
+
+
+def _celery_cert_reqs(url: str) -> str:
+    """Celery writes ``ssl_cert_reqs=CERT_REQUIRED`` in Redis URLs; redis-py reads
+    ``required``: accept both."""
+    head, sep, query = url.partition("?")
+    if not sep:
+        return url
+    parts = []
+    for item in query.split("&"):
+        name, eq, value = item.partition("=")
+        if name == "ssl_cert_reqs" and value.lower() in _CERT_REQS:
+            value = _CERT_REQS[value.lower()]
+        parts.append(f"{name}{eq}{value}")
+    return f"{head}?{'&'.join(parts)}"
 
 
 def is_cluster(client: object) -> bool:

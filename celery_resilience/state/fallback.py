@@ -14,8 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from celery_resilience import clock
 from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
@@ -35,10 +34,11 @@ __all__ = ["BACKEND_ERRORS", "FallbackMode", "FallbackStore"]
 
 logger = logging.getLogger("celery_resilience.state")
 
-#: Errors that mean "the store cannot be reached", as opposed to a bug.
+#: Errors that mean "the store cannot serve us now": unreachable, but also out of memory,
+#: read-only after a failover, loading, a cluster down, credentials refused. A task must
+#: neither fail nor wait for them: the fallback answers, and one line says why.
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
+    RedisError,
     ConnectionError,
     TimeoutError,
 )
@@ -94,7 +94,7 @@ class FallbackStore:
                 self._next_try = now + self.retry_every
             if first:
                 logger.warning(
-                    "celery-resilience: %s unreachable (%s: %s); gates fall back to "
+                    "celery-resilience: %s unreachable or failing (%s: %s); gates fall back to "
                     "per-process state (%s) until it answers again",
                     self.describe,
                     type(exc).__name__,

@@ -54,9 +54,10 @@ class KeySpace:
         """The concurrency limit's sorted set of slot leases."""
         return f"{self.prefix}:concurrency:{{{escape(name)}}}"
 
-    def attempt(self, task_id: str, attempt: int) -> str:
-        """The lease of one attempt of one task."""
-        return f"{self.prefix}:attempt:{{{escape(task_id)}}}:{attempt}"
+    def attempt(self, task_id: str, attempt: int, nonce: str = "-") -> str:
+        """The lease of one attempt of one publication of one task (``nonce`` tells two
+        publications under one task ID apart, e.g. ``Task.replace``)."""
+        return f"{self.prefix}:attempt:{{{escape(task_id)}}}:{escape(nonce)}:{attempt}"
 
     def policies(self) -> str:
         """The hash of run-time policy overrides."""

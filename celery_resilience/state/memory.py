@@ -30,6 +30,8 @@ from celery_resilience.state.redis import limiter_args
 __all__ = ["MemoryStore"]
 
 _WINDOW_BUCKETS = 10
+#: The fallback forgets expired attempt leases once it holds this many.
+_SWEEP_AT = 10_000
 
 
 def _stored(value: float) -> float:
@@ -131,8 +133,8 @@ class MemoryStore:
 
         if ask.attempt_key is not None:
             held = self._attempt_live(ask.attempt_key, now)
-            if held is not None and held[0] == "done":
-                return deny(Denial.DONE, 0.0)
+            if held is not None and held[0] in ("done", "retried"):
+                return deny(Denial(held[0]), 0.0)
             if held is not None:
                 return deny(Denial.RUNNING, held[1] - now)
 
@@ -196,11 +198,15 @@ class MemoryStore:
             if not granted and slot is None:
                 tat = max(lim.tat, now)
                 allow_at = tat - args["tau"]
+                book = True
                 if now >= allow_at:
                     granted = True
+                elif ask.limiter_max_wait is not None and allow_at - now > ask.limiter_max_wait:
+                    book, wait = False, allow_at - now
                 else:
                     slot, wait = allow_at, allow_at - now
-                lim.tat = _stored(tat + args["T"])
+                if book:
+                    lim.tat = _stored(tat + args["T"])
             if not granted:
                 undo()
                 if slots is not None:
@@ -209,6 +215,8 @@ class MemoryStore:
 
         if ask.attempt_key is not None:
             self._attempts[ask.attempt_key] = ("run", _stored(now + ask.attempt_lease))
+            if len(self._attempts) > _SWEEP_AT:
+                self._attempts = {k: v for k, v in self._attempts.items() if now < v[1]}
         return GateAnswer(
             allowed=True,
             now=now,
@@ -258,8 +266,11 @@ class MemoryStore:
                     and rate >= policy.failure_rate
                 ):
                     open_(BreakerState.CLOSED, policy.open_for, rate, calls)
-            elif br.state is BreakerState.HALF_OPEN and report.probe:
-                br.probes.pop(report.holder, None)
+            elif (
+                br.state is BreakerState.HALF_OPEN
+                and report.probe
+                and br.probes.pop(report.holder, None) is not None
+            ):
                 if outcome == "failure":
                     last = br.open_for if br.open_for is not None else policy.open_for
                     longer = min(max(last * 2, policy.open_for), policy.max_open_for)
@@ -289,10 +300,13 @@ class MemoryStore:
             until = now + report.pause
             lim.tat = _stored(max(lim.tat, until + args["tau"]))
             lim.paused_until = _stored(max(lim.paused_until, until))
-        if report.attempt_key is not None and not report.attempt_done:
+        if report.attempt_key is not None and report.attempt_mark == "released":
             self._attempts.pop(report.attempt_key, None)
         elif report.attempt_key is not None:
-            self._attempts[report.attempt_key] = ("done", _stored(now + report.done_ttl))
+            self._attempts[report.attempt_key] = (
+                report.attempt_mark,
+                _stored(now + report.mark_ttl),
+            )
         return RecordAnswer(
             now=now,
             breaker_state=state,

@@ -127,7 +127,7 @@ class RedisStore:
                     probe=probe,
                     concurrency=ask.concurrency if "concurrency" in granted else None,
                     attempt_key=ask.attempt_key if "attempt" in granted else None,
-                    attempt_done=False,
+                    attempt_mark="released",
                 )
                 if not undo.empty:
                     self.record(undo)
@@ -157,6 +157,8 @@ class RedisStore:
             args["l"] = limiter_args(ask.limiter)
             if ask.booked_slot is not None:
                 args["l"]["slot"] = ask.booked_slot
+            if ask.limiter_max_wait is not None:
+                args["l"]["max"] = ask.limiter_max_wait
         if ask.attempt_key is not None:
             args["a"] = {"lease": ask.attempt_lease}
         keys = self._parts(ask.breaker, ask.concurrency, ask.limiter, ask.attempt_key)
@@ -196,7 +198,7 @@ class RedisStore:
         if limiter is not None:
             args["l"] = {**limiter_args(limiter), "pause": report.pause}
         if report.attempt_key is not None:
-            args["a"] = {"done_ttl": report.done_ttl, "done": report.attempt_done}
+            args["a"] = {"ttl": report.mark_ttl, "mark": report.attempt_mark}
         keys = self._parts(report.breaker, report.concurrency, limiter, report.attempt_key)
         res = self._run("record", keys, args)
         return RecordAnswer(
@@ -287,7 +289,17 @@ def _split_ask(ask: GateAsk) -> list[tuple[str, GateAsk]]:
             )
         )
     if ask.limiter is not None:
-        parts.append(("limiter", replace(bare, limiter=ask.limiter, booked_slot=ask.booked_slot)))
+        parts.append(
+            (
+                "limiter",
+                replace(
+                    bare,
+                    limiter=ask.limiter,
+                    booked_slot=ask.booked_slot,
+                    limiter_max_wait=ask.limiter_max_wait,
+                ),
+            )
+        )
     return parts
 
 
@@ -313,8 +325,8 @@ def _split_report(report: OutcomeReport) -> list[OutcomeReport]:
             replace(
                 bare,
                 attempt_key=report.attempt_key,
-                done_ttl=report.done_ttl,
-                attempt_done=report.attempt_done,
+                mark_ttl=report.mark_ttl,
+                attempt_mark=report.attempt_mark,
             )
         )
     return parts

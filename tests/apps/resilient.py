@@ -178,3 +178,14 @@ def requeues_itself(self: Any, path: str) -> dict[str, Any]:
         headers = {**(self.request.headers or {}), "requeued": "yes"}
         raise self.retry(countdown=0.1, headers=headers)
     return _call(self, path, "GET", 5.0, None)
+
+
+@resilient_task(app=app, bind=True, name="res.rejects_once", backoff=FAST)
+def rejects_once(self: Any, path: str) -> dict[str, Any]:
+    """Put its own message back once (Reject with requeue), then succeed."""
+    resp = self.http.get(os.environ[ENV_UPSTREAM] + path, timeout=5)
+    if resp.json()["n"] == 1:
+        from celery.exceptions import Reject  # noqa: PLC0415
+
+        raise Reject("not yet", requeue=True)
+    return {"status": resp.status_code, "ledger": None}

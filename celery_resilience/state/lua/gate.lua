@@ -12,14 +12,16 @@
 --   h  holder: unique id of this attempt (task id and attempt number)
 --   b  breaker {rate, min, win, of, ofm, hoc, lease}          (optional)
 --   c  concurrency {limit, lease, poll}                       (optional)
---   l  limiter {T, tau, early, grace, slot?}                  (optional)
+--   l  limiter {T, tau, early, grace, slot?, max?}: max = the longest wait worth
+--      booking (the task's deadline); beyond it no slot is booked  (optional)
 --   a  attempt lease {lease}                                  (optional)
 -- Returns: JSON object
 --   ok     true when the attempt may run
 --   now    Redis server time: {seconds, microseconds}
 --   wait   seconds to wait before asking again (when not ok)
 --   why    "breaker_open" | "breaker_half_open" | "concurrency_full" | "rate_limited"
---          | "running" | "done"  (when not ok)
+--          | "running" | "done" | "retried" (when not ok; "retried": this attempt failed
+--          and its retry was being published when its worker stopped)
 --   st     breaker state after the call ("" without a breaker)
 --   ou     breaker open-until time, as a decimal string (0 unless open)
 --   probe  true when this attempt holds a half-open probe slot
@@ -44,8 +46,8 @@ end
 -- 1. Attempt lease: the same attempt never runs twice at once, nor again once done.
 if akey then
   local held, expiry = get_lease(akey, now)
-  if held == 'done' then
-    res.why = 'done'
+  if held == 'done' or held == 'retried' then
+    res.why = held
     return answer()
   elseif held then
     res.why = 'running'
@@ -72,7 +74,7 @@ if skey then
     redis.call('ZREMRANGEBYSCORE', pkey, '-inf', fmt(now))
     if redis.call('ZCARD', pkey) < b.hoc then
       redis.call('ZADD', pkey, fmt(now + b.lease), holder)
-      pexpire_seconds(pkey, b.lease * 2)
+      extend_ttl(pkey, b.lease * 2)
       res.probe = true
     else
       local first = redis.call('ZRANGE', pkey, 0, 0, 'WITHSCORES')
@@ -97,7 +99,7 @@ if ckey then
   redis.call('ZREMRANGEBYSCORE', ckey, '-inf', fmt(now))
   if redis.call('ZSCORE', ckey, holder) or redis.call('ZCARD', ckey) < c.limit then
     redis.call('ZADD', ckey, fmt(now + c.lease), holder)
-    pexpire_seconds(ckey, c.lease * 2)
+    extend_ttl(ckey, c.lease * 2)
     took_slot = true
   else
     local first = redis.call('ZRANGE', ckey, 0, 0, 'WITHSCORES')
@@ -129,15 +131,21 @@ if lkey then
   if not granted and not res.slot then
     tat = math.max(tat, now)
     local allow_at = tat - l.tau
+    local book = true
     if now >= allow_at then
       granted = true
+    elseif l.max and allow_at - now > l.max then
+      book = false  -- the task cannot wait that long: it gives up, the slot stays free
+      res.wait = allow_at - now
     else
       res.slot = fmt(allow_at)
       res.wait = allow_at - now
     end
-    tat = tat + l.T
-    redis.call('HSET', lkey, 'tat', fmt(tat))
-    pexpire_seconds(lkey, math.max(tat, pu) - now + l.T + 1)
+    if book then
+      tat = tat + l.T
+      redis.call('HSET', lkey, 'tat', fmt(tat))
+      pexpire_seconds(lkey, math.max(tat, pu) - now + l.T + 1)
+    end
   end
   if not granted then
     undo_breaker()

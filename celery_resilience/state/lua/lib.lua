@@ -46,6 +46,15 @@ local function pexpire_seconds(key, seconds)
   redis.call('PEXPIRE', key, math.max(1, math.ceil(seconds * 1000)))
 end
 
+-- Like pexpire_seconds, but never shortens a longer time to live (a key shared by
+-- holders with different leases must outlive the longest of them).
+local function extend_ttl(key, seconds)
+  local ms = math.max(1, math.ceil(seconds * 1000))
+  if redis.call('PTTL', key) < ms then
+    redis.call('PEXPIRE', key, ms)
+  end
+end
+
 -- Breaker window: a hash of time buckets, fields "<bucket start ms>:s" and ":f".
 -- Returns successes, failures within the last b.win seconds; drops older buckets unless
 -- keep is true (a reader whose window may differ from the writers' must not prune).
@@ -77,7 +86,7 @@ local function window_add(wkey, b, now, kind)
   local width_ms = b.win * 100
   local start = math.floor(now * 1000 / width_ms) * width_ms
   redis.call('HINCRBY', wkey, string.format('%d', start) .. ':' .. kind, 1)
-  pexpire_seconds(wkey, b.win * 2)
+  extend_ttl(wkey, b.win * 2)
 end
 
 -- Moves an OPEN breaker whose time is up to HALF_OPEN. Returns state, open_until.

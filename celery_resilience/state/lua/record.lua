@@ -11,7 +11,8 @@
 --      probe = true|false}                                          (optional)
 --   c  concurrency {}                                               (optional)
 --   l  limiter {T, tau, pause = seconds}                            (optional)
---   a  attempt {done_ttl, done}: done = false drops the lease instead   (optional)
+--   a  attempt {ttl, mark}: mark = "done" (finished), "retried" (failed; its retry is
+--      being published), or "released" (drop the lease: the same attempt comes back)
 -- Returns: JSON object
 --   now  Redis server time: {seconds, microseconds}
 --   st   breaker state after the call ("" without a breaker)
@@ -56,8 +57,8 @@ if skey then
         and res.rate >= b.rate then
       open_breaker('closed', b.of)
     end
-  elseif st == 'half_open' and b.probe then
-    redis.call('ZREM', pkey, holder)
+  elseif st == 'half_open' and b.probe and redis.call('ZREM', pkey, holder) == 1 then
+    -- only a live probe decides (a stale or foreign report does not)
     if b.outcome == 'failure' then
       local last = tonumber(redis.call('HGET', skey, 'of')) or b.of
       open_breaker('half_open', math.min(math.max(last * 2, b.of), b.ofm))
@@ -89,10 +90,10 @@ if lkey and args.l.pause then
   pexpire_seconds(lkey, math.max(tat, pu) - now + l.T + 1)
 end
 
-if akey and args.a.done == false then
+if akey and args.a.mark == 'released' then
   redis.call('DEL', akey)
 elseif akey then
-  set_lease(akey, 'done', now, args.a.done_ttl)
+  set_lease(akey, args.a.mark, now, args.a.ttl)
 end
 
 return cjson.encode(res)
