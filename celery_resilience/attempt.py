@@ -671,8 +671,8 @@ class _Attempt:
         letter = DeadLetter(
             task_name=self.task.name,
             task_id=safe_token(request.id),
-            args=capped_repr(request.args),
-            kwargs=capped_repr(request.kwargs),
+            args=redact(capped_repr(request.args)),
+            kwargs=redact(capped_repr(request.kwargs)),
             args_json=_json_or_none(request.args),
             kwargs_json=_json_or_none(request.kwargs),
             verdict=failure.verdict.value if failure is not None else "deadline",
