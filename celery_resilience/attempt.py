@@ -317,9 +317,10 @@ class _Attempt:
         return limit + 5.0 if limit is not None else 60.0
 
     def _needs_lease(self) -> bool:
-        """Whether a copy of this message can come again once it started: always with the
-        Redis broker (its visibility timeout), with others only for acks_late tasks."""
-        return self.rt.settings.visibility_timeout is not None or bool(self.task.acks_late)
+        """Whether this attempt holds a lease against copies of its message: for acks_late
+        tasks (a lost worker leaves its message to be delivered again), or for every task
+        when ``resilience_duplicate_guard`` is "always"."""
+        return self.rt.settings.duplicate_guard == "always" or bool(self.task.acks_late)
 
     def _attempt_lease(self) -> float:
         """How long a running attempt keeps copies of itself away: the task's time limit,

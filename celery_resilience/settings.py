@@ -15,6 +15,14 @@ setting                         meaning (default)
 ``resilience_fallback``         When Redis cannot be reached: ``"allow"`` (per-process
                                 breakers and limiters, fail-open) or ``"defer"`` (every
                                 attempt waits until Redis answers). (``"allow"``)
+``resilience_duplicate_guard``  Which attempts hold a lease in Redis so that a redelivered
+                                copy of a message never runs the same attempt twice:
+                                ``"acks_late"`` (tasks that acknowledge late: the copies a
+                                lost worker leaves) or ``"always"`` (every attempt: also the
+                                copies the Redis broker redelivers when a message waited in
+                                a worker's prefetch past its visibility timeout). Costs a
+                                Redis round trip on tasks that have no breaker or limit.
+                                (``"acks_late"``)
 ``resilience_attempt_lease``    Seconds an attempt holds its lease when the task has no
                                 ``time_limit`` (``60``). A redelivered copy of a running
                                 attempt waits this long at most.
@@ -67,6 +75,8 @@ class Settings:
     visibility_timeout: float | None
     #: TLS options for a ``rediss://`` state store (``ssl_cert_reqs``, ``ssl_ca_certs``...).
     ssl: dict[str, Any] | None = None
+    #: Which attempts hold a lease against redelivered copies: "acks_late" or "always".
+    duplicate_guard: str = "acks_late"
 
     @property
     def countdown_cap(self) -> float | None:
@@ -135,6 +145,11 @@ def read_settings(app: Celery) -> Settings:
             "resilience_backend_url must be a Redis URL "
             f"({', '.join(s.rstrip('/') for s in SCHEMES)}), got {maybe_sanitize_url(url)!r}"
         )
+    guard = conf.get("resilience_duplicate_guard", "acks_late")
+    if guard not in ("acks_late", "always"):
+        raise ResilienceConfigError(
+            f"resilience_duplicate_guard must be 'acks_late' or 'always', got {guard!r}"
+        )
     fallback = conf.get("resilience_fallback", "allow")
     if fallback not in ("allow", "defer"):
         raise ResilienceConfigError(
@@ -159,4 +174,5 @@ def read_settings(app: Celery) -> Settings:
         log_context=bool(conf.get("resilience_log_context", True)),
         visibility_timeout=redis_visibility_timeout(app),
         ssl=dict(ssl) if ssl else None,
+        duplicate_guard=guard,
     )

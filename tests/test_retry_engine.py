@@ -45,6 +45,7 @@ def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
         ),
         "RESILIENCE_TEST_STATE": redis_server.url(2),
         "RESILIENCE_TEST_PREFIX": f"t-{unique}",
+        "RESILIENCE_TEST_GUARD": "always",
     }
 
 

@@ -32,6 +32,7 @@ app.conf.update(
     resilience_key_prefix=os.environ.get("RESILIENCE_TEST_PREFIX") or "resilience",
     task_acks_late=os.environ.get("RESILIENCE_TEST_ACKS_LATE") == "1",
     resilience_fallback=os.environ.get("RESILIENCE_TEST_FALLBACK") or "allow",
+    resilience_duplicate_guard=os.environ.get("RESILIENCE_TEST_GUARD") or "acks_late",
 )
 if os.environ.get("RESILIENCE_TEST_VISIBILITY"):
     app.conf.broker_transport_options = {
