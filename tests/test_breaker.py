@@ -181,9 +181,7 @@ def test_deferrals_do_not_spend_retries(nodes, client, upstream, unique, state):
     try:
         result = client.send_task("res.manual", args=[f"/{unique}/manual"])
         needle = f"[{result.id}]: deferred: breaker 'manual' forced open"
-        wait_until(
-            lambda: len(log_lines(nodes, needle)) >= 3, timeout=20, what="three deferrals"
-        )
+        wait_until(lambda: len(log_lines(nodes, needle)) >= 3, timeout=20, what="three deferrals")
     finally:
         state.breaker(policy, "reset")
 

@@ -109,9 +109,7 @@ def test_racing_processes_never_hold_more_probes_than_allowed(redis_server, stor
     assert store.breaker(policy).state is BreakerState.HALF_OPEN
 
 
-def test_a_killed_probe_holder_frees_its_slot_when_the_lease_expires(
-    redis_server, store, tmp_path
-):
+def test_a_killed_probe_holder_frees_its_slot_when_the_lease_expires(redis_server, store, tmp_path):
     """A process holding the only probe is SIGKILLed; 4 processes then ask every few ms.
     Until the probe's lease expires each is refused (told to wait until then); right after
     it expires, one of them is granted the probe."""

@@ -45,8 +45,11 @@ def test_status_shows_an_open_breaker_during_an_outage_and_reset_closes_it(
     for i in range(3):
         client.send_task("inspect.outage", args=[f"/{unique}/{i}"])
     store = rig.store
-    wait_until(lambda: store.breaker(OUTAGE).state is BreakerState.OPEN, timeout=20,
-               what="the breaker opens")
+    wait_until(
+        lambda: store.breaker(OUTAGE).state is BreakerState.OPEN,
+        timeout=20,
+        what="the breaker opens",
+    )
 
     result = rig.cli("status", "--json")
     assert result.returncode == 0, result.stderr
@@ -153,12 +156,17 @@ def test_no_redis_configured_is_one_line_and_exit_78():
 @pytest.fixture
 def local_app(redis_server: RedisServer, unique: str) -> Iterator[Any]:
     """An app in this process with one breaker and one rate limit, on its own prefix."""
-    app = make_app("local", broker=redis_server.url(0), backend=None, queue=f"q-{unique}",
-                   set_as_current=False)
+    app = make_app(
+        "local", broker=redis_server.url(0), backend=None, queue=f"q-{unique}", set_as_current=False
+    )
     app.conf.resilience_key_prefix = f"t-{unique}"
 
-    @resilient_task(app=app, name=f"local.pay-{unique}", breaker=CircuitBreaker("pay"),
-                    limiter=RateLimit("pay", "5/s"))
+    @resilient_task(
+        app=app,
+        name=f"local.pay-{unique}",
+        breaker=CircuitBreaker("pay"),
+        limiter=RateLimit("pay", "5/s"),
+    )
     def pay() -> None:
         """Declares the breaker and the limiter."""
 
@@ -223,10 +231,26 @@ def test_any_name_is_printed_as_printable_ascii(name: str):
     data = {
         "store": {"address": "127.0.0.1:6379/0", "prefix": "p"},
         "now": 0.0,
-        "breakers": [{**row, "state": "closed", "failure_rate": 0.0, "calls": 0,
-                      "failures": 0, "open_until": None}],
-        "limiters": [{**row, "rate": None, "wait": 0.0, "in_use": 0, "concurrency": None,
-                      "paused_until": None}],
+        "breakers": [
+            {
+                **row,
+                "state": "closed",
+                "failure_rate": 0.0,
+                "calls": 0,
+                "failures": 0,
+                "open_until": None,
+            }
+        ],
+        "limiters": [
+            {
+                **row,
+                "rate": None,
+                "wait": 0.0,
+                "in_use": 0,
+                "concurrency": None,
+                "paused_until": None,
+            }
+        ],
         "dead_letters": {"count": 0},
     }
     assert all(ch == "\n" or " " <= ch <= "~" for ch in render_status(data))

@@ -32,11 +32,22 @@ def letters(rig: Rig) -> Iterator[DeadLetters]:
 
 def _letter(**changes: object) -> DeadLetter:
     base = DeadLetter(
-        task_name="res.call", task_id="t-1", args="['/x']", kwargs="{}",
-        args_json='["/x"]', kwargs_json="{}", verdict="transient", cause="HTTP 503",
-        reason="retries exhausted", trace_id="4bf92f3577b34da6a3ce929d0e0e4736", attempts=6,
-        history=("#1 transient: HTTP 503",), worker="w1@host", queue=None,
-        failed_at=1_700_000_000.0, first_attempt_at=1_699_999_990.0,
+        task_name="res.call",
+        task_id="t-1",
+        args="['/x']",
+        kwargs="{}",
+        args_json='["/x"]',
+        kwargs_json="{}",
+        verdict="transient",
+        cause="HTTP 503",
+        reason="retries exhausted",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        attempts=6,
+        history=("#1 transient: HTTP 503",),
+        worker="w1@host",
+        queue=None,
+        failed_at=1_700_000_000.0,
+        first_attempt_at=1_699_999_990.0,
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 
@@ -93,7 +104,13 @@ def test_gave_up_and_permanent_failures_become_letters(
     assert shown.stdout.rstrip().endswith(f"  #4 transient: HTTP 503 from {host}")
     table = rig.cli("dead-letters", "list")
     assert table.stdout.splitlines()[0].split() == [
-        "ID", "FAILED", "AT", "TASK", "VERDICT", "ATTEMPTS", "CAUSE"
+        "ID",
+        "FAILED",
+        "AT",
+        "TASK",
+        "VERDICT",
+        "ATTEMPTS",
+        "CAUSE",
     ]
     assert letters.count() == 2  # reading deletes nothing
 
@@ -124,13 +141,12 @@ def test_requeue_sends_a_new_task_in_the_old_trace_and_removes_the_letter(
     assert len({span for _, span in calls}) == 5
     again = rig.cli("dead-letters", "requeue", letter.id)
     assert (again.returncode, again.stderr.strip()) == (
-        1, f"Error: no dead letter {letter.id} under prefix '{rig.prefix}'"
+        1,
+        f"Error: no dead letter {letter.id} under prefix '{rig.prefix}'",
     )
 
 
-def test_requeue_refuses_a_letter_whose_arguments_were_not_json(
-    rig: Rig, letters: DeadLetters
-):
+def test_requeue_refuses_a_letter_whose_arguments_were_not_json(rig: Rig, letters: DeadLetters):
     """Arguments kept only as a repr are never evaluated: requeue refuses, the letter stays."""
     entry = letters.add(_letter(args="[<object at 0x1>]", args_json=None))
     result = rig.cli("dead-letters", "requeue", entry)
@@ -162,8 +178,9 @@ def test_purge_older_than_removes_only_old_letters(rig: Rig, letters: DeadLetter
 
 def test_letters_and_names_from_task_input_are_escaped(rig: Rig, letters: DeadLetters):
     """What a publisher chose (task ID, arguments, causes) is printed escaped."""
-    entry = letters.add(_letter(task_id="evil\x1b[2J", args="['\x07']",
-                                history=("#1 transient: \x1b]0;pwned\x07",)))
+    entry = letters.add(
+        _letter(task_id="evil\x1b[2J", args="['\x07']", history=("#1 transient: \x1b]0;pwned\x07",))
+    )
     for args in (["list"], ["show", entry]):
         result = rig.cli("dead-letters", *args)
         assert result.returncode == 0, result.stderr
@@ -176,18 +193,28 @@ def test_bad_ids_and_durations_are_one_line_usage_errors(rig: Rig):
     """A malformed letter ID or duration: one line, exit 2."""
     bad_id = rig.cli("dead-letters", "show", "nope")
     assert (bad_id.returncode, bad_id.stderr.strip()) == (
-        2, "Error: 'nope' is not a dead-letter ID (they look like 1730000000000-0)"
+        2,
+        "Error: 'nope' is not a dead-letter ID (they look like 1730000000000-0)",
     )
     bad = rig.cli("dead-letters", "purge", "--older-than", "soon")
     assert (bad.returncode, bad.stderr.strip()) == (
-        2, "Error: 'soon' is not a duration such as 90s, 15m, 12h, 7d or 1h30m"
+        2,
+        "Error: 'soon' is not a duration such as 90s, 15m, 12h, 7d or 1h30m",
     )
 
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("12h", 43200.0), ("7d", 604800.0),
-     ("2w", 1209600.0), ("1h30m", 5400.0), ("0.5h", 1800.0)],
+    [
+        ("90", 90.0),
+        ("90s", 90.0),
+        ("15m", 900.0),
+        ("12h", 43200.0),
+        ("7d", 604800.0),
+        ("2w", 1209600.0),
+        ("1h30m", 5400.0),
+        ("0.5h", 1800.0),
+    ],
 )
 def test_durations(text: str, seconds: float):
     """Durations read as operators write them."""

@@ -31,8 +31,11 @@ def rig(
         worker_rig(redis_server, upstream_server, logs, extra_args=["-E"]) as rig,
         FlowerProcess(APP, env=rig.env, logfile=logs / "flower.log") as flower,
     ):
-        wait_until(lambda: rig.worker.nodename in flower.get("/api/workers", refresh=1),
-                   timeout=20, what="flower sees the worker")
+        wait_until(
+            lambda: rig.worker.nodename in flower.get("/api/workers", refresh=1),
+            timeout=20,
+            what="flower sees the worker",
+        )
         yield rig, flower
 
 
@@ -50,8 +53,9 @@ def _failing(
     worker, flower = rig
     upstream.script(path, [], then=503)
     result = worker.client().send_task(task, args=[path])
-    info = wait_until(lambda: _task(flower, result.id, state), timeout=30,
-                      what=f"the task in {state}")
+    info = wait_until(
+        lambda: _task(flower, result.id, state), timeout=30, what=f"the task in {state}"
+    )
     ctx = parse_traceparent(upstream.requests(path)[0].header("traceparent"))
     assert ctx is not None
     return info, upstream.url.split("//", 1)[1], ctx.trace_id
@@ -80,8 +84,9 @@ def test_a_deferred_task_says_why_and_until_when(
     store.breaker(CircuitBreaker("upstream"), "open")
     try:
         result = worker.client().send_task("res.guarded", args=[f"/{unique}"])
-        task = wait_until(lambda: _task(flower, result.id, "RETRY"), timeout=20,
-                          what="the task in RETRY")
+        task = wait_until(
+            lambda: _task(flower, result.id, "RETRY"), timeout=20, what="the task in RETRY"
+        )
         assert re.fullmatch(
             r"deferred: breaker 'upstream' forced open; attempt 1 of 9; retry in [0-9.]+ s; "
             r"trace [0-9a-f]{32}",
@@ -89,7 +94,8 @@ def test_a_deferred_task_says_why_and_until_when(
         ), task["exception"]
         detail = wait_until(
             lambda: (d := flower.get(f"/api/task/info/{result.id}"))["eta"] and d,
-            timeout=10, what="the eta of the deferred task",
+            timeout=10,
+            what="the eta of the deferred task",
         )
         assert detail["state"] == "RETRY"
         assert upstream.count(f"/{unique}") == 0
@@ -103,8 +109,7 @@ def test_a_task_that_gave_up_carries_its_history(
     """FAILURE in Flower: the exception holds the reason and one line per attempt."""
     task, host, trace_id = _failing(rig, upstream, f"/{unique}", "res.call3", "FAILURE")
     assert task["exception"].startswith(
-        f"GaveUp('gave up after 4 attempt(s): retries exhausted (max_retries=3); "
-        f"trace {trace_id}"
+        f"GaveUp('gave up after 4 attempt(s): retries exhausted (max_retries=3); trace {trace_id}"
     )
     for attempt in range(1, 5):
         assert f"\\n  #{attempt} transient: HTTP 503 from {host}" in task["exception"]
@@ -124,12 +129,14 @@ def test_worker_stats_carry_the_resilience_section(
     assert section["breakers"]["upstream"]["state"] == "closed"
     assert section["breakers"]["inspect-outage"]["state"] == "closed"
     assert section["limiters"]["api"] == {
-        "rate": "10/s", "wait": section["limiters"]["api"]["wait"], "in_use": 0,
-        "concurrency": 3, "paused_until": None,
+        "rate": "10/s",
+        "wait": section["limiters"]["api"]["wait"],
+        "in_use": 0,
+        "concurrency": 3,
+        "paused_until": None,
     }
     assert section["store"]["reachable"] is True
-    assert section["fallback"] == {"active": False, "mode": "allow", "answers": 0,
-                                   "last_at": None}
+    assert section["fallback"] == {"active": False, "mode": "allow", "answers": 0, "last_at": None}
     assert section["counters"]["succeeded"] >= 1
     assert section["counters"]["attempts"] >= section["counters"]["succeeded"]
 

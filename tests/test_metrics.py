@@ -63,17 +63,27 @@ def test_signals_feed_the_counters_and_the_gauge(local_metrics: CollectorRegistr
     task = _Task()
     signals.attempt_succeeded.send(sender=task, task_id="t", attempt=1, duration=0.1)
     for verdict in (Verdict.TRANSIENT, Verdict.TRANSIENT, Verdict.PERMANENT, Verdict.RATE_LIMITED):
-        signals.attempt_failed.send(sender=task, task_id="t", attempt=1, verdict=verdict,
-                                    cause="c", exc=None, duration=0.1)
-    signals.retry_scheduled.send(sender=task, task_id="t", attempt=1, countdown=1.0,
-                                 verdict=Verdict.TRANSIENT, cause="c", reason="r")
-    signals.deferred.send(sender=task, task_id="t", attempt=1, gate="breaker", name="pay",
-                          countdown=1.0, reason="r")
+        signals.attempt_failed.send(
+            sender=task, task_id="t", attempt=1, verdict=verdict, cause="c", exc=None, duration=0.1
+        )
+    signals.retry_scheduled.send(
+        sender=task,
+        task_id="t",
+        attempt=1,
+        countdown=1.0,
+        verdict=Verdict.TRANSIENT,
+        cause="c",
+        reason="r",
+    )
+    signals.deferred.send(
+        sender=task, task_id="t", attempt=1, gate="breaker", name="pay", countdown=1.0, reason="r"
+    )
     signals.gave_up.send(sender=task, task_id="t", attempt=3, reason="r", exc=None, history=())
     signals.backend_fallback.send(sender="redis", mode="allow")
     for new in (BreakerState.OPEN, BreakerState.HALF_OPEN):
-        signals.breaker_state_changed.send(sender="pay", name="pay", old=BreakerState.CLOSED,
-                                           new=new, failure_rate=1.0, calls=5)
+        signals.breaker_state_changed.send(
+            sender="pay", name="pay", old=BreakerState.CLOSED, new=new, failure_rate=1.0, calls=5
+        )
 
     got = _samples(local_metrics)
     attempts = "celery_resilience_attempts_total"
@@ -83,8 +93,9 @@ def test_signals_feed_the_counters_and_the_gauge(local_metrics: CollectorRegistr
     assert _value(got, attempts, task="shop.charge", verdict="rate_limited") == 1
     assert _value(got, attempts, task="shop.charge", verdict="deferred") == 1
     assert _value(got, "celery_resilience_retries_total", task="shop.charge") == 1
-    assert _value(got, "celery_resilience_deferrals_total", task="shop.charge",
-                  reason="breaker") == 1
+    assert (
+        _value(got, "celery_resilience_deferrals_total", task="shop.charge", reason="breaker") == 1
+    )
     assert _value(got, "celery_resilience_gave_up_total", task="shop.charge") == 1
     assert _value(got, "celery_resilience_backend_fallbacks_total") == 1
     assert _value(got, "celery_resilience_breaker_state", name="pay") == 1
@@ -98,8 +109,14 @@ def test_enable_is_idempotent_and_the_namespace_can_be_dropped():
         first = enable_metrics(namespace="", registry=registry)
         assert enable_metrics(namespace="", registry=registry) is first
         names = {family.name for family in registry.collect()}
-        assert {"attempts", "retries", "deferrals", "gave_up", "backend_fallbacks",
-                "breaker_state"} <= names
+        assert {
+            "attempts",
+            "retries",
+            "deferrals",
+            "gave_up",
+            "backend_fallbacks",
+            "breaker_state",
+        } <= names
     finally:
         disable_metrics()
 
@@ -187,8 +204,10 @@ def test_a_prefork_worker_counts_exactly_what_the_upstream_saw(
     assert delta("celery_resilience_gave_up_total", task="res.call") == 0
     deferred = delta(attempts, task="res.limited", verdict="deferred")
     assert deferred >= 1  # six tasks at 10/s, two at a time: some wait for a slot
-    assert delta("celery_resilience_deferrals_total", task="res.limited",
-                 reason="rate_limit") == deferred
+    assert (
+        delta("celery_resilience_deferrals_total", task="res.limited", reason="rate_limit")
+        == deferred
+    )
 
     served = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     exposed = {

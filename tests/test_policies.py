@@ -174,6 +174,7 @@ def test_a_field_override_changes_the_tasks_own_breaker():
     """breaker.open_for=120 on a task with its own breaker keeps that breaker's name."""
     own = TaskOptions(breaker=CircuitBreaker("crm-eu", minimum_calls=7), policy="crm")
     explicit = frozenset({"breaker", "policy"})
-    opts = resolve(own, explicit, {"max_retries": 1}, Override(2, {"breaker": {"open_for": 120}}),
-                   "crm")
+    opts = resolve(
+        own, explicit, {"max_retries": 1}, Override(2, {"breaker": {"open_for": 120}}), "crm"
+    )
     assert opts.breaker == CircuitBreaker("crm-eu", minimum_calls=7, open_for=120)

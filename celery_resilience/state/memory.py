@@ -52,7 +52,8 @@ class _Breaker:
 
 @dataclass
 class _Limiter:
-    tat: float = 0.0
+    tat: float = 0.0  # bookings
+    atat: float = 0.0  # grants
     paused_until: float = 0.0
 
 
@@ -190,24 +191,28 @@ class MemoryStore:
             slot: float | None = None
             wait = 0.0
             booked = ask.booked_slot
+            spaced_at = lim.atat - args["tau"]
             if booked is not None and now >= lim.paused_until:
                 if now < booked - args["early"]:
                     slot, wait = booked, booked - now
-                elif now <= booked + args["grace"]:
+                elif now >= spaced_at:
                     granted = True
+                else:
+                    slot, wait = booked, spaced_at - now
             if not granted and slot is None:
-                tat = max(lim.tat, now)
-                allow_at = tat - args["tau"]
-                book = True
+                t = max(lim.tat, now)
+                allow_at = max(t - args["tau"], spaced_at)
                 if now >= allow_at:
                     granted = True
+                    lim.tat = _stored(t + args["T"])
                 elif ask.limiter_max_wait is not None and allow_at - now > ask.limiter_max_wait:
-                    book, wait = False, allow_at - now
+                    wait = allow_at - now  # nothing is booked
                 else:
-                    slot, wait = allow_at, allow_at - now
-                if book:
-                    lim.tat = _stored(tat + args["T"])
-            if not granted:
+                    slot, wait = _stored(allow_at), allow_at - now
+                    lim.tat = _stored(max(t, allow_at + args["tau"]) + args["T"])
+            if granted:
+                lim.atat = _stored(max(lim.atat, now) + args["T"])
+            else:
                 undo()
                 if slots is not None:
                     slots.pop(ask.holder, None)
@@ -299,6 +304,7 @@ class MemoryStore:
             lim = self._limiters.setdefault(report.limiter.name, _Limiter())
             until = now + report.pause
             lim.tat = _stored(max(lim.tat, until + args["tau"]))
+            lim.atat = _stored(max(lim.atat, until + args["tau"]))
             lim.paused_until = _stored(max(lim.paused_until, until))
         if report.attempt_key is not None and report.attempt_mark == "released":
             self._attempts.pop(report.attempt_key, None)

@@ -29,11 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisStore", "breaker_args", "limiter_args"]
 
-#: A booked rate-limit slot may be used this early (seconds, at most)...
+#: A booked rate-limit slot may be used this early (seconds, at most).
 SLOT_EARLY = 0.01
-#: ...and this late, as a share of the emission interval: below 1, so that no window of
-#: one interval ever holds two calls more than the limit allows.
-SLOT_GRACE = 0.9
 
 
 def _now(res: dict[str, Any]) -> float:
@@ -61,7 +58,6 @@ def limiter_args(policy: RateLimit) -> dict[str, Any]:
         "T": interval,
         "tau": (policy.capacity - 1) * interval,
         "early": min(SLOT_EARLY, interval / 4),
-        "grace": SLOT_GRACE * interval,
     }
 
 

@@ -22,8 +22,9 @@ if os.environ.get("RESILIENCE_TEST_METRICS") == "1":
         app.conf.resilience_metrics_port = int(os.environ["RESILIENCE_TEST_METRICS_PORT"])
 
 
-@resilient_task(app=app, bind=True, name="inspect.outage", backoff=FAST, max_retries=3,
-                breaker=OUTAGE)
+@resilient_task(
+    app=app, bind=True, name="inspect.outage", backoff=FAST, max_retries=3, breaker=OUTAGE
+)
 def outage(self: Any, path: str) -> dict[str, Any]:
     """Call the upstream behind the breaker 'inspect-outage'."""
     return _call(self, path, "GET", 5.0, None)

@@ -34,7 +34,8 @@ RESILIENT_APP = "tests.apps.resilient"
 
 def module_env(redis_server: RedisServer, upstream_url: str, **extra: str) -> dict[str, str]:
     """Worker environment on the private Redis: broker db 0, results db 1, state db 2,
-    with a queue and a key prefix of its own; ``extra`` variables are added."""
+    with a queue and a key prefix of its own, every attempt holding a lease (so that the
+    tests also see each grant as its lease); ``extra`` variables are added."""
     unique = uuid.uuid4().hex[:10]
     return {
         **app_env(
@@ -45,6 +46,7 @@ def module_env(redis_server: RedisServer, upstream_url: str, **extra: str) -> di
         ),
         "RESILIENCE_TEST_STATE": redis_server.url(2),
         "RESILIENCE_TEST_PREFIX": f"t-{unique}",
+        "RESILIENCE_TEST_GUARD": "always",
         **extra,
     }
 

@@ -60,7 +60,8 @@ class FlowerProcess(LoggedProcess):
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         python_path = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         env = {
-            **os.environ, **self.env,
+            **os.environ,
+            **self.env,
             "PYTHONPATH": os.pathsep.join(python_path),
             "FLOWER_UNAUTHENTICATED_API": "true",
         }
@@ -70,8 +71,13 @@ class FlowerProcess(LoggedProcess):
         ]  # fmt: skip
         with self.logfile.open("ab") as output:
             self._process = subprocess.Popen(
-                command, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                command,
+                env=env,
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -50,8 +50,11 @@ class Rig:
     def client(self) -> Celery:
         """A client app on the worker's broker, backend and queue."""
         app = make_app(
-            "client", broker=self.env["RESILIENCE_TEST_BROKER"],
-            backend=self.env["RESILIENCE_TEST_BACKEND"], queue=self.queue, set_as_current=False,
+            "client",
+            broker=self.env["RESILIENCE_TEST_BROKER"],
+            backend=self.env["RESILIENCE_TEST_BACKEND"],
+            queue=self.queue,
+            set_as_current=False,
         )
         self.clients.append(app)
         return app
@@ -80,7 +83,11 @@ def run_cli(
     return subprocess.run(
         [sys.executable, "-m", "celery", "-A", app, "resilience", *args],
         env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(python_path)},
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
         stdin=subprocess.DEVNULL,
     )
 
@@ -120,8 +127,12 @@ def worker_rig(
     env[ENV_PREFIX] = prefix
     env.update(extra_env or {})
     worker = CeleryWorker(
-        APP, f"w-{unique}", env=env, logfile=logdir / f"w-{unique}.log",
-        concurrency=concurrency, extra_args=list(extra_args),
+        APP,
+        f"w-{unique}",
+        env=env,
+        logfile=logdir / f"w-{unique}.log",
+        concurrency=concurrency,
+        extra_args=list(extra_args),
     )
     rig = Rig(env=env, prefix=prefix, queue=queue, worker=worker, redis=redis)
     try:

@@ -6,13 +6,13 @@
 -- KEYS, only those of the gates present in ARGV[1], in this order:
 --   breaker present:      state hash, window hash, probes zset
 --   concurrency present:  slots zset
---   limiter present:      limiter hash (fields tat, pu)
+--   limiter present:      limiter hash (fields tat: bookings, atat: grants, pu: paused until)
 --   attempt present:      attempt lease string
 -- ARGV[1]: JSON object
 --   h  holder: unique id of this attempt (task id and attempt number)
 --   b  breaker {rate, min, win, of, ofm, hoc, lease}          (optional)
 --   c  concurrency {limit, lease, poll}                       (optional)
---   l  limiter {T, tau, early, grace, slot?, max?}: max = the longest wait worth
+--   l  limiter {T, tau, early, slot?, max?}: max = the longest wait worth
 --      booking (the task's deadline); beyond it no slot is booked  (optional)
 --   a  attempt lease {lease}                                  (optional)
 -- Returns: JSON object
@@ -110,43 +110,52 @@ if ckey then
   end
 end
 
--- 4. Rate limit: GCRA. "No room" books the next slot for this attempt and returns it,
---    so that the woken attempt runs without asking the queue again.
+-- 4. Rate limit: GCRA, twice. "tat" books slots: no room means the next free slot is
+--    booked for this attempt and returned, so that the woken attempt goes without queueing
+--    again. "atat" spaces the calls actually granted: a booked attempt that wakes late
+--    (a busy worker) keeps its place and goes as soon as that spacing allows, instead of
+--    queueing at the back; so no slot is lost, and no window of one interval ever holds
+--    more than burst + 1 grants.
 if lkey then
   local l = args.l
-  local tat, pu = unpack(redis.call('HMGET', lkey, 'tat', 'pu'))
+  local tat, atat, pu = unpack(redis.call('HMGET', lkey, 'tat', 'atat', 'pu'))
   tat = tonumber(tat) or 0
+  atat = tonumber(atat) or 0
   pu = tonumber(pu) or 0
+  local spaced_at = atat - l.tau  -- the earliest moment the next grant may happen
   local granted = false
   local slot = tonumber(l.slot)
-  if slot and now >= pu then
+  if slot and now >= pu then  -- a pause (429) voids the bookings made before it
     if now < slot - l.early then
       res.slot = fmt(slot)
       res.wait = slot - now
-    elseif now <= slot + l.grace then
+    elseif now >= spaced_at then
       granted = true
+    else
+      res.slot = fmt(slot)
+      res.wait = spaced_at - now
     end
-    -- later than the grace: the slot is gone, ask anew below
   end
   if not granted and not res.slot then
-    tat = math.max(tat, now)
-    local allow_at = tat - l.tau
-    local book = true
+    local t = math.max(tat, now)
+    local allow_at = math.max(t - l.tau, spaced_at)
     if now >= allow_at then
       granted = true
+      tat = t + l.T
     elseif l.max and allow_at - now > l.max then
-      book = false  -- the task cannot wait that long: it gives up, the slot stays free
-      res.wait = allow_at - now
+      res.wait = allow_at - now  -- the task cannot wait that long: nothing is booked
     else
       res.slot = fmt(allow_at)
       res.wait = allow_at - now
+      tat = math.max(t, allow_at + l.tau) + l.T
     end
-    if book then
-      tat = tat + l.T
-      redis.call('HSET', lkey, 'tat', fmt(tat))
-      pexpire_seconds(lkey, math.max(tat, pu) - now + l.T + 1)
-    end
+    redis.call('HSET', lkey, 'tat', fmt(tat))
   end
+  if granted then
+    atat = math.max(atat, now) + l.T
+    redis.call('HSET', lkey, 'atat', fmt(atat))
+  end
+  pexpire_seconds(lkey, math.max(tat, atat, pu) - now + l.T + 1)
   if not granted then
     undo_breaker()
     if took_slot then redis.call('ZREM', ckey, holder) end

@@ -83,11 +83,12 @@ end
 if lkey and args.l.pause then
   local l = args.l
   local until_ = now + args.l.pause
-  local tat, pu = unpack(redis.call('HMGET', lkey, 'tat', 'pu'))
+  local tat, atat, pu = unpack(redis.call('HMGET', lkey, 'tat', 'atat', 'pu'))
   tat = math.max(tonumber(tat) or 0, until_ + l.tau)
+  atat = math.max(tonumber(atat) or 0, until_ + l.tau)
   pu = math.max(tonumber(pu) or 0, until_)
-  redis.call('HSET', lkey, 'tat', fmt(tat), 'pu', fmt(pu))
-  pexpire_seconds(lkey, math.max(tat, pu) - now + l.T + 1)
+  redis.call('HSET', lkey, 'tat', fmt(tat), 'atat', fmt(atat), 'pu', fmt(pu))
+  pexpire_seconds(lkey, math.max(tat, atat, pu) - now + l.T + 1)
 end
 
 if akey and args.a.mark == 'released' then
