@@ -191,7 +191,7 @@ class MemoryStore:
             slot: float | None = None
             wait = 0.0
             booked = ask.booked_slot
-            spaced_at = lim.atat - args["tau"]
+            spaced_at = lim.atat - args["tau"] - args["slack"]
             if booked is not None and now >= lim.paused_until:
                 if now < booked - args["early"]:
                     slot, wait = booked, booked - now

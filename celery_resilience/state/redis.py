@@ -31,6 +31,10 @@ __all__ = ["RedisStore", "breaker_args", "limiter_args"]
 
 #: A booked rate-limit slot may be used this early (seconds, at most).
 SLOT_EARLY = 0.01
+#: Grants may come this much closer together than one interval (as a share of it), so
+#: that arrival jitter costs no slot; below 1, so that no window ever holds more than the
+#: rate times its length plus the burst.
+SLOT_SLACK = 0.9
 
 
 def _now(res: dict[str, Any]) -> float:
@@ -58,6 +62,7 @@ def limiter_args(policy: RateLimit) -> dict[str, Any]:
         "T": interval,
         "tau": (policy.capacity - 1) * interval,
         "early": min(SLOT_EARLY, interval / 4),
+        "slack": SLOT_SLACK * interval,
     }
 
 

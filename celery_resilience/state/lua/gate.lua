@@ -12,7 +12,7 @@
 --   h  holder: unique id of this attempt (task id and attempt number)
 --   b  breaker {rate, min, win, of, ofm, hoc, lease}          (optional)
 --   c  concurrency {limit, lease, poll}                       (optional)
---   l  limiter {T, tau, early, slot?, max?}: max = the longest wait worth
+--   l  limiter {T, tau, early, slack, slot?, max?}: max = the longest wait worth
 --      booking (the task's deadline); beyond it no slot is booked  (optional)
 --   a  attempt lease {lease}                                  (optional)
 -- Returns: JSON object
@@ -122,7 +122,10 @@ if lkey then
   tat = tonumber(tat) or 0
   atat = tonumber(atat) or 0
   pu = tonumber(pu) or 0
-  local spaced_at = atat - l.tau  -- the earliest moment the next grant may happen
+  -- the earliest moment the next grant may happen: GCRA over grants, with a slack below
+  -- one interval for arrival jitter (no window of length L ever holds more than
+  -- floor((L + tau + slack) / T) + 1 grants: rate x L + burst)
+  local spaced_at = atat - l.tau - l.slack
   local granted = false
   local slot = tonumber(l.slot)
   if slot and now >= pu then  -- a pause (429) voids the bookings made before it
