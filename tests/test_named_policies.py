@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -24,10 +23,10 @@ from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.overrides import Overrides
 from example_project.upstream import Upstream
 from tests.helpers import REPO_ROOT
-from tests.helpers.celery_apps import app_env
+from tests.helpers.cluster import module_env, running_nodes
 from tests.helpers.polling import wait_until
 from tests.helpers.redis_server import RedisServer
-from tests.helpers.workers import CeleryWorker, stop_workers
+from tests.helpers.workers import CeleryWorker
 
 pytestmark = pytest.mark.integration
 
@@ -38,34 +37,22 @@ PICKUP = 2 * REFRESH_EVERY
 
 @pytest.fixture(scope="module")
 def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
-    unique = uuid.uuid4().hex[:10]
-    return {
-        **app_env(
-            broker=redis_server.url(0),
-            backend=redis_server.url(1),
-            upstream=upstream_server.url,
-            queue=f"q-{unique}",
-        ),
-        "RESILIENCE_TEST_STATE": redis_server.url(2),
-        "RESILIENCE_TEST_PREFIX": f"pol-{unique}",
-    }
+    """Worker environment of this module (its own queue and key prefix)."""
+    return module_env(redis_server, upstream_server.url)
 
 
 @pytest.fixture(scope="module")
 def worker(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[CeleryWorker]:
-    """One node with 4 processes, shared by the module."""
-    node = CeleryWorker(
-        APP,
-        f"pol-{env['RESILIENCE_TEST_PREFIX']}",
-        env=env,
+    """One worker node (4 processes) shared by the module's tests."""
+    with running_nodes(
+        env,
+        tmp_path_factory.mktemp("workers"),
+        nodes=1,
         concurrency=4,
-        logfile=tmp_path_factory.mktemp("workers") / "policies.log",
-    )
-    try:
-        node.start().wait_ready()
+        name="pol",
+        app=APP,
+    ) as (node,):
         yield node
-    finally:
-        stop_workers([node])
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email.utils
 import itertools
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -21,9 +20,10 @@ from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Response, Upstream, closed_port_url
 from tests.helpers.celery_apps import app_env
+from tests.helpers.cluster import module_env, running_nodes
 from tests.helpers.polling import wait_until
 from tests.helpers.redis_server import RedisServer
-from tests.helpers.workers import CeleryWorker, stop_workers
+from tests.helpers.workers import CeleryWorker
 
 pytestmark = pytest.mark.integration
 
@@ -34,31 +34,22 @@ SLACK = 1.0
 
 @pytest.fixture(scope="module")
 def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
-    """Worker environment on the private Redis, with this module's own queue and prefix."""
-    unique = uuid.uuid4().hex[:10]
-    return {
-        **app_env(
-            broker=redis_server.url(0),
-            backend=redis_server.url(1),
-            upstream=upstream_server.url,
-            queue=f"q-{unique}",
-        ),
-        "RESILIENCE_TEST_STATE": redis_server.url(2),
-        "RESILIENCE_TEST_PREFIX": f"t-{unique}",
-        "RESILIENCE_TEST_GUARD": "always",
-    }
+    """Worker environment of this module (its own queue and key prefix)."""
+    return module_env(redis_server, upstream_server.url)
 
 
 @pytest.fixture(scope="module")
 def worker(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[CeleryWorker]:
-    """One worker node (2 processes) shared by the tests that need nothing special."""
-    logfile = tmp_path_factory.mktemp("workers") / "shared.log"
-    node = CeleryWorker(APP, f"shared-{env['RESILIENCE_TEST_PREFIX']}", env=env, logfile=logfile)
-    try:
-        node.start().wait_ready()
+    """One worker node (2 processes) shared by the module's tests."""
+    with running_nodes(
+        env,
+        tmp_path_factory.mktemp("workers"),
+        nodes=1,
+        concurrency=2,
+        name="shared",
+        app=APP,
+    ) as (node,):
         yield node
-    finally:
-        stop_workers([node])
 
 
 @pytest.fixture

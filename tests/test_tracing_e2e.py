@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 from celery import Celery
 
 from example_project.upstream import Upstream
-from tests.helpers.celery_apps import app_env
+from tests.helpers.cluster import module_env, running_nodes
 from tests.helpers.redis_server import RedisServer
-from tests.helpers.workers import CeleryWorker, stop_workers
+from tests.helpers.workers import CeleryWorker
 
 pytestmark = pytest.mark.integration
 
@@ -24,32 +23,22 @@ TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-01$")
 
 @pytest.fixture(scope="module")
 def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
-    unique = uuid.uuid4().hex[:10]
-    return {
-        **app_env(
-            broker=redis_server.url(0),
-            backend=redis_server.url(1),
-            upstream=upstream_server.url,
-            queue=f"q-{unique}",
-        ),
-        "RESILIENCE_TEST_STATE": redis_server.url(2),
-        "RESILIENCE_TEST_PREFIX": f"tr-{unique}",
-    }
+    """Worker environment of this module (its own queue and key prefix)."""
+    return module_env(redis_server, upstream_server.url)
 
 
 @pytest.fixture(scope="module")
 def worker(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[CeleryWorker]:
-    node = CeleryWorker(
-        APP,
-        f"tr-{env['RESILIENCE_TEST_PREFIX']}",
-        env=env,
-        logfile=tmp_path_factory.mktemp("workers") / "tracing.log",
-    )
-    try:
-        node.start().wait_ready()
+    """One worker node (2 processes) shared by the module's tests."""
+    with running_nodes(
+        env,
+        tmp_path_factory.mktemp("workers"),
+        nodes=1,
+        concurrency=2,
+        name="tr",
+        app=APP,
+    ) as (node,):
         yield node
-    finally:
-        stop_workers([node])
 
 
 @pytest.fixture
