@@ -209,14 +209,7 @@ class _Attempt:
                 tr.failure_rate,
                 tr.calls,
             )
-            signals.breaker_state_changed.send(
-                sender=tr.name,
-                name=tr.name,
-                old=tr.old,
-                new=tr.new,
-                failure_rate=tr.failure_rate,
-                calls=tr.calls,
-            )
+        signals.send_transitions(transitions)
 
     # -- the flow ------------------------------------------------------------------------
 

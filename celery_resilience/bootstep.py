@@ -37,7 +37,7 @@ from celery_resilience.settings import read_settings
 from celery_resilience.state.connect import connect as connect_store
 from celery_resilience.state.connect import describe
 from celery_resilience.state.redis import RedisStore
-from celery_resilience.task import ResilientTask
+from celery_resilience.task import resilient_tasks
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -195,7 +195,7 @@ def install(app: Celery) -> None:
 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
-    if app is None or not any(isinstance(t, ResilientTask) for t in app.tasks.values()):
+    if app is None or not resilient_tasks(app):
         return
     install(app)
     if not app.conf.get("resilience_metrics"):

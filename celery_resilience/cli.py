@@ -26,12 +26,12 @@ from typing import Any, Literal
 
 import click
 
+from celery_resilience import signals
 from celery_resilience.cli_letters import dead_letters
 from celery_resilience.cli_policy import policy
 from celery_resilience.clikit import CommandError, Session, session, table, when
 from celery_resilience.inspection import (
     Declared,
-    announce,
     breaker_row,
     breaker_status,
     declared,
@@ -193,7 +193,7 @@ def breaker(ctx: click.Context, action: str, name: str) -> None:
                 f"store holds nothing for it under prefix {s.prefix!r}"
             )
         result = s.store.breaker(policy, _ACTIONS[action])
-    announce(result.transitions)
+    signals.send_transitions(result.transitions)
     old = result.transitions[0].old.value if result.transitions else result.state.value
     click.echo(f"breaker {_quote(name)}: {result.state.value} (was {old})")
 

@@ -26,7 +26,7 @@ from celery_resilience.attempt import (
 )
 from celery_resilience.named import config_book
 from celery_resilience.settings import read_settings
-from celery_resilience.task import ResilientTask, resilient_task_names
+from celery_resilience.task import resilient_task_names, resilient_tasks
 from celery_resilience.tracing import current_attempt
 
 __all__ = ["connect"]
@@ -60,12 +60,12 @@ def _on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
 
 def check_app(app: Any) -> None:
     """Check the settings and named policies of ``app`` (ValueError when they cannot work)."""
-    tasks = [t for t in app.tasks.values() if isinstance(t, ResilientTask)]
+    tasks = resilient_tasks(app)
     if not tasks:
         return
     read_settings(app)
     book = config_book(app)
-    for task in tasks:
+    for task in tasks.values():
         name = task.resilience_options(overrides=False).policy
         if name is not None:
             book.config_of(name)

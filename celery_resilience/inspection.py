@@ -16,9 +16,9 @@ from redis.exceptions import RedisClusterException
 
 from celery_resilience import signals
 from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
-from celery_resilience.state.base import BreakerState, BreakerStatus, LimiterStatus, Transition
+from celery_resilience.state.base import BreakerState, BreakerStatus, LimiterStatus
 from celery_resilience.state.fallback import BACKEND_ERRORS
-from celery_resilience.task import ResilientTask
+from celery_resilience.task import resilient_tasks
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = [
     "STORE_ERRORS",
     "Declared",
-    "announce",
     "breaker_row",
     "declared",
     "limiter_row",
@@ -74,10 +73,7 @@ class Declared:
 def declared(app: Celery) -> Declared:
     """Collect the policies declared by the resilient tasks of ``app`` (first one wins)."""
     found = Declared()
-    for name in sorted(app.tasks):
-        task = app.tasks[name]
-        if not isinstance(task, ResilientTask):
-            continue
+    for name, task in resilient_tasks(app).items():
         opts = task.resilience_options()
         if opts.breaker is not None:
             found.breakers.setdefault(opts.breaker.name, opts.breaker)
@@ -119,23 +115,10 @@ def policy_for(name: str, found: Declared) -> CircuitBreaker:
     return policy if policy is not None else CircuitBreaker(name, window=UNDECLARED_WINDOW)
 
 
-def announce(transitions: Iterable[Transition]) -> None:
-    """Send ``breaker_state_changed`` for transitions this process caused."""
-    for tr in transitions:
-        signals.breaker_state_changed.send(
-            sender=tr.name,
-            name=tr.name,
-            old=tr.old,
-            new=tr.new,
-            failure_rate=tr.failure_rate,
-            calls=tr.calls,
-        )
-
-
 def breaker_status(store: RedisStore, policy: CircuitBreaker) -> BreakerStatus:
     """Read one breaker (announcing a transition the read made)."""
     status = store.breaker(policy, "status")
-    announce(status.transitions)
+    signals.send_transitions(status.transitions)
     return status
 
 

@@ -36,7 +36,13 @@ signal                    keyword arguments
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from celery.utils.dispatch import Signal
+
+if TYPE_CHECKING:
+    from celery_resilience.state.base import Transition
 
 __all__ = [
     "attempt_failed",
@@ -47,6 +53,7 @@ __all__ = [
     "deferred",
     "gave_up",
     "retry_scheduled",
+    "send_transitions",
 ]
 
 attempt_started = Signal(
@@ -73,3 +80,16 @@ breaker_state_changed = Signal(
     providing_args=["name", "old", "new", "failure_rate", "calls"],
 )
 backend_fallback = Signal(name="backend_fallback", providing_args=["mode"])
+
+
+def send_transitions(transitions: Iterable[Transition]) -> None:
+    """Send ``breaker_state_changed`` for each transition this process caused."""
+    for tr in transitions:
+        breaker_state_changed.send(
+            sender=tr.name,
+            name=tr.name,
+            old=tr.old,
+            new=tr.new,
+            failure_rate=tr.failure_rate,
+            calls=tr.calls,
+        )

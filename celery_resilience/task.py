@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from celery_resilience.classify import Classifier
     from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
 
-__all__ = ["ResilientTask", "resilient_task_names"]
+__all__ = ["ResilientTask", "resilient_task_names", "resilient_tasks"]
 
 #: Names of every resilient task declared in this process (for the publish hook).
 resilient_task_names: set[str] = set()
@@ -153,3 +153,10 @@ class ResilientTask(Task[Any, Any]):
         if request.is_eager:
             return run_eager(self, request, args, kwargs)
         return run_in_worker(self, request, args, kwargs)
+
+
+def resilient_tasks(app: Any) -> dict[str, ResilientTask]:
+    """The resilient tasks registered on ``app``, by name, in name order."""
+    return {
+        name: task for name, task in sorted(app.tasks.items()) if isinstance(task, ResilientTask)
+    }

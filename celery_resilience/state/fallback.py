@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Literal, TypeVar
 
 from redis.exceptions import RedisError
@@ -133,26 +134,14 @@ class FallbackStore:
                 denial=Denial.BACKEND_DOWN,
                 fallback=True,
             )
-        local = self.local.gate(ask)
-        return GateAnswer(
-            allowed=local.allowed,
-            now=local.now,
-            wait=local.wait,
-            denial=local.denial,
-            breaker_state=local.breaker_state,
-            open_until=local.open_until,
-            probe=local.probe,
-            slot=local.slot,
-            transitions=local.transitions,
-            fallback=True,
-        )
+        return replace(self.local.gate(ask), fallback=True)
 
     def record(self, report: OutcomeReport) -> RecordAnswer:
         """Report to Redis; if it is down, to the local store."""
         answer = self._call(lambda: self.primary.record(report))
         if answer is not None:
             return answer
-        return self.local.record(report)
+        return replace(self.local.record(report), fallback=True)
 
     def breaker(
         self, policy: CircuitBreaker, op: Literal["status", "open", "close", "reset"] = "status"

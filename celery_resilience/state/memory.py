@@ -318,7 +318,6 @@ class MemoryStore:
             breaker_state=state,
             open_until=open_until,
             transitions=tuple(transitions),
-            fallback=True,
         )
 
     def breaker(
