@@ -21,6 +21,7 @@ from celery import Celery
 from example_project.upstream import Upstream
 from tests.helpers.brokers import BROKER_KINDS, delete_amqp_queue, is_amqp, require_rabbitmq
 from tests.helpers.celery_apps import ENV_BROKER, ENV_QUEUE, make_app
+from tests.helpers.cluster import RESILIENT_APP, client_for, module_env, running_nodes
 from tests.helpers.processes import tail
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.workers import CeleryWorker, stop_workers
@@ -94,6 +95,37 @@ def celery_client() -> Iterator[Callable[..., Celery]]:
         app.close()
         if is_amqp(broker):
             delete_amqp_queue(broker, queue)
+
+
+@pytest.fixture(scope="module")
+def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
+    """The worker environment of a test module (its own queue and key prefix, leases on);
+    a module overrides it to add variables."""
+    return module_env(redis_server, upstream_server.url)
+
+
+@pytest.fixture(scope="module")
+def worker(
+    request: pytest.FixtureRequest, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CeleryWorker]:
+    """One worker node shared by a module's tests: its ``APP`` (default the resilient test
+    app), with ``WORKER_CONCURRENCY`` processes (default 2)."""
+    module = request.module
+    with running_nodes(
+        env,
+        tmp_path_factory.mktemp("workers"),
+        nodes=1,
+        concurrency=getattr(module, "WORKER_CONCURRENCY", 2),
+        name="shared",
+        app=getattr(module, "APP", RESILIENT_APP),
+    ) as (node,):
+        yield node
+
+
+@pytest.fixture
+def client(celery_client: Callable[..., Celery], env: dict[str, str]) -> Celery:
+    """A client app on the module's broker, backend and queue."""
+    return client_for(celery_client, env)
 
 
 @pytest.fixture

@@ -15,11 +15,10 @@ import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery import Celery
 
 from celery_resilience.policy import CircuitBreaker
 from celery_resilience.state.keys import KeySpace
@@ -77,11 +76,6 @@ def state(redis_server: RedisServer, env: dict[str, str]) -> Iterator[RedisStore
     client = redis_server.client(2)
     yield RedisStore(client, KeySpace(env["RESILIENCE_TEST_PREFIX"]))
     client.close()
-
-
-@pytest.fixture
-def client(celery_client: Callable[..., Celery], env: dict[str, str]) -> Celery:
-    return client_for(celery_client, env)
 
 
 # -- the outage ------------------------------------------------------------------------------

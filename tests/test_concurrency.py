@@ -10,32 +10,22 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from celery import Celery
 
-from example_project.upstream import Response, Upstream, max_overlap
+from example_project.upstream import Response, max_overlap
 from tests.helpers.cluster import (
     calls_under,
-    client_for,
     log_lines,
-    module_env,
     note,
     running_nodes,
     wait_all,
 )
 from tests.helpers.polling import wait_until
-from tests.helpers.redis_server import RedisServer
 from tests.helpers.workers import CeleryWorker
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
-    """This module's worker environment (its own queue and key prefix)."""
-    return module_env(redis_server, upstream_server.url)
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +35,6 @@ def nodes(
     """2 worker nodes of 4 processes each: more processes than slots."""
     with running_nodes(env, tmp_path_factory.mktemp("workers"), nodes=2, concurrency=4) as w:
         yield w
-
-
-@pytest.fixture
-def client(celery_client: Callable[..., Celery], env: dict[str, str]) -> Celery:
-    return client_for(celery_client, env)
 
 
 def test_the_upstream_never_sees_more_than_the_limit(nodes, client, upstream, unique, request):

@@ -20,19 +20,18 @@ import multiprocessing
 import re
 import statistics
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery import Celery
 
 from celery_resilience.policy import RateLimit
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from celery_resilience.state.scripts import script_source
-from example_project.upstream import Response, Upstream
+from example_project.upstream import Response
 from tests.helpers import racers
-from tests.helpers.cluster import client_for, module_env, note, running_nodes, wait_all, windows
+from tests.helpers.cluster import note, running_nodes, wait_all, windows
 from tests.helpers.monitor import Command, CommandLog, script_sha
 from tests.helpers.polling import wait_until
 from tests.helpers.redis_server import HOST, RedisServer
@@ -132,23 +131,12 @@ def test_every_booked_slot_is_granted_once_however_late(race, request):
 
 
 @pytest.fixture(scope="module")
-def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
-    """This module's worker environment (its own queue and key prefix)."""
-    return module_env(redis_server, upstream_server.url)
-
-
-@pytest.fixture(scope="module")
 def nodes(
     env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[CeleryWorker]]:
     """2 worker nodes of 2 processes each, shared by this module's end-to-end tests."""
     with running_nodes(env, tmp_path_factory.mktemp("workers"), nodes=2, concurrency=2) as w:
         yield w
-
-
-@pytest.fixture
-def client(celery_client: Callable[..., Celery], env: dict[str, str]) -> Celery:
-    return client_for(celery_client, env)
 
 
 @pytest.fixture

@@ -13,53 +13,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
-from celery import Celery
 
 from celery_resilience.named import REFRESH_EVERY
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.overrides import Overrides
-from example_project.upstream import Upstream
 from tests.helpers import REPO_ROOT
-from tests.helpers.cluster import module_env, running_nodes
 from tests.helpers.polling import wait_until
-from tests.helpers.redis_server import RedisServer
-from tests.helpers.workers import CeleryWorker
 
 pytestmark = pytest.mark.integration
 
+WORKER_CONCURRENCY = 4
 APP = "tests.apps.policy_app"
 #: What the command promises: every worker process follows a change within this.
 PICKUP = 2 * REFRESH_EVERY
-
-
-@pytest.fixture(scope="module")
-def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
-    """Worker environment of this module (its own queue and key prefix)."""
-    return module_env(redis_server, upstream_server.url)
-
-
-@pytest.fixture(scope="module")
-def worker(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[CeleryWorker]:
-    """One worker node (4 processes) shared by the module's tests."""
-    with running_nodes(
-        env,
-        tmp_path_factory.mktemp("workers"),
-        nodes=1,
-        concurrency=4,
-        name="pol",
-        app=APP,
-    ) as (node,):
-        yield node
-
-
-@pytest.fixture
-def client(celery_client: Callable[..., Celery], env: dict[str, str]) -> Celery:
-    return celery_client(
-        env["RESILIENCE_TEST_BROKER"], env["RESILIENCE_TEST_BACKEND"], env["RESILIENCE_TEST_QUEUE"]
-    )
 
 
 def command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

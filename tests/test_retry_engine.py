@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import email.utils
 import itertools
-from collections.abc import Callable, Iterator
 
 import pytest
-from celery import Celery
 from celery.result import AsyncResult
 
 from celery_resilience.state.base import OutcomeReport
@@ -20,9 +18,7 @@ from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Response, Upstream, closed_port_url
 from tests.helpers.celery_apps import app_env
-from tests.helpers.cluster import module_env, running_nodes
 from tests.helpers.polling import wait_until
-from tests.helpers.redis_server import RedisServer
 from tests.helpers.workers import CeleryWorker
 
 pytestmark = pytest.mark.integration
@@ -30,33 +26,6 @@ pytestmark = pytest.mark.integration
 APP = "tests.apps.resilient"
 #: Broker and worker overhead allowed on top of a countdown, seconds.
 SLACK = 1.0
-
-
-@pytest.fixture(scope="module")
-def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
-    """Worker environment of this module (its own queue and key prefix)."""
-    return module_env(redis_server, upstream_server.url)
-
-
-@pytest.fixture(scope="module")
-def worker(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[CeleryWorker]:
-    """One worker node (2 processes) shared by the module's tests."""
-    with running_nodes(
-        env,
-        tmp_path_factory.mktemp("workers"),
-        nodes=1,
-        concurrency=2,
-        name="shared",
-        app=APP,
-    ) as (node,):
-        yield node
-
-
-@pytest.fixture
-def client(celery_client: Callable[..., Celery], env: dict[str, str]) -> Celery:
-    return celery_client(
-        env["RESILIENCE_TEST_BROKER"], env["RESILIENCE_TEST_BACKEND"], env["RESILIENCE_TEST_QUEUE"]
-    )
 
 
 def _retry_logged(worker: CeleryWorker, result: AsyncResult) -> bool:

@@ -3,15 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
 
 import pytest
-from celery import Celery
-
-from example_project.upstream import Upstream
-from tests.helpers.cluster import module_env, running_nodes
-from tests.helpers.redis_server import RedisServer
-from tests.helpers.workers import CeleryWorker
 
 pytestmark = pytest.mark.integration
 
@@ -19,33 +12,6 @@ APP = "tests.apps.trace_app"
 #: The Authorization value tr.charge sends (tests/apps/trace_app.py).
 SECRET = "Bearer s3cr3t-T0KEN"
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-01$")
-
-
-@pytest.fixture(scope="module")
-def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
-    """Worker environment of this module (its own queue and key prefix)."""
-    return module_env(redis_server, upstream_server.url)
-
-
-@pytest.fixture(scope="module")
-def worker(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[CeleryWorker]:
-    """One worker node (2 processes) shared by the module's tests."""
-    with running_nodes(
-        env,
-        tmp_path_factory.mktemp("workers"),
-        nodes=1,
-        concurrency=2,
-        name="tr",
-        app=APP,
-    ) as (node,):
-        yield node
-
-
-@pytest.fixture
-def client(celery_client: Callable[..., Celery], env: dict[str, str]) -> Celery:
-    return celery_client(
-        env["RESILIENCE_TEST_BROKER"], env["RESILIENCE_TEST_BACKEND"], env["RESILIENCE_TEST_QUEUE"]
-    )
 
 
 def test_one_trace_three_spans_one_idempotency_key(worker, client, upstream, unique):
