@@ -15,7 +15,7 @@ from celery_resilience.backoff import DEFAULT_BACKOFF, check_backoff
 from celery_resilience.classify import Classifier
 from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
 
-__all__ = ["OPTION_NAMES", "TaskOptions", "check_options", "options_from"]
+__all__ = ["DEFAULTS", "OPTION_NAMES", "TaskOptions", "check_options", "options_from"]
 
 #: Every resilience option a task accepts (as a decorator argument or class attribute).
 OPTION_NAMES = (
@@ -55,6 +55,10 @@ class TaskOptions:
     policy: str | None = None
 
 
+#: The default of every option, in one place (ResilientTask's attributes read it too).
+DEFAULTS = TaskOptions()
+
+
 def _kind(value: object) -> str:
     return type(value).__name__
 
@@ -83,7 +87,7 @@ def check_options(task: str, values: Mapping[str, Any]) -> TaskOptions:
     _policy(task, "limiter", values.get("limiter"), RateLimit)
     _policy(task, "concurrency", values.get("concurrency"), ConcurrencyLimit)
 
-    max_retries = values.get("max_retries", 5)
+    max_retries = values.get("max_retries", DEFAULTS.max_retries)
     if max_retries is not None:
         if isinstance(max_retries, bool) or not isinstance(max_retries, int):
             raise TypeError(
@@ -103,7 +107,7 @@ def check_options(task: str, values: Mapping[str, Any]) -> TaskOptions:
         if not math.isfinite(deadline) or deadline <= 0:
             raise ValueError(f"task {task!r}: option deadline must be > 0, got {deadline!r}")
 
-    backoff = values.get("backoff", DEFAULT_BACKOFF)
+    backoff = values.get("backoff", DEFAULTS.backoff)
     try:
         check_backoff(backoff)
     except (TypeError, ValueError) as exc:
@@ -115,7 +119,7 @@ def check_options(task: str, values: Mapping[str, Any]) -> TaskOptions:
             f"task {task!r}: option classifier must be a callable taking the exception, "
             f"got {_kind(classifier)}"
         )
-    on_open = values.get("on_open", "defer")
+    on_open = values.get("on_open", DEFAULTS.on_open)
     if on_open not in ("defer", "fail") and not callable(on_open):
         raise ValueError(
             f"task {task!r}: option on_open must be 'defer', 'fail' or a callable "
@@ -143,16 +147,7 @@ def check_options(task: str, values: Mapping[str, Any]) -> TaskOptions:
 
 def options_from(owner: object) -> TaskOptions:
     """The options found on ``owner``'s attributes (already checked at declaration)."""
-    return TaskOptions(
-        breaker=getattr(owner, "breaker", None),
-        limiter=getattr(owner, "limiter", None),
-        concurrency=getattr(owner, "concurrency", None),
-        max_retries=getattr(owner, "max_retries", 5),
-        deadline=getattr(owner, "deadline", None),
-        backoff=getattr(owner, "backoff", DEFAULT_BACKOFF),
-        classifier=getattr(owner, "classifier", None),
-        retry_on=tuple(getattr(owner, "retry_on", ()) or ()),
-        give_up_on=tuple(getattr(owner, "give_up_on", ()) or ()),
-        on_open=getattr(owner, "on_open", "defer"),
-        policy=getattr(owner, "policy", None),
-    )
+    found = {name: getattr(owner, name, getattr(DEFAULTS, name)) for name in OPTION_NAMES}
+    for name in ("retry_on", "give_up_on"):
+        found[name] = tuple(found[name] or ())
+    return TaskOptions(**found)

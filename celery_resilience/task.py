@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from celery import Task
 
 from celery_resilience.attempt import run_eager, run_in_worker
-from celery_resilience.backoff import DEFAULT_BACKOFF
 from celery_resilience.http import ResilientSession, session_for_process
 from celery_resilience.named import config_book
 from celery_resilience.options import (
+    DEFAULTS,
     OPTION_NAMES,
     OnOpen,
     TaskOptions,
@@ -85,13 +85,13 @@ class ResilientTask(Task[Any, Any]):
     breaker: CircuitBreaker | None = None
     limiter: RateLimit | None = None
     concurrency: ConcurrencyLimit | None = None
-    max_retries: int | None = 5
+    max_retries: int | None = DEFAULTS.max_retries
     deadline: float | None = None
-    backoff: Callable[..., Any] = DEFAULT_BACKOFF
+    backoff: Callable[..., Any] = DEFAULTS.backoff
     classifier: Classifier | None = None
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = ()
     give_up_on: type[BaseException] | tuple[type[BaseException], ...] = ()
-    on_open: OnOpen = "defer"
+    on_open: OnOpen = DEFAULTS.on_open
     policy: str | None = None
     #: The options set by the task itself (not inherited from ResilientTask's defaults).
     explicit_options: ClassVar[frozenset[str]] = frozenset()
