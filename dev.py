@@ -3,7 +3,7 @@
 
     python3 dev.py demo [--quick] ...   run the demo (creates .venv on first use)
     python3 dev.py test [pytest args]   run the whole test suite
-    python3 dev.py lint                 ruff and mypy (strict on the package)
+    python3 dev.py lint                 ruff, mypy (strict) and the import-linter layer contract
     python3 dev.py bench [args]         run the benchmarks (benchmarks/README.md)
 
 Each command creates ``.venv`` beside this file when it is missing and installs the
@@ -89,6 +89,7 @@ def main(argv: list[str]) -> None:
     elif command == "lint":
         run([python, "-m", "ruff", "check", "."])
         run([python, "-m", "mypy"])
+        run([python.parent / "lint-imports"])
     else:
         run([python, "-m", "benchmarks", *rest])
 

@@ -6,22 +6,21 @@ across every attempt.
 """
 
 from celery_resilience import signals
-from celery_resilience.bootstep import connect as _connect_bootstep
-from celery_resilience.classify import Verdict
-from celery_resilience.decorator import resilient_task
-from celery_resilience.errors import (
+from celery_resilience.core.classify import Verdict
+from celery_resilience.core.errors import (
     BreakerOpenError,
     Deferred,
     GaveUp,
     PermanentError,
     Rescheduled,
+    ResilienceConfigError,
     ResilienceError,
-    Retrying,
+    RetryScheduled,
     TransientError,
 )
-from celery_resilience.hooks import connect as _connect_hooks
-from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
-from celery_resilience.task import ResilientTask
+from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.integration.decorator import resilient_task
+from celery_resilience.integration.task import ResilientTask
 
 __all__ = [
     "BreakerOpenError",
@@ -32,14 +31,13 @@ __all__ = [
     "PermanentError",
     "RateLimit",
     "Rescheduled",
+    "ResilienceConfigError",
     "ResilienceError",
     "ResilientTask",
-    "Retrying",
+    "RetryScheduled",
     "TransientError",
     "Verdict",
     "resilient_task",
     "signals",
 ]
 
-_connect_hooks()
-_connect_bootstep()

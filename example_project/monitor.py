@@ -1,7 +1,7 @@
 """What the demo watches while the story runs: task states, breakers, the CRM limiter.
 
 Task states come from the result backend (one ``MGET`` per poll): a resilient task that is
-waiting for a retry is in Celery's RETRY state with a ``Retrying`` exception, one that a
+waiting for a retry is in Celery's RETRY state with a ``RetryScheduled`` exception, one that a
 gate deferred with a ``Deferred`` one. Breakers and the limiter are read from Redis through
 celery-resilience's state store, the same reads as ``celery -A proj resilience status``.
 """
@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from celery_resilience.runtime import connect
-from celery_resilience.settings import read_settings
+from celery_resilience.integration.runtime import connect
+from celery_resilience.integration.settings import read_settings
 from celery_resilience.state.base import BreakerState, BreakerStatus
 from celery_resilience.state.redis import RedisStore
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from celery_resilience.policy import CircuitBreaker, RateLimit
+    from celery_resilience.core.policy import CircuitBreaker, RateLimit
     from example_project.story import Send
 
 __all__ = ["OUTCOMES", "BreakerChange", "BreakerWatch", "Sent", "Tracker"]

@@ -1,4 +1,4 @@
-"""Specification of celery_resilience.backoff: countdowns from tenacity wait strategies."""
+"""Specification of celery_resilience.core.backoff: countdowns from tenacity wait strategies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import tenacity
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celery_resilience.backoff import (
+from celery_resilience.core.backoff import (
     DEFAULT_BACKOFF,
     MIN_COUNTDOWN,
     Countdown,

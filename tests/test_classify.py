@@ -1,4 +1,4 @@
-"""Specification of celery_resilience.classify: verdicts, facts and Retry-After parsing.
+"""Specification of celery_resilience.core.classify: verdicts, facts and Retry-After parsing.
 
 Exceptions are real: raised by requests, httpx, urllib3 and sockets against servers on
 127.0.0.1 (bounded timeouts), or by ``raise_for_status()`` on real response objects.
@@ -30,7 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError
 
-from celery_resilience.classify import (
+from celery_resilience.core.classify import (
     MAX_RETRY_AFTER,
     TRANSIENT_STATUSES,
     Failure,
@@ -39,7 +39,7 @@ from celery_resilience.classify import (
     parse_retry_after,
     status_verdict,
 )
-from celery_resilience.errors import PermanentError, TransientError
+from celery_resilience.core.errors import PermanentError, TransientError
 
 T, P, R = Verdict.TRANSIENT, Verdict.PERMANENT, Verdict.RATE_LIMITED
 NOW = 1_700_000_000.0
@@ -847,10 +847,13 @@ def test_failure_is_frozen() -> None:
         failure.verdict = T  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("module", ["classify.py", "backoff.py"])
+_CORE = Path(__file__).parent.parent / "celery_resilience" / "core"
+
+
+@pytest.mark.parametrize("module", sorted(p.name for p in _CORE.glob("*.py")))
 def test_core_modules_import_no_framework(module: str) -> None:
-    """The core modules import nothing from Celery, billiard, kombu or an HTTP library."""
-    source = Path(__file__).parent.parent / "celery_resilience" / module
+    """The core modules import nothing from Celery, billiard, kombu, Redis or an HTTP library."""
+    source = _CORE / module
     tree = ast.parse(source.read_text())
     imported = set()
     for node in ast.walk(tree):
@@ -858,4 +861,4 @@ def test_core_modules_import_no_framework(module: str) -> None:
             imported |= {alias.name.partition(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.partition(".")[0])
-    assert not imported & {"celery", "billiard", "kombu", "requests", "httpx", "urllib3"}
+    assert not imported & {"celery", "billiard", "kombu", "redis", "requests", "httpx", "urllib3"}

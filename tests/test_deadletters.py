@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from celery_resilience.cli_letters import parse_duration
+from celery_resilience.cli.letters import parse_duration
+from celery_resilience.observability.tracing import parse_traceparent
 from celery_resilience.state.deadletters import DeadLetter, DeadLetters
 from celery_resilience.state.keys import KeySpace
-from celery_resilience.tracing import parse_traceparent
 from example_project.upstream import Upstream
 from tests.helpers.inspection import Rig, rig_fixture
 from tests.helpers.polling import wait_until

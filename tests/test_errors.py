@@ -7,14 +7,14 @@ import pickle
 import pytest
 from celery import Celery
 
-from celery_resilience import errors
+from celery_resilience.core import errors
 
 ERRORS = [
     errors.TransientError("settlement pending", retry_after=10),
     errors.TransientError(),
     errors.PermanentError("no such invoice"),
     errors.GaveUp("gave up after 3 attempt(s): ...\n  #1 transient: HTTP 503"),
-    errors.Retrying("transient: HTTP 503 from a.example; attempt 1 of 6; retry in 1.0 s"),
+    errors.RetryScheduled("transient: HTTP 503 from a.example; attempt 1 of 6; retry in 1.0 s"),
     errors.Deferred("deferred: breaker 'p' open, half-open in 3.0 s"),
     errors.BreakerOpenError(),
     errors.ResilienceConfigError("bad"),
@@ -46,4 +46,4 @@ def test_json_result_backend_round_trip(exc):
 def test_reschedule_repr_is_the_ledger_line():
     """What Flower shows for a retry (repr of the exception) is the line itself."""
     line = "transient: HTTP 503 from a.example; attempt 1 of 6; retry in 1.0 s; trace abc"
-    assert repr(errors.Retrying(line)) == line
+    assert repr(errors.RetryScheduled(line)) == line

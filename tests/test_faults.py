@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit
+from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit
 from celery_resilience.state.base import BreakerState
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore

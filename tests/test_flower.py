@@ -11,7 +11,7 @@ import pytest
 from celery import states
 
 from celery_resilience import CircuitBreaker
-from celery_resilience.tracing import parse_traceparent
+from celery_resilience.observability.tracing import parse_traceparent
 from example_project.upstream import Upstream
 from tests.helpers.flower import FlowerProcess
 from tests.helpers.inspection import APP, Rig, worker_rig

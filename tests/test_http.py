@@ -15,14 +15,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from celery_resilience import http as http_module
-from celery_resilience.http import (
+from celery_resilience.integration import http as http_module
+from celery_resilience.integration.http import (
     DEFAULT_TIMEOUT,
     ResilientSession,
     idempotency_key,
     session_for_process,
 )
-from celery_resilience.tracing import AttemptInfo, bind_attempt
+from celery_resilience.observability.tracing import AttemptInfo, bind_attempt
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -319,7 +319,7 @@ def test_session_for_process_in_a_forked_child():
 
 
 def test_module_name_does_not_shadow_stdlib():
-    """celery_resilience.http is imported by its full name; the stdlib http still works."""
+    """The package's http module is imported by its full name; the stdlib http still works."""
     assert http_module.ResilientSession is ResilientSession
     assert BaseHTTPRequestHandler.__module__ == "http.server"
 

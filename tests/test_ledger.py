@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celery_resilience.ledger import (
+from celery_resilience.core.ledger import (
     HISTORY_LIMIT,
     AttemptState,
     deferral_line,

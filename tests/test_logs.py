@@ -13,8 +13,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from pythonjsonlogger.json import JsonFormatter as PlainJson
 
-from celery_resilience.jsonlog import JsonFormatter
-from celery_resilience.logs import (
+from celery_resilience.observability.jsonlog import JsonFormatter
+from celery_resilience.observability.logs import (
     LOG_FORMAT,
     AttemptContextFilter,
     RedactingFormatter,
@@ -25,7 +25,7 @@ from celery_resilience.logs import (
     redact,
     wrap_formatter,
 )
-from celery_resilience.tracing import AttemptInfo, bind_attempt
+from celery_resilience.observability.tracing import AttemptInfo, bind_attempt
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"

@@ -16,7 +16,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_resilience import CircuitBreaker, Verdict, signals
-from celery_resilience.metrics import (
+from celery_resilience.observability.metrics import (
     BREAKER_STATE_VALUES,
     disable_metrics,
     enable_metrics,

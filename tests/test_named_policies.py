@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from celery_resilience.named import REFRESH_EVERY
+from celery_resilience.integration.named import REFRESH_EVERY
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.overrides import Overrides
 from tests.helpers import REPO_ROOT

@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from celery_resilience.otel import attempt_span, otel_parent
-from celery_resilience.tracing import TraceContext
+from celery_resilience.observability.otel import attempt_span, otel_parent
+from celery_resilience.observability.tracing import TraceContext
 
 MESSAGE = TraceContext("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
 
@@ -170,7 +170,7 @@ def test_a_missing_opentelemetry_is_looked_for_once(monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     absent = _Absent()
     monkeypatch.setattr(sys, "meta_path", [absent, *sys.meta_path])
-    monkeypatch.setattr("celery_resilience.otel._missing", False)
+    monkeypatch.setattr("celery_resilience.observability.otel._missing", False)
     for _ in range(3):
         assert otel_parent() is None
         with attempt_span("shop.charge", MESSAGE) as handle:

@@ -9,10 +9,16 @@ import tenacity
 from celery import Celery
 
 from celery_resilience import CircuitBreaker, GaveUp, RateLimit, TransientError, resilient_task
-from celery_resilience.named import resolve
-from celery_resilience.options import TaskOptions
-from celery_resilience.policies import merge, parse_assignment, parse_policy, parse_table, unset
-from celery_resilience.policy import ConcurrencyLimit
+from celery_resilience.core.options import TaskOptions
+from celery_resilience.core.policies import (
+    merge,
+    parse_assignment,
+    parse_policy,
+    parse_table,
+    unset,
+)
+from celery_resilience.core.policy import ConcurrencyLimit
+from celery_resilience.integration.named import resolve
 from celery_resilience.state.overrides import Override
 
 FULL = {

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 from celery import Celery
 
-from celery_resilience.errors import ResilienceConfigError
-from celery_resilience.settings import read_settings
+from celery_resilience.core.errors import ResilienceConfigError
+from celery_resilience.integration.settings import read_settings
 from celery_resilience.state.connect import connect
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celery_resilience.tracing import (
+from celery_resilience.observability.tracing import (
     AttemptInfo,
     TraceContext,
     bind_attempt,

@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
 
 __all__ = [
     "BreakerState",

@@ -79,7 +79,7 @@ def connect(url: str, *, timeout: float = 2.0, ssl: dict[str, Any] | None = None
         parts = urlsplit(url)
         username, password, hosts = _hosts(parts.netloc, 6379)
         return RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in hosts],  # type: ignore[no-untyped-call]
+            startup_nodes=[ClusterNode(host, port) for host, port in hosts],  # type: ignore[no-untyped-call,unused-ignore]
             username=username,
             password=password,
             ssl=scheme.startswith("rediss"),
@@ -94,7 +94,7 @@ def connect(url: str, *, timeout: float = 2.0, ssl: dict[str, Any] | None = None
         service, db = unquote(path[0]), int(path[1]) if len(path) > 1 else 0
         query = parse_qs(parts.query)
         sentinel_password = query.get("sentinel_password", [None])[0]
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             hosts,
             sentinel_kwargs={
                 "socket_timeout": timeout,
@@ -107,7 +107,7 @@ def connect(url: str, *, timeout: float = 2.0, ssl: dict[str, Any] | None = None
             ssl=scheme.startswith("rediss"),
             **common,
         )
-        client: redis.Redis = sentinel.master_for(service)  # type: ignore[no-untyped-call]
+        client: redis.Redis = sentinel.master_for(service)  # type: ignore[no-untyped-call,unused-ignore]
         return client
     single: redis.Redis = redis.Redis.from_url(url, health_check_interval=30, **common)
     return single
@@ -139,7 +139,7 @@ def is_cluster(client: object) -> bool:
 def describe(client: object) -> str:
     """Where a client points, without credentials, for log lines."""
     if isinstance(client, RedisCluster):
-        nodes = client.get_nodes()  # type: ignore[no-untyped-call]
+        nodes = client.get_nodes()  # type: ignore[no-untyped-call,unused-ignore]
         return "cluster " + ",".join(sorted(f"{n.host}:{n.port}" for n in nodes)[:3])
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", {})

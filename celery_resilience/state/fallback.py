@@ -15,10 +15,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Literal, TypeVar
 
-from redis.exceptions import RedisError
-
-from celery_resilience import clock
-from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core import clock
+from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.base import (
     BreakerStatus,
     Denial,
@@ -29,20 +27,16 @@ from celery_resilience.state.base import (
     RecordAnswer,
     StateStore,
 )
+from celery_resilience.state.errors import STORE_ERRORS
 from celery_resilience.state.memory import MemoryStore
 
-__all__ = ["BACKEND_ERRORS", "FallbackMode", "FallbackStore"]
+__all__ = ["FallbackMode", "FallbackStore"]
 
 logger = logging.getLogger("celery_resilience.state")
 
 #: Errors that mean "the store cannot serve us now": unreachable, but also out of memory,
 #: read-only after a failover, loading, a cluster down, credentials refused. A task must
 #: neither fail nor wait for them: the fallback answers, and one line says why.
-BACKEND_ERRORS: tuple[type[BaseException], ...] = (
-    RedisError,
-    ConnectionError,
-    TimeoutError,
-)
 FallbackMode = Literal["allow", "defer"]
 _T = TypeVar("_T")
 
@@ -87,7 +81,7 @@ class FallbackStore:
             return None
         try:
             result = op()
-        except BACKEND_ERRORS as exc:
+        except STORE_ERRORS as exc:
             with self._lock:
                 first = self._down_since is None
                 if first:

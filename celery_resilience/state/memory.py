@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from celery_resilience import clock
-from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core import clock
+from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.base import (
     BreakerState,
     BreakerStatus,

@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.base import (
     BreakerState,
     BreakerStatus,

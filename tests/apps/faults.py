@@ -3,7 +3,7 @@
 With ``RESILIENCE_TEST_VISIBILITY``, unacknowledged messages are swept every second.
 ``RESILIENCE_TEST_ATTEMPT_LEASE``: ``resilience_attempt_lease`` (seconds), so that a
 killed worker's attempt comes back soon; ``RESILIENCE_TEST_CLOCK_SKEW``: seconds added to
-this process's clock as celery-resilience reads it (``celery_resilience.clock``), to show
+this process's clock as celery-resilience reads it (``celery_resilience.core.clock``), to show
 that breakers and limiters never use it.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from celery_resilience import clock
+from celery_resilience.core import clock
 from tests.apps.resilient import app
 
 __all__ = ["app"]

@@ -49,7 +49,7 @@ def child(self: Any) -> str | None:
 @resilient_task(app=app, bind=True, name="tr.echo")
 def echo(self: Any) -> str:
     """Return the trace id this attempt runs under (after any repair of the header)."""
-    from celery_resilience.tracing import current_attempt  # noqa: PLC0415
+    from celery_resilience.observability.tracing import current_attempt  # noqa: PLC0415
 
     info = current_attempt()
     return info.trace_id if info is not None else ""

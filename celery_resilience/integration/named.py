@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from celery_resilience import clock
-from celery_resilience.errors import ResilienceConfigError
-from celery_resilience.options import TaskOptions
-from celery_resilience.policies import merge, parse_policy, parse_table
-from celery_resilience.state.fallback import BACKEND_ERRORS
+from celery_resilience.core import clock
+from celery_resilience.core.errors import ResilienceConfigError
+from celery_resilience.core.options import TaskOptions
+from celery_resilience.core.policies import merge, parse_policy, parse_table
+from celery_resilience.state.errors import STORE_ERRORS
 from celery_resilience.state.overrides import Override, Overrides
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["REFRESH_EVERY", "PolicyBook", "config_book", "configured_policies", "resolve"]
 
-logger = logging.getLogger("celery_resilience.policies")
+logger = logging.getLogger("celery_resilience.core.policies")
 
 #: Seconds between two reads of the overrides by one process.
 REFRESH_EVERY = 1.0
@@ -138,7 +138,7 @@ class PolicyBook:
             self._next_read = now + REFRESH_EVERY
             try:
                 fresh = self.overrides.all()
-            except BACKEND_ERRORS:
+            except STORE_ERRORS:
                 return  # the last known overrides stay in force
             level = logging.WARNING if self._read else logging.INFO
             self._read = True

@@ -14,7 +14,8 @@ from typing import Any
 
 from billiard.process import current_process
 
-from celery_resilience import clock, signals
+from celery_resilience import signals
+from celery_resilience.core import clock
 
 __all__ = ["FIELDS", "PoolCounters", "install", "installed"]
 

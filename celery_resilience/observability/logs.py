@@ -14,8 +14,8 @@ In your own logging configuration, show the fields with a format string such as:
 
 (one line), for instance with :mod:`logging.config.dictConfig`::
 
-    "filters": {"attempt": {"()": "celery_resilience.logs.AttemptContextFilter"}},
-    "formatters": {"plain": {"()": "celery_resilience.logs.RedactingFormatter",
+    "filters": {"attempt": {"()": "celery_resilience.observability.logs.AttemptContextFilter"}},
+    "formatters": {"plain": {"()": "celery_resilience.observability.logs.RedactingFormatter",
                              "fmt": "%(asctime)s ... %(message)s"}},
 
 A :class:`RedactingFormatter` stamps the fields itself, so its format string works
@@ -30,7 +30,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
-from celery_resilience.tracing import current_attempt, safe_text
+from celery_resilience.observability.tracing import current_attempt, safe_text
 
 __all__ = [
     "CONTEXT_FIELDS",
@@ -152,8 +152,9 @@ def stamp_record(record: logging.LogRecord) -> logging.LogRecord:
     A field that already holds a real value is kept (Celery's ``TaskFormatter`` sets
     ``task_id``/``task_name``; a record formatted in another thread keeps what it was
     stamped with where it was made). Placeholders (absent, ``""``, ``"-"``, ``"???"``)
-    are filled from :func:`~celery_resilience.tracing.current_attempt`, or with ``"-"``
-    outside an attempt.
+    are filled from the current attempt
+    (:func:`~celery_resilience.observability.tracing.current_attempt`), or with ``"-"`` outside
+    an attempt.
     """
     info = current_attempt()
     values: Mapping[str, object]
@@ -271,7 +272,7 @@ def wrap_formatter(
 
     ``None`` stands for the default formatter (``%(message)s``). A formatter that
     already stamps the context (a :class:`RedactingFormatter`, the JSON formatter of
-    :mod:`celery_resilience.jsonlog`) is returned as it is, so wrapping twice is
+    :mod:`celery_resilience.observability.jsonlog`) is returned as it is, so wrapping twice is
     wrapping once::
 
         handler.setFormatter(wrap_formatter(handler.formatter))

@@ -16,18 +16,18 @@ from celery.signals import (
     worker_init,
 )
 
-from celery_resilience import logs
-from celery_resilience.attempt import (
+from celery_resilience.integration.attempt import (
     NONCE_HEADER,
     TRACE_HEADER,
     new_nonce,
     release_held,
     trace_for_publish,
 )
-from celery_resilience.named import config_book
-from celery_resilience.settings import read_settings
-from celery_resilience.task import resilient_task_names, resilient_tasks
-from celery_resilience.tracing import current_attempt
+from celery_resilience.integration.named import config_book
+from celery_resilience.integration.settings import read_settings
+from celery_resilience.integration.task import resilient_task_names, resilient_tasks
+from celery_resilience.observability import logs
+from celery_resilience.observability.tracing import current_attempt
 
 __all__ = ["connect"]
 

@@ -7,7 +7,7 @@
     ├── PermanentError              task code: "retrying cannot help, fail now"
     ├── GaveUp                      final failure: retries or deadline exhausted
     ├── Rescheduled                 handed to Task.retry; its repr is the ledger line
-    │   ├── Retrying                a failed attempt, retried after a countdown
+    │   ├── RetryScheduled          a failed attempt, retried after a countdown
     │   └── Deferred                a gate said "not now"; no retry is spent
     ├── BreakerOpenError            on_open="fail": the breaker refused the call
     └── ResilienceConfigError       bad configuration found at run time (also a ValueError)
@@ -26,7 +26,7 @@ __all__ = [
     "Rescheduled",
     "ResilienceConfigError",
     "ResilienceError",
-    "Retrying",
+    "RetryScheduled",
     "TransientError",
 ]
 
@@ -94,7 +94,7 @@ class Rescheduled(ResilienceError):  # noqa: N818 - names what happened, not a f
         return str(self)
 
 
-class Retrying(Rescheduled):
+class RetryScheduled(Rescheduled):
     """A failed attempt that will be retried (it spent one of ``max_retries``)."""
 
 

@@ -80,7 +80,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from celery_resilience.errors import PermanentError, TransientError
+from celery_resilience.core.errors import PermanentError, TransientError
 
 __all__ = [
     "MAX_RETRY_AFTER",

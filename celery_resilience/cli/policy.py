@@ -21,11 +21,11 @@ from typing import Any
 
 import click
 
-from celery_resilience.clikit import CommandError, Session, session, table, when
-from celery_resilience.named import configured_policies
-from celery_resilience.policies import merge, parse_assignment, parse_policy, unset
+from celery_resilience.cli.kit import CommandError, Session, session, table, when
+from celery_resilience.core.policies import merge, parse_assignment, parse_policy, unset
+from celery_resilience.integration.named import configured_policies
+from celery_resilience.observability.tracing import safe_token
 from celery_resilience.state.overrides import OverrideConflictError, Overrides
-from celery_resilience.tracing import safe_token
 
 __all__ = ["policy"]
 

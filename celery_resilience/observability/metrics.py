@@ -1,4 +1,4 @@
-"""Prometheus metrics, fed by :mod:`celery_resilience.signals`.
+"""Prometheus metrics, fed by :mod:`celery_resilience.observability.signals`.
 
 Optional: ``pip install celery-resilience[prometheus]``. Turn them on in the worker with
 the setting ``resilience_metrics = True`` (or call :func:`enable_metrics` in every
@@ -152,7 +152,7 @@ def enable_metrics(
     ``registry`` defaults to prometheus-client's global one. Raises ``ImportError`` naming
     the extra to install when prometheus-client is missing::
 
-        from celery_resilience.metrics import enable_metrics
+        from celery_resilience.observability.metrics import enable_metrics
         enable_metrics()
     """
     global _metrics  # noqa: PLW0603 - metrics are per process, like prometheus-client's

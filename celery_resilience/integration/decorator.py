@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any, overload
 
 from celery import shared_task
 
-from celery_resilience.named import config_book
-from celery_resilience.options import OPTION_NAMES, check_options
-from celery_resilience.task import ResilientTask, refuse_autoretry
+from celery_resilience.core.options import OPTION_NAMES, check_options
+from celery_resilience.integration.named import config_book
+from celery_resilience.integration.task import ResilientTask, refuse_autoretry
+from celery_resilience.integration.wiring import wire
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -59,6 +60,7 @@ def resilient_task(
             raise TypeError(f"resilient_task decorates a function, got {type(f).__name__}")
         name = options.get("name") or f"{f.__module__}.{f.__qualname__}"
         refuse_autoretry(name, options)
+        wire()
         checked = check_options(name, {key: options[key] for key in OPTION_NAMES if key in options})
         if app is not None and checked.policy is not None:
             try:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from kombu.utils.url import maybe_sanitize_url
 
-from celery_resilience.errors import ResilienceConfigError
+from celery_resilience.core.errors import ResilienceConfigError
 from celery_resilience.state.connect import SCHEMES
 from celery_resilience.state.fallback import FallbackMode
 from celery_resilience.state.keys import DEFAULT_PREFIX, KeySpace

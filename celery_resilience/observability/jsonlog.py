@@ -9,7 +9,7 @@ brings python-json-logger); importing this module does not, building a formatter
     #  "task_name": "shop.charge", "attempt": 2}
 
 or in :mod:`logging.config.dictConfig`:
-``"formatters": {"json": {"()": "celery_resilience.jsonlog.JsonFormatter"}}``.
+``"formatters": {"json": {"()": "celery_resilience.observability.jsonlog.JsonFormatter"}}``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
-from celery_resilience.logs import is_secret_name, stamp_record
-from celery_resilience.logs import redact as redact_text
+from celery_resilience.observability.logs import is_secret_name, stamp_record
+from celery_resilience.observability.logs import redact as redact_text
 
 __all__ = ["DEFAULT_JSON_FORMAT", "JsonFormatter"]
 
@@ -32,7 +32,7 @@ DEFAULT_JSON_FORMAT = (
 """The fields a :class:`JsonFormatter` writes by default (extra record fields follow)."""
 
 _INSTALL_HINT = (
-    "celery_resilience.jsonlog.JsonFormatter needs python-json-logger: "
+    "celery_resilience.observability.jsonlog.JsonFormatter needs python-json-logger: "
     "pip install celery-resilience[json-logs]"
 )
 
@@ -79,7 +79,7 @@ class JsonFormatter(logging.Formatter):
 
     Takes python-json-logger's options (``rename_fields``, ``static_fields``,
     ``json_indent``, ``timestamp``, ...). Every string value goes through
-    :func:`celery_resilience.logs.redact`, and values under secret-looking keys
+    :func:`celery_resilience.observability.logs.redact`, and values under secret-looking keys
     (``password``, ``authorization``, ``api_key``, ...) become ``"***"``. The context
     fields are stamped on each record (``"-"`` outside an attempt), so no filter is
     needed. Raises ``ImportError`` naming the extra to install when python-json-logger

@@ -21,8 +21,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from celery_resilience.logs import redact
-from celery_resilience.tracing import TraceContext, new_span_id
+from celery_resilience.observability.logs import redact
+from celery_resilience.observability.tracing import TraceContext, new_span_id
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, TracerProvider

@@ -32,26 +32,37 @@ from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.log import get_task_logger
 
 from celery_resilience import signals
-from celery_resilience.backoff import retry_countdown
-from celery_resilience.classify import Failure, Verdict, classify
-from celery_resilience.errors import (
+from celery_resilience.core.backoff import retry_countdown
+from celery_resilience.core.classify import Failure, Verdict, classify
+from celery_resilience.core.errors import (
     BreakerOpenError,
     Deferred,
     GaveUp,
     ResilienceConfigError,
-    Retrying,
+    RetryScheduled,
 )
-from celery_resilience.ledger import (
+from celery_resilience.core.ledger import (
     HEADER,
     AttemptState,
     deferral_line,
     gave_up_message,
     retry_line,
 )
-from celery_resilience.logs import format_outcome, redact
-from celery_resilience.options import TaskOptions
-from celery_resilience.otel import attempt_span
-from celery_resilience.runtime import Runtime, runtime_for
+from celery_resilience.core.options import TaskOptions
+from celery_resilience.integration.runtime import Runtime, runtime_for
+from celery_resilience.observability.logs import format_outcome, redact
+from celery_resilience.observability.otel import attempt_span
+from celery_resilience.observability.tracing import (
+    AttemptInfo,
+    TraceContext,
+    bind_attempt,
+    current_attempt,
+    hold_attempt,
+    new_trace,
+    parse_traceparent,
+    release_attempt,
+    safe_token,
+)
 from celery_resilience.state.base import (
     AttemptMark,
     BreakerState,
@@ -63,27 +74,16 @@ from celery_resilience.state.base import (
     Transition,
 )
 from celery_resilience.state.deadletters import DeadLetter, capped_repr
-from celery_resilience.tracing import (
-    AttemptInfo,
-    TraceContext,
-    bind_attempt,
-    current_attempt,
-    hold_attempt,
-    new_trace,
-    parse_traceparent,
-    release_attempt,
-    safe_token,
-)
 
 if TYPE_CHECKING:
     from celery.app.task import Context
 
-    from celery_resilience.task import ResilientTask
+    from celery_resilience.integration.task import ResilientTask
 
 __all__ = ["TRACE_HEADER", "release_held", "run_eager", "run_in_worker", "trace_for_publish"]
 
 logger = get_task_logger("celery_resilience")
-_internal = logging.getLogger("celery_resilience.attempt")
+_internal = logging.getLogger("celery_resilience.integration.attempt")
 
 #: The message header carrying the W3C trace context.
 TRACE_HEADER = "traceparent"
@@ -137,7 +137,7 @@ def trace_for_publish() -> TraceContext:
     attempt = current_attempt()
     if attempt is not None:
         return attempt.trace_context().child()
-    from celery_resilience.otel import otel_parent  # noqa: PLC0415 - optional dependency
+    from celery_resilience.observability.otel import otel_parent  # noqa: PLC0415 - optional dependency
 
     parent = otel_parent()
     return parent.child() if parent is not None else new_trace()
@@ -400,7 +400,7 @@ class _Attempt:
         self.state = replace(self.state, failures=spent).with_entry(
             f"#{attempt} failed; its retry was published again after its worker stopped"
         )
-        self._reschedule(_REPUBLISH, Retrying(line), answer.now)
+        self._reschedule(_REPUBLISH, RetryScheduled(line), answer.now)
 
     def _denied(self, answer: GateAnswer) -> Any:
         """Defer the task (the default), or apply the breaker's ``on_open`` policy."""
@@ -621,7 +621,7 @@ class _Attempt:
                 final_state=None,
             ),
         )
-        self._reschedule(seconds, Retrying(line), record.now)
+        self._reschedule(seconds, RetryScheduled(line), record.now)
 
     def _not_before_half_open(self, seconds: float, record: RecordAnswer) -> float:
         """A retry due while the breaker (opened by this very failure, or before) is still

@@ -12,9 +12,10 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
-from celery_resilience import clock, signals
-from celery_resilience.named import PolicyBook
-from celery_resilience.settings import Settings, read_settings
+from celery_resilience import signals
+from celery_resilience.core import clock
+from celery_resilience.integration.named import PolicyBook
+from celery_resilience.integration.settings import Settings, read_settings
 from celery_resilience.state.base import (
     BreakerState,
     Denial,
@@ -25,7 +26,8 @@ from celery_resilience.state.base import (
 )
 from celery_resilience.state.connect import connect, describe
 from celery_resilience.state.deadletters import DeadLetter, DeadLetters
-from celery_resilience.state.fallback import BACKEND_ERRORS, FallbackStore
+from celery_resilience.state.errors import STORE_ERRORS
+from celery_resilience.state.fallback import FallbackStore
 from celery_resilience.state.overrides import Overrides
 from celery_resilience.state.redis import RedisStore
 
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Runtime", "connect", "runtime_for"]
 
-logger = logging.getLogger("celery_resilience.runtime")
+logger = logging.getLogger("celery_resilience.integration.runtime")
 _PENDING_LETTERS = 1_000
 #: Seconds an OPEN verdict is answered from memory before Redis is asked again.
 _OPEN_CACHE = 1.0
@@ -88,7 +90,7 @@ class Runtime:
             return self.estimated_now()
         try:
             seconds, micros = self.client.time()
-        except BACKEND_ERRORS:
+        except STORE_ERRORS:
             return clock.now()
         now = seconds + micros / 1e6
         self._learn_time(now)
@@ -147,7 +149,7 @@ class Runtime:
         """Store a dead letter; while Redis is down keep it (bounded) and retry later."""
         try:
             self.dead_letters.add(letter)
-        except BACKEND_ERRORS as exc:
+        except STORE_ERRORS as exc:
             with self._lock:
                 self._pending.append(letter)
             logger.error(  # noqa: TRY400 - the cause is named; a traceback adds nothing
@@ -168,7 +170,7 @@ class Runtime:
                 letter = self._pending[0]
             try:
                 self.dead_letters.add(letter)
-            except BACKEND_ERRORS:
+            except STORE_ERRORS:
                 return
             with self._lock:
                 if self._pending and self._pending[0] is letter:

@@ -1,6 +1,6 @@
 """The outbound HTTP session of a task: timeouts, trace and idempotency headers.
 
-Inside an attempt (see :func:`celery_resilience.tracing.bind_attempt`) every request
+Inside an attempt (see :func:`celery_resilience.observability.tracing.bind_attempt`) every request
 of a :class:`ResilientSession` carries the attempt's ``traceparent``, and every POST or
 PATCH an ``Idempotency-Key`` that is the same on each retry of the task::
 
@@ -22,7 +22,11 @@ from typing import Any, Final, TypeAlias
 import requests
 from requests.models import PreparedRequest, Response
 
-from celery_resilience.tracing import TRACEPARENT_HEADER, current_attempt, next_unsafe_call_index
+from celery_resilience.observability.tracing import (
+    TRACEPARENT_HEADER,
+    current_attempt,
+    next_unsafe_call_index,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",

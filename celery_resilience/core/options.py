@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from celery_resilience.backoff import DEFAULT_BACKOFF, check_backoff
-from celery_resilience.classify import Classifier
-from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.backoff import DEFAULT_BACKOFF, check_backoff
+from celery_resilience.core.classify import Classifier
+from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
 
 __all__ = ["DEFAULTS", "OPTION_NAMES", "TaskOptions", "check_options", "options_from"]
 

@@ -11,18 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import redis
-from redis.exceptions import RedisClusterException
-
 from celery_resilience import signals
-from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.integration.task import resilient_tasks
 from celery_resilience.state.base import BreakerState, BreakerStatus, LimiterStatus
-from celery_resilience.state.fallback import BACKEND_ERRORS
-from celery_resilience.task import resilient_tasks
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    import redis
     from celery import Celery
     from redis.cluster import RedisCluster
 
@@ -30,7 +27,6 @@ if TYPE_CHECKING:
     from celery_resilience.state.redis import RedisStore
 
 __all__ = [
-    "STORE_ERRORS",
     "Declared",
     "breaker_row",
     "declared",
@@ -43,12 +39,6 @@ __all__ = [
 #: nothing (the window's buckets expire on their own).
 UNDECLARED_WINDOW = 10_000_000.0
 _SCAN_COUNT = 1_000
-#: What a state store that cannot be reached (or cannot serve) raises.
-STORE_ERRORS: tuple[type[BaseException], ...] = (
-    *BACKEND_ERRORS,
-    redis.RedisError,
-    RedisClusterException,
-)
 
 
 @dataclass

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from kombu.exceptions import OperationalError
 
-from celery_resilience.attempt import TRACE_HEADER
-from celery_resilience.clikit import (
+from celery_resilience.cli.kit import (
     EX_UNAVAILABLE,
     EX_USAGE,
     CommandError,
@@ -25,7 +24,14 @@ from celery_resilience.clikit import (
     table,
     utc,
 )
-from celery_resilience.tracing import TraceContext, new_span_id, new_trace, safe_text, safe_token
+from celery_resilience.integration.attempt import TRACE_HEADER
+from celery_resilience.observability.tracing import (
+    TraceContext,
+    new_span_id,
+    new_trace,
+    safe_text,
+    safe_token,
+)
 
 if TYPE_CHECKING:
     from celery import Celery

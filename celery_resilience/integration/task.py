@@ -7,10 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery import Task
 
-from celery_resilience.attempt import run_eager, run_in_worker
-from celery_resilience.http import ResilientSession, session_for_process
-from celery_resilience.named import config_book
-from celery_resilience.options import (
+from celery_resilience.core.options import (
     DEFAULTS,
     OPTION_NAMES,
     OnOpen,
@@ -18,13 +15,17 @@ from celery_resilience.options import (
     check_options,
     options_from,
 )
-from celery_resilience.runtime import runtime_for
+from celery_resilience.integration.attempt import run_eager, run_in_worker
+from celery_resilience.integration.http import ResilientSession, session_for_process
+from celery_resilience.integration.named import config_book
+from celery_resilience.integration.runtime import runtime_for
+from celery_resilience.integration.wiring import wire
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from celery_resilience.classify import Classifier
-    from celery_resilience.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+    from celery_resilience.core.classify import Classifier
+    from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
 
 __all__ = ["ResilientTask", "resilient_task_names", "resilient_tasks"]
 
@@ -98,6 +99,7 @@ class ResilientTask(Task[Any, Any]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        wire()
         owner = cls.__dict__.get("name") or f"{cls.__module__}.{cls.__qualname__}"
         refuse_autoretry(owner, cls.__dict__)
         checked = check_options(owner, {name: getattr(cls, name) for name in OPTION_NAMES})

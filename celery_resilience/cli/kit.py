@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from celery_resilience.errors import ResilienceConfigError
-from celery_resilience.inspection import STORE_ERRORS
-from celery_resilience.settings import read_settings
+from celery_resilience.core.errors import ResilienceConfigError
+from celery_resilience.integration.settings import read_settings
+from celery_resilience.observability.tracing import safe_text
 from celery_resilience.state.connect import connect, describe
 from celery_resilience.state.deadletters import DeadLetters
+from celery_resilience.state.errors import STORE_ERRORS
 from celery_resilience.state.redis import RedisStore
-from celery_resilience.tracing import safe_text
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence

@@ -24,27 +24,28 @@ from typing import TYPE_CHECKING, Any
 from celery import bootsteps
 from celery.signals import worker_init
 
-from celery_resilience import clock, counters
-from celery_resilience.errors import ResilienceConfigError
-from celery_resilience.inspection import (
-    STORE_ERRORS,
+from celery_resilience.core import clock
+from celery_resilience.core.errors import ResilienceConfigError
+from celery_resilience.integration.inspection import (
     breaker_status,
     declared,
     limiter_row,
     limiter_status,
 )
-from celery_resilience.settings import read_settings
+from celery_resilience.integration.settings import read_settings
+from celery_resilience.integration.task import resilient_tasks
+from celery_resilience.observability import counters
 from celery_resilience.state.connect import connect as connect_store
 from celery_resilience.state.connect import describe
+from celery_resilience.state.errors import STORE_ERRORS
 from celery_resilience.state.redis import RedisStore
-from celery_resilience.task import resilient_tasks
 
 if TYPE_CHECKING:
     from celery import Celery
 
 __all__ = ["ResilienceStep", "connect", "install"]
 
-logger = logging.getLogger("celery_resilience.bootstep")
+logger = logging.getLogger("celery_resilience.integration.bootstep")
 
 #: ``inspect stats`` waits one second by default: keep each Redis call well below it.
 _STATS_TIMEOUT = 0.3
@@ -93,7 +94,7 @@ class ResilienceStep(bootsteps.StartStopStep):
         conf = self.app.conf
         if not conf.get("resilience_metrics"):
             return
-        from celery_resilience.metrics import serve_metrics  # noqa: PLC0415 - optional
+        from celery_resilience.observability.metrics import serve_metrics  # noqa: PLC0415 - optional
 
         pool = type(getattr(parent, "pool", None)).__module__
         if pool.endswith(".prefork") and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -128,7 +129,7 @@ class ResilienceStep(bootsteps.StartStopStep):
 
     def refresh_gauges(self) -> None:
         """Set each declared breaker's gauge from Redis (metrics on)."""
-        from celery_resilience.metrics import set_breaker_state  # noqa: PLC0415
+        from celery_resilience.observability.metrics import set_breaker_state  # noqa: PLC0415
 
         try:
             store = self._shared()
@@ -200,7 +201,7 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     install(app)
     if not app.conf.get("resilience_metrics"):
         return
-    from celery_resilience.metrics import DEFAULT_NAMESPACE, enable_metrics  # noqa: PLC0415
+    from celery_resilience.observability.metrics import DEFAULT_NAMESPACE, enable_metrics  # noqa: PLC0415
 
     try:
         enable_metrics(namespace=app.conf.get("resilience_metrics_namespace", DEFAULT_NAMESPACE))

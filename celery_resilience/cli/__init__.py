@@ -27,10 +27,10 @@ from typing import Any, Literal
 import click
 
 from celery_resilience import signals
-from celery_resilience.cli_letters import dead_letters
-from celery_resilience.cli_policy import policy
-from celery_resilience.clikit import CommandError, Session, session, table, when
-from celery_resilience.inspection import (
+from celery_resilience.cli.kit import CommandError, Session, session, table, when
+from celery_resilience.cli.letters import dead_letters
+from celery_resilience.cli.policy import policy
+from celery_resilience.integration.inspection import (
     Declared,
     breaker_row,
     breaker_status,
@@ -40,7 +40,7 @@ from celery_resilience.inspection import (
     policy_for,
     scan_names,
 )
-from celery_resilience.tracing import safe_token
+from celery_resilience.observability.tracing import safe_token
 
 __all__ = ["resilience"]
 

@@ -1,0 +1,1 @@
+"""What operators see: traces, log context, metrics, spans, signals and inspection."""
