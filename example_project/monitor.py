@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from celery_resilience.core.gates import BreakerState, BreakerStatus
 from celery_resilience.integration.runtime import connect
 from celery_resilience.integration.settings import read_settings
-from celery_resilience.state.base import BreakerState, BreakerStatus
 from celery_resilience.state.redis import RedisStore
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from celery_resilience.core.gates import BreakerState, OutcomeReport
 from celery_resilience.core.policy import CircuitBreaker
-from celery_resilience.state.base import BreakerState, OutcomeReport
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from tests.helpers import racers

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from celery_resilience import CircuitBreaker, RateLimit, resilient_task, signals
 from celery_resilience.cli import render_status, resilience
-from celery_resilience.state.base import BreakerState
+from celery_resilience.core.gates import BreakerState
 from celery_resilience.state.keys import escape
 from example_project.upstream import Upstream
 from tests.helpers.celery_apps import make_app

@@ -16,8 +16,8 @@ import pytest
 import redis
 from celery import Celery
 
+from celery_resilience.core.gates import BreakerState, Denial, GateAsk, OutcomeReport
 from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
-from celery_resilience.state.base import BreakerState, Denial, GateAsk, OutcomeReport
 from celery_resilience.state.connect import connect, describe
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore

@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.exceptions import Retry
+from tenacity import wait_fixed
 
 from celery_resilience import GaveUp, PermanentError, TransientError, resilient_task, signals
+from celery_resilience.integration.eager import eager_gates
 
 
 @pytest.fixture(params=[True, False], ids=["propagates", "no-propagation"])
@@ -104,3 +107,104 @@ def test_direct_call_runs_the_body_once(app):
     with pytest.raises(TransientError):
         task()
     assert task() == 2
+
+
+# -- eager mode makes the worker's decisions ---------------------------------------------
+
+
+def _final(app: Celery, task: Any) -> BaseException:
+    """Run ``task`` eagerly and return the exception it ended with."""
+    if app.conf.task_eager_propagates:
+        with pytest.raises(Exception) as caught:
+            task.delay()
+        return caught.value
+    result = task.delay()
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, BaseException)
+    return result.result
+
+
+def test_deadline_is_honoured_on_the_skipped_countdowns(app):
+    """deadline=0.5 with an always-failing task: it gives up once the countdowns it
+    skipped add up to the deadline, long before max_retries."""
+    task = _flaky(
+        app, [TransientError("x")] * 50, max_retries=40, deadline=0.5, backoff=wait_fixed(0.2)
+    )
+    exc = _final(app, task)
+    assert isinstance(exc, GaveUp)
+    assert "deadline of 0.5 s" in str(exc)
+    assert len(task.calls) <= 4
+
+
+def test_gave_up_is_not_chained_to_the_last_failure(app):
+    """GaveUp is raised ``from None``, as on a worker: the last failure's text stays out."""
+    task = _flaky(app, [TransientError("https://x.example/?api_key=k3y")] * 3, max_retries=1)
+    exc = _final(app, task)
+    assert isinstance(exc, GaveUp)
+    assert exc.__cause__ is None
+    assert exc.__suppress_context__
+
+
+def test_permanent_failure_message_is_redacted(app):
+    """A permanent failure's message loses its secrets, as on a worker."""
+    task = _flaky(app, [PermanentError("GET https://x.example/v1?api_key=k3y failed")])
+    exc = _final(app, task)
+    assert isinstance(exc, PermanentError)
+    assert "k3y" not in str(exc)
+
+
+def test_retry_after_is_the_floor_of_the_countdown(app):
+    """A Retry-After of 30 s: the retry's countdown is at least 30 s (skipped, not waited)."""
+    task = _flaky(app, [TransientError("busy", retry_after=30)])
+    countdowns: list[float] = []
+
+    def note(sender: Any = None, countdown: float = 0.0, **_: Any) -> None:
+        if getattr(sender, "name", None) == task.name:
+            countdowns.append(countdown)
+
+    signals.retry_scheduled.connect(note, weak=False)
+    try:
+        assert task.delay().get() == 2
+    finally:
+        signals.retry_scheduled.disconnect(note)
+    assert len(countdowns) == 1
+    assert countdowns[0] >= 30
+
+
+def test_a_failure_is_kept_as_a_dead_letter(app):
+    """A task that gives up eagerly leaves a dead letter, as on a worker."""
+    task = _flaky(app, [PermanentError("no")])
+    _final(app, task)
+    letters = [letter for letter in eager_gates(app).dead_letters if letter.task_name == task.name]
+    assert [letter.reason for letter in letters] == ["permanent failure"]
+
+
+def test_a_retry_raised_by_the_body_is_not_a_failure(app):
+    """``self.retry()`` from the body is Celery's own re-queue, not a transient failure:
+    no attempt_failed; Celery runs the task again (or, propagating, raises its Retry)."""
+    calls: list[int] = []
+    failed: list[Any] = []
+
+    @resilient_task(app=app, bind=True, name=f"eager.self_retry.{id(calls)}")
+    def again(self: Any) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise self.retry(countdown=1)
+        return len(calls)
+
+    def note(sender: Any = None, **kwargs: Any) -> None:
+        if getattr(sender, "name", None) == again.name:
+            failed.append(kwargs)
+
+    signals.attempt_failed.connect(note, weak=False)
+    try:
+        if app.conf.task_eager_propagates:
+            # Celery's own eager rule: with propagation, the Retry reaches the caller
+            with pytest.raises(Retry):
+                again.delay()
+        else:
+            assert again.delay().get() == 2
+    finally:
+        signals.attempt_failed.disconnect(note)
+    assert failed == []
+    assert len(calls) == (1 if app.conf.task_eager_propagates else 2)

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
+from celery_resilience.core.gates import BreakerState
 from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit
-from celery_resilience.state.base import BreakerState
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Response, Upstream

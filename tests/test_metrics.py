@@ -16,12 +16,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_resilience import CircuitBreaker, Verdict, signals
+from celery_resilience.core.gates import BreakerState
 from celery_resilience.observability.metrics import (
     BREAKER_STATE_VALUES,
     disable_metrics,
     enable_metrics,
 )
-from celery_resilience.state.base import BreakerState
 from example_project.upstream import Response, Upstream
 from tests.helpers.inspection import Rig, worker_rig
 from tests.helpers.polling import wait_until

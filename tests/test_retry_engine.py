@@ -13,7 +13,8 @@ import itertools
 import pytest
 from celery.result import AsyncResult
 
-from celery_resilience.state.base import OutcomeReport
+from celery_resilience import resilient_task
+from celery_resilience.core.gates import OutcomeReport
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Response, Upstream, closed_port_url
@@ -187,7 +188,9 @@ def test_a_body_that_requeues_itself_is_not_taken_for_a_duplicate(worker, client
 
 def test_a_new_publication_under_the_same_id_runs(worker, client, upstream, unique):
     """Publishing a task ID again (as Task.replace does) runs again: it is not a copy.
-    (The publisher has celery_resilience imported, as one publishing resilient tasks has.)"""
+    (The publisher declares a resilient task, as one publishing resilient tasks does: that
+    connects the hook that tells one publication from another.)"""
+    resilient_task(app=client, name=f"declared.{unique}")(lambda: None)
     path = f"/{unique}/again"
     upstream.script(path, [], then=200)
     task_id = f"fixed-{unique}"

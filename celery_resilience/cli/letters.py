@@ -24,7 +24,7 @@ from celery_resilience.cli.kit import (
     table,
     utc,
 )
-from celery_resilience.integration.attempt import TRACE_HEADER
+from celery_resilience.core import headers as names
 from celery_resilience.observability.tracing import (
     TraceContext,
     new_span_id,
@@ -86,7 +86,7 @@ def requeue_letter(app: Celery, letter: DeadLetter, *, queue: str | None = None)
     except ValueError:
         trace = new_trace()
     task_id = str(uuid.uuid4())
-    options: dict[str, Any] = {"task_id": task_id, "headers": {TRACE_HEADER: trace.traceparent()}}
+    options: dict[str, Any] = {"task_id": task_id, "headers": {names.TRACE: trace.traceparent()}}
     target = queue or letter.queue
     if target:
         options["queue"] = target

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import TypeGuard
 
+from celery_resilience.core import headers
+
 __all__ = [
     "HEADER",
     "HISTORY_LIMIT",
@@ -23,7 +25,7 @@ __all__ = [
 ]
 
 #: The message header holding :class:`AttemptState`.
-HEADER = "resilience"
+HEADER = headers.STATE
 #: Past attempts kept in the header (the oldest are dropped, and counted).
 HISTORY_LIMIT = 20
 _ENTRY_LIMIT = 240

@@ -16,16 +16,12 @@ from celery.signals import (
     worker_init,
 )
 
-from celery_resilience.integration.attempt import (
-    NONCE_HEADER,
-    TRACE_HEADER,
-    new_nonce,
-    release_held,
-    trace_for_publish,
-)
+from celery_resilience.core import headers as names
+from celery_resilience.integration.message import new_nonce, trace_for_publish
 from celery_resilience.integration.named import config_book
 from celery_resilience.integration.settings import read_settings
 from celery_resilience.integration.task import resilient_task_names, resilient_tasks
+from celery_resilience.integration.worker import release_held
 from celery_resilience.observability import logs
 from celery_resilience.observability.tracing import current_attempt
 
@@ -36,17 +32,17 @@ _connected = False
 
 def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
     """Give each new publication its own token (a retry keeps the one it carries: see
-    NONCE_HEADER), and a resilient task (or any task published inside an attempt) a trace
+    names.NONCE), and a resilient task (or any task published inside an attempt) a trace
     context. The token goes on every task published here, since a client may publish a
     resilient task by name without its code."""
     if headers is None:
         return
-    if not headers.get(NONCE_HEADER):
-        headers[NONCE_HEADER] = new_nonce()
+    if not headers.get(names.NONCE):
+        headers[names.NONCE] = new_nonce()
     if sender not in resilient_task_names and current_attempt() is None:
         return
-    if not headers.get(TRACE_HEADER):
-        headers[TRACE_HEADER] = trace_for_publish().traceparent()
+    if not headers.get(names.TRACE):
+        headers[names.TRACE] = trace_for_publish().traceparent()
 
 
 def _on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:

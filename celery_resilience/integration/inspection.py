@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celery_resilience import signals
+from celery_resilience.core.gates import BreakerState, BreakerStatus, LimiterStatus
 from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.integration.task import resilient_tasks
-from celery_resilience.state.base import BreakerState, BreakerStatus, LimiterStatus
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

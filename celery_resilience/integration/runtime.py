@@ -14,9 +14,7 @@ from typing import TYPE_CHECKING
 
 from celery_resilience import signals
 from celery_resilience.core import clock
-from celery_resilience.integration.named import PolicyBook
-from celery_resilience.integration.settings import Settings, read_settings
-from celery_resilience.state.base import (
+from celery_resilience.core.gates import (
     BreakerState,
     Denial,
     GateAnswer,
@@ -24,6 +22,8 @@ from celery_resilience.state.base import (
     OutcomeReport,
     RecordAnswer,
 )
+from celery_resilience.integration.named import PolicyBook
+from celery_resilience.integration.settings import Settings, read_settings
 from celery_resilience.state.connect import connect, describe
 from celery_resilience.state.deadletters import DeadLetter, DeadLetters
 from celery_resilience.state.errors import STORE_ERRORS

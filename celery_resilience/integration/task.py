@@ -15,11 +15,12 @@ from celery_resilience.core.options import (
     check_options,
     options_from,
 )
-from celery_resilience.integration.attempt import run_eager, run_in_worker
+from celery_resilience.integration.eager import run_eager
 from celery_resilience.integration.http import ResilientSession, session_for_process
 from celery_resilience.integration.named import config_book
 from celery_resilience.integration.runtime import runtime_for
 from celery_resilience.integration.wiring import wire
+from celery_resilience.integration.worker import run_in_worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable

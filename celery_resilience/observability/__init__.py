@@ -1,1 +1,1 @@
-"""What operators see: traces, log context, metrics, spans, signals and inspection."""
+"""What operators see: traces, log context and redaction, metrics, spans, counters."""

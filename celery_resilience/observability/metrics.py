@@ -1,4 +1,4 @@
-"""Prometheus metrics, fed by :mod:`celery_resilience.observability.signals`.
+"""Prometheus metrics, fed by :mod:`celery_resilience.signals`.
 
 Optional: ``pip install celery-resilience[prometheus]``. Turn them on in the worker with
 the setting ``resilience_metrics = True`` (or call :func:`enable_metrics` in every
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from celery.signals import worker_process_shutdown
 
 from celery_resilience import signals
-from celery_resilience.state.base import BreakerState
+from celery_resilience.core.gates import BreakerState
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge

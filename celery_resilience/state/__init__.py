@@ -1,27 +1,8 @@
-"""Shared state for breakers, limiters and attempt leases: Redis, with a local fallback."""
+"""Shared state for breakers, limiters and attempt leases: Redis, with a local fallback.
 
-from celery_resilience.state.base import (
-    BreakerState,
-    BreakerStatus,
-    Denial,
-    GateAnswer,
-    GateAsk,
-    LimiterStatus,
-    OutcomeReport,
-    RecordAnswer,
-    StateStore,
-    Transition,
-)
+The values the stores exchange live in :mod:`celery_resilience.core.gates`.
+"""
 
-__all__ = [
-    "BreakerState",
-    "BreakerStatus",
-    "Denial",
-    "GateAnswer",
-    "GateAsk",
-    "LimiterStatus",
-    "OutcomeReport",
-    "RecordAnswer",
-    "StateStore",
-    "Transition",
-]
+from celery_resilience.state.base import StateStore
+
+__all__ = ["StateStore"]

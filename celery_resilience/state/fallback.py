@@ -16,8 +16,7 @@ from dataclasses import replace
 from typing import Literal, TypeVar
 
 from celery_resilience.core import clock
-from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
-from celery_resilience.state.base import (
+from celery_resilience.core.gates import (
     BreakerStatus,
     Denial,
     GateAnswer,
@@ -25,8 +24,9 @@ from celery_resilience.state.base import (
     LimiterStatus,
     OutcomeReport,
     RecordAnswer,
-    StateStore,
 )
+from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.state.base import StateStore
 from celery_resilience.state.errors import STORE_ERRORS
 from celery_resilience.state.memory import MemoryStore
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from celery_resilience.core import clock
-from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
-from celery_resilience.state.base import (
+from celery_resilience.core.gates import (
     BreakerState,
     BreakerStatus,
     Denial,
@@ -25,6 +24,7 @@ from celery_resilience.state.base import (
     RecordAnswer,
     Transition,
 )
+from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.redis import limiter_args
 
 __all__ = ["MemoryStore"]

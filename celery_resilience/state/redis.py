@@ -6,8 +6,7 @@ import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
-from celery_resilience.state.base import (
+from celery_resilience.core.gates import (
     BreakerState,
     BreakerStatus,
     Denial,
@@ -18,6 +17,7 @@ from celery_resilience.state.base import (
     RecordAnswer,
     Transition,
 )
+from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.connect import is_cluster
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.scripts import SCRIPT_NAMES, script_source

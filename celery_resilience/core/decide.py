@@ -1,0 +1,445 @@
+"""What happens next: the decisions of the attempt engine, from values alone.
+
+One attempt meets the engine at four points, and at each the engine answers with a value
+that the drivers (a worker, or eager mode) carry out:
+
+============================  ===============================================================
+point                         answers
+============================  ===============================================================
+:func:`on_wake`               ``None`` (go on), or :class:`Wait` (a split wait is not over)
+:func:`after_gate`            :class:`Run`, :class:`Wait` (deferred), :class:`GiveUp`,
+                              :class:`Refuse`, :class:`UseFallback` or :class:`Duplicate`
+:func:`plan_failure`          a :class:`FailurePlan`: retry after a countdown, or not
+:func:`after_failure`         :class:`Wait` (a retry), :class:`FailNow` or :class:`GiveUp`
+============================  ===============================================================
+
+Nothing here reads a clock, draws a random number of its own, or does I/O: the store's
+time comes in with its answers (``GateAnswer.now``, ``RecordAnswer.now``) or as ``now``,
+and jitter is drawn from the ``rng`` passed in (tenacity's strategies draw from the
+``random`` module, so seeding it makes a countdown reproducible).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol
+
+from celery_resilience.core.backoff import retry_countdown
+from celery_resilience.core.classify import Failure, Verdict
+from celery_resilience.core.gates import (
+    AttemptMark,
+    BreakerOutcome,
+    BreakerState,
+    Denial,
+    GateAnswer,
+    RecordAnswer,
+)
+from celery_resilience.core.ledger import AttemptState, deferral_line, gave_up_message, retry_line
+from celery_resilience.core.options import TaskOptions
+
+__all__ = [
+    "EARLY",
+    "REPUBLISH",
+    "Attempt",
+    "Decision",
+    "Duplicate",
+    "FailNow",
+    "FailurePlan",
+    "GateName",
+    "GiveUp",
+    "Jitter",
+    "Refuse",
+    "Run",
+    "UseFallback",
+    "Wait",
+    "after_failure",
+    "after_gate",
+    "on_wake",
+    "plan_failure",
+]
+
+#: A task woken this early (seconds) before its time is let through rather than re-queued.
+EARLY = 0.05
+#: Countdown of a retry published again by a redelivered copy of its failed attempt.
+REPUBLISH = 0.5
+#: The shortest deferral.
+_MIN_DEFERRAL = 0.01
+
+#: The failure of an attempt whose worker stopped while publishing its retry.
+_WORKER_STOPPED = Failure(
+    verdict=Verdict.TRANSIENT,
+    cause="its worker stopped while publishing the retry",
+    status=None,
+    host=None,
+    exc_type="WorkerLost",
+    retry_after=None,
+    reached_server=False,
+)
+
+#: What made a task wait: a gate, a split wait ("schedule"), a redelivered copy of an
+#: attempt seen before ("duplicate"), or a failure ("retry").
+GateName = Literal["schedule", "breaker", "rate_limit", "concurrency", "backend", "duplicate"]
+
+
+
+class Jitter(Protocol):
+    """Where jitter comes from: a ``random.Random``, or the ``random`` module itself."""
+
+    def uniform(self, a: float, b: float) -> float:
+        """A number drawn uniformly from ``[a, b]``."""
+        ...
+
+
+_BREAKER_OUTCOME: dict[Verdict, BreakerOutcome] = {
+    Verdict.TRANSIENT: "failure",
+    Verdict.RATE_LIMITED: "neutral",
+    Verdict.PERMANENT: "success",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt as the engine sees it: the options in force, the ledger, the trace."""
+
+    options: TaskOptions
+    state: AttemptState
+    trace_id: str
+
+    def remaining(self, now: float) -> float | None:
+        """Seconds left of the deadline at ``now`` (None: no deadline, or not started)."""
+        if self.options.deadline is None or self.state.started is None:
+            return None
+        return self.options.deadline - (now - self.state.started)
+
+    def deadline_passed(self, now: float) -> bool:
+        """Whether the deadline has passed at ``now``."""
+        remaining = self.remaining(now)
+        return remaining is not None and remaining <= 0
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """The gates let the attempt through: run the body."""
+
+    state: AttemptState
+    probe: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Send the task back to the broker, to come again in ``countdown`` seconds.
+
+    A deferral (``failure is None``) spends no retry; a retry (``failure`` set) has spent
+    one. ``line`` is the ledger line (what Flower shows); ``state`` travels with the task.
+    ``gate`` and ``name`` say what deferred it; ``quiet`` waits (a redelivered copy of an
+    attempt seen before) are not reported as deferrals or retries.
+    """
+
+    countdown: float
+    line: str
+    state: AttemptState
+    gate: GateName | None = None
+    name: str | None = None
+    failure: Failure | None = None
+    quiet: bool = False
+
+    @property
+    def retry(self) -> bool:
+        """True for a failed attempt retried (not a deferral)."""
+        return self.failure is not None
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """The task fails for good (``GaveUp``): retries or time ran out."""
+
+    reason: str
+    message: str
+    state: AttemptState
+    failure: Failure | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailNow:
+    """A permanent failure: FAILURE now, with the body's own (redacted) exception."""
+
+    failure: Failure
+    state: AttemptState
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """``on_open="fail"``: the breaker refused the call; the task fails now."""
+
+    why: str
+    message: str
+    state: AttemptState
+
+
+@dataclass(frozen=True, slots=True)
+class UseFallback:
+    """``on_open`` is a callable: its result is the task's result."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """A redelivered copy of an attempt that already finished: ignore it."""
+
+
+Decision = Run | Wait | GiveUp | FailNow | Refuse | UseFallback | Duplicate
+
+
+@dataclass(frozen=True, slots=True)
+class FailurePlan:
+    """What a failed attempt reports to the gates, decided before it reports.
+
+    ``countdown`` is the retry's (None: no retry, then ``give_up`` says why, unless the
+    failure is permanent). ``mark`` tells the attempt lease what follows, so that a copy
+    redelivered after this worker died can publish the retry again.
+    """
+
+    failure: Failure
+    countdown: float | None
+    give_up: str | None
+    mark: AttemptMark
+    breaker_outcome: BreakerOutcome
+    pause: float | None
+
+
+def _quote(name: str) -> str:
+    return repr(name)
+
+
+def _wait(
+    attempt: Attempt,
+    *,
+    wait: float,
+    now: float,
+    gate: GateName,
+    name: str | None,
+    why: str,
+    state: AttemptState | None = None,
+) -> Wait | GiveUp:
+    """A deferral of ``wait`` seconds, unless the deadline would pass meanwhile."""
+    state = attempt.state if state is None else state
+    wait = max(wait, _MIN_DEFERRAL)
+    remaining = attempt.remaining(now)
+    if remaining is not None and wait >= remaining:
+        reason = f"deadline of {attempt.options.deadline:g} s would pass while deferred ({why})"
+        return _give_up(replace(attempt, state=state), reason, None)
+    state = replace(state, deferrals=state.deferrals + 1)
+    line = deferral_line(
+        why=why,
+        attempt=state.attempt,
+        max_retries=attempt.options.max_retries,
+        countdown=wait,
+        trace_id=attempt.trace_id,
+    )
+    return Wait(countdown=wait, line=line, state=state, gate=gate, name=name)
+
+
+def _give_up(attempt: Attempt, reason: str, failure: Failure | None) -> GiveUp:
+    state = attempt.state
+    if failure is not None:
+        state = state.with_entry(f"#{state.attempt} {failure.verdict.value}: {failure.cause}")
+    message = gave_up_message(reason=reason, state=state, trace_id=attempt.trace_id)
+    return GiveUp(reason=reason, message=message, state=state, failure=failure)
+
+
+def on_wake(attempt: Attempt, now: float) -> Wait | GiveUp | None:
+    """A task woken before the end of a wait that was split in legs waits again."""
+    not_before = attempt.state.not_before
+    if not_before is None or now >= not_before - EARLY:
+        return None
+    return _wait(
+        attempt,
+        wait=not_before - now,
+        now=now,
+        gate="schedule",
+        name=None,
+        why="waiting out a long countdown in legs below the broker's visibility timeout",
+    )
+
+
+def after_gate(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
+    """What the gates' answer means for this attempt."""
+    options, state = attempt.options, attempt.state
+    if answer.denial is Denial.DONE:
+        return Duplicate()
+    if answer.denial is Denial.RUNNING:
+        countdown = answer.wait + REPUBLISH
+        line = deferral_line(
+            why=f"attempt {state.attempt} is running elsewhere (a redelivered message)",
+            attempt=state.attempt,
+            max_retries=options.max_retries,
+            countdown=countdown,
+            trace_id=attempt.trace_id,
+        )
+        return Wait(countdown=countdown, line=line, state=state, gate="duplicate", quiet=True)
+    if answer.denial is Denial.RETRIED:
+        failure = _WORKER_STOPPED
+        line = retry_line(
+            verdict=failure.verdict.value,
+            cause=failure.cause,
+            attempt=state.attempt,
+            max_retries=options.max_retries,
+            countdown=REPUBLISH,
+            trace_id=attempt.trace_id,
+        )
+        state = replace(state, failures=state.failures + 1).with_entry(
+            f"#{state.attempt} failed; its retry was published again after its worker stopped"
+        )
+        return Wait(
+            countdown=REPUBLISH,
+            line=line,
+            state=state,
+            gate="duplicate",
+            failure=failure,
+            quiet=True,
+        )
+    started = state.started if state.started is not None else answer.now
+    attempt = replace(attempt, state=replace(state, started=started, slot=None))
+    if attempt.deadline_passed(answer.now):
+        return _give_up(attempt, f"deadline of {options.deadline:g} s passed", None)
+    if answer.allowed:
+        return Run(state=attempt.state, probe=answer.probe)
+    return _denied(attempt, answer, rng)
+
+
+def _breaker_words(answer: GateAnswer) -> str:
+    if answer.breaker_state is BreakerState.FORCED_OPEN:
+        return "forced open"
+    if answer.denial is Denial.BREAKER_HALF_OPEN:
+        return "half-open, probe in flight"
+    return f"open, half-open in {answer.wait:.1f} s"
+
+
+def _denied(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
+    """Defer the task (the default), or apply the breaker's ``on_open`` policy."""
+    options, state = attempt.options, attempt.state
+    denial, breaker = answer.denial, options.breaker
+    refused = denial in (Denial.BREAKER_OPEN, Denial.BREAKER_HALF_OPEN)
+    if breaker is not None and refused and options.on_open != "defer":
+        why = f"breaker {_quote(breaker.name)} {_breaker_words(answer)}"
+        if options.on_open == "fail":
+            state = state.with_entry(f"#{state.attempt} refused: {why}")
+            message = f"{why}; on_open='fail'; trace {attempt.trace_id}"
+            return Refuse(why=why, message=message, state=state)
+        return UseFallback(why=why)
+    wait = answer.wait
+    # Jitter spreads the woken tasks, but must not push one past its deadline when the
+    # gate itself would let it through in time.
+    remaining = attempt.remaining(answer.now)
+    room = max(remaining - wait - 0.5, 0.0) if remaining is not None else float("inf")
+    limiter, pool = options.limiter, options.concurrency
+    gate: GateName
+    name: str | None = None
+    if denial is Denial.BREAKER_OPEN and breaker is not None:
+        gate, name = "breaker", breaker.name
+        if answer.breaker_state is BreakerState.FORCED_OPEN:
+            why = f"breaker {_quote(name)} forced open"
+        else:
+            why = f"breaker {_quote(name)} open, half-open in {wait:.1f} s"
+        wait += min(rng.uniform(0.0, breaker.open_for), room)
+    elif denial is Denial.BREAKER_HALF_OPEN and breaker is not None:
+        gate, name = "breaker", breaker.name
+        why = f"breaker {_quote(name)} half-open, probe in flight"
+        wait += min(rng.uniform(0.0, 0.5 * breaker.lease), room)
+    elif denial is Denial.RATE_LIMITED and limiter is not None:
+        gate, name = "rate_limit", limiter.name
+        why = f"rate limit {_quote(name)} ({limiter.rate}) full, slot in {wait:.2f} s"
+        if answer.slot is not None:
+            state = replace(state, slot=(limiter.name, answer.slot))
+    elif denial is Denial.CONCURRENCY_FULL and pool is not None:
+        gate, name = "concurrency", pool.name
+        why = f"concurrency {_quote(name)} full ({pool.limit} in flight)"
+        # a queue of waiters polls less often the longer it waits (1x, 2x, 4x)
+        backlog = 2 ** min(state.deferrals, 2)
+        wait = wait * backlog * rng.uniform(1.0, 1.5)
+    else:
+        gate = "backend"
+        why = "state store unreachable and resilience_fallback is 'defer'"
+        wait *= rng.uniform(1.0, 1.5)
+    return _wait(attempt, wait=wait, now=answer.now, gate=gate, name=name, why=why, state=state)
+
+
+def plan_failure(
+    attempt: Attempt, failure: Failure, *, now: float, exc: BaseException | None = None
+) -> FailurePlan:
+    """Retry or not, decided before the outcome is reported (see :class:`FailurePlan`).
+
+    Raises what the task's backoff strategy raises (the driver gives the grants back).
+    """
+    options = attempt.options
+    pause = (
+        failure.retry_after
+        if failure.verdict is Verdict.RATE_LIMITED and failure.retry_after
+        else None
+    )
+    spent = attempt.state.failures + 1
+    give_up: str | None = None
+    countdown: float | None = None
+    if failure.verdict is not Verdict.PERMANENT:
+        if options.max_retries is not None and spent > options.max_retries:
+            give_up = f"retries exhausted (max_retries={options.max_retries})"
+        else:
+            countdown = retry_countdown(
+                options.backoff,
+                spent,
+                retry_after=failure.retry_after,
+                remaining=attempt.remaining(now),
+                exc=exc,
+            ).seconds
+            if countdown is None:
+                give_up = f"deadline of {options.deadline:g} s leaves no room for another attempt"
+    return FailurePlan(
+        failure=failure,
+        countdown=countdown,
+        give_up=give_up,
+        mark="retried" if countdown is not None else "done",
+        breaker_outcome=_BREAKER_OUTCOME[failure.verdict],
+        pause=pause,
+    )
+
+
+def after_failure(
+    attempt: Attempt, plan: FailurePlan, record: RecordAnswer, rng: Jitter
+) -> Wait | FailNow | GiveUp:
+    """The failed attempt's end, once its outcome is reported."""
+    failure, state = plan.failure, attempt.state
+    if failure.verdict is Verdict.PERMANENT:
+        return FailNow(failure, state.with_entry(f"#{state.attempt} permanent: {failure.cause}"))
+    if plan.countdown is None:
+        return _give_up(attempt, plan.give_up or "no retry possible", failure)
+    seconds = _not_before_half_open(attempt, plan.countdown, record, rng)
+    line = retry_line(
+        verdict=failure.verdict.value,
+        cause=failure.cause,
+        attempt=state.attempt,
+        max_retries=attempt.options.max_retries,
+        countdown=seconds,
+        trace_id=attempt.trace_id,
+    )
+    spent = state.failures + 1
+    state = replace(state, failures=spent).with_entry(
+        f"#{spent} {failure.verdict.value}: {failure.cause}"
+    )
+    return Wait(countdown=seconds, line=line, state=state, failure=failure)
+
+
+def _not_before_half_open(
+    attempt: Attempt, seconds: float, record: RecordAnswer, rng: Jitter
+) -> float:
+    """A retry due while the breaker (opened by this very failure, or before) is still
+    open would only be deferred on waking: schedule it for the half-open time instead,
+    spread like a deferral, when the deadline allows."""
+    breaker = attempt.options.breaker
+    if breaker is None or record.breaker_state is not BreakerState.OPEN:
+        return seconds
+    floor = record.open_until - record.now + rng.uniform(0.0, breaker.open_for)
+    remaining = attempt.remaining(record.now)
+    if seconds >= floor or (remaining is not None and floor >= remaining):
+        return seconds
+    return floor

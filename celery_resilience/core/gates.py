@@ -1,0 +1,183 @@
+"""The vocabulary of the gates: what an attempt asks, what the gates answer.
+
+Plain values shared by the decision core, the state stores (Redis and the in-process
+fallback) and the drivers. One attempt asks :class:`GateAsk` before its body and reports
+an :class:`OutcomeReport` after it; the store answers :class:`GateAnswer` and
+:class:`RecordAnswer`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Literal
+
+from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+
+__all__ = [
+    "AttemptMark",
+    "BreakerOutcome",
+    "BreakerState",
+    "BreakerStatus",
+    "Denial",
+    "GateAnswer",
+    "GateAsk",
+    "LimiterStatus",
+    "OutcomeReport",
+    "RecordAnswer",
+    "Transition",
+]
+
+BreakerOutcome = Literal["success", "failure", "neutral"]
+#: What becomes of an attempt's lease: finished; failed and being retried; or dropped
+#: because the very same attempt comes back (the body re-queued itself).
+AttemptMark = Literal["done", "retried", "released"]
+
+
+class BreakerState(str, enum.Enum):
+    """The state of a circuit breaker, as stored and as shown to operators."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+    FORCED_OPEN = "forced_open"
+    FORCED_CLOSED = "forced_closed"
+
+
+class Denial(str, enum.Enum):
+    """Why a gate said "not now"."""
+
+    BREAKER_OPEN = "breaker_open"
+    BREAKER_HALF_OPEN = "breaker_half_open"
+    CONCURRENCY_FULL = "concurrency_full"
+    RATE_LIMITED = "rate_limited"
+    RUNNING = "running"  # the same attempt is running elsewhere (a redelivered message)
+    DONE = "done"  # the same attempt already finished (a redelivered message)
+    #: The same attempt failed and its retry was being published when its worker stopped
+    #: (a redelivered message): publish that retry again.
+    RETRIED = "retried"
+    BACKEND_DOWN = "backend_down"  # the store is unreachable and the fallback says defer
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A breaker changed state; sent as ``breaker_state_changed`` by whoever caused it."""
+
+    name: str
+    old: BreakerState
+    new: BreakerState
+    failure_rate: float
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class GateAsk:
+    """Everything one attempt asks of the gates, in one round trip."""
+
+    holder: str
+    breaker: CircuitBreaker | None = None
+    concurrency: ConcurrencyLimit | None = None
+    concurrency_lease: float = 60.0
+    concurrency_poll: float = 1.0
+    limiter: RateLimit | None = None
+    booked_slot: float | None = None
+    #: The longest wait worth booking a rate-limit slot for (what is left of a deadline).
+    limiter_max_wait: float | None = None
+    attempt_key: str | None = None
+    attempt_lease: float = 60.0
+
+    @property
+    def empty(self) -> bool:
+        """True when there is nothing to ask."""
+        return (
+            self.breaker is None
+            and self.concurrency is None
+            and self.limiter is None
+            and self.attempt_key is None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GateAnswer:
+    """The gates' answer: go, or wait ``wait`` seconds because of ``denial``."""
+
+    allowed: bool
+    now: float
+    wait: float = 0.0
+    denial: Denial | None = None
+    breaker_state: BreakerState | None = None
+    open_until: float = 0.0
+    probe: bool = False
+    slot: float | None = None
+    transitions: tuple[Transition, ...] = ()
+    fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeReport:
+    """The outcome of one attempt, reported to the same gates it asked."""
+
+    holder: str
+    breaker: CircuitBreaker | None = None
+    breaker_outcome: BreakerOutcome = "neutral"
+    probe: bool = False
+    concurrency: ConcurrencyLimit | None = None
+    limiter: RateLimit | None = None
+    pause: float | None = None
+    attempt_key: str | None = None
+    attempt_mark: AttemptMark = "done"
+    #: How long the mark is kept (a redelivered copy may come this late).
+    mark_ttl: float = 3600.0
+
+    @property
+    def empty(self) -> bool:
+        """True when there is nothing to report."""
+        return (
+            self.breaker is None
+            and self.concurrency is None
+            and (self.limiter is None or self.pause is None)
+            and self.attempt_key is None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordAnswer:
+    """What recording an outcome did to the breaker."""
+
+    now: float
+    breaker_state: BreakerState | None = None
+    open_until: float = 0.0
+    transitions: tuple[Transition, ...] = ()
+    fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerStatus:
+    """A breaker as an operator sees it."""
+
+    name: str
+    state: BreakerState
+    failure_rate: float
+    calls: int
+    failures: int
+    open_until: float
+    open_for: float
+    changed_at: float
+    probes: int
+    now: float
+    exists: bool
+    transitions: tuple[Transition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterStatus:
+    """A rate limiter (and the concurrency limit of the same name) as an operator sees it."""
+
+    name: str
+    wait: float
+    paused_until: float
+    in_use: int
+    now: float
+    exists: bool
+
+

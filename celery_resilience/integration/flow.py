@@ -1,0 +1,508 @@
+"""One attempt, carried out: the gates asked, the body run, the decisions acted on.
+
+The decisions come from :mod:`celery_resilience.core.decide`; this module does what they
+say (store calls, signals, log lines, dead letters, the final exception) and is the same
+for both drivers: a worker (:mod:`~celery_resilience.integration.worker`) and eager mode
+(:mod:`~celery_resilience.integration.eager`). What differs between them is only what a
+:class:`~celery_resilience.core.decide.Wait` becomes (a message re-published through the
+broker, or the next turn of a loop) and where the gates live (Redis, or memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+
+from celery.exceptions import Ignore, Reject, Retry
+from celery.utils.log import get_task_logger
+
+from celery_resilience import signals
+from celery_resilience.core import decide
+from celery_resilience.core.classify import Failure, classify
+from celery_resilience.core.errors import BreakerOpenError, GaveUp, ResilienceConfigError
+from celery_resilience.core.gates import (
+    AttemptMark,
+    BreakerOutcome,
+    GateAnswer,
+    GateAsk,
+    OutcomeReport,
+    RecordAnswer,
+    Transition,
+)
+from celery_resilience.observability.logs import format_outcome, redact
+from celery_resilience.observability.otel import attempt_span
+from celery_resilience.observability.tracing import (
+    AttemptInfo,
+    TraceContext,
+    bind_attempt,
+    safe_token,
+)
+from celery_resilience.state.deadletters import DeadLetter, capped_repr
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from celery.app.task import Context
+
+    from celery_resilience.core.ledger import AttemptState
+    from celery_resilience.core.options import TaskOptions
+    from celery_resilience.integration.task import ResilientTask
+
+__all__ = ["Done", "Gates", "Lease", "redacted", "run_traced"]
+
+logger = get_task_logger("celery_resilience")
+
+
+class Gates(Protocol):
+    """Where an attempt's gates live: the shared store (a worker) or memory (eager)."""
+
+    def now(self) -> float:
+        """The store's clock."""
+        ...
+
+    def estimated_now(self) -> float:
+        """The store's clock as last seen, without a round trip."""
+        ...
+
+    def gate(self, ask: GateAsk, *, cached: bool = True) -> GateAnswer:
+        """Ask every gate of one attempt."""
+        ...
+
+    def record(self, report: OutcomeReport) -> RecordAnswer:
+        """Report one attempt's outcome."""
+        ...
+
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        """Keep a dead letter."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The attempt lease that keeps redelivered copies of a running attempt away."""
+
+    key: str
+    seconds: float
+    mark_ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The attempt ended with the task's result (the body's, or a fallback's)."""
+
+    result: Any
+    verdict: str
+
+
+def _log_transitions(transitions: tuple[Transition, ...]) -> None:
+    for tr in transitions:
+        logger.warning(
+            "breaker %r: %s -> %s (failure rate %.2f over %d calls)",
+            tr.name,
+            tr.old.value,
+            tr.new.value,
+            tr.failure_rate,
+            tr.calls,
+        )
+    signals.send_transitions(transitions)
+
+
+def _json_or_none(value: object) -> str | None:
+    import json  # noqa: PLC0415 - only dead letters need it
+
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        return None
+    return text if len(text) <= 65_536 else None
+
+
+def redacted(exc: BaseException) -> BaseException:
+    """``exc`` with secrets taken out of its string arguments (an HTTP error's message holds
+    the URL, query string included), before it travels to the result backend and Flower."""
+    with contextlib.suppress(AttributeError, TypeError):  # a type that guards its args
+        exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+    return exc
+
+
+class _Flow:
+    """The state of one attempt while it is carried out. Built per attempt; never shared."""
+
+    def __init__(
+        self,
+        *,
+        task: ResilientTask,
+        request: Context,
+        options: TaskOptions,
+        gates: Gates,
+        state: AttemptState,
+        trace_id: str,
+        lease: Lease | None,
+        span_id: str,
+        rng: decide.Jitter,
+        time_limit: float | None,
+    ) -> None:
+        self.task = task
+        self.span_id = span_id
+        self.request = request
+        self.gates = gates
+        self.lease = lease
+        self.rng = rng
+        self.time_limit = time_limit
+        self.attempt = decide.Attempt(options=options, state=state, trace_id=trace_id)
+        self.task_id: str = request.id or "?"
+        self.holder = f"{self.task_id}:{state.attempt}"
+        self.started = time.monotonic()
+        #: How the attempt ended, for its span: success, a verdict, deferred, fallback...
+        self.verdict = "unknown"
+
+    @property
+    def options(self) -> TaskOptions:
+        return self.attempt.options
+
+    @property
+    def state(self) -> AttemptState:
+        return self.attempt.state
+
+    def _log_outcome(
+        self,
+        level: int,
+        outcome: str,
+        *,
+        failure: Failure | None = None,
+        countdown: float | None = None,
+        final_state: str | None = None,
+    ) -> None:
+        """The one line logged per attempt outcome (built only when it will be written)."""
+        if not logger.isEnabledFor(level):  # the line costs more than a no-op task body
+            return
+        line = format_outcome(
+            outcome=outcome,
+            verdict=failure.verdict.value if failure is not None else None,
+            cause=failure.cause if failure is not None else None,
+            duration=time.monotonic() - self.started,
+            countdown=countdown,
+            final_state=final_state,
+        )
+        logger.log(level, "%s", line)
+
+    def _set_state(self, state: AttemptState) -> None:
+        self.attempt = decide.Attempt(self.options, state, self.attempt.trace_id)
+
+    # -- the flow --------------------------------------------------------------------
+
+    def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Done | decide.Wait:
+        signals.attempt_started.send(
+            sender=self.task,
+            task_id=self.task_id,
+            attempt=self.state.attempt,
+            trace_id=self.attempt.trace_id,
+            span_id=self.span_id,
+        )
+        if self.state.not_before is not None:
+            woken = decide.on_wake(self.attempt, self.gates.now())
+            if woken is not None:
+                return self._carry(woken, answer=None)
+            self._set_state(replace(self.state, not_before=None))
+        answer = self._ask()
+        _log_transitions(answer.transitions)
+        decision = decide.after_gate(self.attempt, answer, self.rng)
+        if isinstance(decision, decide.Run):
+            self._set_state(decision.state)
+            return self._body(args, kwargs, answer)
+        if isinstance(decision, decide.UseFallback):
+            return self._fallback(decision, args, kwargs)
+        return self._carry(decision, answer=answer)
+
+    def _ask(self) -> GateAnswer:
+        options, state = self.options, self.state
+        slot, limiter = state.slot, options.limiter
+        ask = GateAsk(
+            holder=self.holder,
+            breaker=options.breaker,
+            concurrency=options.concurrency,
+            concurrency_lease=self._concurrency_lease(),
+            limiter=limiter,
+            booked_slot=slot[1] if slot and limiter and slot[0] == limiter.name else None,
+            limiter_max_wait=self.attempt.remaining(self.gates.estimated_now()),
+            attempt_key=self.lease.key if self.lease else None,
+            attempt_lease=self.lease.seconds if self.lease else 60.0,
+        )
+        # With on_open other than "defer", a refusal is final: ask the store, not a cache.
+        return self.gates.gate(ask, cached=options.on_open == "defer")
+
+    def _concurrency_lease(self) -> float:
+        policy = self.options.concurrency
+        if policy is not None and policy.lease is not None:
+            return policy.lease
+        return self.time_limit + 5.0 if self.time_limit is not None else 60.0
+
+    def _report(
+        self,
+        outcome: BreakerOutcome,
+        *,
+        probe: bool,
+        pause: float | None = None,
+        mark: AttemptMark = "done",
+    ) -> RecordAnswer:
+        report = OutcomeReport(
+            holder=self.holder,
+            breaker=self.options.breaker,
+            breaker_outcome=outcome,
+            probe=probe,
+            concurrency=self.options.concurrency,
+            limiter=self.options.limiter,
+            pause=pause,
+            attempt_key=self.lease.key if self.lease else None,
+            mark_ttl=self.lease.mark_ttl if self.lease else 600.0,
+            attempt_mark=mark,
+        )
+        answer = self.gates.record(report)
+        _log_transitions(answer.transitions)
+        return answer
+
+    def _body(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], answer: GateAnswer
+    ) -> Done | decide.Wait:
+        probe = answer.probe
+        try:
+            result = self.task.run(*args, **kwargs)
+        except Retry:
+            # The body re-queued the task itself (self.retry): the same attempt comes back.
+            self._report("neutral", probe=probe, mark="released")
+            raise
+        except Reject as exc:
+            mark: AttemptMark = "released" if getattr(exc, "requeue", False) else "done"
+            self._report("neutral", probe=probe, mark=mark)
+            raise
+        except Ignore:
+            self._report("neutral", probe=probe)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure of the body is classified
+            return self._failed(exc, probe)
+        except BaseException:
+            # The worker is stopping (or a hard limit): give back what the gates granted.
+            self._report("neutral", probe=probe, mark="released")
+            raise
+        self._report("success", probe=probe)
+        self.verdict = "success"
+        duration = time.monotonic() - self.started
+        signals.attempt_succeeded.send(
+            sender=self.task, task_id=self.task_id, attempt=self.state.attempt, duration=duration
+        )
+        self._log_outcome(logging.INFO, "succeeded", final_state="SUCCESS")
+        return Done(result, "success")
+
+    def _failed(self, exc: Exception, probe: bool) -> decide.Wait:
+        duration = time.monotonic() - self.started
+        options = self.options
+        try:
+            failure = classify(
+                exc,
+                retry_on=options.retry_on,
+                give_up_on=options.give_up_on,
+                classifier=options.classifier,
+            )
+            plan = decide.plan_failure(
+                self.attempt, failure, now=self.gates.estimated_now(), exc=exc
+            )
+        except BaseException:
+            # the task's own classifier or backoff failed: give back what the gates granted
+            self._report("neutral", probe=probe, mark="released")
+            raise
+        self.verdict = failure.verdict.value
+        record = self._report(plan.breaker_outcome, probe=probe, pause=plan.pause, mark=plan.mark)
+        signals.attempt_failed.send(
+            sender=self.task,
+            task_id=self.task_id,
+            attempt=self.state.attempt,
+            verdict=failure.verdict,
+            cause=failure.cause,
+            exc=exc,
+            duration=duration,
+        )
+        decision = decide.after_failure(self.attempt, plan, record, self.rng)
+        if isinstance(decision, decide.FailNow):
+            self._log_outcome(logging.WARNING, "failed", failure=failure, final_state="FAILURE")
+            self._set_state(decision.state)
+            self._dead_letter(failure, reason="permanent failure")
+            raise redacted(exc)
+        if isinstance(decision, decide.GiveUp):
+            self._give_up(decision, exc=exc)
+        signals.retry_scheduled.send(
+            sender=self.task,
+            task_id=self.task_id,
+            attempt=decision.state.failures,
+            countdown=decision.countdown,
+            verdict=failure.verdict,
+            cause=failure.cause,
+            reason=decision.line,
+        )
+        self._log_outcome(
+            logging.WARNING, "failed", failure=failure, countdown=decision.countdown
+        )
+        return decision
+
+    # -- a gate said no, or the task ends ----------------------------------------------
+
+    def _carry(self, decision: decide.Decision, *, answer: GateAnswer | None) -> decide.Wait:
+        """Act on a decision taken before the body ran (it never returns a result)."""
+        if isinstance(decision, decide.Duplicate):
+            logger.info(
+                "attempt %d was already done (a redelivered message): ignored", self.state.attempt
+            )
+            raise Ignore()
+        if isinstance(decision, decide.GiveUp):
+            if answer is not None and answer.allowed:
+                self._report("neutral", probe=answer.probe, mark="released")
+            self._give_up(decision, exc=None)
+        if isinstance(decision, decide.Refuse):
+            self.verdict = "refused"
+            logger.warning(
+                "attempt %d: %s; on_open='fail': FAILURE", self.state.attempt, decision.why
+            )
+            self._set_state(decision.state)
+            self._dead_letter(None, reason=f"{decision.why} (on_open='fail')")
+            raise BreakerOpenError(decision.message)
+        if not isinstance(decision, decide.Wait):
+            raise TypeError(f"unexpected decision before the body: {decision!r}")
+        if decision.quiet:
+            if decision.retry:
+                logger.warning("%s", decision.line)
+            else:
+                logger.info("%s", decision.line)
+            return decision
+        self.verdict = "deferred"
+        signals.deferred.send(
+            sender=self.task,
+            task_id=self.task_id,
+            attempt=decision.state.attempt,
+            gate=decision.gate,
+            name=decision.name,
+            countdown=decision.countdown,
+            reason=decision.line,
+        )
+        logger.info("%s", decision.line)
+        return decision
+
+    def _fallback(
+        self, decision: decide.UseFallback, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Done:
+        """``on_open`` is a callable: its result is the task's result."""
+        on_open = self.options.on_open
+        if not callable(on_open):
+            raise ResilienceConfigError(
+                f"on_open must be 'defer', 'fail' or a callable: {on_open!r}"
+            )
+        self.verdict = "fallback"
+        result = on_open(*args, **kwargs)
+        self._log_outcome(
+            logging.INFO, f"answered by its fallback ({decision.why})", final_state="SUCCESS"
+        )
+        return Done(result, "fallback")
+
+    def _give_up(self, decision: decide.GiveUp, *, exc: BaseException | None) -> NoReturn:
+        self._set_state(decision.state)
+        signals.gave_up.send(
+            sender=self.task,
+            task_id=self.task_id,
+            attempt=decision.state.attempt,
+            reason=decision.reason,
+            exc=exc,
+            history=decision.state.history,
+        )
+        logger.error("%s", decision.message.splitlines()[0])
+        self._dead_letter(decision.failure, reason=decision.reason)
+        # Not chained to the last failure: its message (an URL with a key in its query, say)
+        # would travel to the result backend and Flower with the traceback. The ledger in
+        # the message says what failed; the worker's log line above has the rest.
+        raise GaveUp(decision.message) from None
+
+    def _dead_letter(self, failure: Failure | None, *, reason: str) -> None:
+        request = self.request
+        delivery = request.delivery_info or {}
+        letter = DeadLetter(
+            task_name=self.task.name,
+            task_id=safe_token(request.id),
+            args=redact(capped_repr(request.args)),
+            kwargs=redact(capped_repr(request.kwargs)),
+            args_json=_json_or_none(request.args),
+            kwargs_json=_json_or_none(request.kwargs),
+            verdict=failure.verdict.value if failure is not None else "deadline",
+            cause=failure.cause if failure is not None else reason,
+            reason=reason,
+            trace_id=self.attempt.trace_id,
+            attempts=self.state.attempt,
+            history=self.state.history,
+            worker=safe_token(request.hostname or "?"),
+            queue=delivery.get("routing_key"),
+            failed_at=self.gates.estimated_now(),
+            first_attempt_at=self.state.started,
+        )
+        self.gates.add_dead_letter(letter)
+
+
+def run_traced(
+    task: ResilientTask,
+    request: Context,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    options: TaskOptions,
+    gates: Gates,
+    state: AttemptState,
+    trace: TraceContext,
+    lease: Lease | None,
+    time_limit: float | None,
+    carry: Callable[[decide.Wait, str], NoReturn] | None = None,
+    hold: Callable[[AttemptInfo], None] | None = None,
+) -> Done | decide.Wait:
+    """Carry out one attempt in its span, with its context bound to every log line.
+
+    Returns a :class:`Done` with the result, or the :class:`~decide.Wait` to carry out
+    (``carry`` does it inside the attempt's context, given the wait and the span ID);
+    final failures are raised (``GaveUp``, ``BreakerOpenError``, the body's own permanent
+    failure, redacted; Celery's ``Ignore``/``Reject``/``Retry``). ``hold`` receives the
+    attempt's context when it ends.
+    """
+    with attempt_span(
+        task.name, trace, {"celery.task_id": safe_token(request.id), "attempt": state.attempt}
+    ) as span:
+        info = AttemptInfo(
+            trace_id=trace.trace_id,
+            span_id=span.span_id,
+            task_id=safe_token(request.id),
+            task_name=safe_token(task.name),
+            attempt=state.attempt,
+        )
+        flow = _Flow(
+            task=task,
+            request=request,
+            options=options,
+            gates=gates,
+            state=state,
+            trace_id=trace.trace_id,
+            lease=lease,
+            span_id=span.span_id,
+            rng=random,
+            time_limit=time_limit,
+        )
+        try:
+            with bind_attempt(info):
+                outcome = flow.run(args, kwargs)
+                if isinstance(outcome, decide.Wait):
+                    span.set("countdown", outcome.countdown)
+                    if carry is not None:
+                        carry(outcome, span.span_id)
+        except Retry as exc:  # the body re-queued itself
+            span.set("countdown", float(exc.when) if isinstance(exc.when, (int, float)) else 0.0)
+            raise
+        finally:
+            span.set("verdict", flow.verdict)
+            if hold is not None:
+                hold(info)
+        return outcome

@@ -1,0 +1,151 @@
+"""The worker driver: one attempt per message, a wait carried out through the broker.
+
+The attempt itself is :func:`~celery_resilience.integration.flow.run_attempt`; this module
+gives it the shared gates (Redis, through the app's runtime), an attempt lease for
+redelivered copies, the trace and log context, and turns a
+:class:`~celery_resilience.core.decide.Wait` into a message re-published with
+``Task.retry``, the task's own counters in its headers.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from celery.exceptions import Reject
+
+from celery_resilience.core import headers as names
+from celery_resilience.core.errors import Deferred, RetryScheduled
+from celery_resilience.integration.flow import Done, Lease, run_traced
+from celery_resilience.integration.message import incoming_state, incoming_trace, nonce_of
+from celery_resilience.integration.runtime import Runtime, runtime_for
+from celery_resilience.observability.tracing import (
+    AttemptInfo,
+    TraceContext,
+    hold_attempt,
+    release_attempt,
+)
+
+if TYPE_CHECKING:
+    from celery.app.task import Context
+
+    from celery_resilience.core.decide import Wait
+    from celery_resilience.integration.task import ResilientTask
+
+__all__ = ["release_held", "run_in_worker", "time_limit_of"]
+
+
+def time_limit_of(task: ResilientTask, request: Context) -> float | None:
+    """The longest time limit (hard or soft) of this message or task, if any."""
+    hard, soft = request.timelimit or (None, None)
+    hard = hard or task.time_limit
+    soft = soft or task.soft_time_limit
+    limits = [float(x) for x in (hard, soft) if x]
+    return max(limits) if limits else None
+
+
+def _lease(
+    task: ResilientTask, request: Context, rt: Runtime, attempt: int, time_limit: float | None
+) -> Lease | None:
+    """The attempt lease against copies of this message: for acks_late tasks (a lost
+    worker leaves its message to be delivered again), or for every task when
+    ``resilience_duplicate_guard`` is "always". It lasts the task's time limit, else
+    ``resilience_attempt_lease``, and never less than the Redis broker's visibility
+    timeout (no copy can be redelivered sooner); a finished attempt is remembered as long
+    as a copy may still come."""
+    settings = rt.settings
+    if not (settings.duplicate_guard == "always" or task.acks_late):
+        return None
+    seconds = time_limit + 5.0 if time_limit is not None else settings.attempt_lease
+    visibility = settings.visibility_timeout
+    return Lease(
+        key=settings.keys.attempt(request.id or "?", attempt, nonce_of(request)),
+        seconds=seconds if visibility is None else max(seconds, visibility),
+        mark_ttl=visibility + 60.0 if visibility is not None else 600.0,
+    )
+
+
+def _reschedule(
+    task: ResilientTask,
+    request: Context,
+    rt: Runtime,
+    wait: Wait,
+    *,
+    trace: TraceContext,
+    span_id: str,
+) -> NoReturn:
+    """Publish the task again, ``wait.countdown`` from now (in legs below the broker's
+    visibility timeout), with its counters and trace in the headers."""
+    cap = rt.settings.countdown_cap
+    leg, state = wait.countdown, wait.state
+    if cap is not None and wait.countdown > cap:
+        leg = cap
+        state = replace(state, not_before=rt.estimated_now() + wait.countdown)
+    # Task.retry replaces the custom headers: start from this message's own, minus
+    # RabbitMQ's x-death bookkeeping (as Celery's own retry does).
+    headers = dict(request.as_execution_options().get("headers") or {})
+    headers[names.STATE] = state.to_header()
+    headers[names.TRACE] = TraceContext(trace.trace_id, span_id, trace.sampled).traceparent()
+    # Celery publishes request.retries + 1 and compares it with the task's class-level
+    # max_retries: make it count failures only (deferrals spend no retry), and never
+    # past that class-level bound, which a named policy may exceed.
+    ceiling = task.max_retries
+    counted = state.failures if ceiling is None else min(state.failures, ceiling)
+    request.retries = counted - 1
+    reason = RetryScheduled(wait.line) if wait.retry else Deferred(wait.line)
+    try:
+        raise task.retry(exc=reason, countdown=leg, headers=headers)
+    except Reject as exc:
+        # The next attempt could not be published (the broker is away): put this
+        # message back rather than drop it; its copy knows what to do.
+        raise Reject(getattr(exc, "reason", exc), requeue=True) from None
+
+
+def run_in_worker(
+    task: ResilientTask, request: Context, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run one attempt of ``task`` on a worker (the request is already pushed)."""
+    headers = dict(request.headers or {})
+    state = incoming_state(headers)
+    trace = incoming_trace(headers)
+    rt = runtime_for(task.app)
+    time_limit = time_limit_of(task, request)
+
+    def carry(wait: Wait, span_id: str) -> NoReturn:
+        _reschedule(task, request, rt, wait, trace=trace, span_id=span_id)
+
+    outcome = run_traced(
+        task,
+        request,
+        args,
+        kwargs,
+        options=task.resilience_options(),
+        gates=rt,
+        state=state,
+        trace=trace,
+        lease=_lease(task, request, rt, state.attempt, time_limit),
+        time_limit=time_limit,
+        carry=carry,
+        hold=_hold,
+    )
+    if not isinstance(outcome, Done):  # carry() re-publishes the task and raises
+        raise TypeError("a wait was not carried out")
+    return outcome.result
+
+
+_held = threading.local()
+
+
+def _hold(info: AttemptInfo) -> None:
+    """Keep the attempt bound for Celery's own lines about it, until ``task_postrun``."""
+    release_held()
+    _held.token = hold_attempt(info)
+
+
+def release_held() -> None:
+    """Unbind what :func:`_hold` kept (Celery's ``task_postrun``)."""
+    token = getattr(_held, "token", None)
+    if token is not None:
+        _held.token = None
+        release_attempt(token)
