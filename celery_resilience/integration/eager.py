@@ -22,7 +22,8 @@ from celery_resilience import signals
 from celery_resilience.core import clock
 from celery_resilience.core.errors import GaveUp
 from celery_resilience.core.ledger import gave_up_message
-from celery_resilience.integration.flow import Done, run_traced
+from celery_resilience.integration.attempt import run_traced
+from celery_resilience.integration.flow import Done
 from celery_resilience.integration.message import incoming_state, incoming_trace
 from celery_resilience.state.memory import MemoryStore
 

@@ -4,7 +4,7 @@ The decisions come from :mod:`celery_resilience.core.decide`; this module does w
 say (store calls, signals, log lines, dead letters, the final exception) and is the same
 for both drivers: a worker (:mod:`~celery_resilience.integration.worker`) and eager mode
 (:mod:`~celery_resilience.integration.eager`). What differs between them is only what a
-:class:`~celery_resilience.core.decide.Wait` becomes (a message re-published through the
+:class:`~celery_resilience.core.decisions.Wait` becomes (a message re-published through the
 broker, or the next turn of a loop) and where the gates live (Redis, or memory).
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -21,7 +20,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.log import get_task_logger
 
 from celery_resilience import signals
-from celery_resilience.core import decide
+from celery_resilience.core import decide, decisions
 from celery_resilience.core.classify import Failure, classify
 from celery_resilience.core.errors import BreakerOpenError, GaveUp, ResilienceConfigError
 from celery_resilience.core.gates import (
@@ -33,26 +32,19 @@ from celery_resilience.core.gates import (
     RecordAnswer,
     Transition,
 )
+from celery_resilience.integration.letters import dead_letter
 from celery_resilience.observability.logs import format_outcome, redact
-from celery_resilience.observability.otel import attempt_span
-from celery_resilience.observability.tracing import (
-    AttemptInfo,
-    TraceContext,
-    bind_attempt,
-    safe_token,
-)
-from celery_resilience.state.deadletters import DeadLetter, capped_repr
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
     from celery.app.task import Context
 
     from celery_resilience.core.ledger import AttemptState
     from celery_resilience.core.options import TaskOptions
     from celery_resilience.integration.task import ResilientTask
+    from celery_resilience.state.deadletters import DeadLetter
 
-__all__ = ["Done", "Gates", "Lease", "redacted", "run_traced"]
+__all__ = ["Done", "Flow", "Gates", "Lease", "redacted"]
 
 logger = get_task_logger("celery_resilience")
 
@@ -111,16 +103,6 @@ def _log_transitions(transitions: tuple[Transition, ...]) -> None:
     signals.send_transitions(transitions)
 
 
-def _json_or_none(value: object) -> str | None:
-    import json  # noqa: PLC0415 - only dead letters need it
-
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        return None
-    return text if len(text) <= 65_536 else None
-
-
 def redacted(exc: BaseException) -> BaseException:
     """``exc`` with secrets taken out of its string arguments (an HTTP error's message holds
     the URL, query string included), before it travels to the result backend and Flower."""
@@ -129,7 +111,7 @@ def redacted(exc: BaseException) -> BaseException:
     return exc
 
 
-class _Flow:
+class Flow:
     """The state of one attempt while it is carried out. Built per attempt; never shared."""
 
     def __init__(
@@ -143,7 +125,7 @@ class _Flow:
         trace_id: str,
         lease: Lease | None,
         span_id: str,
-        rng: decide.Jitter,
+        rng: decisions.Jitter,
         time_limit: float | None,
     ) -> None:
         self.task = task
@@ -153,7 +135,7 @@ class _Flow:
         self.lease = lease
         self.rng = rng
         self.time_limit = time_limit
-        self.attempt = decide.Attempt(options=options, state=state, trace_id=trace_id)
+        self.attempt = decisions.Attempt(options=options, state=state, trace_id=trace_id)
         self.task_id: str = request.id or "?"
         self.holder = f"{self.task_id}:{state.attempt}"
         self.started = time.monotonic()
@@ -191,11 +173,11 @@ class _Flow:
         logger.log(level, "%s", line)
 
     def _set_state(self, state: AttemptState) -> None:
-        self.attempt = decide.Attempt(self.options, state, self.attempt.trace_id)
+        self.attempt = decisions.Attempt(self.options, state, self.attempt.trace_id)
 
     # -- the flow --------------------------------------------------------------------
 
-    def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Done | decide.Wait:
+    def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Done | decisions.Wait:
         signals.attempt_started.send(
             sender=self.task,
             task_id=self.task_id,
@@ -211,10 +193,10 @@ class _Flow:
         answer = self._ask()
         _log_transitions(answer.transitions)
         decision = decide.after_gate(self.attempt, answer, self.rng)
-        if isinstance(decision, decide.Run):
+        if isinstance(decision, decisions.Run):
             self._set_state(decision.state)
             return self._body(args, kwargs, answer)
-        if isinstance(decision, decide.UseFallback):
+        if isinstance(decision, decisions.UseFallback):
             return self._fallback(decision, args, kwargs)
         return self._carry(decision, answer=answer)
 
@@ -267,7 +249,7 @@ class _Flow:
 
     def _body(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], answer: GateAnswer
-    ) -> Done | decide.Wait:
+    ) -> Done | decisions.Wait:
         probe = answer.probe
         try:
             result = self.task.run(*args, **kwargs)
@@ -297,7 +279,7 @@ class _Flow:
         self._log_outcome(logging.INFO, "succeeded", final_state="SUCCESS")
         return Done(result, "success")
 
-    def _failed(self, exc: Exception, probe: bool) -> decide.Wait:
+    def _failed(self, exc: Exception, probe: bool) -> decisions.Wait:
         duration = time.monotonic() - self.started
         options = self.options
         try:
@@ -326,12 +308,12 @@ class _Flow:
             duration=duration,
         )
         decision = decide.after_failure(self.attempt, plan, record, self.rng)
-        if isinstance(decision, decide.FailNow):
+        if isinstance(decision, decisions.FailNow):
             self._log_outcome(logging.WARNING, "failed", failure=failure, final_state="FAILURE")
             self._set_state(decision.state)
             self._dead_letter(failure, reason="permanent failure")
             raise redacted(exc)
-        if isinstance(decision, decide.GiveUp):
+        if isinstance(decision, decisions.GiveUp):
             self._give_up(decision, exc=exc)
         signals.retry_scheduled.send(
             sender=self.task,
@@ -349,18 +331,18 @@ class _Flow:
 
     # -- a gate said no, or the task ends ----------------------------------------------
 
-    def _carry(self, decision: decide.Decision, *, answer: GateAnswer | None) -> decide.Wait:
+    def _carry(self, decision: decisions.Decision, *, answer: GateAnswer | None) -> decisions.Wait:
         """Act on a decision taken before the body ran (it never returns a result)."""
-        if isinstance(decision, decide.Duplicate):
+        if isinstance(decision, decisions.Duplicate):
             logger.info(
                 "attempt %d was already done (a redelivered message): ignored", self.state.attempt
             )
             raise Ignore()
-        if isinstance(decision, decide.GiveUp):
+        if isinstance(decision, decisions.GiveUp):
             if answer is not None and answer.allowed:
                 self._report("neutral", probe=answer.probe, mark="released")
             self._give_up(decision, exc=None)
-        if isinstance(decision, decide.Refuse):
+        if isinstance(decision, decisions.Refuse):
             self.verdict = "refused"
             logger.warning(
                 "attempt %d: %s; on_open='fail': FAILURE", self.state.attempt, decision.why
@@ -368,7 +350,7 @@ class _Flow:
             self._set_state(decision.state)
             self._dead_letter(None, reason=f"{decision.why} (on_open='fail')")
             raise BreakerOpenError(decision.message)
-        if not isinstance(decision, decide.Wait):
+        if not isinstance(decision, decisions.Wait):
             raise TypeError(f"unexpected decision before the body: {decision!r}")
         if decision.quiet:
             if decision.retry:
@@ -390,7 +372,7 @@ class _Flow:
         return decision
 
     def _fallback(
-        self, decision: decide.UseFallback, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, decision: decisions.UseFallback, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Done:
         """``on_open`` is a callable: its result is the task's result."""
         on_open = self.options.on_open
@@ -405,7 +387,7 @@ class _Flow:
         )
         return Done(result, "fallback")
 
-    def _give_up(self, decision: decide.GiveUp, *, exc: BaseException | None) -> NoReturn:
+    def _give_up(self, decision: decisions.GiveUp, *, exc: BaseException | None) -> NoReturn:
         self._set_state(decision.state)
         signals.gave_up.send(
             sender=self.task,
@@ -423,86 +405,13 @@ class _Flow:
         raise GaveUp(decision.message) from None
 
     def _dead_letter(self, failure: Failure | None, *, reason: str) -> None:
-        request = self.request
-        delivery = request.delivery_info or {}
-        letter = DeadLetter(
+        letter = dead_letter(
             task_name=self.task.name,
-            task_id=safe_token(request.id),
-            args=redact(capped_repr(request.args)),
-            kwargs=redact(capped_repr(request.kwargs)),
-            args_json=_json_or_none(request.args),
-            kwargs_json=_json_or_none(request.kwargs),
-            verdict=failure.verdict.value if failure is not None else "deadline",
-            cause=failure.cause if failure is not None else reason,
+            request=self.request,
+            failure=failure,
             reason=reason,
             trace_id=self.attempt.trace_id,
-            attempts=self.state.attempt,
-            history=self.state.history,
-            worker=safe_token(request.hostname or "?"),
-            queue=delivery.get("routing_key"),
-            failed_at=self.gates.estimated_now(),
-            first_attempt_at=self.state.started,
+            state=self.state,
+            now=self.gates.estimated_now(),
         )
         self.gates.add_dead_letter(letter)
-
-
-def run_traced(
-    task: ResilientTask,
-    request: Context,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    *,
-    options: TaskOptions,
-    gates: Gates,
-    state: AttemptState,
-    trace: TraceContext,
-    lease: Lease | None,
-    time_limit: float | None,
-    carry: Callable[[decide.Wait, str], NoReturn] | None = None,
-    hold: Callable[[AttemptInfo], None] | None = None,
-) -> Done | decide.Wait:
-    """Carry out one attempt in its span, with its context bound to every log line.
-
-    Returns a :class:`Done` with the result, or the :class:`~decide.Wait` to carry out
-    (``carry`` does it inside the attempt's context, given the wait and the span ID);
-    final failures are raised (``GaveUp``, ``BreakerOpenError``, the body's own permanent
-    failure, redacted; Celery's ``Ignore``/``Reject``/``Retry``). ``hold`` receives the
-    attempt's context when it ends.
-    """
-    with attempt_span(
-        task.name, trace, {"celery.task_id": safe_token(request.id), "attempt": state.attempt}
-    ) as span:
-        info = AttemptInfo(
-            trace_id=trace.trace_id,
-            span_id=span.span_id,
-            task_id=safe_token(request.id),
-            task_name=safe_token(task.name),
-            attempt=state.attempt,
-        )
-        flow = _Flow(
-            task=task,
-            request=request,
-            options=options,
-            gates=gates,
-            state=state,
-            trace_id=trace.trace_id,
-            lease=lease,
-            span_id=span.span_id,
-            rng=random,
-            time_limit=time_limit,
-        )
-        try:
-            with bind_attempt(info):
-                outcome = flow.run(args, kwargs)
-                if isinstance(outcome, decide.Wait):
-                    span.set("countdown", outcome.countdown)
-                    if carry is not None:
-                        carry(outcome, span.span_id)
-        except Retry as exc:  # the body re-queued itself
-            span.set("countdown", float(exc.when) if isinstance(exc.when, (int, float)) else 0.0)
-            raise
-        finally:
-            span.set("verdict", flow.verdict)
-            if hold is not None:
-                hold(info)
-        return outcome

@@ -3,7 +3,7 @@
 The attempt itself is :func:`~celery_resilience.integration.flow.run_attempt`; this module
 gives it the shared gates (Redis, through the app's runtime), an attempt lease for
 redelivered copies, the trace and log context, and turns a
-:class:`~celery_resilience.core.decide.Wait` into a message re-published with
+:class:`~celery_resilience.core.decisions.Wait` into a message re-published with
 ``Task.retry``, the task's own counters in its headers.
 """
 
@@ -17,7 +17,8 @@ from celery.exceptions import Reject
 
 from celery_resilience.core import headers as names
 from celery_resilience.core.errors import Deferred, RetryScheduled
-from celery_resilience.integration.flow import Done, Lease, run_traced
+from celery_resilience.integration.attempt import run_traced
+from celery_resilience.integration.flow import Done, Lease
 from celery_resilience.integration.message import incoming_state, incoming_trace, nonce_of
 from celery_resilience.integration.runtime import Runtime, runtime_for
 from celery_resilience.observability.tracing import (
@@ -30,7 +31,7 @@ from celery_resilience.observability.tracing import (
 if TYPE_CHECKING:
     from celery.app.task import Context
 
-    from celery_resilience.core.decide import Wait
+    from celery_resilience.core.decisions import Wait
     from celery_resilience.integration.task import ResilientTask
 
 __all__ = ["release_held", "run_in_worker", "time_limit_of"]

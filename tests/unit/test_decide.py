@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from celery_resilience import CircuitBreaker, ConcurrencyLimit, RateLimit
-from celery_resilience.core import decide
+from celery_resilience.core import decide, decisions
 from celery_resilience.core.classify import Verdict, classify
 from celery_resilience.core.errors import PermanentError, TransientError
 from celery_resilience.core.gates import BreakerState, Denial, GateAnswer, RecordAnswer
@@ -28,10 +28,10 @@ LIMIT = RateLimit("pay", "10/s")
 POOL = ConcurrencyLimit("pay", 2)
 
 
-def attempt(**options: object) -> decide.Attempt:
+def attempt(**options: object) -> decisions.Attempt:
     state = options.pop("state", AttemptState())
     assert isinstance(state, AttemptState)
-    return decide.Attempt(
+    return decisions.Attempt(
         options=TaskOptions(**options),  # type: ignore[arg-type]
         state=state,
         trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
@@ -56,14 +56,14 @@ def no(denial: Denial, wait: float, **fields: object) -> GateAnswer:
 def test_allowed_runs_and_starts_the_deadline_clock():
     """A first attempt let through runs; its start is the store's time of the gate."""
     decision = decide.after_gate(attempt(), go(probe=True), rng())
-    assert decision == decide.Run(state=AttemptState(started=NOW), probe=True)
+    assert decision == decisions.Run(state=AttemptState(started=NOW), probe=True)
 
 
 def test_allowed_keeps_an_earlier_start_and_drops_the_booked_slot():
     """A later attempt keeps the first attempt's start; a booked slot is used up."""
     state = AttemptState(failures=1, started=NOW - 30, slot=("pay", NOW))
     decision = decide.after_gate(attempt(state=state), go(), rng())
-    assert isinstance(decision, decide.Run)
+    assert isinstance(decision, decisions.Run)
     assert decision.state.started == NOW - 30
     assert decision.state.slot is None
 
@@ -72,20 +72,24 @@ def test_deadline_passed_gives_up_before_the_body():
     """Past the deadline the task gives up, whatever the gates said."""
     state = AttemptState(started=NOW - 11)
     decision = decide.after_gate(attempt(deadline=10.0, state=state), go(), rng())
-    assert isinstance(decision, decide.GiveUp)
+    assert isinstance(decision, decisions.GiveUp)
     assert decision.reason == "deadline of 10 s passed"
     assert decision.message.startswith("gave up after 1 attempt(s): deadline of 10 s passed")
 
 
 @pytest.mark.parametrize(
     ("denial", "expected"),
-    [(Denial.DONE, decide.Duplicate), (Denial.RUNNING, decide.Wait), (Denial.RETRIED, decide.Wait)],
+    [
+        (Denial.DONE, decisions.Duplicate),
+        (Denial.RUNNING, decisions.Wait),
+        (Denial.RETRIED, decisions.Wait),
+    ],
 )
 def test_copies_of_an_attempt_seen_before_decide_nothing_about_the_task(denial, expected):
     """A redelivered copy is ignored, comes back later, or republishes its retry: quietly."""
     decision = decide.after_gate(attempt(), no(denial, 3.0), rng())
     assert isinstance(decision, expected)
-    if isinstance(decision, decide.Wait):
+    if isinstance(decision, decisions.Wait):
         assert decision.quiet
         assert decision.gate == "duplicate"
         assert decision.state.deferrals == 0
@@ -95,7 +99,7 @@ def test_running_elsewhere_waits_out_the_lease():
     """A copy of a running attempt comes back after the lease, the ledger unchanged."""
     state = AttemptState(failures=2, started=NOW)
     decision = decide.after_gate(attempt(state=state), no(Denial.RUNNING, 3.0), rng())
-    assert isinstance(decision, decide.Wait)
+    assert isinstance(decision, decisions.Wait)
     assert decision.countdown == pytest.approx(3.0 + decide.REPUBLISH)
     assert decision.state == state
     assert not decision.retry
@@ -104,7 +108,7 @@ def test_running_elsewhere_waits_out_the_lease():
 def test_a_retry_lost_with_its_worker_is_published_again():
     """The failed attempt's retry is published again, its failure counted once."""
     decision = decide.after_gate(attempt(), no(Denial.RETRIED, 0.0), rng())
-    assert isinstance(decision, decide.Wait)
+    assert isinstance(decision, decisions.Wait)
     assert decision.retry
     assert decision.countdown == decide.REPUBLISH
     assert decision.state.failures == 1
@@ -115,7 +119,7 @@ def test_open_breaker_defers_until_half_open_plus_jitter():
     """An open breaker defers by its wait plus up to open_for of jitter; no retry spent."""
     answer = no(Denial.BREAKER_OPEN, 4.0, breaker_state=BreakerState.OPEN)
     decision = decide.after_gate(attempt(breaker=BREAKER), answer, rng())
-    assert isinstance(decision, decide.Wait)
+    assert isinstance(decision, decisions.Wait)
     assert 4.0 <= decision.countdown <= 4.0 + BREAKER.open_for
     assert (decision.gate, decision.name) == ("breaker", "pay")
     assert decision.state.deferrals == 1
@@ -127,7 +131,7 @@ def test_forced_open_breaker_says_so():
     """A breaker an operator forced open is named as such."""
     answer = no(Denial.BREAKER_OPEN, 1.0, breaker_state=BreakerState.FORCED_OPEN)
     decision = decide.after_gate(attempt(breaker=BREAKER), answer, rng())
-    assert isinstance(decision, decide.Wait)
+    assert isinstance(decision, decisions.Wait)
     assert "breaker 'pay' forced open" in decision.line
 
 
@@ -135,7 +139,7 @@ def test_half_open_without_a_probe_slot_defers_about_a_probe_lease():
     """Half-open with its probe in flight: wait plus up to half a probe lease."""
     answer = no(Denial.BREAKER_HALF_OPEN, 1.0, breaker_state=BreakerState.HALF_OPEN)
     decision = decide.after_gate(attempt(breaker=BREAKER), answer, rng())
-    assert isinstance(decision, decide.Wait)
+    assert isinstance(decision, decisions.Wait)
     assert 1.0 <= decision.countdown <= 1.0 + 0.5 * BREAKER.lease
     assert "probe in flight" in decision.line
 
@@ -144,7 +148,7 @@ def test_rate_limit_defers_by_the_exact_wait_and_books_the_slot():
     """No room: deferred by exactly the wait, the booked slot carried to the next attempt."""
     answer = no(Denial.RATE_LIMITED, 0.3, slot=NOW + 0.3)
     decision = decide.after_gate(attempt(limiter=LIMIT), answer, rng())
-    assert isinstance(decision, decide.Wait)
+    assert isinstance(decision, decisions.Wait)
     assert decision.countdown == pytest.approx(0.3)
     assert decision.state.slot == ("pay", NOW + 0.3)
     assert decision.gate == "rate_limit"
@@ -157,14 +161,14 @@ def test_concurrency_waiters_poll_less_often_the_longer_they_wait(deferrals, fac
     decision = decide.after_gate(
         attempt(concurrency=POOL, state=state), no(Denial.CONCURRENCY_FULL, 1.0), rng()
     )
-    assert isinstance(decision, decide.Wait)
+    assert isinstance(decision, decisions.Wait)
     assert factor <= decision.countdown <= 1.5 * factor
 
 
 def test_unreachable_store_in_defer_mode_defers():
     """Store down and resilience_fallback='defer': deferred by the wait, jittered."""
     decision = decide.after_gate(attempt(), no(Denial.BACKEND_DOWN, 2.0), rng())
-    assert isinstance(decision, decide.Wait)
+    assert isinstance(decision, decisions.Wait)
     assert decision.gate == "backend"
     assert 2.0 <= decision.countdown <= 3.0
 
@@ -173,11 +177,11 @@ def test_on_open_fail_refuses_and_a_callable_answers():
     """on_open='fail' refuses (FAILURE); a callable on_open answers in the task's place."""
     answer = no(Denial.BREAKER_OPEN, 4.0, breaker_state=BreakerState.OPEN)
     refused = decide.after_gate(attempt(breaker=BREAKER, on_open="fail"), answer, rng())
-    assert isinstance(refused, decide.Refuse)
+    assert isinstance(refused, decisions.Refuse)
     assert refused.why == "breaker 'pay' open, half-open in 4.0 s"
     assert refused.state.history == ("#1 refused: breaker 'pay' open, half-open in 4.0 s",)
     fallback = decide.after_gate(attempt(breaker=BREAKER, on_open=lambda: 1), answer, rng())
-    assert fallback == decide.UseFallback(why="breaker 'pay' open, half-open in 4.0 s")
+    assert fallback == decisions.UseFallback(why="breaker 'pay' open, half-open in 4.0 s")
 
 
 def test_a_deferral_that_would_outlive_the_deadline_gives_up():
@@ -185,7 +189,7 @@ def test_a_deferral_that_would_outlive_the_deadline_gives_up():
     state = AttemptState(started=NOW - 8)
     answer = no(Denial.RATE_LIMITED, 5.0, slot=NOW + 5)
     decision = decide.after_gate(attempt(limiter=LIMIT, deadline=10.0, state=state), answer, rng())
-    assert isinstance(decision, decide.GiveUp)
+    assert isinstance(decision, decisions.GiveUp)
     assert decision.reason.startswith("deadline of 10 s would pass while deferred (rate limit")
 
 
@@ -195,7 +199,7 @@ def test_breaker_jitter_never_pushes_past_a_deadline_the_gate_would_meet():
     answer = no(Denial.BREAKER_OPEN, 1.0, breaker_state=BreakerState.OPEN)
     big = CircuitBreaker("pay", open_for=60.0)
     decision = decide.after_gate(attempt(breaker=big, deadline=10.0, state=state), answer, rng())
-    assert isinstance(decision, decide.Wait)
+    assert isinstance(decision, decisions.Wait)
     assert decision.countdown <= 5.0 - 0.5
 
 
@@ -206,7 +210,7 @@ def test_woken_before_a_split_wait_ends_waits_again():
     """A leg of a long wait ended early: wait the rest."""
     state = AttemptState(not_before=NOW + 100)
     decision = decide.on_wake(attempt(state=state), NOW)
-    assert isinstance(decision, decide.Wait)
+    assert isinstance(decision, decisions.Wait)
     assert decision.countdown == pytest.approx(100)
     assert decision.gate == "schedule"
 
@@ -236,7 +240,7 @@ def test_permanent_failure_fails_now_and_counts_as_alive():
         "success",
     )
     decision = decide.after_failure(attempt(), plan, record(), rng())
-    assert isinstance(decision, decide.FailNow)
+    assert isinstance(decision, decisions.FailNow)
     assert decision.state.history == ("#1 permanent: PermanentError",)
 
 
@@ -247,7 +251,7 @@ def test_transient_failure_is_retried_after_the_backoff():
     plan = decide.plan_failure(attempt(**options), failure, now=NOW)
     assert (plan.countdown, plan.mark, plan.breaker_outcome) == (2.0, "retried", "failure")
     decision = decide.after_failure(attempt(**options), plan, record(), rng())
-    assert isinstance(decision, decide.Wait)
+    assert isinstance(decision, decisions.Wait)
     assert decision.retry
     assert decision.countdown == 2.0
     assert decision.state.failures == 1
@@ -273,7 +277,7 @@ def test_retries_spent_give_up_with_the_history():
     assert plan.give_up == "retries exhausted (max_retries=2)"
     assert plan.mark == "done"
     decision = decide.after_failure(attempt(max_retries=2, state=state), plan, record(), rng())
-    assert isinstance(decision, decide.GiveUp)
+    assert isinstance(decision, decisions.GiveUp)
     assert decision.message.splitlines()[1:] == [
         "  #1 transient: a",
         "  #2 transient: b",
@@ -296,7 +300,7 @@ def test_a_retry_due_while_the_breaker_is_open_waits_for_half_open():
     plan = decide.plan_failure(attempt(**options), failure, now=NOW)
     opened = record(breaker_state=BreakerState.OPEN, open_until=NOW + 5)
     decision = decide.after_failure(attempt(**options), plan, opened, rng())
-    assert isinstance(decision, decide.Wait)
+    assert isinstance(decision, decisions.Wait)
     assert 5.0 <= decision.countdown <= 5.0 + BREAKER.open_for
 
 
@@ -329,13 +333,13 @@ def test_a_deferral_never_spends_a_retry_nor_outlives_the_deadline(
     decision = decide.after_gate(subject, answer, random.Random(seed))
     remaining = subject.remaining(NOW)
     if remaining is not None and remaining <= 0:
-        assert isinstance(decision, decide.GiveUp)
+        assert isinstance(decision, decisions.GiveUp)
         return
-    if isinstance(decision, decide.GiveUp):
+    if isinstance(decision, decisions.GiveUp):
         assert remaining is not None
         assert "would pass while deferred" in decision.reason
         return
-    assert isinstance(decision, decide.Wait)
+    assert isinstance(decision, decisions.Wait)
     assert decision.countdown >= 0.01
     assert decision.state.failures == failures
     assert decision.state.deferrals == deferrals + 1
@@ -357,11 +361,11 @@ def test_a_failure_is_retried_only_while_retries_allow(failures, max_retries, ve
     plan = decide.plan_failure(subject, failure, now=NOW)
     decision = decide.after_failure(subject, plan, record(), random.Random(1))
     if verdict is Verdict.PERMANENT:
-        assert isinstance(decision, decide.FailNow)
+        assert isinstance(decision, decisions.FailNow)
     elif max_retries is not None and failures >= max_retries:
-        assert isinstance(decision, decide.GiveUp)
+        assert isinstance(decision, decisions.GiveUp)
         assert decision.state.attempt == failures + 1
     else:
-        assert isinstance(decision, decide.Wait)
+        assert isinstance(decision, decisions.Wait)
         assert decision.state.failures == failures + 1
         assert decision.countdown >= max(retry_after or 0.0, 0.05)
