@@ -209,6 +209,36 @@ def test_two_nodes_call_the_upstream_at_the_limit(
     assert windows(list(grants.values())) <= 10 + RateLimit("api", "10/s").capacity
 
 
+def _deliveries(nodes: list[CeleryWorker], task_ids: set[str]) -> dict[str, int]:
+    """How many times each task was handed to a worker (its "received" log lines)."""
+    seen = dict.fromkeys(task_ids, 0)
+    for node in nodes:
+        for found in re.finditer(r"Task res\.limited\[([^\]]+)\] received", node.log_text()):
+            if found[1] in seen:
+                seen[found[1]] += 1
+    return seen
+
+
+def test_a_backlog_behind_the_limit_is_delivered_about_once(
+    nodes, client, upstream, unique, request
+):
+    """200 tasks behind RateLimit("api", "10/s") on 2 nodes x 2 processes: the consumers
+    reserve each task's slot as it arrives and hold it until then, so a task is delivered
+    about once (not once to book a slot and once more to use it), and none twice in a row
+    for the limiter once it is known to be full."""
+    prefix = f"/{unique}/once"
+    upstream.script(prefix, [], then=200)
+    results = [client.send_task("res.limited", args=[f"{prefix}/{i}"]) for i in range(200)]
+    assert wait_all(results, timeout=90, what="200 rate-limited tasks") == ["SUCCESS"] * 200
+
+    deliveries = _deliveries(nodes, {r.id for r in results})
+    per_task = sum(deliveries.values()) / len(deliveries)
+    note(request, deliveries_per_task=round(per_task, 3), most=max(deliveries.values()))
+    assert min(deliveries.values()) >= 1
+    assert per_task <= 1.2
+    assert upstream.count(prefix) == 200
+
+
 def test_429_pauses_the_limiter_for_every_worker(nodes, client, upstream, unique, store):
     """A 429 with Retry-After: 3 pauses the limiter 'api' for the cluster: neither the
     throttled task nor 5 other tasks of that limiter call the upstream before the pause

@@ -83,6 +83,10 @@ class GateAsk:
     booked_slot: float | None = None
     #: The longest wait worth booking a rate-limit slot for (what is left of a deadline).
     limiter_max_wait: float | None = None
+    #: Reserve a rate-limit slot without taking it, even when there is room now: the
+    #: answer is a denial with the slot (``wait`` 0 when it is now); the attempt that
+    #: comes with ``booked_slot`` is granted it.
+    limiter_book: bool = False
     attempt_key: str | None = None
     attempt_lease: float = 60.0
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["NONCE", "PARKED", "STATE", "TRACE"]
+__all__ = ["BOOKED", "NONCE", "PARKED", "STATE", "TRACE"]
 
 #: The W3C trace context of the task (``traceparent``).
 TRACE = "traceparent"
@@ -13,3 +13,6 @@ STATE = "resilience"
 NONCE = "resilience_nonce"
 #: Set on a message published again from the parked set: the entry it came from.
 PARKED = "resilience_parked"
+#: A rate-limit slot reserved for the message when it reached a worker:
+#: ``[limiter name, store time]`` as JSON. Dropped when the task is published again.
+BOOKED = "resilience_booked"

@@ -6,9 +6,12 @@ fresh value and noted once per process, never trusted.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 import secrets
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from celery_resilience.core import headers as names
@@ -23,10 +26,18 @@ from celery_resilience.observability.tracing import (
 if TYPE_CHECKING:
     from celery.app.task import Context
 
-__all__ = ["incoming_state", "incoming_trace", "new_nonce", "nonce_of", "trace_for_publish"]
+__all__ = [
+    "booking_header",
+    "incoming_state",
+    "incoming_trace",
+    "new_nonce",
+    "nonce_of",
+    "trace_for_publish",
+]
 
 _internal = logging.getLogger("celery_resilience.integration.message")
 _NONCE_RE = re.compile(r"^[0-9a-f]{8,32}$")
+_BOOKING_LIMIT = 512
 _noted: set[str] = set()
 
 
@@ -75,16 +86,44 @@ def incoming_trace(headers: dict[str, Any]) -> TraceContext:
 
 
 def incoming_state(headers: dict[str, Any]) -> AttemptState:
-    """The ledger the message carries, or a fresh one."""
+    """The ledger the message carries, or a fresh one; with the rate-limit slot reserved
+    for it on arrival, if any (see :func:`booking_header`)."""
     raw = headers.get(names.STATE)
     state = AttemptState.from_header(raw)
-    if state is not None:
-        return state
-    if raw is not None:
-        _note_once(
-            "state",
-            "celery-resilience: a malformed %s header was ignored; the task starts its "
-            "count afresh (noted once per process)",
-            names.STATE,
-        )
-    return AttemptState()
+    if state is None:
+        if raw is not None:
+            _note_once(
+                "state",
+                "celery-resilience: a malformed %s header was ignored; the task starts its "
+                "count afresh (noted once per process)",
+                names.STATE,
+            )
+        state = AttemptState()
+    booked = _booking(headers.get(names.BOOKED))
+    if booked is not None and state.slot is None:
+        state = replace(state, slot=booked)
+    return state
+
+
+def booking_header(limiter: str, slot: float) -> str:
+    """The header value of a rate-limit slot reserved for a message on arrival."""
+    return json.dumps([limiter, slot])
+
+
+def _booking(raw: object) -> tuple[str, float] | None:
+    if not isinstance(raw, str) or len(raw) > _BOOKING_LIMIT:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], (int, float))
+        and not isinstance(value[1], bool)
+        and math.isfinite(value[1])
+    ):
+        return (value[0], float(value[1]))
+    return None

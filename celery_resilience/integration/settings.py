@@ -34,13 +34,17 @@ setting                         meaning (default)
 ``resilience_dead_letters_max`` Length of the dead-letter stream, approximately (``10000``).
 ``resilience_log_context``      Append trace and attempt to worker log lines whose format
                                 does not show them already (``True``).
+``resilience_hold_max``         Seconds a worker's consumer may hold a message of a task
+                                with a rate limit until the slot it reserved for it on
+                                arrival (``5.0``; ``0``: reserve nothing on arrival). See
+                                :mod:`celery_resilience.integration.strategy`.
 =============================== ===========================================================
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from kombu.utils.url import maybe_sanitize_url
 
@@ -59,6 +63,8 @@ _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 #: Brokers served by kombu's Redis transport (and its visibility timeout).
 _REDIS_BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "redis+socket://", "sentinel://")
 _DEFAULT_VISIBILITY = 3600.0
+#: Which attempts hold a lease against redelivered copies of their message.
+DuplicateGuard = Literal["acks_late", "always"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +82,9 @@ class Settings:
     #: TLS options for a ``rediss://`` state store (``ssl_cert_reqs``, ``ssl_ca_certs``...).
     ssl: dict[str, Any] | None = None
     #: Which attempts hold a lease against redelivered copies: "acks_late" or "always".
-    duplicate_guard: str = "acks_late"
+    duplicate_guard: DuplicateGuard = "acks_late"
+    #: The longest a consumer holds a message for the slot it reserved on arrival.
+    hold_max: float = 5.0
 
     @property
     def countdown_cap(self) -> float | None:
@@ -113,6 +121,13 @@ def _number(conf: Any, key: str, default: float) -> float:
     value = conf.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ResilienceConfigError(f"{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _seconds(conf: Any, key: str, default: float) -> float:
+    value = conf.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ResilienceConfigError(f"{key} must be a number of seconds >= 0, got {value!r}")
     return float(value)
 
 
@@ -174,5 +189,6 @@ def read_settings(app: Celery) -> Settings:
         log_context=bool(conf.get("resilience_log_context", True)),
         visibility_timeout=redis_visibility_timeout(app),
         ssl=dict(ssl) if ssl else None,
-        duplicate_guard=guard,
+        duplicate_guard="always" if guard == "always" else "acks_late",
+        hold_max=_seconds(conf, "resilience_hold_max", 5.0),
     )

@@ -95,6 +95,8 @@ class ResilientTask(Task[Any, Any]):
     give_up_on: type[BaseException] | tuple[type[BaseException], ...] = ()
     on_open: OnOpen = DEFAULTS.on_open
     policy: str | None = None
+    #: Celery's task strategy, with rate-limit slots reserved as messages arrive.
+    Strategy = "celery_resilience.integration.strategy:resilient"
     #: The options set by the task itself (not inherited from ResilientTask's defaults).
     explicit_options: ClassVar[frozenset[str]] = frozenset()
 

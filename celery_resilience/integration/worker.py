@@ -86,6 +86,7 @@ def _reschedule(
     # Task.retry replaces the custom headers: start from this message's own, minus
     # RabbitMQ's x-death bookkeeping (as Celery's own retry does).
     headers = dict(request.as_execution_options().get("headers") or {})
+    headers.pop(names.BOOKED, None)  # a reservation serves one delivery (the state has it)
     headers[names.STATE] = state.to_header()
     headers[names.TRACE] = TraceContext(trace.trace_id, span_id, trace.sampled).traceparent()
     # Celery publishes request.retries + 1 and compares it with the task's class-level

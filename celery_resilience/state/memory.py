@@ -203,7 +203,10 @@ class MemoryStore:
                 t = max(lim.tat, now)
                 allow_at = max(t - args["tau"], spaced_at)
                 if now >= allow_at:
-                    granted = True
+                    if ask.limiter_book:  # a reservation: granted when its attempt comes
+                        slot = _stored(now)
+                    else:
+                        granted = True
                     lim.tat = _stored(t + args["T"])
                 elif ask.limiter_max_wait is not None and allow_at - now > ask.limiter_max_wait:
                     wait = allow_at - now  # nothing is booked

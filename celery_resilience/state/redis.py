@@ -160,6 +160,8 @@ class RedisStore:
                 args["l"]["slot"] = ask.booked_slot
             if ask.limiter_max_wait is not None:
                 args["l"]["max"] = ask.limiter_max_wait
+            if ask.limiter_book:
+                args["l"]["book"] = True
         if ask.attempt_key is not None:
             args["a"] = {"lease": ask.attempt_lease}
         keys = self._parts(ask.breaker, ask.concurrency, ask.limiter, ask.attempt_key)
@@ -298,6 +300,7 @@ def _split_ask(ask: GateAsk) -> list[tuple[str, GateAsk]]:
                     limiter=ask.limiter,
                     booked_slot=ask.booked_slot,
                     limiter_max_wait=ask.limiter_max_wait,
+                    limiter_book=ask.limiter_book,
                 ),
             )
         )

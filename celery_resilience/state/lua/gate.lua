@@ -12,8 +12,10 @@
 --   h  holder: unique id of this attempt (task id and attempt number)
 --   b  breaker {rate, min, win, of, ofm, hoc, lease}          (optional)
 --   c  concurrency {limit, lease, poll}                       (optional)
---   l  limiter {T, tau, early, slack, slot?, max?}: max = the longest wait worth
---      booking (the task's deadline); beyond it no slot is booked  (optional)
+--   l  limiter {T, tau, early, slack, slot?, max?, book?}: max = the longest wait worth
+--      booking (the task's deadline); beyond it no slot is booked; book = reserve a
+--      slot without granting it, even when there is room now (a message on arrival;
+--      its attempt is granted the slot later)                 (optional)
 --   a  attempt lease {lease}                                  (optional)
 -- Returns: JSON object
 --   ok     true when the attempt may run
@@ -143,7 +145,11 @@ if lkey then
     local t = math.max(tat, now)
     local allow_at = math.max(t - l.tau, spaced_at)
     if now >= allow_at then
-      granted = true
+      if l.book then  -- a reservation: the slot is now, granted when the attempt comes
+        res.slot = fmt(now)
+      else
+        granted = true
+      end
       tat = t + l.T
     elseif l.max and allow_at - now > l.max then
       res.wait = allow_at - now  -- the task cannot wait that long: nothing is booked
