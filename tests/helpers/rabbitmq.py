@@ -140,6 +140,11 @@ class RabbitMQNode(LoggedProcess):
         return None if self._server is None else self._server.pid
 
     @property
+    def epmd_pid(self) -> int | None:
+        """The PID of this node's ``epmd`` while it runs."""
+        return None if self._epmd is None else self._epmd.pid
+
+    @property
     def url(self) -> str:
         """``amqp://guest:guest@127.0.0.1:<port>//`` (guest may log in from loopback)."""
         return f"amqp://guest:guest@{HOST}:{self.port}//"
