@@ -4,6 +4,8 @@
 - ``upstream``: the session's upstream, reset (scripts and records) for each test.
 - ``unique``/``queue``: names no other test (or session) uses.
 - ``broker_url``: parametrised over the broker matrix (``redis``, ``amqp``).
+- ``rabbitmq_node``: a private RabbitMQ node for one test (to restart, to configure);
+  ``rabbitmq_factory(consumer_timeout=..., ...)`` starts nodes of another configuration.
 - ``worker_factory``: starts workers, always stops them at the end of the test; on a
   failure the report names each worker's log file (under the test's ``tmp_path``).
 """
@@ -23,6 +25,7 @@ from tests.helpers.brokers import BROKER_KINDS, delete_amqp_queue, is_amqp, requ
 from tests.helpers.celery_apps import ENV_BROKER, ENV_QUEUE, make_app
 from tests.helpers.cluster import RESILIENT_APP, client_for, module_env, running_nodes
 from tests.helpers.processes import tail
+from tests.helpers.rabbitmq import RabbitMQNode
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.workers import CeleryWorker, stop_workers
 
@@ -69,6 +72,32 @@ def broker_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> str
     if request.param == "amqp":
         return require_rabbitmq()
     return redis_server.url(0)
+
+
+@pytest.fixture
+def rabbitmq_factory(tmp_path: Path) -> Iterator[Callable[..., RabbitMQNode]]:
+    """Start private RabbitMQ nodes (``RabbitMQNode`` options), each in a directory under
+    the test's ``tmp_path``, all stopped by PID at the end. Skips without rabbitmq-server,
+    or fails when REQUIRE_RABBITMQ=1.
+
+    Request it before ``worker_factory`` so that the workers stop while it still runs.
+    """
+    nodes: list[RabbitMQNode] = []
+
+    def start(**options: Any) -> RabbitMQNode:
+        node = RabbitMQNode(tmp_path / f"rabbitmq{len(nodes) + 1}", **options)
+        nodes.append(node)
+        return node.start()
+
+    yield start
+    for node in reversed(nodes):
+        node.stop()
+
+
+@pytest.fixture
+def rabbitmq_node(rabbitmq_factory: Callable[..., RabbitMQNode]) -> RabbitMQNode:
+    """A private RabbitMQ node with RabbitMQ's defaults, for this test alone."""
+    return rabbitmq_factory()
 
 
 @pytest.fixture

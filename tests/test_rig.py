@@ -8,14 +8,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import kombu
 import pytest
 from celery import Celery
 
 from example_project.upstream import Response, Upstream, closed_port_url
+from tests.helpers import rabbitmq
 from tests.helpers.brokers import REQUIRE_RABBITMQ, require_rabbitmq
 from tests.helpers.celery_apps import app_env
 from tests.helpers.polling import wait_until
-from tests.helpers.processes import pid_alive
+from tests.helpers.processes import child_pids, pid_alive
+from tests.helpers.rabbitmq import RabbitMQNode
 from tests.helpers.redis_server import RedisNotFoundError, RedisServer, find_redis_server
 from tests.helpers.workers import CeleryWorker, WorkerError, stop_workers
 
@@ -66,6 +69,44 @@ def test_unreachable_rabbitmq_skips_unless_required(
     monkeypatch.setenv(REQUIRE_RABBITMQ, required)
     with pytest.raises(outcome, match="RabbitMQ does not answer"):
         require_rabbitmq(closed_port_url().replace("http://", "amqp://guest:guest@") + "//")
+
+
+@pytest.mark.parametrize(
+    ("required", "outcome"), [("1", pytest.fail.Exception), ("", pytest.skip.Exception)]
+)
+def test_missing_rabbitmq_server_skips_unless_required(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, required: str, outcome: type[BaseException]
+):
+    """Without rabbitmq-server installed, a test wanting a private node is skipped with
+    the reason, or fails when REQUIRE_RABBITMQ=1."""
+    monkeypatch.setenv(REQUIRE_RABBITMQ, required)
+    monkeypatch.setattr(rabbitmq, "_DEBIAN_SCRIPTS", tmp_path / "nowhere")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(outcome, match="rabbitmq-server is not installed"):
+        RabbitMQNode()
+
+
+def test_private_rabbitmq_node_is_its_own(rabbitmq_factory: Callable[..., RabbitMQNode]):
+    """A private node: its own port (not 5672), its own configuration, and a restart and
+    a stop by PID leave nothing of it running."""
+    node = rabbitmq_factory(consumer_timeout=7.5)
+    assert node.port != 5672
+    assert "{consumer_timeout,7500}" in node.ctl("environment").replace(" ", "")
+    with kombu.Connection(node.url) as connection:
+        queue = connection.SimpleQueue(f"rig-{node.port}")
+        queue.put({"n": 1})
+        queue.close()
+    vm = child_pids(node.pid)
+    node.restart()
+    assert vm
+    assert not any(pid_alive(pid) for pid in vm)
+    with kombu.Connection(node.url) as connection:  # a durable queue keeps its message
+        queue = connection.SimpleQueue(f"rig-{node.port}")
+        assert queue.get(timeout=10).payload == {"n": 1}
+        queue.close()
+    vm, epmd = child_pids(node.pid), node.epmd_pid
+    node.stop()
+    assert not any(pid_alive(pid) for pid in [*vm, epmd])
 
 
 def test_two_workers_run_the_plain_task_and_leave_nothing(

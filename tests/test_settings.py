@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
 from celery import Celery
+from hypothesis import given
+from hypothesis import strategies as st
 
 from celery_resilience.core.errors import ResilienceConfigError
-from celery_resilience.integration.settings import read_settings
+from celery_resilience.integration.settings import (
+    consumer_timeout_cap,
+    read_settings,
+    visibility_timeout_cap,
+)
 from celery_resilience.state.connect import connect
 
 
@@ -63,6 +70,12 @@ def test_no_redis_anywhere_is_a_clear_error_without_passwords(make):
         ({"resilience_attempt_lease": 0}, "resilience_attempt_lease"),
         ({"resilience_dead_letters_max": 0}, "resilience_dead_letters_max"),
         ({"resilience_backend_url": "memcached://x"}, "Redis URL"),
+        ({"resilience_consumer_timeout": 0}, "resilience_consumer_timeout"),
+        ({"resilience_consumer_timeout": -5}, "resilience_consumer_timeout"),
+        ({"resilience_consumer_timeout": "1800"}, "resilience_consumer_timeout"),
+        ({"resilience_consumer_timeout": True}, "resilience_consumer_timeout"),
+        ({"resilience_consumer_timeout": math.nan}, "resilience_consumer_timeout"),
+        ({"resilience_consumer_timeout": math.inf}, "resilience_consumer_timeout"),
     ],
 )
 def test_bad_settings_are_named(make, conf, words):
@@ -79,8 +92,81 @@ def test_visibility_timeout_caps_countdowns(make):
     assert settings.visibility_timeout == 10
     assert settings.countdown_cap is not None
     assert 0 < settings.countdown_cap < 10
-    amqp = make(broker_url="amqp://h//", resilience_backend_url="redis://s/0")
-    assert read_settings(amqp).countdown_cap is None
+    assert settings.consumer_timeout is None
+
+
+@pytest.mark.parametrize("scheme", ["amqp", "amqps", "pyamqp"])
+def test_consumer_timeout_caps_countdowns_on_amqp(make, scheme):
+    """With RabbitMQ, countdowns stay below its consumer_timeout (default 30 minutes) by
+    more than one of its once-a-minute checks."""
+    app = make(broker_url=f"{scheme}://h//", resilience_backend_url="redis://s/0")
+    settings = read_settings(app)
+    assert settings.consumer_timeout == 1800
+    assert settings.visibility_timeout is None
+    assert settings.countdown_cap is not None
+    assert settings.countdown_cap <= 1800 - 60
+
+
+def test_consumer_timeout_setting_is_honoured(make):
+    """resilience_consumer_timeout sets the cap; a few seconds (as in tests) still leaves
+    half of it as margin."""
+    app = make(
+        broker_url="amqp://h//", resilience_backend_url="redis://s/0", resilience_consumer_timeout=5
+    )
+    settings = read_settings(app)
+    assert settings.consumer_timeout == 5
+    assert settings.countdown_cap == 2.5
+
+
+def test_consumer_timeout_follows_the_consuming_broker(make):
+    """The cap follows the broker the worker consumes from: Celery's default (RabbitMQ)
+    when no broker is set, the read URL when there is one; a Redis broker has none."""
+    unset = make(resilience_backend_url="redis://s/0")
+    assert read_settings(unset).consumer_timeout == 1800
+    split = make(
+        broker_url="redis://b:6379/0",
+        broker_read_url="amqp://h//",
+        broker_transport_options={"visibility_timeout": 7200},
+    )
+    settings = read_settings(split)
+    assert settings.consumer_timeout == 1800
+    assert settings.countdown_cap == consumer_timeout_cap(1800)
+    redis_only = make(broker_url="redis://b:6379/0", resilience_consumer_timeout=5)
+    assert read_settings(redis_only).consumer_timeout is None
+
+
+def test_the_smaller_cap_wins(make):
+    """Both timeouts known (a Redis broker written, RabbitMQ read): each countdown stays
+    below both."""
+    app = make(
+        broker_url="redis://b:6379/0",
+        broker_read_url="amqp://h//",
+        broker_transport_options={"visibility_timeout": 10},
+        resilience_consumer_timeout=60,
+    )
+    settings = read_settings(app)
+    assert settings.countdown_cap == min(visibility_timeout_cap(10), consumer_timeout_cap(60))
+
+
+timeouts = st.floats(min_value=0.001, max_value=1e7, allow_nan=False, allow_infinity=False)
+
+
+@given(timeouts)
+def test_every_countdown_stays_below_the_consumer_timeout(timeout):
+    """Below the timeout by five minutes, or by half of it when that is less, never
+    shorter than half of it (a long wait still moves on)."""
+    cap = consumer_timeout_cap(timeout)
+    assert timeout / 2 <= cap < timeout
+    assert timeout - cap >= min(300.0, timeout / 2) * (1 - 1e-12)
+
+
+@given(timeouts)
+def test_every_countdown_stays_below_the_visibility_timeout(timeout):
+    """Below the visibility timeout by a minute, or a fifth of it when less, never
+    shorter than half of it."""
+    cap = visibility_timeout_cap(timeout)
+    assert timeout / 2 <= cap < timeout
+    assert timeout - cap >= min(60.0, timeout / 5) * (1 - 1e-12)
 
 
 def test_worker_refuses_to_start_without_a_state_store(tmp_path):

@@ -26,6 +26,13 @@ setting                         meaning (default)
 ``resilience_attempt_lease``    Seconds an attempt holds its lease when the task has no
                                 ``time_limit`` (``60``). A redelivered copy of a running
                                 attempt waits this long at most.
+``resilience_consumer_timeout`` RabbitMQ's ``consumer_timeout`` in seconds, for AMQP brokers
+                                (``pyamqp://``, ``amqp://``, ``amqps://``): a worker holds a
+                                countdown's message unacknowledged until it is due, and
+                                RabbitMQ closes the channel of a message held longer. Each
+                                single countdown stays below it by a margin (see
+                                :func:`consumer_timeout_cap`); a longer wait is taken in
+                                legs. Set it to the broker's own value (``1800``).
 ``resilience_redis_timeout``    Socket timeout towards the state store, seconds (``2.0``).
 ``resilience_backend_use_ssl``  TLS options for a ``rediss://`` state store, as Celery's
                                 ``broker_use_ssl`` (whose value, or
@@ -43,6 +50,7 @@ setting                         meaning (default)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -56,15 +64,28 @@ from celery_resilience.state.keys import DEFAULT_PREFIX, KeySpace
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["Settings", "read_settings", "redis_visibility_timeout"]
+__all__ = [
+    "Settings",
+    "amqp_consumer_timeout",
+    "consumer_timeout_cap",
+    "read_settings",
+    "redis_visibility_timeout",
+    "visibility_timeout_cap",
+]
 
 #: Broker or result-backend URLs that can serve as the state store as they are.
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 #: Brokers served by kombu's Redis transport (and its visibility timeout).
 _REDIS_BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "redis+socket://", "sentinel://")
+#: Brokers served by RabbitMQ (and its consumer_timeout).
+_AMQP_BROKER_SCHEMES = ("amqp://", "amqps://", "pyamqp://", "librabbitmq://")
 _DEFAULT_VISIBILITY = 3600.0
 #: Which attempts hold a lease against redelivered copies of their message.
 DuplicateGuard = Literal["acks_late", "always"]
+#: RabbitMQ's own default consumer_timeout (30 minutes).
+DEFAULT_CONSUMER_TIMEOUT = 1800.0
+#: The most a countdown stays below the consumer timeout (see consumer_timeout_cap).
+_CONSUMER_MARGIN = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +106,49 @@ class Settings:
     duplicate_guard: DuplicateGuard = "acks_late"
     #: The longest a consumer holds a message for the slot it reserved on arrival.
     hold_max: float = 5.0
+    #: RabbitMQ's consumer_timeout (seconds) when the broker is AMQP, else None.
+    consumer_timeout: float | None = None
 
     @property
     def countdown_cap(self) -> float | None:
-        """The longest countdown the broker holds safely (below its visibility timeout)."""
-        if self.visibility_timeout is None:
-            return None
-        vt = self.visibility_timeout
-        return max(vt - min(60.0, 0.2 * vt), 0.5 * vt)
+        """The longest single countdown the broker holds safely: below the Redis broker's
+        visibility timeout, and below RabbitMQ's consumer timeout (``None``: no cap)."""
+        caps = []
+        if self.visibility_timeout is not None:
+            caps.append(visibility_timeout_cap(self.visibility_timeout))
+        if self.consumer_timeout is not None:
+            caps.append(consumer_timeout_cap(self.consumer_timeout))
+        return min(caps) if caps else None
+
+
+def visibility_timeout_cap(visibility_timeout: float) -> float:
+    """The longest countdown below the Redis broker's visibility timeout: a minute less
+    (a fifth less when that is shorter), and never below half of it::
+
+        >>> visibility_timeout_cap(3600.0), visibility_timeout_cap(10.0)
+        (3540.0, 8.0)
+    """
+    vt = visibility_timeout
+    return max(vt - min(60.0, 0.2 * vt), 0.5 * vt)
+
+
+def consumer_timeout_cap(consumer_timeout: float) -> float:
+    """The longest countdown below RabbitMQ's ``consumer_timeout``: five minutes less, and
+    never more than half of it for timeouts under ten minutes::
+
+        >>> consumer_timeout_cap(1800.0), consumer_timeout_cap(60.0)
+        (1500.0, 30.0)
+
+    RabbitMQ counts from the delivery to the acknowledgement and checks about once a
+    minute, closing the channel (and so stopping the worker) at the first check that finds
+    a message held too long. A countdown's message is delivered soon after it is
+    published, but it is acknowledged only when a pool process takes it (after the body,
+    for ``acks_late`` tasks), and it falls due by the clock of the worker holding it, not
+    the one that published it. The margin absorbs that lateness: a busy pool, a skewed
+    clock, a check that comes just after a slow hand-over. Five minutes is more than any
+    one check interval, and half the timeout keeps short (test) timeouts safe too.
+    """
+    return max(consumer_timeout - _CONSUMER_MARGIN, 0.5 * consumer_timeout)
 
 
 def _first_url(value: object) -> str | None:
@@ -117,10 +173,25 @@ def redis_visibility_timeout(app: Celery) -> float | None:
     return float(value)
 
 
+def amqp_consumer_timeout(app: Celery) -> float | None:
+    """``resilience_consumer_timeout`` when the worker consumes from an AMQP broker
+    (Celery's default when no broker is set), else None."""
+    conf = app.conf
+    broker = _first_url(conf.broker_read_url) or _first_url(conf.broker_url)
+    if broker is not None and not broker.lower().startswith(_AMQP_BROKER_SCHEMES):
+        return None
+    return _number(conf, "resilience_consumer_timeout", DEFAULT_CONSUMER_TIMEOUT)
+
+
 def _number(conf: Any, key: str, default: float) -> float:
     value = conf.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ResilienceConfigError(f"{key} must be a positive number, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ResilienceConfigError(f"{key} must be a positive number of seconds, got {value!r}")
     return float(value)
 
 
@@ -175,6 +246,8 @@ def read_settings(app: Celery) -> Settings:
         raise ResilienceConfigError(
             f"resilience_dead_letters_max must be an int >= 1, got {dead_max!r}"
         )
+    # checked whatever the broker, so that a bad value never waits for a move to RabbitMQ
+    _number(conf, "resilience_consumer_timeout", DEFAULT_CONSUMER_TIMEOUT)
     try:
         keys = KeySpace(conf.get("resilience_key_prefix") or DEFAULT_PREFIX)
     except ValueError as exc:
@@ -191,4 +264,5 @@ def read_settings(app: Celery) -> Settings:
         ssl=dict(ssl) if ssl else None,
         duplicate_guard="always" if guard == "always" else "acks_late",
         hold_max=_seconds(conf, "resilience_hold_max", 5.0),
+        consumer_timeout=amqp_consumer_timeout(app),
     )

@@ -1,7 +1,8 @@
-"""The test rig: private Redis servers, Celery worker processes, the broker matrix.
+"""The test rig: private Redis servers and RabbitMQ nodes, Celery worker processes, the
+broker matrix.
 
 Modules here must stay importable by worker processes (no pytest import at module level
-except in ``brokers``, which only the test process uses).
+except in ``brokers`` and ``rabbitmq``, which only the test process uses).
 """
 
 from pathlib import Path

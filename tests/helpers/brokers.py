@@ -1,13 +1,15 @@
 """The broker matrix: Redis always, RabbitMQ when it answers (or when required).
 
 RabbitMQ on 127.0.0.1:5672 is shared with other users, so every amqp test uses a queue
-of its own and deletes it (and its exchange) at the end.
+of its own and deletes it (and its exchange) at the end, and no test restarts it or
+changes its configuration: those start a private node (:mod:`tests.helpers.rabbitmq`).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from typing import NoReturn
 
 import amqp.exceptions
 import kombu
@@ -30,13 +32,17 @@ def rabbitmq_reachable(url: str = AMQP_URL, timeout: float = 2.0) -> bool:
         return bool(connection.connected)
 
 
+def unavailable(message: str) -> NoReturn:
+    """RabbitMQ cannot be had (``message`` says why): skip, or fail when REQUIRE_RABBITMQ=1."""
+    if os.environ.get(REQUIRE_RABBITMQ) == "1":
+        pytest.fail(f"{message}, and {REQUIRE_RABBITMQ}=1")
+    pytest.skip(message)
+
+
 def require_rabbitmq(url: str = AMQP_URL) -> str:
     """Return ``url`` if RabbitMQ answers; else skip, or fail when REQUIRE_RABBITMQ=1."""
     if not rabbitmq_reachable(url):
-        message = f"RabbitMQ does not answer at {url}"
-        if os.environ.get(REQUIRE_RABBITMQ) == "1":
-            pytest.fail(f"{message}, and {REQUIRE_RABBITMQ}=1")
-        pytest.skip(message)
+        unavailable(f"RabbitMQ does not answer at {url}")
     return url
 
 
