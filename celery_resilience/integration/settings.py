@@ -34,6 +34,16 @@ setting                         meaning (default)
 ``resilience_dead_letters_max`` Length of the dead-letter stream, approximately (``10000``).
 ``resilience_log_context``      Append trace and attempt to worker log lines whose format
                                 does not show them already (``True``).
+``resilience_park_after``       Waits longer than this many seconds are parked outside the
+                                workers (in the Redis broker, or in a state store that
+                                writes an append-only file) and published again when due,
+                                instead of held as countdown messages; ``0`` turns parking
+                                off (docs/parking.md). (``5.0``)
+``resilience_park_lease``       Seconds a worker's releaser holds the entries it claimed
+                                while it publishes them; if it dies meanwhile, another
+                                releaser publishes them once the lease ran out. (``30.0``)
+``resilience_park_poll``        Seconds between two looks of a worker's releaser at the
+                                parked set, with +/- 50 % jitter. (``1.0``)
 =============================== ===========================================================
 """
 
@@ -77,6 +87,12 @@ class Settings:
     ssl: dict[str, Any] | None = None
     #: Which attempts hold a lease against redelivered copies: "acks_late" or "always".
     duplicate_guard: str = "acks_late"
+    #: Waits longer than this (seconds) are parked; 0: parking off.
+    park_after: float = 5.0
+    #: Seconds a releaser's claim lasts.
+    park_lease: float = 30.0
+    #: Seconds between two looks of a releaser at the parked set (jittered).
+    park_poll: float = 1.0
 
     @property
     def countdown_cap(self) -> float | None:
@@ -160,6 +176,15 @@ def read_settings(app: Celery) -> Settings:
         raise ResilienceConfigError(
             f"resilience_dead_letters_max must be an int >= 1, got {dead_max!r}"
         )
+    park_after = conf.get("resilience_park_after", 5.0)
+    if (
+        isinstance(park_after, bool)
+        or not isinstance(park_after, (int, float))
+        or not 0 <= park_after < float("inf")
+    ):
+        raise ResilienceConfigError(
+            f"resilience_park_after must be a number of seconds >= 0 (0: off), got {park_after!r}"
+        )
     try:
         keys = KeySpace(conf.get("resilience_key_prefix") or DEFAULT_PREFIX)
     except ValueError as exc:
@@ -175,4 +200,7 @@ def read_settings(app: Celery) -> Settings:
         visibility_timeout=redis_visibility_timeout(app),
         ssl=dict(ssl) if ssl else None,
         duplicate_guard=guard,
+        park_after=float(park_after),
+        park_lease=_number(conf, "resilience_park_lease", 30.0),
+        park_poll=_number(conf, "resilience_park_poll", 1.0),
     )
