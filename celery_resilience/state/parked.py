@@ -113,9 +113,9 @@ def _reason(value: object) -> ParkReason:
     return "schedule"
 
 
-def _entry(entry_id: object, meta_raw: object, message: str, claims: int, due: float | None) -> (
-    ParkedEntry
-):
+def _entry(
+    entry_id: object, meta_raw: object, message: str, claims: int, due: float | None
+) -> ParkedEntry:
     meta: dict[str, Any] = json.loads(_text(meta_raw))
     return ParkedEntry(
         id=_text(entry_id),
@@ -132,12 +132,12 @@ def _entry(entry_id: object, meta_raw: object, message: str, claims: int, due: f
 class ParkedSet:
     """The parked set of one key prefix, in one Redis (see the module docstring)::
 
-        parked = ParkedSet(client, KeySpace("resilience"))
-        entry = parked.park(task_name="shop.charge", task_id=tid, reason="backoff",
-                            delay=90.0, message=message)
-        for entry in parked.claim_due(limit=100, lease=30.0):   # in the releaser
-            publish(entry)
-            parked.done(entry.id)
+    parked = ParkedSet(client, KeySpace("resilience"))
+    entry = parked.park(task_name="shop.charge", task_id=tid, reason="backoff",
+                        delay=90.0, message=message)
+    for entry in parked.claim_due(limit=100, lease=30.0):   # in the releaser
+        publish(entry)
+        parked.done(entry.id)
     """
 
     def __init__(self, client: Client, keys: KeySpace) -> None:
@@ -159,8 +159,10 @@ class ParkedSet:
         """
         if reason not in PARK_REASONS:
             raise ParkRefusedError(f"unknown park reason {reason!r}; one of {PARK_REASONS}")
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (
-            math.isfinite(delay) and delay >= 0
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, (int, float))
+            or not (math.isfinite(delay) and delay >= 0)
         ):
             raise ParkRefusedError(f"the delay must be a finite number >= 0, got {delay!r}")
         if len(task_name) > _MAX_NAME or len(task_id) > _MAX_NAME:
