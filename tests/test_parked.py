@@ -465,3 +465,40 @@ def test_next_delay_spreads_looks_and_backs_off():
     assert next_delay(1.0, full=True, failures=0, draw=0.3) == 0.0
     assert next_delay(1.0, full=True, failures=3, draw=0.5) == 8.0
     assert next_delay(1.0, full=False, failures=40, draw=0.5) == 30.0
+
+
+def test_the_parked_gauges_follow_a_summary():
+    """set_parked: one gauge per reason (0 for the absent), claimed, and overdue seconds."""
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415 - a test extra
+
+    from celery_resilience.observability.metrics import (  # noqa: PLC0415
+        disable_metrics,
+        enable_metrics,
+        set_parked,
+    )
+    from celery_resilience.state.parked import ParkedSummary  # noqa: PLC0415
+
+    disable_metrics()
+    registry = CollectorRegistry()
+    enable_metrics(registry=registry)
+    try:
+        set_parked(
+            ParkedSummary(
+                count=5,
+                by_reason={"backoff": 4, "rate_limited": 1},
+                claimed=2,
+                oldest_due=100.0,
+                now=107.5,
+            )
+        )
+        value = registry.get_sample_value
+        assert value("celery_resilience_parked", {"reason": "backoff"}) == 4
+        assert value("celery_resilience_parked", {"reason": "rate_limited"}) == 1
+        assert value("celery_resilience_parked", {"reason": "breaker_open"}) == 0
+        assert value("celery_resilience_parked_claimed") == 2
+        assert value("celery_resilience_parked_overdue_seconds") == 7.5
+        set_parked(ParkedSummary(count=0, now=200.0))
+        assert value("celery_resilience_parked", {"reason": "backoff"}) == 0
+        assert value("celery_resilience_parked_overdue_seconds") == 0
+    finally:
+        disable_metrics()

@@ -255,3 +255,23 @@ def test_a_releaser_killed_half_way_loses_nothing(
     firsts = Counter(r["tag"] for r in runs() if r["first"])
     assert firsts == Counter(tags)
     assert sum(1 for r in runs() if not r["first"]) <= 1  # the one published as A died
+
+
+def test_the_worker_stats_show_the_parked_set_and_its_releaser(
+    worker: CeleryWorker, client: Celery, parked: ParkedSet, runs: Any
+):
+    """``inspect stats``: a flat ``parked`` row set in the ``resilience`` section, with the
+    counts by reason and what this node's releaser published."""
+    tag = f"stats-{uuid.uuid4().hex[:8]}"
+    (entry,) = _park_records(client, parked, [tag], delay=3600, reason="retry_after")
+    stats = client.control.inspect(destination=[worker.nodename], timeout=5, limit=1).stats()
+    rows = stats[worker.nodename]["resilience"]["parked"]
+    assert rows["releaser"] == "running"
+    assert rows["retry_after"] >= 1
+    assert rows["count"] >= 1
+    assert rows["durable"] is True
+    assert rows["oldest_due_in"] is not None
+    assert {"published", "republished", "publish_errors", "store_errors"} <= set(rows)
+    assert all(not isinstance(value, (dict, list)) for value in rows.values())
+    parked.release_now(ids=[entry.id])
+    wait_until(lambda: tag in {r["tag"] for r in runs()}, timeout=30, what="the released run")

@@ -218,19 +218,25 @@ class ResilienceStep(bootsteps.StartStopStep):
             "last_at": last,
         }
         out["counters"] = totals
-        out["parked"] = self.parked_rows()
+        out["parked"] = self.parked_rows(store_down=problem is not None)
         return out
 
-    def parked_rows(self) -> dict[str, Any]:
-        """The parked set and this node's releaser, as flat named rows."""
+    def parked_rows(self, *, store_down: bool = False) -> dict[str, Any]:
+        """The parked set and this node's releaser, as flat named rows (``store_down``: the
+        state store did not answer; it is not asked again, so that the reply stays quick)."""
         releaser = self.releaser
         rows: dict[str, Any] = {"releaser": "running" if releaser and releaser.running else "off"}
-        try:
-            place = self._parking()
-            summary: ParkedSummary | None = place.parked.summary()
-        except _STORE_ERRORS as exc:
-            summary, place = None, None
-            rows["error"] = _short(exc)
+        summary: ParkedSummary | None = None
+        place = self._place
+        if store_down and (place is None or place.store == "state store"):
+            rows["error"] = "the state store did not answer"
+            place = None
+        else:
+            try:
+                place = self._parking()
+                summary = place.parked.summary()
+            except _STORE_ERRORS as exc:
+                rows["error"] = _short(exc)
         if place is not None:
             rows["store"] = place.where
             rows["durable"] = place.durable
