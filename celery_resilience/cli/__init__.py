@@ -151,8 +151,8 @@ def render_status(data: dict[str, Any]) -> str:
             *_section(
                 "Limiters", ["NAME", "RATE", "WAIT", "IN USE", "PAUSED UNTIL", "DECLARED"], limiters
             ),
-            f"Dead letters: {data['dead_letters']['count']}",
             *([render_parked(data["parked"])] if "parked" in data else []),
+            f"Dead letters: {data['dead_letters']['count']}",
         ]
     )
 
