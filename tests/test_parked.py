@@ -502,3 +502,29 @@ def test_the_parked_gauges_follow_a_summary():
         assert value("celery_resilience_parked_overdue_seconds") == 0
     finally:
         disable_metrics()
+
+
+def test_release_all_reaches_every_entry_while_a_releaser_claims(parked: ParkedSet, redis_server):
+    """1,500 entries released at once while a releaser claims the due ones meanwhile
+    (which shifts every rank): each entry is released, none skipped."""
+    ids = {_park(parked, 600.0).id for _ in range(1500)}
+    claimed: set[str] = set()
+    stop = threading.Event()
+
+    def releaser() -> None:
+        with redis_server.client(3) as own:
+            mine = ParkedSet(own, parked.keyspace)
+            for _ in range(100_000):  # bounded
+                if stop.is_set():
+                    return
+                claimed.update(e.id for e in mine.claim_due(limit=100, lease=60))
+
+    thread = threading.Thread(target=releaser)
+    thread.start()
+    try:
+        moved = parked.release_now()
+        wait_until(lambda: claimed >= ids, timeout=30, what="every entry claimed")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert moved == 1500

@@ -230,18 +230,42 @@ class ParkedSet:
         """Make the matching waiting entries due now; returns how many (would) move.
 
         ``ids``: exactly these; else every waiting entry whose ``reason`` and ``task_name``
-        match those given (all of them when neither is). Works through the set in pages
-        of 500, each one script call.
+        match those given (all of them when neither is). Walks the due set with ``ZSCAN``
+        (which returns every entry present from start to end, however their due times
+        move meanwhile) in batches of 500, each checked and moved by one script call.
         """
         if ids is not None:
             return self._release(dict.fromkeys(ids), dry_run)
         moved = 0
         seen: set[str] = set()
-        for page in self._pages(reason=reason, task_name=task_name, limit=None):
-            fresh = [e.id for e in page if e.id not in seen]
-            seen.update(fresh)
-            moved += self._release(fresh, dry_run)
+        batch: list[str] = []
+        for member, _score in self.client.zscan_iter(self.keys.due, count=_BATCH):
+            entry_id = _text(member)
+            if entry_id in seen:
+                continue  # ZSCAN may return a member twice
+            seen.add(entry_id)
+            batch.append(entry_id)
+            if len(batch) == _BATCH:
+                moved += self._release(self._matching(batch, reason, task_name), dry_run)
+                batch = []
+        if batch:
+            moved += self._release(self._matching(batch, reason, task_name), dry_run)
         return moved
+
+    def _matching(self, ids: list[str], reason: str | None, task_name: str | None) -> list[str]:
+        if reason is None and task_name is None:
+            return ids
+        metas = self.client.hmget(self.keys.meta, ids)
+        out = []
+        for entry_id, raw in zip(ids, metas, strict=True):
+            if raw is None:
+                continue
+            meta = json.loads(_text(raw))
+            if (reason is None or meta.get("reason") == reason) and (
+                task_name is None or meta.get("task_name") == task_name
+            ):
+                out.append(entry_id)
+        return out
 
     def _release(self, ids: Iterable[str], dry_run: bool) -> int:
         moved = 0
@@ -295,7 +319,7 @@ class ParkedSet:
         return out
 
     def _pages(
-        self, *, reason: str | None, task_name: str | None, limit: int | None
+        self, *, reason: str | None, task_name: str | None, limit: int
     ) -> Iterable[list[ParkedEntry]]:
         """Matching waiting entries, one page (one script call) at a time, by rank.
 
@@ -303,7 +327,7 @@ class ParkedSet:
         due meanwhile can be skipped or seen twice): a listing, not a snapshot.
         """
         start = 0
-        size = _BATCH if limit is None or reason or task_name else min(limit, _BATCH)
+        size = _BATCH if reason or task_name else min(limit, _BATCH)
         while True:
             raw = self._scripts["parked_list"](
                 keys=[self.keys.due, self.keys.meta, self.keys.claims], args=[start, size]
