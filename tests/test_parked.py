@@ -356,14 +356,16 @@ def _request(task_id: str, queue: str, **headers: Any) -> Context:
 
 def test_the_message_is_what_retry_would_publish_and_refuses_non_json(apps, redis_server):
     """message_for keeps the task ID, headers, queue and priority, with no countdown, as
-    kombu JSON; arguments JSON cannot carry give None."""
+    kombu JSON, without the header of an earlier release; arguments JSON cannot carry give
+    None."""
     app = _app(apps, redis_server.url(4))
 
     @app.task(bind=True, name="park.probe")
     def probe(self: Any, x: Any) -> None: ...
 
     request = _request("tid-1", "q-probe", trace="abc")
-    text = message_for(probe, request, (1,), {"y": [2]}, {"trace": "abc", "x-test": "1"})
+    headers = {"trace": "abc", "x-test": "1", PARKED_HEADER: "an-earlier-release"}
+    text = message_for(probe, request, (1,), {"y": [2]}, headers)
     assert text is not None
     data = kombu_json.loads(text)
     assert (data["task"], data["args"], data["kwargs"]) == ("park.probe", [1], {"y": [2]})

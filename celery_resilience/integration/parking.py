@@ -15,9 +15,22 @@ anything else          the state store, if it writes an append-only file
                        otherwise none: the caller keeps (capped) countdowns
 =====================  ==================================================================
 
-The attempt path calls :func:`parked_set_for` (None: do not park), :func:`message_for`
-(None: the arguments are not JSON, do not park) and ``ParkedSet.park``; the worker's
-releaser calls :func:`publish`. See docs/parking.md.
+The attempt path parks a wait longer than ``resilience_park_after`` so (and keeps a
+countdown whenever a step says no)::
+
+    parked = parked_set_for(task.app)                       # None: do not park
+    message = message_for(task, request, args, kwargs, headers)  # None: not JSON
+    try:
+        parked.park(task_name=task.name, task_id=request.id, reason="backoff",
+                    delay=wait, message=message)
+    except (ParkRefusedError, *STORE_ERRORS):
+        ...                                                 # a countdown, as before
+
+and, when a message carries :data:`PARKED_HEADER`, lets only its first copy run
+(``parked.first_delivery(entry_id)``). That header belongs to one release: a retry must
+not carry it on (:func:`message_for` drops it; a ``Task.retry`` must pop it from the
+headers it copies). The worker's releaser calls :func:`publish`.
+See docs/parking.md.
 """
 
 from __future__ import annotations
@@ -229,7 +242,11 @@ def message_for(
     """The message that ``Task.retry`` would publish for ``request`` (same task ID, root,
     parent, links, time limits, exchange and routing key, priority, ``headers``), without
     a countdown, as kombu's JSON text; ``options`` go to ``signature_from_request`` (e.g.
-    ``retries``). None when the arguments (or options) do not serialise to JSON."""
+    ``retries``). None when the arguments (or options) do not serialise to JSON.
+
+    A :data:`PARKED_HEADER` in ``headers`` (left by an earlier release) is dropped.
+    """
+    headers = {k: v for k, v in headers.items() if k != PARKED_HEADER}
     signature = task.signature_from_request(
         request, args, kwargs, countdown=None, eta=None, headers=headers, **options
     )
