@@ -220,7 +220,7 @@ def test_help_lists_the_subcommands():
     """``celery resilience --help`` is reachable through the entry point."""
     result = run_cli("--help", env={"RESILIENCE_TEST_BROKER": "memory://"})
     assert result.returncode == 0, result.stderr
-    for command in ("status", "breaker", "dead-letters"):
+    for command in ("status", "breaker", "dead-letters", "parked"):
         assert command in result.stdout
 
 

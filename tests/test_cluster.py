@@ -213,3 +213,33 @@ def _answers(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+def test_the_parked_set_works_in_one_slot_of_a_cluster(cluster):
+    """Park, list, release, claim and forget on a Cluster: the parked keys share a slot;
+    persistence is asked of every primary (these run without an append-only file)."""
+    from celery_resilience.state.parked import ParkedSet, reports_persistence  # noqa: PLC0415
+
+    client = connect(cluster.url())
+    try:
+        parked = ParkedSet(client, KeySpace(f"c-{uuid.uuid4().hex[:8]}"))
+        early = parked.park(task_name="t", task_id="1", reason="backoff", delay=0, message="{}")
+        late = parked.park(
+            task_name="t", task_id="2", reason="breaker_open", delay=600, message="{}"
+        )
+        assert [e.id for e in parked.entries()] == [early.id, late.id]
+        assert parked.release_now(reason="breaker_open") == 1
+        claimed: list = []
+
+        def both() -> bool:
+            claimed.extend(parked.claim_due(limit=10, lease=5))
+            return len(claimed) >= 2
+
+        wait_until(both, timeout=10, what="both entries due")
+        assert {e.id for e in claimed} == {early.id, late.id}
+        assert parked.drop([early.id, late.id]) == 2
+        assert parked.summary().count == 0
+        assert parked.first_delivery(early.id) is True
+        assert reports_persistence(client) is False
+    finally:
+        client.close()

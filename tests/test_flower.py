@@ -142,8 +142,9 @@ def test_worker_stats_carry_the_resilience_section(
 
     workers = flower.get("/api/workers", refresh=1)
     shown = workers[worker.worker.nodename]["stats"]["resilience"]
-    assert set(shown) == {"breakers", "limiters", "store", "fallback", "counters"}
+    assert set(shown) == {"breakers", "limiters", "store", "fallback", "counters", "parked"}
     assert shown["breakers"]["upstream"]["state"] == "closed"
+    assert shown["parked"]["releaser"] == "running"
 
 
 def test_flower_sees_only_celery_task_states(rig: tuple[Rig, FlowerProcess]):

@@ -9,6 +9,9 @@
     celery -A proj resilience dead-letters requeue ID [--queue QUEUE]
     celery -A proj resilience dead-letters purge [--older-than DURATION] [--force]
     celery -A proj resilience policy show|set|unset ...     (see cli_policy)
+    celery -A proj resilience parked list [--reason R] [--task-name N] [--json]
+    celery -A proj resilience parked release (--all | --id ID | --task-name N | --reason R)
+                                             [--dry-run]
 
 A breaker or limiter exists for the command when a task of the app declares it or Redis
 holds state for it. Failures print one line on stderr and exit non-zero: 1 (no such
@@ -29,6 +32,7 @@ import click
 from celery_resilience import signals
 from celery_resilience.cli.kit import CommandError, Session, session, table, when
 from celery_resilience.cli.letters import dead_letters
+from celery_resilience.cli.parked import parked, parked_status, render_parked
 from celery_resilience.cli.policy import policy
 from celery_resilience.integration.inspection import (
     Declared,
@@ -54,7 +58,7 @@ _ACTIONS: dict[str, Literal["open", "close", "reset"]] = {
 @click.group(name="resilience")
 @click.pass_context
 def resilience(ctx: click.Context, /, **_: Any) -> None:
-    """Circuit breakers, rate limits and dead letters of celery-resilience."""
+    """Circuit breakers, rate limits, dead letters and parked tasks of celery-resilience."""
 
 
 def _found(s: Session) -> Declared:
@@ -90,12 +94,14 @@ def collect_status(s: Session) -> tuple[dict[str, Any], list[str]]:
                 limiters.append(limiter_row(status_l, found))
         count = s.letters.count()
         now = s.now()
+    parked_data = parked_status(s)
     data = {
         "store": {"address": s.where, "prefix": s.prefix},
         "now": now,
         "breakers": breakers,
         "limiters": limiters,
         "dead_letters": {"count": count, "max": s.settings.dead_letters_max},
+        "parked": parked_data,
     }
     return data, skipped
 
@@ -145,6 +151,7 @@ def render_status(data: dict[str, Any]) -> str:
             *_section(
                 "Limiters", ["NAME", "RATE", "WAIT", "IN USE", "PAUSED UNTIL", "DECLARED"], limiters
             ),
+            *([render_parked(data["parked"])] if "parked" in data else []),
             f"Dead letters: {data['dead_letters']['count']}",
         ]
     )
@@ -154,11 +161,12 @@ def render_status(data: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Breakers, limiters and the dead-letter count.
+    """Breakers, limiters, the dead-letter count and the parked tasks.
 
     JSON: {"breakers": [{"name", "state", "failure_rate", "calls", "open_until", ...}],
     "limiters": [{"name", "rate", "wait", "in_use", "paused_until", ...}],
-    "dead_letters": {"count", ...}}.
+    "dead_letters": {"count", ...}, "parked": {"count", "by_reason", "claimed",
+    "oldest_due_in", ...}}.
     """
     data, skipped = collect_status(session(ctx))
     if skipped:
@@ -200,3 +208,4 @@ def breaker(ctx: click.Context, action: str, name: str) -> None:
 
 resilience.add_command(dead_letters)
 resilience.add_command(policy)
+resilience.add_command(parked)

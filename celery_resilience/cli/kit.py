@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from celery_resilience.core.errors import ResilienceConfigError
+from celery_resilience.integration.parking import ParkingPlace, parking_place
 from celery_resilience.integration.settings import read_settings
 from celery_resilience.observability.tracing import safe_text
 from celery_resilience.state.connect import connect, describe
@@ -79,6 +80,17 @@ class Session:
         self.client = client
         self.store = RedisStore(self.client, self.settings.keys)
         self.letters = DeadLetters(self.client, self.settings.keys, self.settings.dead_letters_max)
+        self._parking: ParkingPlace | None = None
+
+    def parking(self) -> ParkingPlace:
+        """Where the app's tasks are parked (the Redis broker, or the state store)."""
+        if self._parking is None:
+            with self.talking():
+                try:
+                    self._parking = parking_place(self.app)
+                except ValueError as exc:
+                    raise CommandError(f"parked set: {exc}", EX_CONFIG) from None
+        return self._parking
 
     @property
     def prefix(self) -> str:

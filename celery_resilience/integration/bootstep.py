@@ -11,8 +11,12 @@ node's counters::
         "store": {...}, "fallback": {...}, "counters": {...}}, ...}
 
 With the setting ``resilience_metrics`` it also turns metrics on before the pool forks,
-serves them on ``resilience_metrics_port`` when set, and refreshes the breaker gauges
-from Redis every ``resilience_metrics_interval`` seconds (15).
+serves them on ``resilience_metrics_port`` when set, and refreshes the breaker and parked
+gauges from Redis every ``resilience_metrics_interval`` seconds (15).
+
+When parking is on (``resilience_park_after`` > 0) it runs the node's releaser thread
+(:mod:`celery_resilience.integration.releaser`), and the section holds a ``parked`` row
+set: the parked set's counts (by reason), and what this node's releaser published.
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ from celery_resilience.integration.inspection import (
     limiter_row,
     limiter_status,
 )
+from celery_resilience.integration.parking import ParkingPlace, parking_place
+from celery_resilience.integration.releaser import Releaser
 from celery_resilience.integration.settings import read_settings
 from celery_resilience.integration.task import resilient_tasks
 from celery_resilience.observability import counters
 from celery_resilience.state.connect import connect as connect_store
 from celery_resilience.state.connect import describe
 from celery_resilience.state.errors import STORE_ERRORS
+from celery_resilience.state.parked import PARK_REASONS, ParkedSummary
 from celery_resilience.state.redis import RedisStore
 
 if TYPE_CHECKING:
@@ -74,6 +81,8 @@ class ResilienceStep(bootsteps.StartStopStep):
         self._mode = "?"
         self._server: Any = None
         self._refresh: Any = None
+        self._place: ParkingPlace | None = None
+        self.releaser: Releaser | None = None
 
     # -- the state store -----------------------------------------------------------------
 
@@ -87,10 +96,23 @@ class ResilienceStep(bootsteps.StartStopStep):
             self._store = RedisStore(client, settings.keys)
         return self._store
 
+    def _parking(self) -> ParkingPlace:
+        if self._place is None:
+            self._place = parking_place(self.app, timeout=_STATS_TIMEOUT)
+        return self._place
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self, parent: Any) -> None:
-        """Serve metrics and refresh the breaker gauges, when metrics are on."""
+        """Start the releaser (parking on); serve metrics and refresh the gauges (metrics on)."""
+        try:
+            parking_on = read_settings(self.app).park_after > 0
+        except _STORE_ERRORS as exc:
+            parking_on = False
+            logger.error("celery-resilience: no releaser (%s)", _short(exc))  # noqa: TRY400
+        if parking_on and self.releaser is None:
+            self.releaser = Releaser(self.app)
+            self.releaser.start()
         conf = self.app.conf
         if not conf.get("resilience_metrics"):
             return
@@ -114,7 +136,10 @@ class ResilienceStep(bootsteps.StartStopStep):
         self._refresh = parent.timer.call_repeatedly(interval, self.refresh_gauges)
 
     def stop(self, parent: Any) -> None:
-        """Stop the refresh and the metrics server."""
+        """Stop the releaser, the refresh and the metrics server."""
+        if self.releaser is not None:
+            self.releaser.stop()
+            self.releaser = None
         if self._refresh is not None:
             self._refresh.cancel()
             self._refresh = None
@@ -128,8 +153,11 @@ class ResilienceStep(bootsteps.StartStopStep):
         self.stop(parent)
 
     def refresh_gauges(self) -> None:
-        """Set each declared breaker's gauge from Redis (metrics on)."""
-        from celery_resilience.observability.metrics import set_breaker_state  # noqa: PLC0415
+        """Set each declared breaker's gauge, and the parked gauges, from Redis (metrics on)."""
+        from celery_resilience.observability.metrics import (  # noqa: PLC0415 - optional
+            set_breaker_state,
+            set_parked,
+        )
 
         try:
             store = self._shared()
@@ -137,6 +165,10 @@ class ResilienceStep(bootsteps.StartStopStep):
                 set_breaker_state(policy.name, breaker_status(store, policy).state)
         except _STORE_ERRORS as exc:
             logger.debug("celery-resilience: breaker gauges not refreshed (%s)", _short(exc))
+        try:
+            set_parked(self._parking().parked.summary())
+        except _STORE_ERRORS as exc:
+            logger.debug("celery-resilience: parked gauges not refreshed (%s)", _short(exc))
 
     # -- inspect stats -------------------------------------------------------------------
 
@@ -186,7 +218,43 @@ class ResilienceStep(bootsteps.StartStopStep):
             "last_at": last,
         }
         out["counters"] = totals
+        out["parked"] = self.parked_rows(store_down=problem is not None)
         return out
+
+    def parked_rows(self, *, store_down: bool = False) -> dict[str, Any]:
+        """The parked set and this node's releaser, as flat named rows (``store_down``: the
+        state store did not answer; it is not asked again, so that the reply stays quick)."""
+        releaser = self.releaser
+        rows: dict[str, Any] = {"releaser": "running" if releaser and releaser.running else "off"}
+        summary: ParkedSummary | None = None
+        place = self._place
+        if store_down and (place is None or place.store == "state store"):
+            rows["error"] = "the state store did not answer"
+            place = None
+        else:
+            try:
+                place = self._parking()
+                summary = place.parked.summary()
+            except _STORE_ERRORS as exc:
+                rows["error"] = _short(exc)
+        if place is not None:
+            rows["store"] = place.where
+            rows["durable"] = place.durable
+        if summary is not None:
+            due_in = summary.oldest_due_in
+            rows["count"] = summary.count
+            rows["claimed"] = summary.claimed
+            rows["oldest_due_in"] = None if due_in is None else round(due_in, 1)
+            for reason in PARK_REASONS:
+                rows[reason] = summary.by_reason.get(reason, 0)
+        if releaser is not None:
+            stats = releaser.stats
+            rows["published"] = stats.published
+            rows["republished"] = stats.republished
+            rows["publish_errors"] = stats.publish_errors
+            rows["store_errors"] = stats.store_errors
+            rows["last_error"] = stats.last_error
+        return rows
 
 
 def install(app: Celery) -> None:

@@ -45,6 +45,16 @@ setting                         meaning (default)
                                 with a rate limit until the slot it reserved for it on
                                 arrival (``5.0``; ``0``: reserve nothing on arrival). See
                                 :mod:`celery_resilience.integration.strategy`.
+``resilience_park_after``       Waits longer than this many seconds are parked outside the
+                                workers (in the Redis broker, or in a state store that
+                                writes an append-only file) and published again when due,
+                                instead of held as countdown messages; ``0`` turns parking
+                                off (docs/parking.md). (``5.0``)
+``resilience_park_lease``       Seconds a worker's releaser holds the entries it claimed
+                                while it publishes them; if it dies meanwhile, another
+                                releaser publishes them once the lease ran out. (``30.0``)
+``resilience_park_poll``        Seconds between two looks of a worker's releaser at the
+                                parked set, with +/- 50 % jitter. (``1.0``)
 =============================== ===========================================================
 """
 
@@ -108,6 +118,12 @@ class Settings:
     hold_max: float = 5.0
     #: RabbitMQ's consumer_timeout (seconds) when the broker is AMQP, else None.
     consumer_timeout: float | None = None
+    #: Waits longer than this (seconds) are parked; 0: parking off.
+    park_after: float = 5.0
+    #: Seconds a releaser's claim lasts.
+    park_lease: float = 30.0
+    #: Seconds between two looks of a releaser at the parked set (jittered).
+    park_poll: float = 1.0
 
     @property
     def countdown_cap(self) -> float | None:
@@ -197,8 +213,15 @@ def _number(conf: Any, key: str, default: float) -> float:
 
 def _seconds(conf: Any, key: str, default: float) -> float:
     value = conf.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ResilienceConfigError(f"{key} must be a number of seconds >= 0, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ResilienceConfigError(
+            f"{key} must be a number of seconds >= 0 (0: off), got {value!r}"
+        )
     return float(value)
 
 
@@ -265,4 +288,7 @@ def read_settings(app: Celery) -> Settings:
         duplicate_guard="always" if guard == "always" else "acks_late",
         hold_max=_seconds(conf, "resilience_hold_max", 5.0),
         consumer_timeout=amqp_consumer_timeout(app),
+        park_after=_seconds(conf, "resilience_park_after", 5.0),
+        park_lease=_number(conf, "resilience_park_lease", 30.0),
+        park_poll=_number(conf, "resilience_park_poll", 1.0),
     )

@@ -12,12 +12,18 @@ process that runs tasks, before the pool forks)::
     celery_resilience_gave_up_total{task}
     celery_resilience_backend_fallbacks_total
     celery_resilience_breaker_state{name}             see BREAKER_STATE_VALUES
+    celery_resilience_parked{reason}                  tasks parked, waiting or claimed
+    celery_resilience_parked_claimed                  parked tasks a releaser is publishing
+    celery_resilience_parked_overdue_seconds          how long the earliest waiting parked
+                                                      task is past due (0: none is)
 
 Under the prefork pool every process counts on its own: set ``PROMETHEUS_MULTIPROC_DIR``
 (an empty directory) in the worker's environment, and expose the sum with
 :func:`serve_metrics` or the setting ``resilience_metrics_port`` (docs/metrics.md).
-The breaker gauge uses ``multiprocess_mode="mostrecent"``: a breaker is shared, so its
-state is the last one any process saw, not a sum or a maximum over processes.
+The breaker and parked gauges use ``multiprocess_mode="mostrecent"``: a breaker and the
+parked set are shared, so their value is the last one any process saw, not a sum or a
+maximum over processes. The worker bootstep sets the gauges every
+``resilience_metrics_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ from celery.signals import worker_process_shutdown
 
 from celery_resilience import signals
 from celery_resilience.core.gates import BreakerState
+from celery_resilience.state.parked import PARK_REASONS
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge
+
+    from celery_resilience.state.parked import ParkedSummary
 
 __all__ = [
     "BREAKER_STATE_VALUES",
@@ -43,6 +52,7 @@ __all__ = [
     "metrics_registry",
     "serve_metrics",
     "set_breaker_state",
+    "set_parked",
 ]
 
 DEFAULT_NAMESPACE = "celery_resilience"
@@ -79,6 +89,9 @@ class Metrics:
     backend_fallbacks: Counter
     breaker_state: Gauge
     registry: CollectorRegistry | None
+    parked: Gauge | None = None
+    parked_claimed: Gauge | None = None
+    parked_overdue: Gauge | None = None
 
 
 _metrics: Metrics | None = None
@@ -195,6 +208,25 @@ def enable_metrics(
             **where,
         ),
         registry=registry,
+        parked=prom.Gauge(
+            "parked",
+            "Tasks parked outside the workers until due (waiting or being published)",
+            ["reason"],
+            multiprocess_mode="mostrecent",
+            **where,
+        ),
+        parked_claimed=prom.Gauge(
+            "parked_claimed",
+            "Parked tasks a releaser has claimed and is publishing",
+            multiprocess_mode="mostrecent",
+            **where,
+        ),
+        parked_overdue=prom.Gauge(
+            "parked_overdue_seconds",
+            "How long the earliest waiting parked task is past its due time (0: none is)",
+            multiprocess_mode="mostrecent",
+            **where,
+        ),
     )
     _metrics = metrics
     for signal, receiver in _RECEIVERS:
@@ -218,14 +250,32 @@ def disable_metrics() -> None:
         metrics.gave_up,
         metrics.backend_fallbacks,
         metrics.breaker_state,
+        metrics.parked,
+        metrics.parked_claimed,
+        metrics.parked_overdue,
     ):
-        registry.unregister(metric)
+        if metric is not None:
+            registry.unregister(metric)
 
 
 def set_breaker_state(name: str, state: BreakerState) -> None:
     """Set the ``breaker_state`` gauge of ``name`` (nothing when metrics are off)."""
     if _metrics is not None:
         _metrics.breaker_state.labels(name).set(BREAKER_STATE_VALUES[state])
+
+
+def set_parked(summary: ParkedSummary) -> None:
+    """Set the parked gauges from a summary of the parked set (nothing when metrics are off)."""
+    metrics = _metrics
+    if metrics is None or metrics.parked is None:
+        return
+    for reason in sorted({*PARK_REASONS, *summary.by_reason}):
+        metrics.parked.labels(reason).set(summary.by_reason.get(reason, 0))
+    if metrics.parked_claimed is not None:
+        metrics.parked_claimed.set(summary.claimed)
+    if metrics.parked_overdue is not None:
+        due_in = summary.oldest_due_in
+        metrics.parked_overdue.set(0.0 if due_in is None else max(-due_in, 0.0))
 
 
 def metrics_registry() -> CollectorRegistry:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PREFIX", "KeySpace", "escape"]
+__all__ = ["DEFAULT_PREFIX", "KeySpace", "ParkedKeys", "escape"]
 
 DEFAULT_PREFIX = "resilience"
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
@@ -26,6 +26,28 @@ def escape(name: str) -> str:
     if type(name) is str and _SAFE_NAME.fullmatch(name):
         return name  # the usual case: nothing to encode
     return "".join(chr(byte) if byte in _SAFE else f"%{byte:02X}" for byte in name.encode("utf-8"))
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedKeys:
+    """The keys of the parked set, all in one Redis Cluster slot (one hash tag)."""
+
+    #: sorted set: entry id -> due time (waiting entries)
+    due: str
+    #: sorted set: entry id -> lease expiry (entries a releaser is publishing)
+    claimed: str
+    #: hash: entry id -> JSON {task_name, task_id, reason, due, parked_at}
+    meta: str
+    #: hash: entry id -> the message (JSON text)
+    messages: str
+    #: hash: reason -> how many entries (waiting or claimed) were parked for it
+    counts: str
+    #: hash: entry id -> how many times it was claimed
+    claims: str
+
+    def all(self) -> list[str]:
+        """Every key, in the order the scripts name them."""
+        return [self.due, self.claimed, self.meta, self.messages, self.counts, self.claims]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +88,22 @@ class KeySpace:
     def dead_letters(self) -> str:
         """The dead-letter stream."""
         return f"{self.prefix}:dead-letters"
+
+    def parked(self) -> ParkedKeys:
+        """The parked set's keys (hash tag: the prefix, so each prefix has its own slot)."""
+        base = f"{self.prefix}:parked:{{{self.prefix}}}"
+        return ParkedKeys(
+            due=f"{base}:due",
+            claimed=f"{base}:claimed",
+            meta=f"{base}:meta",
+            messages=f"{base}:messages",
+            counts=f"{base}:counts",
+            claims=f"{base}:claims",
+        )
+
+    def parked_delivery(self, entry_id: str) -> str:
+        """The mark of the first delivery of a released entry (against a double release)."""
+        return f"{self.prefix}:parked-delivery:{{{escape(entry_id)}}}"
 
     def pattern(self, kind: str) -> str:
         """A SCAN pattern for every key of one kind ("breaker", "limiter", ...)."""

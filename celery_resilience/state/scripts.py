@@ -5,16 +5,25 @@ from __future__ import annotations
 from functools import cache
 from importlib.resources import files
 
-__all__ = ["SCRIPT_NAMES", "script_source"]
+__all__ = ["PARKED_SCRIPT_NAMES", "SCRIPT_NAMES", "script_source"]
 
 SCRIPT_NAMES = ("gate", "record", "breaker_admin", "limiter_status", "policy_set")
+#: The parked set's scripts (registered by :class:`celery_resilience.state.parked.ParkedSet`).
+PARKED_SCRIPT_NAMES = (
+    "parked_add",
+    "parked_claim",
+    "parked_done",
+    "parked_release",
+    "parked_summary",
+    "parked_list",
+)
 _INCLUDE = "--!include "
 
 
 @cache
 def script_source(name: str) -> str:
     """The full text of one operation script, its includes expanded."""
-    if name not in SCRIPT_NAMES:
+    if name not in SCRIPT_NAMES and name not in PARKED_SCRIPT_NAMES:
         raise KeyError(f"no Lua script named {name!r}")
     return _expand(f"{name}.lua")
 
