@@ -45,6 +45,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from kombu.utils import json as kombu_json
 
+from celery_resilience.core import headers as names
 from celery_resilience.integration.settings import read_settings
 from celery_resilience.state.connect import connect, describe
 from celery_resilience.state.errors import STORE_ERRORS
@@ -70,7 +71,7 @@ __all__ = [
 logger = logging.getLogger("celery_resilience.integration.parking")
 
 #: The header a released message carries: the id of the parked entry it came from.
-PARKED_HEADER = "resilience_parked"
+PARKED_HEADER = names.PARKED
 #: kombu's Redis transport schemes.
 _REDIS_BROKER = ("redis", "rediss", "unix", "redis+socket", "socket", "sentinel")
 #: Seconds a "cannot tell" answer (the state store did not answer) is kept before asking again.

@@ -13,13 +13,15 @@ import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
+from celery.utils.log import get_task_logger
 
 from celery_resilience.core import headers as names
 from celery_resilience.core.errors import Deferred, RetryScheduled
 from celery_resilience.integration.attempt import run_traced
 from celery_resilience.integration.flow import Done, Lease
 from celery_resilience.integration.message import incoming_state, incoming_trace, nonce_of
+from celery_resilience.integration.parking import message_for, parked_set_for
 from celery_resilience.integration.runtime import Runtime, runtime_for
 from celery_resilience.observability.tracing import (
     AttemptInfo,
@@ -27,14 +29,19 @@ from celery_resilience.observability.tracing import (
     hold_attempt,
     release_attempt,
 )
+from celery_resilience.state.errors import STORE_ERRORS
+from celery_resilience.state.parked import ParkRefusedError
 
 if TYPE_CHECKING:
     from celery.app.task import Context
 
     from celery_resilience.core.decisions import Wait
     from celery_resilience.integration.task import ResilientTask
+    from celery_resilience.state.parked import ParkReason
 
 __all__ = ["release_held", "run_in_worker", "time_limit_of"]
+
+logger = get_task_logger("celery_resilience")
 
 
 def time_limit_of(task: ResilientTask, request: Context) -> float | None:
@@ -50,13 +57,15 @@ def _lease(
     task: ResilientTask, request: Context, rt: Runtime, attempt: int, time_limit: float | None
 ) -> Lease | None:
     """The attempt lease against copies of this message: for acks_late tasks (a lost
-    worker leaves its message to be delivered again), or for every task when
-    ``resilience_duplicate_guard`` is "always". It lasts the task's time limit, else
+    worker leaves its message to be delivered again), for a message released from the
+    parked set (a releaser that died while publishing leaves it published twice), or for
+    every task when ``resilience_duplicate_guard`` is "always". It lasts the task's time limit, else
     ``resilience_attempt_lease``, and never less than the Redis broker's visibility
     timeout (no copy can be redelivered sooner); a finished attempt is remembered as long
     as a copy may still come."""
     settings = rt.settings
-    if not (settings.duplicate_guard == "always" or task.acks_late):
+    released = names.PARKED in (request.headers or {})  # a double release is kept out too
+    if not (settings.duplicate_guard == "always" or task.acks_late or released):
         return None
     seconds = time_limit + 5.0 if time_limit is not None else settings.attempt_lease
     visibility = settings.visibility_timeout
@@ -67,6 +76,66 @@ def _lease(
     )
 
 
+def _park_reason(wait: Wait) -> ParkReason | None:
+    """Why a wait is parked, or None for a wait that is never parked."""
+    if wait.failure is not None:
+        return "retry_after" if wait.failure.retry_after else "backoff"
+    return _PARK_REASONS.get(wait.gate or "")
+
+
+_PARK_REASONS: dict[str, ParkReason] = {
+    "breaker": "breaker_open",
+    "rate_limit": "rate_limited",
+    "concurrency": "concurrency",
+    "schedule": "schedule",
+}
+
+
+_PARK_ERRORS: tuple[type[BaseException], ...] = (ParkRefusedError, *STORE_ERRORS)
+
+
+def _park(
+    task: ResilientTask,
+    request: Context,
+    rt: Runtime,
+    wait: Wait,
+    *,
+    headers: dict[str, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    retries: int,
+) -> bool:
+    """Park a long wait outside the workers (docs/parking.md); False when it cannot be
+    parked (a short wait, parking off or nowhere durable enough, arguments that are not
+    JSON, the parked set unreachable), and the wait stays a countdown."""
+    reason = _park_reason(wait)
+    after = rt.settings.park_after
+    if reason is None or after <= 0 or wait.countdown <= after:
+        return False
+    parked = parked_set_for(task.app)
+    if parked is None:
+        return False
+    message = message_for(task, request, args, kwargs, headers, retries=retries)
+    if message is None:
+        return False
+    try:
+        parked.park(
+            task_name=task.name,
+            task_id=request.id or "?",
+            reason=reason,
+            delay=wait.countdown,
+            message=message,
+        )
+    except _PARK_ERRORS as exc:
+        logger.warning(
+            "celery-resilience: a wait of %.1f s stays a countdown (not parked: %s)",
+            wait.countdown,
+            type(exc).__name__,
+        )
+        return False
+    return True
+
+
 def _reschedule(
     task: ResilientTask,
     request: Context,
@@ -75,18 +144,18 @@ def _reschedule(
     *,
     trace: TraceContext,
     span_id: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> NoReturn:
-    """Publish the task again, ``wait.countdown`` from now (in legs below the broker's
-    visibility timeout), with its counters and trace in the headers."""
-    cap = rt.settings.countdown_cap
-    leg, state = wait.countdown, wait.state
-    if cap is not None and wait.countdown > cap:
-        leg = cap
-        state = replace(state, not_before=rt.estimated_now() + wait.countdown)
+    """Send the task back for ``wait.countdown`` seconds, with its counters and trace in
+    the headers: parked outside the workers when the wait is long (and a durable place
+    exists), else as a countdown message, in legs below the broker's timeouts."""
+    state = wait.state
     # Task.retry replaces the custom headers: start from this message's own, minus
     # RabbitMQ's x-death bookkeeping (as Celery's own retry does).
     headers = dict(request.as_execution_options().get("headers") or {})
     headers.pop(names.BOOKED, None)  # a reservation serves one delivery (the state has it)
+    headers.pop(names.PARKED, None)  # a release serves one publication
     headers[names.STATE] = state.to_header()
     headers[names.TRACE] = TraceContext(trace.trace_id, span_id, trace.sampled).traceparent()
     # Celery publishes request.retries + 1 and compares it with the task's class-level
@@ -94,8 +163,20 @@ def _reschedule(
     # past that class-level bound, which a named policy may exceed.
     ceiling = task.max_retries
     counted = state.failures if ceiling is None else min(state.failures, ceiling)
-    request.retries = counted - 1
     reason = RetryScheduled(wait.line) if wait.retry else Deferred(wait.line)
+    if _park(
+        task, request, rt, wait, headers=headers, args=args, kwargs=kwargs, retries=counted
+    ):
+        # Published again by a releaser when due: end this attempt as Celery's RETRY.
+        raise Retry(exc=reason, when=wait.countdown)  # type: ignore[arg-type]  # a float is a Real
+    cap = rt.settings.countdown_cap
+    leg = wait.countdown
+    if cap is not None and wait.countdown > cap:
+        leg = cap
+        headers[names.STATE] = replace(
+            state, not_before=rt.estimated_now() + wait.countdown
+        ).to_header()
+    request.retries = counted - 1
     try:
         raise task.retry(exc=reason, countdown=leg, headers=headers)
     except Reject as exc:
@@ -115,7 +196,9 @@ def run_in_worker(
     time_limit = time_limit_of(task, request)
 
     def carry(wait: Wait, span_id: str) -> NoReturn:
-        _reschedule(task, request, rt, wait, trace=trace, span_id=span_id)
+        _reschedule(
+            task, request, rt, wait, trace=trace, span_id=span_id, args=args, kwargs=kwargs
+        )
 
     outcome = run_traced(
         task,

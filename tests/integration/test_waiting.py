@@ -1,0 +1,69 @@
+"""Long waits leave the workers: parked in the broker's Redis, published again when due.
+
+Real workers on a Redis broker whose visibility timeout is 3 s: a wait of 8 s was held
+in a worker (and split in hops below that timeout) before; parked, each task is delivered
+once per attempt and no worker holds it meanwhile.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from example_project.upstream import Response
+from tests.helpers.celery_apps import app_env
+from tests.helpers.cluster import client_for, note, wait_all
+from tests.helpers.workers import CeleryWorker
+
+pytestmark = pytest.mark.integration
+
+APP = "tests.apps.resilient"
+
+
+def _deliveries(nodes: list[CeleryWorker], task: str, ids: set[str]) -> dict[str, int]:
+    seen = dict.fromkeys(ids, 0)
+    pattern = re.compile(rf"Task {re.escape(task)}\[([^\]]+)\] received")
+    for node in nodes:
+        for found in pattern.finditer(node.log_text()):
+            if found[1] in seen:
+                seen[found[1]] += 1
+    return seen
+
+
+def test_a_long_retry_after_is_parked_not_held(
+    worker_factory, celery_client, redis_server, upstream, unique, request
+):
+    """20 tasks told Retry-After: 8 with a 3 s visibility timeout: each is delivered twice
+    (the 429 and the retry), never in hops, and the retry comes after the 8 s."""
+    env = {
+        **app_env(
+            broker=redis_server.url(0),
+            backend=redis_server.url(1),
+            upstream=upstream.url,
+            queue=f"q-{unique}",
+        ),
+        "RESILIENCE_TEST_STATE": redis_server.url(2),
+        "RESILIENCE_TEST_PREFIX": f"t-{unique}",
+        "RESILIENCE_TEST_VISIBILITY": "3",
+    }
+    node = worker_factory(APP, env=env)
+    client = client_for(celery_client, env)
+    prefix = f"/{unique}/later"
+    paths = [f"{prefix}/{i}" for i in range(20)]
+    for path in paths:
+        upstream.script(path, [Response(429, retry_after=8)], then=200)
+
+    results = [client.send_task("res.call", args=[path]) for path in paths]
+
+    assert wait_all(results, timeout=90, what="20 tasks told to come back in 8 s") == [
+        "SUCCESS"
+    ] * 20
+    deliveries = _deliveries([node], "res.call", {r.id for r in results})
+    note(request, deliveries_per_task=sum(deliveries.values()) / 20)
+    assert set(deliveries.values()) == {2}
+    for path in paths:
+        first, second = upstream.requests(path)
+        assert (first.status, second.status) == (429, 200)
+        assert second.start - first.start >= 8.0
+    assert "not parked" not in node.log_text()
