@@ -6,7 +6,6 @@ no per-call state ever lives on the shared task object.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -14,6 +13,7 @@ from typing import Any, Literal
 from celery_resilience.core.backoff import DEFAULT_BACKOFF, check_backoff
 from celery_resilience.core.classify import Classifier
 from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.validate import checked_number
 
 __all__ = ["DEFAULTS", "OPTION_NAMES", "TaskOptions", "check_options", "options_from"]
 
@@ -89,23 +89,12 @@ def check_options(task: str, values: Mapping[str, Any]) -> TaskOptions:
 
     max_retries = values.get("max_retries", DEFAULTS.max_retries)
     if max_retries is not None:
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int):
-            raise TypeError(
-                f"task {task!r}: option max_retries must be an int or None, "
-                f"got {_kind(max_retries)}"
-            )
-        if max_retries < 0:
-            raise ValueError(f"task {task!r}: option max_retries must be >= 0, got {max_retries}")
-
+        checked_number(
+            max_retries, what=f"task {task!r}: option max_retries", strict=False, integer=True
+        )
     deadline = values.get("deadline")
     if deadline is not None:
-        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
-            raise TypeError(
-                f"task {task!r}: option deadline must be a number of seconds or None, "
-                f"got {_kind(deadline)}"
-            )
-        if not math.isfinite(deadline) or deadline <= 0:
-            raise ValueError(f"task {task!r}: option deadline must be > 0, got {deadline!r}")
+        checked_number(deadline, what=f"task {task!r}: option deadline (seconds)")
 
     backoff = values.get("backoff", DEFAULTS.backoff)
     try:

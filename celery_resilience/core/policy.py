@@ -12,6 +12,8 @@ import math
 import re
 from dataclasses import KW_ONLY, dataclass, field
 
+from celery_resilience.core.validate import checked_number
+
 __all__ = ["CircuitBreaker", "ConcurrencyLimit", "RateLimit", "parse_rate"]
 
 _MAX_NAME = 200
@@ -34,13 +36,10 @@ def _check_name(kind: str, name: object) -> str:
 
 
 def _check_positive(kind: str, field_name: str, value: object, *, integer: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        expected = "an int" if integer else "a number"
-        raise TypeError(f"{kind}: {field_name} must be {expected}, not {type(value).__name__}")
-    if integer and not isinstance(value, int):
-        raise TypeError(f"{kind}: {field_name} must be an int, not {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{kind}: {field_name} must be > 0, got {value!r}")
+    if integer:
+        checked_number(value, what=f"{kind}: {field_name}", integer=True)
+    else:
+        checked_number(value, what=f"{kind}: {field_name}")
 
 
 @dataclass(frozen=True, slots=True)

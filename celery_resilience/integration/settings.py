@@ -60,13 +60,13 @@ setting                         meaning (default)
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from kombu.utils.url import maybe_sanitize_url
 
 from celery_resilience.core.errors import ResilienceConfigError
+from celery_resilience.core.validate import checked_number
 from celery_resilience.state.connect import SCHEMES
 from celery_resilience.state.fallback import FallbackMode
 from celery_resilience.state.keys import DEFAULT_PREFIX, KeySpace
@@ -199,30 +199,12 @@ def amqp_consumer_timeout(app: Celery) -> float | None:
     return _number(conf, "resilience_consumer_timeout", DEFAULT_CONSUMER_TIMEOUT)
 
 
-def _number(conf: Any, key: str, default: float) -> float:
-    value = conf.get(key, default)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ResilienceConfigError(f"{key} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _seconds(conf: Any, key: str, default: float) -> float:
-    value = conf.get(key, default)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ResilienceConfigError(
-            f"{key} must be a number of seconds >= 0 (0: off), got {value!r}"
-        )
-    return float(value)
+def _number(conf: Any, key: str, default: float, *, zero: bool = False) -> float:
+    """A setting in seconds: > 0 (>= 0 with ``zero``, where 0 turns the feature off)."""
+    try:
+        return float(checked_number(conf.get(key, default), what=key, strict=not zero))
+    except (TypeError, ValueError) as exc:
+        raise ResilienceConfigError(f"{exc} (seconds{'; 0: off' if zero else ''})") from None
 
 
 def read_settings(app: Celery) -> Settings:
@@ -286,9 +268,9 @@ def read_settings(app: Celery) -> Settings:
         visibility_timeout=redis_visibility_timeout(app),
         ssl=dict(ssl) if ssl else None,
         duplicate_guard="always" if guard == "always" else "acks_late",
-        hold_max=_seconds(conf, "resilience_hold_max", 5.0),
+        hold_max=_number(conf, "resilience_hold_max", 5.0, zero=True),
         consumer_timeout=amqp_consumer_timeout(app),
-        park_after=_seconds(conf, "resilience_park_after", 5.0),
+        park_after=_number(conf, "resilience_park_after", 5.0, zero=True),
         park_lease=_number(conf, "resilience_park_lease", 30.0),
         park_poll=_number(conf, "resilience_park_poll", 1.0),
     )
