@@ -7,6 +7,7 @@ that the drivers (a worker, or eager mode) carry out:
 point                         answers
 ============================  ===============================================================
 :func:`on_wake`               ``None`` (go on), or :class:`Wait` (a split wait is not over)
+:func:`before_gate`           ``None`` (ask the gates), or :class:`GiveUp` (deadline passed)
 :func:`after_gate`            :class:`Run`, :class:`Wait` (deferred), :class:`GiveUp`,
                               :class:`Refuse`, :class:`UseFallback` or :class:`Duplicate`
 :func:`plan_failure`          a :class:`FailurePlan`: retry after a countdown, or not
@@ -53,6 +54,7 @@ __all__ = [
     "REPUBLISH",
     "after_failure",
     "after_gate",
+    "before_gate",
     "on_wake",
     "plan_failure",
 ]
@@ -135,6 +137,14 @@ def on_wake(attempt: Attempt, now: float) -> Wait | GiveUp | None:
         name=None,
         why="waiting out a long countdown in legs below the broker's visibility timeout",
     )
+
+
+def before_gate(attempt: Attempt, now: float) -> GiveUp | None:
+    """A task whose deadline has passed gives up before it asks the gates (it takes no
+    rate-limit slot, probe or concurrency slot it could not use)."""
+    if attempt.deadline_passed(now):
+        return _give_up(attempt, f"deadline of {attempt.options.deadline:g} s passed", None)
+    return None
 
 
 def after_gate(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:

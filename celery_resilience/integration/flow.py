@@ -190,6 +190,9 @@ class Flow:
             if woken is not None:
                 return self._carry(woken, answer=None)
             self._set_state(replace(self.state, not_before=None))
+        expired = decide.before_gate(self.attempt, self.gates.estimated_now())
+        if expired is not None:
+            return self._carry(expired, answer=None)
         answer = self._ask()
         _log_transitions(answer.transitions)
         decision = decide.after_gate(self.attempt, answer, self.rng)

@@ -190,3 +190,16 @@ def rejects_once(self: Any, path: str) -> dict[str, Any]:
 
         raise Reject("not yet", requeue=True)
     return {"status": resp.status_code, "ledger": None}
+
+
+@resilient_task(
+    app=app,
+    bind=True,
+    name="res.limited_deadline",
+    backoff=FAST,
+    deadline=5.0,
+    limiter=RateLimit("late", "1/s"),
+)
+def limited_deadline(self: Any, path: str) -> dict[str, Any]:
+    """Through the rate limit 'late' (1/s), with a 5 s deadline."""
+    return _call(self, path, "GET", 5.0, None)

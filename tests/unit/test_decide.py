@@ -369,3 +369,13 @@ def test_a_failure_is_retried_only_while_retries_allow(failures, max_retries, ve
         assert isinstance(decision, decisions.Wait)
         assert decision.state.failures == failures + 1
         assert decision.countdown >= max(retry_after or 0.0, 0.05)
+
+
+def test_an_expired_task_gives_up_before_asking_the_gates():
+    """Past its deadline, a task gives up before the gates (no slot is taken for it)."""
+    state = AttemptState(failures=1, started=NOW - 30)
+    decision = decide.before_gate(attempt(deadline=10.0, state=state), NOW)
+    assert isinstance(decision, decisions.GiveUp)
+    assert decision.reason == "deadline of 10 s passed"
+    assert decide.before_gate(attempt(deadline=10.0, state=state), NOW - 25) is None
+    assert decide.before_gate(attempt(), NOW) is None
