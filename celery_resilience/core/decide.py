@@ -55,6 +55,7 @@ __all__ = [
     "after_failure",
     "after_gate",
     "before_gate",
+    "broken",
     "on_wake",
     "plan_failure",
 ]
@@ -122,6 +123,16 @@ def _give_up(attempt: Attempt, reason: str, failure: Failure | None) -> GiveUp:
         state = state.with_entry(f"#{state.attempt} {failure.verdict.value}: {failure.cause}")
     message = gave_up_message(reason=reason, state=state, trace_id=attempt.trace_id)
     return GiveUp(reason=reason, message=message, state=state, failure=failure)
+
+
+def broken(attempt: Attempt, error: BaseException) -> GiveUp:
+    """The task's own classifier or backoff strategy raised ``error``: give up now (a
+    retry could not be decided), saying which type of error it was."""
+    reason = (
+        f"its classifier or backoff strategy raised {type(error).__name__}; "
+        "no retry could be decided"
+    )
+    return _give_up(attempt, reason, None)
 
 
 def on_wake(attempt: Attempt, now: float) -> Wait | GiveUp | None:

@@ -295,8 +295,14 @@ class Flow:
             plan = decide.plan_failure(
                 self.attempt, failure, now=self.gates.estimated_now(), exc=exc
             )
+        except Exception as broken:
+            # the task's own classifier or backoff failed: give back what the gates granted,
+            # and end the task for good, with a dead letter, rather than guess
+            self._report("neutral", probe=probe)
+            logger.exception("the task's classifier or backoff failed")
+            self.verdict = "gave_up"
+            self._give_up(decide.broken(self.attempt, broken), exc=exc)
         except BaseException:
-            # the task's own classifier or backoff failed: give back what the gates granted
             self._report("neutral", probe=probe, mark="released")
             raise
         self.verdict = failure.verdict.value

@@ -203,3 +203,20 @@ def rejects_once(self: Any, path: str) -> dict[str, Any]:
 def limited_deadline(self: Any, path: str) -> dict[str, Any]:
     """Through the rate limit 'late' (1/s), with a 5 s deadline."""
     return _call(self, path, "GET", 5.0, None)
+
+
+def _raising_backoff(state: tenacity.RetryCallState) -> float:
+    """A backoff strategy with a bug in it."""
+    raise ZeroDivisionError("a bug in the task's own backoff")
+
+
+@resilient_task(
+    app=app,
+    bind=True,
+    name="res.bad_backoff",
+    backoff=_raising_backoff,
+    concurrency=ConcurrencyLimit("bad-backoff", 1, lease=60.0),
+)
+def bad_backoff(self: Any, path: str) -> dict[str, Any]:
+    """Holds the only slot of 'bad-backoff'; its backoff raises."""
+    return _call(self, path, "GET", 5.0, None)
