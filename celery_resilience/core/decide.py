@@ -257,7 +257,12 @@ def _denied(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
         gate = "backend"
         why = "state store unreachable and resilience_fallback is 'defer'"
         wait *= rng.uniform(1.0, 1.5)
-    return _wait(attempt, wait=wait, now=answer.now, gate=gate, name=name, why=why, state=state)
+    decision = _wait(
+        attempt, wait=wait, now=answer.now, gate=gate, name=name, why=why, state=state
+    )
+    if isinstance(decision, Wait) and gate == "breaker":
+        return replace(decision, breaker=name)
+    return decision
 
 
 def plan_failure(
@@ -309,6 +314,8 @@ def after_failure(
     if plan.countdown is None:
         return _give_up(attempt, plan.give_up or "no retry possible", failure)
     seconds = _not_before_half_open(attempt, plan.countdown, record, rng)
+    breaker = attempt.options.breaker
+    waits_for = breaker.name if breaker is not None and seconds != plan.countdown else None
     line = retry_line(
         verdict=failure.verdict.value,
         cause=failure.cause,
@@ -321,7 +328,7 @@ def after_failure(
     state = replace(state, failures=spent).with_entry(
         f"#{spent} {failure.verdict.value}: {failure.cause}"
     )
-    return Wait(countdown=seconds, line=line, state=state, failure=failure)
+    return Wait(countdown=seconds, line=line, state=state, failure=failure, breaker=waits_for)
 
 
 def _not_before_half_open(

@@ -87,6 +87,8 @@ class Wait:
     name: str | None = None
     failure: Failure | None = None
     quiet: bool = False
+    #: The breaker whose opening sets the wait: the task may go when it lets it.
+    breaker: str | None = None
 
     @property
     def retry(self) -> bool:

@@ -3,7 +3,10 @@
 About every ``resilience_park_poll`` seconds (with +/- 50 % jitter, so that a fleet of
 workers does not ask at the same instant) it claims up to 100 due entries for
 ``resilience_park_lease`` seconds, publishes each through the app's producer pool, and
-forgets it. It goes again at once while it finds full batches. A publish that fails
+forgets it; an entry parked because its breaker was open, whose breaker would still
+refuse it, waits again instead (:func:`hold_back`: a task waiting out an outage is
+delivered when it can run, not each time it wakes). It goes again at once while it finds
+full batches. A publish that fails
 leaves the claim to run out (then this or another releaser publishes it); an unreachable
 store is logged once and asked again with backoff. Nothing it meets stops the worker.
 """
@@ -19,19 +22,24 @@ from typing import TYPE_CHECKING, Any
 from kombu.exceptions import OperationalError
 
 from celery_resilience.core import clock
+from celery_resilience.core.gates import BreakerState
+from celery_resilience.integration.inspection import declared
 from celery_resilience.integration.parking import parking_place, publish
+from celery_resilience.integration.runtime import runtime_for
 from celery_resilience.integration.settings import read_settings
 from celery_resilience.observability.tracing import safe_token
 from celery_resilience.state.errors import STORE_ERRORS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from celery import Celery
 
-    from celery_resilience.state.parked import ParkedSet
+    from celery_resilience.core.gates import BreakerStatus
+    from celery_resilience.core.policy import CircuitBreaker
+    from celery_resilience.state.parked import ParkedEntry, ParkedSet
 
-__all__ = ["BATCH", "Releaser", "ReleaserStats", "next_delay"]
+__all__ = ["BATCH", "Releaser", "ReleaserStats", "hold_back", "next_delay"]
 
 logger = logging.getLogger("celery_resilience.integration.releaser")
 
@@ -58,6 +66,39 @@ def next_delay(poll: float, *, full: bool, failures: int, draw: float) -> float:
     return base * (0.5 + draw)
 
 
+def hold_back(
+    entries: list[ParkedEntry],
+    statuses: Mapping[str, BreakerStatus],
+    policies: Mapping[str, CircuitBreaker],
+    rng: random.Random,
+    *,
+    poll: float,
+) -> dict[str, float]:
+    """Which due entries wait again (id -> seconds), by their breaker's state: open,
+    until it may half-open (plus the breaker's own spread, as a deferral has); forced
+    open, another ``open_for`` or two; half-open, all but as many as it has free probe
+    slots (those go now, to probe), for about one more look. The others go now."""
+    held: dict[str, float] = {}
+    free: dict[str, int] = {}
+    for entry in entries:
+        status = statuses.get(entry.breaker or "")
+        policy = policies.get(entry.breaker or "")
+        if status is None or policy is None:
+            continue
+        if status.state is BreakerState.OPEN:
+            wait = max(status.open_until - status.now, 0.0)
+            held[entry.id] = wait + rng.uniform(0.0, policy.open_for)
+        elif status.state is BreakerState.FORCED_OPEN:
+            held[entry.id] = policy.open_for * rng.uniform(1.0, 2.0)
+        elif status.state is BreakerState.HALF_OPEN:
+            left = free.setdefault(policy.name, max(policy.half_open_calls - status.probes, 0))
+            if left > 0:
+                free[policy.name] = left - 1
+            else:
+                held[entry.id] = poll * rng.uniform(0.5, 1.5)
+    return held
+
+
 @dataclass
 class ReleaserStats:
     """What the releaser of this worker did (for ``inspect stats``)."""
@@ -66,6 +107,8 @@ class ReleaserStats:
     #: entries published again after another claim ran out (their releaser died or failed)
     republished: int = 0
     publish_errors: int = 0
+    #: due entries not published because their breaker would still refuse them
+    held_back: int = 0
     store_errors: int = 0
     last_look_at: float | None = None
     last_error: str | None = None
@@ -96,6 +139,7 @@ class Releaser:
         self._failures = 0
         self._store_down = False
         self._random = random.Random()  # noqa: S311 - jitter, not secrets
+        self._breakers: dict[str, CircuitBreaker] | None = None
 
     @property
     def running(self) -> bool:
@@ -151,10 +195,39 @@ class Releaser:
             self._publish_all(entries)
         return len(entries)
 
+    def _held_back(self, entries: list[ParkedEntry]) -> dict[str, float]:
+        """The entries whose breaker would still refuse them, and how long each waits
+        again: they are not published, so that a task waiting out an outage is delivered
+        once it can run, not each time it wakes to find the breaker still open."""
+        names = {e.breaker for e in entries if e.breaker is not None}
+        if not names:
+            return {}
+        if self._breakers is None:
+            self._breakers = declared(self.app).breakers
+        store = runtime_for(self.app).store
+        statuses: dict[str, BreakerStatus] = {}
+        for name in names:
+            policy = self._breakers.get(name)
+            if policy is not None:
+                try:
+                    statuses[name] = store.breaker(policy, "status")
+                except STORE_ERRORS:
+                    continue  # unknown: the entry goes, and its gate decides
+        return hold_back(entries, statuses, self._breakers, self._random, poll=self.poll)
+
     def _publish_all(self, entries: list[Any]) -> None:
         parked = self._parked
         if parked is None:
             return
+        held = self._held_back(entries)
+        if held:
+            try:
+                parked.postpone(held)
+            except STORE_ERRORS as exc:
+                self._store_error(exc)
+                return
+            self.stats.held_back += len(held)
+            entries = [e for e in entries if e.id not in held]
         with self.app.producer_or_acquire() as producer:
             for entry in entries:
                 if self._stop.is_set():

@@ -78,6 +78,8 @@ def _lease(
 
 def _park_reason(wait: Wait) -> ParkReason | None:
     """Why a wait is parked, or None for a wait that is never parked."""
+    if wait.breaker is not None:
+        return "breaker_open"
     if wait.failure is not None:
         return "retry_after" if wait.failure.retry_after else "backoff"
     return _PARK_REASONS.get(wait.gate or "")
@@ -125,6 +127,7 @@ def _park(
             reason=reason,
             delay=wait.countdown,
             message=message,
+            breaker=wait.breaker,
         )
     except _PARK_ERRORS as exc:
         logger.warning(

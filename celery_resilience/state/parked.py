@@ -77,6 +77,8 @@ class ParkedEntry:
     parked_at: float
     message: str
     claims: int = 0
+    #: The breaker whose opening made the task wait (it goes when the breaker lets it).
+    breaker: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,7 @@ def _entry(
         parked_at=float(meta.get("parked_at", 0.0)),
         message=message,
         claims=claims,
+        breaker=str(meta["breaker"]) if isinstance(meta.get("breaker"), str) else None,
     )
 
 
@@ -149,7 +152,14 @@ class ParkedSet:
         }
 
     def park(
-        self, *, task_name: str, task_id: str, reason: ParkReason, delay: float, message: str
+        self,
+        *,
+        task_name: str,
+        task_id: str,
+        reason: ParkReason,
+        delay: float,
+        message: str,
+        breaker: str | None = None,
     ) -> ParkedEntry:
         """Park ``message`` until ``delay`` seconds from now (server time); returns the entry.
 
@@ -173,7 +183,10 @@ class ParkedSet:
                 f"message of {size} bytes is above the parked set's {MAX_MESSAGE_BYTES}"
             )
         entry_id = uuid.uuid4().hex
-        meta = json.dumps({"task_name": task_name, "task_id": task_id, "reason": reason})
+        fields = {"task_name": task_name, "task_id": task_id, "reason": reason}
+        if breaker is not None:
+            fields["breaker"] = breaker
+        meta = json.dumps(fields)
         raw = self._scripts["parked_add"](
             keys=self.keys.all(), args=[entry_id, meta, message, repr(float(delay)), size]
         )
@@ -189,6 +202,7 @@ class ParkedSet:
             due=float(res["due"]),
             parked_at=_now(seconds, micros),
             message=message,
+            breaker=breaker,
         )
 
     def claim_due(self, *, limit: int, lease: float) -> list[ParkedEntry]:
@@ -201,6 +215,16 @@ class ParkedSet:
         for i in range(2, len(raw) - 3, 4):
             out.append(_entry(raw[i], raw[i + 1], _text(raw[i + 2]), int(raw[i + 3]), None))
         return out
+
+    def postpone(self, delays: dict[str, float]) -> int:
+        """Put claimed entries back, due ``delays[id]`` seconds from now (server time),
+        unpublished; how many were still claimed and went back."""
+        args: list[str] = []
+        for entry_id, delay in delays.items():
+            args.extend((entry_id, repr(float(delay))))
+        if not args:
+            return 0
+        return int(self._scripts["parked_postpone"](keys=self.keys.all(), args=args))
 
     def done(self, entry_id: str) -> bool:
         """Forget an entry once its message was published; False when it was gone already."""

@@ -13,6 +13,7 @@ PARKED_SCRIPT_NAMES = (
     "parked_add",
     "parked_claim",
     "parked_done",
+    "parked_postpone",
     "parked_release",
     "parked_summary",
     "parked_list",

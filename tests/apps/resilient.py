@@ -220,3 +220,16 @@ def _raising_backoff(state: tenacity.RetryCallState) -> float:
 def bad_backoff(self: Any, path: str) -> dict[str, Any]:
     """Holds the only slot of 'bad-backoff'; its backoff raises."""
     return _call(self, path, "GET", 5.0, None)
+
+
+@resilient_task(
+    app=app,
+    bind=True,
+    name="res.long_outage",
+    backoff=FAST,
+    max_retries=8,
+    breaker=CircuitBreaker("long-outage", minimum_calls=3, open_for=8.0),
+)
+def long_outage(self: Any, path: str) -> dict[str, Any]:
+    """Behind the breaker 'long-outage', which stays open 8 s (its waits are parked)."""
+    return _call(self, path, "GET", 5.0, None)

@@ -67,3 +67,37 @@ def test_a_long_retry_after_is_parked_not_held(
         assert (first.status, second.status) == (429, 200)
         assert second.start - first.start >= 8.0
     assert "not parked" not in node.log_text()
+
+
+def test_tasks_deferred_by_an_open_breaker_are_parked(
+    worker_factory, celery_client, redis_server, upstream, unique, request
+):
+    """20 tasks against an upstream down for 12 s behind a breaker that stays open 8 s:
+    the deferred waits are parked, every task succeeds exactly once after recovery, and a
+    task is delivered about twice (its failure or deferral, then its run)."""
+    env = {
+        **app_env(
+            broker=redis_server.url(0),
+            backend=redis_server.url(1),
+            upstream=upstream.url,
+            queue=f"q-{unique}",
+        ),
+        "RESILIENCE_TEST_STATE": redis_server.url(2),
+        "RESILIENCE_TEST_PREFIX": f"t-{unique}",
+    }
+    node = worker_factory(APP, env=env)
+    client = client_for(celery_client, env)
+    prefix = f"/{unique}/outage"
+    upstream.phases(prefix, [(12.0, 503), (None, 200)])
+
+    results = [client.send_task("res.long_outage", args=[f"{prefix}/{i}"]) for i in range(20)]
+
+    assert wait_all(results, timeout=120, what="20 tasks through an outage") == ["SUCCESS"] * 20
+    deliveries = _deliveries([node], "res.long_outage", {r.id for r in results})
+    per_task = sum(deliveries.values()) / 20
+    note(request, deliveries_per_task=per_task, most=max(deliveries.values()))
+    calls = upstream.requests(prefix)
+    for i in range(20):
+        assert [c.status for c in calls if c.path == f"{prefix}/{i}"].count(200) == 1
+    assert per_task <= 2.5
+    assert "not parked" not in node.log_text()
