@@ -203,8 +203,8 @@ def test_a_skewed_worker_clock_changes_no_timing(
 def test_a_wait_longer_than_the_visibility_timeout_runs_once(
     worker_factory, celery_client, redis_server, upstream, queue, unique
 ):
-    """Retry-After 8 s with a 3 s visibility timeout: the wait is taken in legs below it,
-    and the next attempt runs exactly once, no earlier than told."""
+    """Retry-After 8 s with a 3 s visibility timeout and parking off: the wait is taken
+    in legs below it, and the next attempt runs exactly once, no earlier than told."""
     env = _env(
         redis_server.url(0),
         redis_server.url(1),
@@ -213,6 +213,7 @@ def test_a_wait_longer_than_the_visibility_timeout_runs_once(
         queue,
         f"v-{unique}",
         RESILIENCE_TEST_VISIBILITY="3",
+        RESILIENCE_TEST_PARK_AFTER="0",
     )
     worker = worker_factory(APP, env=env)
     client = celery_client(redis_server.url(0), redis_server.url(1), queue)

@@ -41,6 +41,7 @@ from celery_resilience.core.gates import Denial, GateAsk
 from celery_resilience.core.ledger import AttemptState
 from celery_resilience.integration.message import booking_header
 from celery_resilience.integration.runtime import runtime_for
+from celery_resilience.state.errors import STORE_ERRORS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -54,6 +55,8 @@ logger = logging.getLogger("celery_resilience.integration.strategy")
 
 #: Seconds a sign that a limiter is full makes this node reserve slots on arrival.
 _FULL_MEMORY = 5.0
+#: Seconds the consumer reserves nothing after the state store failed to answer.
+_STORE_DOWN_PAUSE = 5.0
 
 
 class _Consumer:
@@ -79,6 +82,8 @@ class _Holder:
         self.full_until: dict[str, float] = {}
         #: limiter name -> this node's own GCRA over unreserved hand-overs
         self.local_tat: dict[str, float] = {}
+        #: monotonic time until which the state store is not asked (it failed)
+        self.store_down_until = 0.0
 
     def seen(self, headers: dict[str, Any] | None) -> None:
         """A message arrived: one deferred by a limiter says that limiter is full."""
@@ -124,10 +129,18 @@ class _Holder:
         state = AttemptState.from_header(request.get(names.STATE))
         if (state is not None and state.slot is not None) or names.BOOKED in request:
             return 0.0  # booked already: its attempt asks for that slot
-        rt = runtime_for(self.task.app)
-        answer = rt.gate(GateAsk(holder=str(req.id), limiter=limiter, limiter_book=True))
+        if self.store_down_until > mono:
+            return 0.0
+        ask = GateAsk(holder=str(req.id), limiter=limiter, limiter_book=True)
+        try:
+            # the shared store only: with it down the attempt's own gate falls back (and
+            # says so); the consumer neither blocks on it nor books in a local fallback
+            answer = runtime_for(self.task.app).shared.gate(ask)
+        except STORE_ERRORS:
+            self.store_down_until = mono + _STORE_DOWN_PAUSE
+            return 0.0
         if answer.denial is not Denial.RATE_LIMITED or answer.slot is None:
-            return 0.0  # the store is down (fallback "defer"): the attempt defers
+            return 0.0
         request[names.BOOKED] = booking_header(limiter.name, answer.slot)
         if answer.wait <= 0.0:
             self.full_until.pop(limiter.name, None)
