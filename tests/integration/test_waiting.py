@@ -8,12 +8,18 @@ once per attempt and no worker holds it meanwhile.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import pytest
 
+from celery_resilience.state.keys import KeySpace
+from celery_resilience.state.parked import ParkedSet
 from example_project.upstream import Response
+from tests.helpers.brokers import require_rabbitmq
 from tests.helpers.celery_apps import app_env
 from tests.helpers.cluster import client_for, note, wait_all
+from tests.helpers.polling import wait_until
+from tests.helpers.redis_server import RedisServer
 from tests.helpers.workers import CeleryWorker
 
 pytestmark = pytest.mark.integration
@@ -101,3 +107,74 @@ def test_tasks_deferred_by_an_open_breaker_are_parked(
         assert [c.status for c in calls if c.path == f"{prefix}/{i}"].count(200) == 1
     assert per_task <= 2.5
     assert "not parked" not in node.log_text()
+
+
+@pytest.fixture
+def aof_state(tmp_path) -> Iterator[RedisServer]:
+    """A private state store that writes an append-only file (where RabbitMQ's tasks park)."""
+    with RedisServer(tmp_path / "aof", extra_args=["--appendonly", "yes"]) as server:
+        yield server
+
+
+def test_on_rabbitmq_long_waits_park_in_a_durable_state_store(
+    worker_factory, celery_client, redis_server, aof_state, upstream, unique, request
+):
+    """RabbitMQ broker, state store with an append-only file: 10 tasks told Retry-After: 8
+    are parked there (never held by a worker past RabbitMQ's consumer timeout) and each is
+    delivered twice, run once after the wait."""
+    broker = require_rabbitmq()
+    env = {
+        **app_env(
+            broker=broker, backend=redis_server.url(1), upstream=upstream.url, queue=f"q-{unique}"
+        ),
+        "RESILIENCE_TEST_STATE": aof_state.url(0),
+        "RESILIENCE_TEST_PREFIX": f"t-{unique}",
+    }
+    node = worker_factory(APP, env=env)
+    client = client_for(celery_client, env)
+    prefix = f"/{unique}/rabbit"
+    paths = [f"{prefix}/{i}" for i in range(10)]
+    for path in paths:
+        upstream.script(path, [Response(429, retry_after=8)], then=200)
+
+    results = [client.send_task("res.call", args=[path]) for path in paths]
+    parked = ParkedSet(aof_state.client(0), KeySpace(f"t-{unique}"))
+    wait_until(lambda: parked.summary().count == 10, timeout=30, what="10 parked tasks")
+
+    assert wait_all(results, timeout=90, what="10 tasks on RabbitMQ") == ["SUCCESS"] * 10
+    deliveries = _deliveries([node], "res.call", {r.id for r in results})
+    note(request, deliveries_per_task=sum(deliveries.values()) / 10)
+    assert set(deliveries.values()) == {2}
+    assert parked.summary().count == 0
+    calls = upstream.requests()
+    for path in paths:
+        first, second = [c for c in calls if c.path == path]
+        assert second.start - first.start >= 8.0
+
+
+def test_on_rabbitmq_a_rate_limited_backlog_is_delivered_about_once(
+    worker_factory, celery_client, redis_server, upstream, unique, request
+):
+    """RabbitMQ broker, 60 tasks behind RateLimit("api", "10/s") on 2 processes: the
+    consumer reserves slots as messages arrive, so a task is delivered about once."""
+    broker = require_rabbitmq()
+    env = {
+        **app_env(
+            broker=broker, backend=redis_server.url(1), upstream=upstream.url, queue=f"q-{unique}"
+        ),
+        "RESILIENCE_TEST_STATE": redis_server.url(2),
+        "RESILIENCE_TEST_PREFIX": f"t-{unique}",
+    }
+    node = worker_factory(APP, env=env)
+    client = client_for(celery_client, env)
+    prefix = f"/{unique}/rabbit-rate"
+    upstream.script(prefix, [], then=200)
+
+    results = [client.send_task("res.limited", args=[f"{prefix}/{i}"]) for i in range(60)]
+
+    assert wait_all(results, timeout=60, what="60 rate-limited tasks") == ["SUCCESS"] * 60
+    deliveries = _deliveries([node], "res.limited", {r.id for r in results})
+    per_task = sum(deliveries.values()) / 60
+    note(request, deliveries_per_task=per_task)
+    assert per_task <= 1.2
+    assert upstream.count(prefix) == 60
