@@ -25,7 +25,7 @@ __all__ = ["OutageRun", "run_outage", "run_sweep"]
 
 #: Nodes x processes, as in the breaker issue's end-to-end test.
 NODES, CONCURRENCY = 2, 2
-#: The DESIGN goal: calls during the outage, last and median seconds after recovery.
+#: The goal: calls during the outage, last and median seconds after recovery.
 GOAL_CALLS, GOAL_LAST, GOAL_MEDIAN = 10, 15.0, 8.0
 #: Plain Celery's last retry may come 60 s (its backoff cap) after recovery.
 _SETTLE = 150.0
@@ -60,7 +60,7 @@ class OutageRun:
         return self.tasks - self.succeeded
 
     def meets_goal(self) -> bool:
-        """Whether the DESIGN goal holds: few calls, quick and complete recovery."""
+        """Whether the goal holds: few calls, quick and complete recovery."""
         return (
             self.outage_calls <= GOAL_CALLS
             and self.last <= GOAL_LAST
@@ -118,13 +118,13 @@ def run_outage(rig: Rig, params: Params) -> Outcome:
     rows = [
         Row(name, f"upstream calls during the {seconds} outage", str(p.outage_calls),
             str(r.outage_calls), f"{share:.1%}", "≤ 5 % of plain", share <= 0.05),
-        Row(name, "calls during the outage (DESIGN goal)", str(p.outage_calls),
+        Row(name, "calls during the outage (goal)", str(p.outage_calls),
             str(r.outage_calls), "—", f"≤ about {GOAL_CALLS}", r.outage_calls <= GOAL_CALLS),
         Row(name, "recovery → last task succeeded", fmt(p.last, unit=" s"),
-            fmt(r.last, unit=" s"), ratio(r.last, p.last), f"≤ {GOAL_LAST:g} s (DESIGN)",
+            fmt(r.last, unit=" s"), ratio(r.last, p.last), f"≤ {GOAL_LAST:g} s (goal)",
             r.last <= GOAL_LAST),
         Row(name, "recovery → median task succeeded", fmt(p.median, unit=" s"),
-            fmt(r.median, unit=" s"), ratio(r.median, p.median), f"≤ {GOAL_MEDIAN:g} s (DESIGN)",
+            fmt(r.median, unit=" s"), ratio(r.median, p.median), f"≤ {GOAL_MEDIAN:g} s (goal)",
             r.median <= GOAL_MEDIAN),
         Row(name, f"tasks lost (of {params.outage_tasks})", str(p.lost), str(r.lost), "—", "0",
             r.lost == 0),
@@ -172,7 +172,7 @@ def run_sweep(rig: Rig, params: Params) -> Outcome:
         f"{params.sweep_reps} run(s) per setting (each cell lists them, in order); otherwise "
         f"the library's defaults (failure_rate {base.failure_rate:g}, window {base.window:g} s, "
         f"half_open_calls {base.half_open_calls}); growth: open_for doubles on each re-open up "
-        f"to {resilient.GROWTH_CAP:g} s. Goal (DESIGN), met when every run meets it: calls ≤ "
+        f"to {resilient.GROWTH_CAP:g} s. Goal, met when every run meets it: calls ≤ "
         f"about {GOAL_CALLS}, last ≤ {GOAL_LAST:g} s, median ≤ {GOAL_MEDIAN:g} s, none lost.",
         "",
         "| open_for | minimum_calls | growth | calls during outage | recovery: last (s) | "

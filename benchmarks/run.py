@@ -49,7 +49,7 @@ INTRO = (
     "result backend in one, the library's shared state in another) and the scriptable "
     "upstream of `example_project/upstream.py`, all on 127.0.0.1. The tasks are in "
     "`benchmarks/apps/`; what each figure means is in `benchmarks/README.md`. "
-    'Targets are from issues 3, 4 and 8 and DESIGN.md; "met" is judged on the '
+    'Targets are the goals stated in benchmarks/README.md; "met" is judged on the '
     "celery-resilience figure."
 )
 

@@ -1,4 +1,4 @@
-"""The public contract of DESIGN.md: the names outside code depends on, exactly."""
+"""The public contract: the names that code outside this repository depends on, exactly."""
 
 from __future__ import annotations
 
