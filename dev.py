@@ -3,6 +3,7 @@
 
     python3 dev.py demo [--quick] ...   run the demo (creates .venv on first use)
     python3 dev.py test [pytest args]   run the whole test suite
+    python3 dev.py test --fast          the unit and property tests only (no network, seconds)
     python3 dev.py lint                 ruff, mypy (strict) and the import-linter layer contract
     python3 dev.py bench [args]         run the benchmarks (benchmarks/README.md)
 
@@ -85,6 +86,9 @@ def main(argv: list[str]) -> None:
     if command == "demo":
         run([python, "-m", "example_project", "demo", *rest])
     elif command == "test":
+        if "--fast" in rest:
+            rest = [arg for arg in rest if arg != "--fast"]
+            rest = ["tests/unit", "-m", "not integration", *rest]
         run([python, "-m", "pytest", *rest])
     elif command == "lint":
         run([python, "-m", "ruff", "check", "."])

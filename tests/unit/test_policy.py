@@ -102,3 +102,11 @@ def test_concurrency_limit_rejects_bad_values(kwargs, field):
     """limit is an int >= 1; lease > 0."""
     with pytest.raises((ValueError, TypeError), match=field):
         ConcurrencyLimit("pool", **kwargs)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, math.nan, math.inf])
+@pytest.mark.parametrize("field", ["window", "open_for", "open_for_max", "probe_lease"])
+def test_every_breaker_duration_must_be_a_positive_number(field, value):
+    """0, a negative, NaN or infinity for any duration is a ValueError naming the field."""
+    with pytest.raises(ValueError, match=rf"CircuitBreaker: {field} must be > 0"):
+        CircuitBreaker("p", **{field: value})

@@ -847,7 +847,7 @@ def test_failure_is_frozen() -> None:
         failure.verdict = T  # type: ignore[misc]
 
 
-_CORE = Path(__file__).parent.parent / "celery_resilience" / "core"
+_CORE = Path(__file__).resolve().parents[2] / "celery_resilience" / "core"
 
 
 @pytest.mark.parametrize("module", sorted(p.name for p in _CORE.glob("*.py")))

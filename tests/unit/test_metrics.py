@@ -1,0 +1,119 @@
+"""Prometheus metrics: fed by the signals, summed over a prefork pool, equal to what the
+upstream saw."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from celery_resilience import Verdict, signals
+from celery_resilience.core.gates import BreakerState
+from celery_resilience.observability.metrics import (
+    disable_metrics,
+    enable_metrics,
+)
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _samples(registry: CollectorRegistry) -> Samples:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def _value(samples: Samples, metric: str, **labels: str) -> float:
+    return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+def local_metrics() -> Iterator[CollectorRegistry]:
+    """Metrics enabled in this process on a private registry; disabled afterwards."""
+    disable_metrics()
+    registry = CollectorRegistry()
+    enable_metrics(registry=registry)
+    yield registry
+    disable_metrics()
+
+
+class _Task:
+    name = "shop.charge"
+
+
+def test_signals_feed_the_counters_and_the_gauge(local_metrics: CollectorRegistry):
+    """Each signal moves its metric; the gauge holds the breaker's last state."""
+    task = _Task()
+    signals.attempt_succeeded.send(sender=task, task_id="t", attempt=1, duration=0.1)
+    for verdict in (Verdict.TRANSIENT, Verdict.TRANSIENT, Verdict.PERMANENT, Verdict.RATE_LIMITED):
+        signals.attempt_failed.send(
+            sender=task, task_id="t", attempt=1, verdict=verdict, cause="c", exc=None, duration=0.1
+        )
+    signals.retry_scheduled.send(
+        sender=task,
+        task_id="t",
+        attempt=1,
+        countdown=1.0,
+        verdict=Verdict.TRANSIENT,
+        cause="c",
+        reason="r",
+    )
+    signals.deferred.send(
+        sender=task, task_id="t", attempt=1, gate="breaker", name="pay", countdown=1.0, reason="r"
+    )
+    signals.gave_up.send(sender=task, task_id="t", attempt=3, reason="r", exc=None, history=())
+    signals.backend_fallback.send(sender="redis", mode="allow")
+    for new in (BreakerState.OPEN, BreakerState.HALF_OPEN):
+        signals.breaker_state_changed.send(
+            sender="pay", name="pay", old=BreakerState.CLOSED, new=new, failure_rate=1.0, calls=5
+        )
+
+    got = _samples(local_metrics)
+    attempts = "celery_resilience_attempts_total"
+    assert _value(got, attempts, task="shop.charge", verdict="success") == 1
+    assert _value(got, attempts, task="shop.charge", verdict="transient") == 2
+    assert _value(got, attempts, task="shop.charge", verdict="permanent") == 1
+    assert _value(got, attempts, task="shop.charge", verdict="rate_limited") == 1
+    assert _value(got, attempts, task="shop.charge", verdict="deferred") == 1
+    assert _value(got, "celery_resilience_retries_total", task="shop.charge") == 1
+    assert (
+        _value(got, "celery_resilience_deferrals_total", task="shop.charge", reason="breaker") == 1
+    )
+    assert _value(got, "celery_resilience_gave_up_total", task="shop.charge") == 1
+    assert _value(got, "celery_resilience_backend_fallbacks_total") == 1
+    assert _value(got, "celery_resilience_breaker_state", name="pay") == 1
+
+
+def test_enable_is_idempotent_and_the_namespace_can_be_dropped():
+    """``enable_metrics`` twice returns the same metrics; namespace "" gives bare names."""
+    disable_metrics()
+    registry = CollectorRegistry()
+    try:
+        first = enable_metrics(namespace="", registry=registry)
+        assert enable_metrics(namespace="", registry=registry) is first
+        names = {family.name for family in registry.collect()}
+        assert {
+            "attempts",
+            "retries",
+            "deferrals",
+            "gave_up",
+            "backend_fallbacks",
+            "breaker_state",
+        } <= names
+    finally:
+        disable_metrics()
+
+
+def test_without_prometheus_client_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """prometheus-client is optional: the ImportError names the extra."""
+    disable_metrics()
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with pytest.raises(ImportError, match=r"pip install celery-resilience\[prometheus\]"):
+        enable_metrics()
