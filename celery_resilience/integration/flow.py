@@ -6,6 +6,9 @@ for both drivers: a worker (:mod:`~celery_resilience.integration.worker`) and ea
 (:mod:`~celery_resilience.integration.eager`). What differs between them is only what a
 :class:`~celery_resilience.core.decisions.Wait` becomes (a message re-published through the
 broker, or the next turn of a loop) and where the gates live (Redis, or memory).
+
+It is a little over 400 lines because it is one sequence read top to bottom: the gates,
+the body, a failure, a refusal, the end; each step's carrying-out beside the others.
 """
 
 from __future__ import annotations

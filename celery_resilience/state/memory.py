@@ -2,6 +2,9 @@
 
 Semantics match the Lua scripts exactly (the test suite drives both side by side), but
 the state is this process's alone and time is the local clock.
+
+``_gate`` and ``_record`` are long on purpose: each mirrors its script (``gate.lua``,
+``record.lua``) step by step, in the same order, so that the two read side by side.
 """
 
 from __future__ import annotations
