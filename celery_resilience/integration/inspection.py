@@ -19,10 +19,9 @@ from celery_resilience.integration.task import resilient_tasks
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    import redis
     from celery import Celery
-    from redis.cluster import RedisCluster
 
+    from celery_resilience.state.connect import Client
     from celery_resilience.state.keys import KeySpace
     from celery_resilience.state.redis import RedisStore
 
@@ -83,7 +82,7 @@ def declared(app: Celery) -> Declared:
 
 
 def scan_names(
-    client: redis.Redis | RedisCluster, keys: KeySpace, kinds: Iterable[str]
+    client: Client, keys: KeySpace, kinds: Iterable[str]
 ) -> set[str]:
     """Names of every breaker (or limiter...) of ``kinds`` that Redis holds keys for."""
     names: set[str] = set()

@@ -18,6 +18,8 @@ state store that does not answer must not hold a task up (see the fallback).
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -27,7 +29,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-__all__ = ["SCHEMES", "Client", "connect", "describe", "is_cluster"]
+__all__ = ["SCHEMES", "Client", "LazyCluster", "connect", "describe", "is_cluster"]
 
 #: The URL schemes the state store accepts.
 SCHEMES = (
@@ -39,7 +41,37 @@ SCHEMES = (
     "redis+sentinel://",
     "rediss+sentinel://",
 )
-Client = redis.Redis | RedisCluster
+
+
+class LazyCluster:
+    """A Redis Cluster client, built when first used.
+
+    ``RedisCluster`` asks the nodes for the slot map as it is made, and raises
+    ``RedisClusterException`` (a store error) when none answers: built lazily, a cluster
+    that is away when a process starts is a store error at each use, handled like any
+    other (the fallback), until it answers; then the client is built and kept.
+    """
+
+    def __init__(self, build: Callable[[], RedisCluster], hosts: list[tuple[str, int]]) -> None:
+        self._build = build
+        self._client: RedisCluster | None = None
+        self._lock = threading.Lock()
+        #: the startup nodes, for log lines
+        self.hosts = hosts
+
+    def built(self) -> RedisCluster:
+        """The cluster client (built now if it was not; raises when no node answers)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._build()
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.built(), name)
+
+
+Client = redis.Redis | RedisCluster | LazyCluster
 
 
 def _hosts(netloc: str, default_port: int) -> tuple[str | None, str | None, list[tuple[str, int]]]:
@@ -78,13 +110,17 @@ def connect(url: str, *, timeout: float = 2.0, ssl: dict[str, Any] | None = None
     if scheme in ("redis+cluster", "rediss+cluster"):
         parts = urlsplit(url)
         username, password, hosts = _hosts(parts.netloc, 6379)
-        return RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in hosts],  # type: ignore[no-untyped-call,unused-ignore]
-            username=username,
-            password=password,
-            ssl=scheme.startswith("rediss"),
-            **common,
-        )
+
+        def build() -> RedisCluster:
+            return RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in hosts],  # type: ignore[no-untyped-call,unused-ignore]
+                username=username,
+                password=password,
+                ssl=scheme.startswith("rediss"),
+                **common,
+            )
+
+        return LazyCluster(build, hosts)
     if scheme in ("redis+sentinel", "rediss+sentinel"):
         parts = urlsplit(url)
         username, password, hosts = _hosts(parts.netloc, 26379)
@@ -133,11 +169,13 @@ def _celery_cert_reqs(url: str) -> str:
 
 def is_cluster(client: object) -> bool:
     """True for a Redis Cluster client."""
-    return isinstance(client, RedisCluster)
+    return isinstance(client, (RedisCluster, LazyCluster))
 
 
 def describe(client: object) -> str:
     """Where a client points, without credentials, for log lines."""
+    if isinstance(client, LazyCluster):
+        return "cluster " + ",".join(sorted(f"{h}:{p}" for h, p in client.hosts)[:3])
     if isinstance(client, RedisCluster):
         nodes = client.get_nodes()  # type: ignore[no-untyped-call,unused-ignore]
         return "cluster " + ",".join(sorted(f"{n.host}:{n.port}" for n in nodes)[:3])

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celery_resilience.state.keys import KeySpace
-from celery_resilience.state.scripts import script_source
+from celery_resilience.state.scripts import ScriptBook
 
 if TYPE_CHECKING:
     from celery_resilience.state.connect import Client
@@ -39,7 +39,7 @@ class Overrides:
     def __init__(self, client: Client, keys: KeySpace) -> None:
         self.client = client
         self.key = keys.policies()
-        self._set = client.register_script(script_source("policy_set"))
+        self._scripts = ScriptBook(client, ("policy_set",))
 
     def all(self) -> dict[str, Override]:
         """Every policy's overrides (one round trip)."""
@@ -58,7 +58,8 @@ class Overrides:
 
     def put(self, name: str, values: dict[str, Any], expected_version: int) -> int:
         """Store ``values`` as the policy's overrides if it is still at ``expected_version``."""
-        version = int(self._set(keys=[self.key], args=[name, expected_version, json.dumps(values)]))
+        script = self._scripts["policy_set"]
+        version = int(script(keys=[self.key], args=[name, expected_version, json.dumps(values)]))
         if version < 0:
             raise OverrideConflictError(f"policy {name!r} changed meanwhile; read it again")
         return version

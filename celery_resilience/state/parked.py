@@ -22,12 +22,10 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from redis.exceptions import ResponseError
 
 from celery_resilience.state.keys import KeySpace
-from celery_resilience.state.scripts import PARKED_SCRIPT_NAMES, script_source
+from celery_resilience.state.scripts import PARKED_SCRIPT_NAMES, ScriptBook
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-    from redis.commands.core import Script
 
     from celery_resilience.state.connect import Client
 
@@ -147,9 +145,7 @@ class ParkedSet:
         self.client = client
         self.keyspace = keys
         self.keys = keys.parked()
-        self._scripts: dict[str, Script] = {
-            name: client.register_script(script_source(name)) for name in PARKED_SCRIPT_NAMES
-        }
+        self._scripts = ScriptBook(client, PARKED_SCRIPT_NAMES)
 
     def park(
         self,

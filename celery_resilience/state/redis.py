@@ -20,10 +20,9 @@ from celery_resilience.core.gates import (
 from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.connect import is_cluster
 from celery_resilience.state.keys import KeySpace
-from celery_resilience.state.scripts import SCRIPT_NAMES, script_source
+from celery_resilience.state.scripts import SCRIPT_NAMES, ScriptBook
 
 if TYPE_CHECKING:
-    from redis.commands.core import Script
 
     from celery_resilience.state.connect import Client
 
@@ -78,9 +77,7 @@ class RedisStore:
         self.client = client
         self.keys = keys or KeySpace()
         self.cluster = is_cluster(client)
-        self._scripts: dict[str, Script] = {
-            name: client.register_script(script_source(name)) for name in SCRIPT_NAMES
-        }
+        self._scripts = ScriptBook(client, SCRIPT_NAMES)
 
     def _run(self, script: str, keys: list[str], args: dict[str, Any]) -> dict[str, Any]:
         raw = self._scripts[script](keys=keys, args=[json.dumps(args)])

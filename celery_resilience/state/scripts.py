@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 from importlib.resources import files
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["PARKED_SCRIPT_NAMES", "SCRIPT_NAMES", "script_source"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from redis.commands.core import Script
+
+__all__ = ["PARKED_SCRIPT_NAMES", "SCRIPT_NAMES", "ScriptBook", "script_source"]
 
 SCRIPT_NAMES = ("gate", "record", "breaker_admin", "limiter_status", "policy_set")
 #: The parked set's scripts (registered by :class:`celery_resilience.state.parked.ParkedSet`).
@@ -38,3 +45,27 @@ def _expand(filename: str) -> str:
         else:
             lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+class ScriptBook:
+    """The scripts of one client, registered on first use (registering reads the client's
+    encoder, which a Cluster client that is not built yet would have to build)."""
+
+    def __init__(self, client: Any, names: Iterable[str]) -> None:
+        self._client = client
+        self._names = frozenset(names)
+        self._scripts: dict[str, Script] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> Script:
+        found = self._scripts.get(name)
+        if found is None:
+            if name not in self._names:
+                raise KeyError(f"no Lua script named {name!r} here")
+            with self._lock:
+                found = self._scripts.get(name)
+                if found is None:
+                    found = self._scripts[name] = self._client.register_script(
+                        script_source(name)
+                    )
+        return found

@@ -23,6 +23,7 @@ from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Upstream
 from tests.helpers.celery_apps import app_env
+from tests.helpers.cluster import calls_under, client_for, module_env, wait_all
 from tests.helpers.polling import wait_until
 from tests.helpers.processes import free_port
 from tests.helpers.redis_cluster import RedisCluster, require_redis_cli
@@ -243,3 +244,67 @@ def test_the_parked_set_works_in_one_slot_of_a_cluster(cluster):
         assert reports_persistence(client) is False
     finally:
         client.close()
+
+
+def test_a_cluster_with_a_primary_gone_falls_back_instead_of_raising(tmp_path: Path):
+    """One of three primaries stopped while 200 attempts ask their gates and report, then
+    the others: not one call raises (the Cluster errors, which do not derive from
+    RedisError, are store errors too), and the store says it fell back."""
+    from celery_resilience.state.fallback import FallbackStore  # noqa: PLC0415
+
+    nodes = RedisCluster(tmp_path / "cluster", require_redis_cli()).start()
+    fell_back: list[str] = []
+    try:
+        client = connect(nodes.url(), timeout=1.0)
+        store = FallbackStore(
+            RedisStore(client, KeySpace(f"f-{uuid.uuid4().hex[:8]}")),
+            mode="allow",
+            describe="cluster",
+            on_fallback=lambda: fell_back.append("fell back"),
+        )
+        breakers = [CircuitBreaker(f"b{i}") for i in range(20)]
+        limiter = RateLimit("api", "1000/s", burst=1000)
+        for i in range(200):
+            if i == 50:
+                nodes.nodes[1].stop()
+            if i == 120:
+                nodes.stop()
+            breaker = breakers[i % len(breakers)]
+            answer = store.gate(
+                GateAsk(holder=f"h{i}", breaker=breaker, limiter=limiter)
+            )
+            assert answer.allowed
+            store.record(
+                OutcomeReport(holder=f"h{i}", breaker=breaker, breaker_outcome="success")
+            )
+        client.close()
+    finally:
+        nodes.stop()
+    assert store.degraded
+    assert fell_back
+
+
+def test_a_cluster_away_when_the_worker_starts_fails_open(
+    worker_factory, celery_client, redis_server, upstream, unique
+):
+    """The state store is a Redis Cluster none of whose nodes answers when the worker
+    starts (its client cannot even be made): 10 tasks behind a breaker and a rate limit
+    all succeed on the per-process fallback, as with any unreachable store."""
+    nodes = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    env = module_env(
+        redis_server,
+        upstream.url,
+        RESILIENCE_TEST_STATE=f"redis+cluster://{nodes}",
+        RESILIENCE_TEST_FALLBACK="allow",
+    )
+    worker_factory("tests.apps.resilient", env=env, concurrency=1)
+    client = client_for(celery_client, env)
+
+    results = [
+        client.send_task(name, args=[f"/{unique}/{name}/{i}"])
+        for name in ("res.guarded", "res.limited")
+        for i in range(5)
+    ]
+
+    assert wait_all(results, timeout=30, what="10 tasks") == ["SUCCESS"] * 10
+    assert len(calls_under(upstream, f"/{unique}")) == 10
