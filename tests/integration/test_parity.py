@@ -6,7 +6,8 @@ a process of its own (no broker, no Redis: the gates in memory, waits skipped). 
 scenario's upstream script is laid once per side. For each task the two sides must agree
 on every signal (name, attempt, verdict / gate / reason), the final state, and the final
 exception: its type, its message (secrets redacted, the trace ID aside) and whether it is
-chained to the failure behind it.
+chained to the failure behind it. The same holds for a worker whose state store is
+unreachable (the per-process fallback).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import redis
 
 from example_project.upstream import Response, Upstream
 from tests.helpers.celery_apps import ENV_BACKEND, ENV_UPSTREAM
+from tests.helpers.cluster import client_for, module_env
 from tests.helpers.parity import outcome
+from tests.helpers.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +123,28 @@ def test_worker_and_eager_decide_alike(scenario, worker, client, env, upstream, 
     assert eager_side == worker_side
     for entry in worker_side:
         assert SECRET not in json.dumps(entry)
+
+
+@pytest.mark.parametrize("scenario", ["transient then success", "retries spent", "permanent"])
+def test_a_worker_on_the_fallback_and_eager_decide_alike(
+    scenario, worker_factory, celery_client, redis_server, upstream, unique
+):
+    """With its state store unreachable (fail-open on per-process state), a worker still
+    decides as eager mode does."""
+    env = module_env(
+        redis_server,
+        upstream.url,
+        RESILIENCE_TEST_STATE=f"redis://127.0.0.1:{free_port()}/0",
+    )
+    worker_factory(APP, env=env)
+    client = client_for(celery_client, env)
+    plan, scripts = SCENARIOS[scenario]
+    tag = re.sub(r"\W+", "-", scenario)
+    on_worker, on_eager = f"/{unique}-{tag}-fw", f"/{unique}-{tag}-fe"
+    _script(upstream, on_worker, scripts)
+    _script(upstream, on_eager, scripts)
+
+    worker_side = [_normal(e, on_worker) for e in _worker_side(client, env, plan, on_worker)]
+    eager_side = [_normal(e, on_eager) for e in _eager_side(upstream, plan, on_eager)]
+
+    assert eager_side == worker_side
