@@ -18,7 +18,7 @@ from celery_resilience.core.errors import (
     RetryScheduled,
     TransientError,
 )
-from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.integration.decorator import resilient_task
 from celery_resilience.integration.task import ResilientTask
 

@@ -22,7 +22,7 @@ from celery_resilience.state.redis import RedisStore
 if TYPE_CHECKING:
     from celery import Celery
 
-    from celery_resilience.core.policy import CircuitBreaker, RateLimit
+    from celery_resilience.core.limits import CircuitBreaker, RateLimit
     from example_project.story import Send
 
 __all__ = ["OUTCOMES", "BreakerChange", "BreakerWatch", "Sent", "Tracker"]

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from celery_resilience.core.backoff import DEFAULT_BACKOFF, check_backoff
 from celery_resilience.core.classify import Classifier
-from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.core.validate import checked_number
 
 __all__ = ["DEFAULTS", "OPTION_NAMES", "TaskOptions", "check_options", "options_from"]

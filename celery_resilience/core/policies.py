@@ -52,7 +52,7 @@ from typing import Any
 
 import tenacity
 
-from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 
 __all__ = [
     "POLICY_KEYS",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery_resilience import signals
 from celery_resilience.core.gates import BreakerState, BreakerStatus, LimiterStatus
-from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.integration.task import resilient_tasks
 
 if TYPE_CHECKING:

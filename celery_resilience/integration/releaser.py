@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from celery_resilience.core.gates import BreakerStatus
-    from celery_resilience.core.policy import CircuitBreaker
+    from celery_resilience.core.limits import CircuitBreaker
     from celery_resilience.state.parked import ParkedEntry, ParkedSet
 
 __all__ = ["BATCH", "Releaser", "ReleaserStats", "hold_back", "next_delay"]

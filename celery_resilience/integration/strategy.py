@@ -46,7 +46,7 @@ from celery_resilience.state.errors import STORE_ERRORS
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from celery_resilience.core.policy import RateLimit
+    from celery_resilience.core.limits import RateLimit
     from celery_resilience.integration.task import ResilientTask
 
 __all__ = ["resilient"]

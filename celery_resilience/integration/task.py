@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from celery_resilience.core.classify import Classifier
-    from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+    from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 
 __all__ = ["ResilientTask", "resilient_task_names", "resilient_tasks"]
 

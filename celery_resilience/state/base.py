@@ -18,7 +18,7 @@ from celery_resilience.core.gates import (
     OutcomeReport,
     RecordAnswer,
 )
-from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 
 __all__ = ["StateStore"]
 

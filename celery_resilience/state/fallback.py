@@ -25,7 +25,7 @@ from celery_resilience.core.gates import (
     OutcomeReport,
     RecordAnswer,
 )
-from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.base import StateStore
 from celery_resilience.state.errors import STORE_ERRORS
 from celery_resilience.state.memory import MemoryStore

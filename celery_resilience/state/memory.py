@@ -27,7 +27,7 @@ from celery_resilience.core.gates import (
     RecordAnswer,
     Transition,
 )
-from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.redis import limiter_args
 
 __all__ = ["MemoryStore"]

@@ -17,7 +17,7 @@ from celery_resilience.core.gates import (
     RecordAnswer,
     Transition,
 )
-from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.connect import is_cluster
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.scripts import SCRIPT_NAMES, ScriptBook

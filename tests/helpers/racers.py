@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from celery_resilience.core.gates import GateAsk, OutcomeReport
-from celery_resilience.core.policy import CircuitBreaker, RateLimit
+from celery_resilience.core.limits import CircuitBreaker, RateLimit
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 

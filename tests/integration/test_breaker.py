@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from celery_resilience.core.policy import CircuitBreaker
+from celery_resilience.core.limits import CircuitBreaker
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Upstream

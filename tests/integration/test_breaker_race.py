@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from celery_resilience.core.gates import BreakerState, OutcomeReport
-from celery_resilience.core.policy import CircuitBreaker
+from celery_resilience.core.limits import CircuitBreaker
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from tests.helpers import racers

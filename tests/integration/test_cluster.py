@@ -17,7 +17,7 @@ import redis
 from celery import Celery
 
 from celery_resilience.core.gates import BreakerState, Denial, GateAsk, OutcomeReport
-from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.connect import connect, describe
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore

@@ -15,7 +15,7 @@ import pytest
 from celery import Celery
 
 from celery_resilience.core.gates import BreakerState
-from celery_resilience.core.policy import CircuitBreaker
+from celery_resilience.core.limits import CircuitBreaker
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Response, Upstream

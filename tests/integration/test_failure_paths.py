@@ -6,7 +6,7 @@ import pytest
 
 from celery_resilience import GaveUp
 from celery_resilience.core.ledger import AttemptState
-from celery_resilience.core.policy import ConcurrencyLimit, RateLimit
+from celery_resilience.core.limits import ConcurrencyLimit, RateLimit
 from celery_resilience.state.deadletters import DeadLetters
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from celery_resilience.core.gates import BreakerState
-from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit
+from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Response, Upstream

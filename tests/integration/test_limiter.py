@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from celery_resilience.core.policy import RateLimit
+from celery_resilience.core.limits import RateLimit
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from celery_resilience.state.scripts import script_source

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from celery_resilience.core.gates import GateAnswer, GateAsk, OutcomeReport, RecordAnswer
-from celery_resilience.core.policy import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.fallback import FallbackStore
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.memory import MemoryStore

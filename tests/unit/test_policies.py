@@ -9,6 +9,7 @@ import tenacity
 from celery import Celery
 
 from celery_resilience import CircuitBreaker, GaveUp, RateLimit, TransientError, resilient_task
+from celery_resilience.core.limits import ConcurrencyLimit
 from celery_resilience.core.options import TaskOptions
 from celery_resilience.core.policies import (
     merge,
@@ -17,7 +18,6 @@ from celery_resilience.core.policies import (
     parse_table,
     unset,
 )
-from celery_resilience.core.policy import ConcurrencyLimit
 from celery_resilience.integration.named import resolve
 from celery_resilience.state.overrides import Override
 

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from celery_resilience import CircuitBreaker, ConcurrencyLimit, RateLimit
-from celery_resilience.core.policy import parse_rate
+from celery_resilience.core.limits import parse_rate
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,10 @@
-"""Policies: frozen values naming a shared breaker, rate limit or concurrency limit.
+"""The shared limits a task declares: a circuit breaker, a rate limit, a concurrency limit.
 
-A policy is only a description. The shared state it names lives in Redis under its
-``name``, so every task (on every worker) that uses a policy of the same name shares one
-breaker, one limiter or one pool of slots. Policies are checked when they are built: a bad
-value raises ``ValueError`` naming the field.
+Each is a frozen value that only describes. The shared state it names lives in Redis
+under its ``name``, so every task (on every worker) that declares one of the same name
+shares one breaker, one limiter or one pool of slots. Each is checked when it is built: a
+bad value raises ``ValueError`` naming the field. (A *policy*, in this package, is a named
+set of task options in configuration: see :mod:`celery_resilience.core.policies`.)
 """
 
 from __future__ import annotations
