@@ -17,7 +17,6 @@ nothing of one attempt is kept on the (shared) task object.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
@@ -52,6 +51,7 @@ from celery_resilience.core.options import TaskOptions
 from celery_resilience.integration.runtime import Runtime, runtime_for
 from celery_resilience.observability.logs import format_outcome, redact
 from celery_resilience.observability.otel import attempt_span
+from celery_resilience.observability.redaction import redact_exception
 from celery_resilience.observability.tracing import (
     AttemptInfo,
     TraceContext,
@@ -715,9 +715,7 @@ class _Attempt:
 def redacted(exc: BaseException) -> BaseException:
     """``exc`` with secrets taken out of its string arguments (an HTTP error's message holds
     the URL, query string included), before it travels to the result backend and Flower."""
-    with contextlib.suppress(AttributeError, TypeError):  # a type that guards its args
-        exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
-    return exc
+    return redact_exception(exc)
 
 
 def _quote(name: str) -> str:

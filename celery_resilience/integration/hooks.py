@@ -27,6 +27,7 @@ from celery_resilience.integration.named import config_book
 from celery_resilience.integration.settings import read_settings
 from celery_resilience.integration.task import resilient_task_names, resilient_tasks
 from celery_resilience.observability import logs
+from celery_resilience.observability.redaction import redact
 from celery_resilience.observability.tracing import current_attempt
 
 __all__ = ["connect"]
@@ -36,14 +37,20 @@ _connected = False
 
 def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
     """Give each new publication its own token (a retry keeps the one it carries: see
-    NONCE_HEADER), and a resilient task (or any task published inside an attempt) a trace
-    context. The token goes on every task published here, since a client may publish a
-    resilient task by name without its code."""
+    NONCE_HEADER), a resilient task (or any task published inside an attempt) a trace
+    context, and a resilient task's argument reprs their credentials hidden. The token
+    goes on every task published here, since a client may publish a resilient task by
+    name without its code."""
     if headers is None:
         return
     if not headers.get(NONCE_HEADER):
         headers[NONCE_HEADER] = new_nonce()
-    if sender not in resilient_task_names and current_attempt() is None:
+    if sender in resilient_task_names:
+        # Flower and the worker's "received" events show these: never a credential.
+        for name in ("argsrepr", "kwargsrepr"):
+            if isinstance(headers.get(name), str):
+                headers[name] = redact(headers[name])
+    elif current_attempt() is None:
         return
     if not headers.get(TRACE_HEADER):
         headers[TRACE_HEADER] = trace_for_publish().traceparent()
