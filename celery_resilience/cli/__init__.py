@@ -6,7 +6,8 @@
     celery -A proj resilience breaker open|close|reset NAME
     celery -A proj resilience dead-letters list [--limit N] [--json]
     celery -A proj resilience dead-letters show ID [--json]
-    celery -A proj resilience dead-letters requeue ID [--queue QUEUE]
+    celery -A proj resilience dead-letters requeue ID... [--queue QUEUE] [--dry-run]
+    celery -A proj resilience dead-letters requeue --task NAME --reason TEXT [--dry-run]
     celery -A proj resilience dead-letters purge [--older-than DURATION] [--force]
     celery -A proj resilience policy show|set|unset ...     (see cli_policy)
 
