@@ -5,6 +5,7 @@ Connected once, when :mod:`celery_resilience` is imported.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -13,6 +14,7 @@ from celery.signals import (
     after_setup_task_logger,
     before_task_publish,
     task_postrun,
+    task_received,
     worker_init,
 )
 
@@ -54,6 +56,19 @@ def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None
         return
     if not headers.get(TRACE_HEADER):
         headers[TRACE_HEADER] = trace_for_publish().traceparent()
+
+
+def _on_received(request: Any = None, **_: Any) -> None:
+    """A message published without this package's publish hook (by name, from a process
+    that does not declare the task) still shows its argument reprs redacted: in the
+    worker's ``task-received`` event (Flower) and in ``inspect active``/``reserved``."""
+    if request is None or getattr(request, "name", None) not in resilient_task_names:
+        return
+    for name in ("_argsrepr", "_kwargsrepr"):
+        value = getattr(request, name, None)
+        if isinstance(value, str):
+            with contextlib.suppress(AttributeError):
+                setattr(request, name, redact(value))
 
 
 def _on_setup_logger(logger: logging.Logger | None = None, **_: Any) -> None:
@@ -100,6 +115,7 @@ def connect() -> None:
     if _connected:
         return
     before_task_publish.connect(_on_publish, weak=False)
+    task_received.connect(_on_received, weak=False)
     after_setup_logger.connect(_on_setup_logger, weak=False)
     after_setup_task_logger.connect(_on_setup_logger, weak=False)
     worker_init.connect(_on_worker_init, weak=False)

@@ -5,7 +5,10 @@ Besides the variables of :mod:`tests.apps.inspect_app`:
 - ``RESILIENCE_TEST_TOPIC``: the name of a topic exchange; the worker then also consumes
   the queue ``<queue>-topic``, bound to it with ``orders.#``;
 - ``RESILIENCE_TEST_SPANS``: a file where every finished OpenTelemetry span is appended,
-  one JSON object a line (the SDK's exporter, per pool process).
+  one JSON object a line (the SDK's exporter, per pool process);
+- ``RESILIENCE_TEST_RETRIES``: a file where the traceback Celery stores in the result
+  backend for each RETRY is appended (from the ``task_retry`` signal, which gets the
+  very text ``mark_as_retry`` stored).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import requests
 import urllib3
+from celery.signals import task_retry
 from kombu import Exchange, Queue
 
 from celery_resilience import PermanentError, TransientError, resilient_task
@@ -46,6 +50,14 @@ if os.environ.get("RESILIENCE_TEST_SPANS"):
     trace.set_tracer_provider(_provider)
 
 
+if os.environ.get("RESILIENCE_TEST_RETRIES"):
+
+    @task_retry.connect(weak=False)
+    def _keep_retry(request: Any = None, reason: Any = None, einfo: Any = None, **_: Any) -> None:
+        with open(os.environ["RESILIENCE_TEST_RETRIES"], "a", encoding="utf-8") as out:
+            out.write(f"{getattr(request, 'id', '?')} {reason!r}\n{einfo.traceback}\n")
+
+
 def planted(secret: str, form: str) -> Exception:
     """An exception carrying ``secret`` the way ``form`` says."""
     url = f"https://api.example/v1/charges?page=2&api_key={secret}"
@@ -69,9 +81,9 @@ def planted(secret: str, form: str) -> Exception:
 
 
 @resilient_task(app=app, bind=True, name="leak.fail", backoff=FAST, max_retries=1)
-def fail_with(self: Any, secret: str, form: str, api_key: str | None = None) -> None:
-    """Fail with ``secret`` planted in the exception (and in the ``api_key`` argument)."""
-    raise planted(secret, form)
+def fail_with(self: Any, form: str, api_key: str) -> None:
+    """Fail with the secret ``api_key`` planted in the exception as ``form`` says."""
+    raise planted(api_key, form)
 
 
 @resilient_task(app=app, bind=True, name="leak.order", backoff=FAST, max_retries=0)
