@@ -89,6 +89,12 @@ local function window_add(wkey, b, now, kind)
   extend_ttl(wkey, b.win * 2)
 end
 
+-- A breaker in use by a task is kept: drop the expiry an admin command may have given
+-- its state hash when no task of the command's app declared it.
+local function claim_breaker(skey)
+  redis.call('PERSIST', skey)
+end
+
 -- Moves an OPEN breaker whose time is up to HALF_OPEN. Returns state, open_until.
 local function breaker_phase(skey, now, transitions)
   local st, ou = unpack(redis.call('HMGET', skey, 'st', 'ou'))
