@@ -18,6 +18,7 @@ from celery.signals import (
     worker_init,
 )
 
+from celery_resilience.core.errors import ResilienceConfigError
 from celery_resilience.integration.attempt import (
     NONCE_HEADER,
     TRACE_HEADER,
@@ -31,9 +32,14 @@ from celery_resilience.integration.task import resilient_task_names, resilient_t
 from celery_resilience.observability import logs
 from celery_resilience.observability.redaction import redact
 from celery_resilience.observability.tracing import current_attempt
+from celery_resilience.state.connect import connect as connect_store
+from celery_resilience.state.connect import describe
+from celery_resilience.state.errors import STORE_ERRORS
+from celery_resilience.state.version import server_version, version_problem
 
-__all__ = ["connect"]
+__all__ = ["check_app", "check_store_version", "connect"]
 
+_logger = logging.getLogger("celery_resilience.integration.hooks")
 _connected = False
 
 
@@ -93,13 +99,42 @@ def check_app(app: Any) -> None:
             book.config_of(name)
 
 
+def check_store_version(app: Any) -> None:
+    """Raise :class:`ResilienceConfigError` when the state store of ``app`` runs a Redis
+    older than :data:`~celery_resilience.state.version.MIN_REDIS_VERSION`. A store that
+    does not answer now is not checked (the tasks fall back; see the fallback setting)."""
+    settings = read_settings(app)
+    client = None
+    try:
+        client = connect_store(
+            settings.backend_url, timeout=settings.redis_timeout, ssl=settings.ssl
+        )
+        version = server_version(client)
+    except STORE_ERRORS as exc:
+        _logger.warning(
+            "celery-resilience: the Redis version of the state store was not checked: it "
+            "does not answer (%s)",
+            type(exc).__name__,
+        )
+        return
+    finally:
+        if client is not None:
+            client.close()
+    problem = version_problem(version, describe(client))
+    if problem is not None:
+        raise ResilienceConfigError(problem)
+
+
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    """A worker whose resilient tasks cannot work stops at once, with one clear line."""
+    """A worker whose resilient tasks cannot work (a bad setting, an unknown policy, a
+    state store on a Redis too old) stops at once, with one clear line."""
     app = getattr(sender, "app", None)
     if app is None:
         return
     try:
         check_app(app)
+        if resilient_tasks(app):
+            check_store_version(app)
     except ValueError as exc:
         raise SystemExit(f"celery-resilience: {exc}") from None
 
