@@ -11,6 +11,7 @@ the pickle-safe copy Celery makes, the ``task-failed`` event's fields and an OTe
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import sys
 import traceback
@@ -27,8 +28,12 @@ from celery.utils.saferepr import saferepr
 from celery.utils.serialization import get_pickleable_exception
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from celery_resilience.integration.attempt import redacted
+from celery_resilience.observability.otel import attempt_span
 from celery_resilience.observability.redaction import (
     REDACTED,
     RedactedError,
@@ -37,6 +42,7 @@ from celery_resilience.observability.redaction import (
     redact_headers,
     redact_value,
 )
+from celery_resilience.observability.tracing import new_trace
 
 GROUP: Any = getattr(builtins, "ExceptionGroup", None)
 
@@ -225,7 +231,36 @@ def test_values_under_secret_names_are_hidden_at_any_depth(
     assert redact_headers({header: value}) == {header: REDACTED}
 
 
+_EXPORTER = InMemorySpanExporter()
+_PROVIDER = TracerProvider()
+_PROVIDER.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+
+
+@settings(max_examples=100, deadline=None)
+@given(planted_exceptions())
+def test_spans_recording_a_planted_exception_carry_no_secret(
+    planted: tuple[BaseException, list[str]],
+) -> None:
+    """An attempt's span (the SDK's in-memory exporter) records the failure redacted,
+    whether or not the exception was redacted before."""
+    exc, secrets = planted
+    _EXPORTER.clear()
+    with (
+        contextlib.suppress(Exception),
+        attempt_span("t", new_trace(), tracer_provider=_PROVIDER),
+    ):
+        raise exc
+    (span,) = _EXPORTER.get_finished_spans()
+    assert_clean({"span": span.to_json()}, secrets)
+
+
 # --- examples -----------------------------------------------------------------------
+
+
+def test_a_mapping_in_a_repr_of_a_repr_is_redacted() -> None:
+    """Escaped quotes (an exception's repr inside another's) hide nothing."""
+    text = repr(repr(repr({"Authorization": "Bearer esc-SECRET", "token": "t-SECRET"})))
+    assert "SECRET" not in redact(text)
 
 
 def test_requests_ssl_error_wrapping_a_urllib3_error() -> None:

@@ -80,6 +80,12 @@ _MAPPING_RE = re.compile(
     rf"(?P<value>{_QUOTED})",
     re.IGNORECASE,
 )
+# The same inside a repr of a repr: {\'Authorization\': \'Bearer abc\'}
+_ESCAPED_MAPPING_RE = re.compile(
+    rf"(?P<head>(?P<q>\\+['\"])(?:{_MAPPING_NAMES})(?P=q)\s*[:,]\s*b?)"
+    r"(?P<value>(?P=q)(?:(?!(?P=q))[^\r\n])*(?P=q))",
+    re.IGNORECASE,
+)
 # https://host/path?api_key=abc&page=2, and OAuth's https://host/cb#access_token=abc
 _QUERY_RE = re.compile(
     rf"(?P<head>[?&;#](?:{_PARAM_NAMES})=)(?P<value>[^&#;,\s\"'\\<>()\[\]{{}}]+)",
@@ -131,6 +137,7 @@ def redact(text: str) -> str:
     """
     text = _HEADER_RE.sub(rf"\g<name>\g<sep>{REDACTED}", text)
     text = _MAPPING_RE.sub(_redact_quoted, text)
+    text = _ESCAPED_MAPPING_RE.sub(_redact_escaped, text)
     text = _QUERY_RE.sub(rf"\g<head>{REDACTED}", text)
     return _USERINFO_RE.sub(rf"\g<head>{REDACTED}@", text)
 
@@ -138,6 +145,10 @@ def redact(text: str) -> str:
 def _redact_quoted(match: re.Match[str]) -> str:
     quote = match["value"][0]
     return f"{match['head']}{quote}{REDACTED}{quote}"
+
+
+def _redact_escaped(match: re.Match[str]) -> str:
+    return f"{match['head']}{match['q']}{REDACTED}{match['q']}"
 
 
 def leaks(text: str) -> bool:
