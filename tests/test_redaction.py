@@ -325,3 +325,31 @@ def test_notes_are_redacted() -> None:
     exc: Any = ValueError("x")
     exc.add_note("see https://h/?password=" + "n0te-SECRET")
     assert "n0te-SECRET" not in "".join(traceback.format_exception(redact_exception(exc)))
+
+
+def test_argument_reprs_of_resilient_tasks_are_redacted_at_publish_and_receipt() -> None:
+    """Flower shows ``argsrepr``/``kwargsrepr``: the publish hook redacts them for a
+    resilient task, and the worker's receipt hook for a message published without it."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from celery_resilience import resilient_task  # noqa: PLC0415
+    from celery_resilience.integration import hooks  # noqa: PLC0415
+
+    app = Celery("reprs", broker="memory://", set_as_current=False)
+
+    @resilient_task(app=app, name="reprs.charge")
+    def charge(api_key: str) -> None:
+        """A resilient task taking a credential by name."""
+
+    assert "reprs.charge" in app.tasks  # bound, as when the app publishes
+    headers = {"argsrepr": "()", "kwargsrepr": "{'api_key': 'pub-SECRET'}"}
+    hooks._on_publish(sender="reprs.charge", headers=headers)
+    assert headers["kwargsrepr"] == "{'api_key': '***'}"
+    other = {"kwargsrepr": "{'api_key': 'plain-SECRET'}"}
+    hooks._on_publish(sender="some.plain_task", headers=other)
+    assert other["kwargsrepr"] == "{'api_key': 'plain-SECRET'}"  # not ours to change
+
+    request = SimpleNamespace(name="reprs.charge", _argsrepr="('https://h/?token=rcv-SECRET',)",
+                              _kwargsrepr="{}")  # fmt: skip
+    hooks._on_received(request=request)
+    assert request._argsrepr == "('https://h/?token=***',)"
