@@ -5,6 +5,7 @@ bulk requeue by task name or reason, with a dry run."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -161,3 +162,25 @@ def test_the_json_view_shows_the_route(
     letter = _letter_of(rig, upstream, letters, f"/{unique}")
     shown = json.loads(rig.cli("dead-letters", "show", letter.id, "--json").stdout)
     assert (shown["exchange"], shown["routing_key"]) == (_topic(rig), ROUTING_KEY)
+
+
+def test_an_unreachable_broker_keeps_the_letter(
+    rig: Rig, upstream: Upstream, letters: DeadLetters, unique: str
+):
+    """No broker: exit 69, one line, the letter kept."""
+    letter = _letter_of(rig, upstream, letters, f"/{unique}")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    broker = rig.env["RESILIENCE_TEST_BROKER"]
+    scheme = broker.split("://", 1)[0]
+    dead = (
+        f"{scheme}://guest:guest@127.0.0.1:{port}//"
+        if scheme == "amqp"
+        else (f"redis://127.0.0.1:{port}/0")
+    )
+    result = rig.cli("dead-letters", "requeue", letter.id, env={"RESILIENCE_TEST_BROKER": dead})
+    assert result.returncode == 69, result.stderr
+    assert f"broker unreachable; dead letter {letter.id} kept" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert letters.get(letter.id) is not None

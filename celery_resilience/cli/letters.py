@@ -292,6 +292,13 @@ def requeue(
                 f"broker unreachable; dead letter {letter.id} kept{done} ({short(exc)})",
                 EX_UNAVAILABLE,
             ) from None
+        except Exception as exc:  # noqa: BLE001 - any other broker failure: keep the letter
+            done = f" ({sent} requeued before)" if sent else ""
+            raise CommandError(
+                f"the broker did not confirm the message; dead letter {letter.id} kept{done}, "
+                f"though the task may have been sent ({short(exc)})",
+                EX_UNAVAILABLE,
+            ) from None
         sent += 1
         click.echo(new_id)
         click.echo(f"requeued {_label(letter)} as {new_id} to {safe_text(where)}", err=True)
