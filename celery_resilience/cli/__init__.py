@@ -6,7 +6,8 @@
     celery -A proj resilience breaker open|close|reset NAME
     celery -A proj resilience dead-letters list [--limit N] [--json]
     celery -A proj resilience dead-letters show ID [--json]
-    celery -A proj resilience dead-letters requeue ID [--queue QUEUE]
+    celery -A proj resilience dead-letters requeue ID... [--queue QUEUE] [--dry-run]
+    celery -A proj resilience dead-letters requeue --task NAME --reason TEXT [--dry-run]
     celery -A proj resilience dead-letters purge [--older-than DURATION] [--force]
     celery -A proj resilience policy show|set|unset ...     (see cli_policy)
     celery -A proj resilience parked list [--reason R] [--task-name N] [--json]
@@ -35,6 +36,7 @@ from celery_resilience.cli.letters import dead_letters
 from celery_resilience.cli.parked import parked, parked_status, render_parked
 from celery_resilience.cli.policy import policy
 from celery_resilience.integration.inspection import (
+    UNDECLARED_TTL,
     Declared,
     breaker_row,
     breaker_status,
@@ -186,7 +188,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name")
 @click.pass_context
 def breaker(ctx: click.Context, action: str, name: str) -> None:
-    """Force the breaker NAME open or closed (until reset), or reset it to closed."""
+    """Force the breaker NAME open or closed (until reset), or reset it to closed.
+
+    For a NAME no task of the app declares (state only Redis holds), the state written
+    expires after a day unless a worker's task uses the breaker.
+    """
     s = session(ctx)
     with s.talking():
         found = _found(s)
@@ -200,7 +206,8 @@ def breaker(ctx: click.Context, action: str, name: str) -> None:
                 f"no breaker {_quote(name)}: no task of this app declares it and the state "
                 f"store holds nothing for it under prefix {s.prefix!r}"
             )
-        result = s.store.breaker(policy, _ACTIONS[action])
+        ttl = None if name in found.breakers else UNDECLARED_TTL
+        result = s.store.breaker(policy, _ACTIONS[action], ttl=ttl)
     signals.send_transitions(result.transitions)
     old = result.transitions[0].old.value if result.transitions else result.state.value
     click.echo(f"breaker {_quote(name)}: {result.state.value} (was {old})")

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -24,18 +23,16 @@ from celery_resilience.cli.kit import (
     table,
     utc,
 )
-from celery_resilience.core import headers as names
-from celery_resilience.observability.tracing import (
-    TraceContext,
-    new_span_id,
-    new_trace,
-    safe_text,
-    safe_token,
+from celery_resilience.integration.requeue import (
+    RequeueRefusedError,
+    destination,
+    requeue_letter,
+    requeue_problem,
 )
+from celery_resilience.observability.redaction import redact, redact_value
+from celery_resilience.observability.tracing import safe_text, safe_token
 
 if TYPE_CHECKING:
-    from celery import Celery
-
     from celery_resilience.state.deadletters import DeadLetter
 
 __all__ = ["RequeueRefusedError", "dead_letters", "parse_duration", "requeue_letter"]
@@ -43,10 +40,6 @@ __all__ = ["RequeueRefusedError", "dead_letters", "parse_duration", "requeue_let
 _ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-
-
-class RequeueRefusedError(ValueError):
-    """A dead letter cannot be sent again as it is (its arguments are not JSON)."""
 
 
 def parse_duration(text: str) -> float:
@@ -60,38 +53,6 @@ def parse_duration(text: str) -> float:
     if not compact or "".join(n + u for n, u in parts) != compact.replace(" ", ""):
         raise ValueError(f"{text!r} is not a duration such as 90s, 15m, 12h, 7d or 1h30m")
     return sum(float(number) * _UNITS[unit] for number, unit in parts)
-
-
-def requeue_letter(app: Celery, letter: DeadLetter, *, queue: str | None = None) -> str:
-    """Publish the letter's task again with a new task ID, in the letter's trace.
-
-    The arguments come from the letter's JSON copy (never from its ``repr``); the new
-    message carries a ``traceparent`` with the letter's trace ID and a new parent span.
-    Goes to ``queue``, else to the queue the task last ran from, else where the app routes
-    it. Returns the new task ID; raises :class:`RequeueRefusedError` when the arguments
-    were not JSON-serialisable.
-    """
-    if letter.args_json is None or letter.kwargs_json is None:
-        which = "args" if letter.args_json is None else "kwargs"
-        raise RequeueRefusedError(
-            f"its {which} were not kept as JSON (not JSON-serialisable, or over 64 KiB), so "
-            "they cannot be sent again as they were (the letter keeps only a capped repr)"
-        )
-    args = json.loads(letter.args_json)
-    kwargs = json.loads(letter.kwargs_json)
-    if not isinstance(args, list) or not isinstance(kwargs, dict):
-        raise RequeueRefusedError("its args are not a JSON list or its kwargs not an object")
-    try:
-        trace = TraceContext(letter.trace_id, new_span_id())
-    except ValueError:
-        trace = new_trace()
-    task_id = str(uuid.uuid4())
-    options: dict[str, Any] = {"task_id": task_id, "headers": {names.TRACE: trace.traceparent()}}
-    target = queue or letter.queue
-    if target:
-        options["queue"] = target
-    app.send_task(letter.task_name, args=args, kwargs=kwargs, **options)
-    return task_id
 
 
 def _letter_id(value: str) -> str:
@@ -115,9 +76,34 @@ def _load(s: Session, letter_id: str) -> DeadLetter:
     return letter
 
 
+def shown(letter: DeadLetter) -> DeadLetter:
+    """``letter`` as it may be shown: every field redacted, its JSON copies of the
+    arguments too (they stay intact in Redis, for a requeue)."""
+    return replace(
+        letter,
+        args=redact(letter.args),
+        kwargs=redact(letter.kwargs),
+        args_json=_redacted_json(letter.args_json),
+        kwargs_json=_redacted_json(letter.kwargs_json),
+        cause=redact(letter.cause),
+        reason=redact(letter.reason),
+        history=tuple(redact(line) for line in letter.history),
+    )
+
+
+def _redacted_json(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return redact(text)
+    return json.dumps(redact_value(value), ensure_ascii=True)
+
+
 def _as_json(letter: DeadLetter) -> dict[str, Any]:
-    data = asdict(letter)
-    data["history"] = list(letter.history)
+    data = asdict(shown(letter))
+    data["history"] = list(data["history"])
     return data
 
 
@@ -141,7 +127,7 @@ def list_letters(ctx: click.Context, limit: int, as_json: bool) -> None:
     s = session(ctx)
     with s.talking():
         try:
-            letters = s.letters.list(limit)
+            letters = [shown(x) for x in s.letters.list(limit)]
         except (KeyError, TypeError, ValueError) as exc:
             raise CommandError(
                 f"the dead-letter stream holds a malformed entry ({short(exc)})"
@@ -175,7 +161,7 @@ def list_letters(ctx: click.Context, limit: int, as_json: bool) -> None:
 @click.pass_context
 def show(ctx: click.Context, letter_id: str, as_json: bool) -> None:
     """One dead letter, with its attempt history."""
-    letter = _load(session(ctx), letter_id)
+    letter = shown(_load(session(ctx), letter_id))
     if as_json:
         click.echo(json.dumps(_as_json(letter), indent=2, ensure_ascii=True))
         return
@@ -208,43 +194,126 @@ def show(ctx: click.Context, letter_id: str, as_json: bool) -> None:
         click.echo(f"  {safe_text(line)}")
 
 
+def _matches(letter: DeadLetter, task: str | None, reason: str | None) -> bool:
+    if task is not None and letter.task_name != task:
+        return False
+    if reason is None:
+        return True
+    wanted = reason.lower()
+    return wanted == letter.verdict.lower() or wanted in letter.reason.lower()
+
+
+def _selected(
+    s: Session, ids: tuple[str, ...], task: str | None, reason: str | None, limit: int
+) -> list[DeadLetter]:
+    if ids and (task is not None or reason is not None):
+        raise CommandError("give letter IDs or --task/--reason, not both", EX_USAGE)
+    if not ids and task is None and reason is None:
+        raise CommandError("give letter IDs, or --task NAME and/or --reason TEXT", EX_USAGE)
+    if ids:
+        return [_load(s, x) for x in dict.fromkeys(ids)]
+    with s.talking():
+        found = [x for x in s.letters.scan() if _matches(x, task, reason)]
+    return found[:limit]
+
+
+def _label(letter: DeadLetter) -> str:
+    return f"{letter.id} {safe_token(letter.task_name)} [{safe_token(letter.task_id)}]"
+
+
 @dead_letters.command()
-@click.argument("letter_id", metavar="ID")
+@click.argument("letter_ids", metavar="[ID]...", nargs=-1)
+@click.option("--task", "task", default=None, help="Every letter of this task name.")
+@click.option(
+    "--reason",
+    default=None,
+    help="Every letter whose verdict is TEXT (transient, permanent, rate_limited, "
+    "deadline) or whose reason contains it (case-insensitive).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=1_000,
+    show_default=True,
+    help="At most this many letters (oldest first) with --task/--reason.",
+)
 @click.option(
     "--queue",
     "-Q",
     default=None,
-    help="Send it to this queue (default: the queue it last ran from).",
+    help="Send to this queue (default: the exchange and routing key it came by).",
 )
+@click.option("--dry-run", is_flag=True, help="Say what would be requeued; send nothing.")
 @click.pass_context
-def requeue(ctx: click.Context, letter_id: str, queue: str | None) -> None:
-    """Publish the task again (new task ID, same trace), then remove the letter.
+def requeue(
+    ctx: click.Context,
+    *,
+    letter_ids: tuple[str, ...],
+    task: str | None,
+    reason: str | None,
+    limit: int,
+    queue: str | None,
+    dry_run: bool,
+) -> None:
+    """Publish tasks again (new task ID, same trace); remove each letter once the broker
+    confirmed its message.
 
-    Prints the new task ID.
+    By ID, or in bulk with --task and/or --reason. Each task goes to the exchange and
+    routing key its failed message came by (or --queue). A letter whose arguments were
+    not kept as JSON, whose task this app does not register, or for which the broker has
+    no route is refused and kept. Prints each new task ID (with --dry-run, each letter
+    that would go, and where).
     """
     s = session(ctx)
-    letter = _load(s, letter_id)
-    try:
-        new_id = requeue_letter(s.app, letter, queue=queue)
-    except RequeueRefusedError as exc:
-        raise CommandError(f"dead letter {letter.id} not requeued: {exc}") from None
-    except OperationalError as exc:
-        raise CommandError(
-            f"broker unreachable; dead letter {letter.id} kept ({short(exc)})", EX_UNAVAILABLE
-        ) from None
-    click.echo(new_id)
-    click.echo(
-        f"requeued {safe_token(letter.task_name)} [{safe_token(letter.task_id)}] as {new_id}",
-        err=True,
-    )
-    try:
-        with s.talking():
-            s.letters.delete(letter.id)
-    except CommandError as exc:
-        raise CommandError(
-            f"requeued as {new_id}, but dead letter {letter.id} was not removed: {exc.message}",
-            exc.exit_code,
-        ) from None
+    letters = _selected(s, letter_ids, task, reason, limit)
+    if not letters:
+        click.echo("no dead letters match", err=True)
+        return
+    sent = refused = 0
+    for letter in letters:
+        where = destination(letter, queue=queue).describe()
+        if dry_run:
+            problem = requeue_problem(s.app, letter)
+            verdict = f"refused: {problem}" if problem else f"would requeue to {where}"
+            click.echo(f"{_label(letter)}: {safe_text(verdict)}")
+            continue
+        try:
+            new_id = requeue_letter(s.app, letter, queue=queue)
+        except RequeueRefusedError as exc:
+            refused += 1
+            message = f"dead letter {letter.id} not requeued: {exc}"
+            if len(letters) == 1:
+                raise CommandError(safe_text(message)) from None
+            click.echo(f"Error: {safe_text(message)}", err=True)
+            continue
+        except OperationalError as exc:
+            done = f" ({sent} requeued before)" if sent else ""
+            raise CommandError(
+                f"broker unreachable; dead letter {letter.id} kept{done} ({short(exc)})",
+                EX_UNAVAILABLE,
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - any other broker failure: keep the letter
+            done = f" ({sent} requeued before)" if sent else ""
+            raise CommandError(
+                f"the broker did not confirm the message; dead letter {letter.id} kept{done}, "
+                f"though the task may have been sent ({short(exc)})",
+                EX_UNAVAILABLE,
+            ) from None
+        sent += 1
+        click.echo(new_id)
+        click.echo(f"requeued {_label(letter)} as {new_id} to {safe_text(where)}", err=True)
+        try:
+            with s.talking():
+                s.letters.delete(letter.id)
+        except CommandError as exc:
+            raise CommandError(
+                f"requeued as {new_id}, but dead letter {letter.id} was not removed: {exc.message}",
+                exc.exit_code,
+            ) from None
+    if len(letters) > 1 and not dry_run:
+        click.echo(f"requeued {sent} of {len(letters)}; {refused} refused and kept", err=True)
+    if refused:
+        ctx.exit(1)
 
 
 @dead_letters.command()

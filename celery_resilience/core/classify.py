@@ -80,7 +80,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from celery_resilience.core.errors import PermanentError, TransientError
+from celery_resilience.core.errors import PermanentError, TransientError, clamp_retry_after
 
 __all__ = [
     "MAX_RETRY_AFTER",
@@ -382,8 +382,7 @@ def _inspect(exc: BaseException, now: float | None) -> _Facts:
     status = _status(response)
     host = _host(exc, response, chain)
     if isinstance(exc, TransientError):
-        retry_after = _seconds(exc.retry_after, now, epoch=False)
-        retry_after = None if retry_after is None else max(retry_after, 0.0)
+        retry_after = _task_retry_after(exc.retry_after, now)
     elif status in RETRY_AFTER_STATUSES:
         retry_after = _response_retry_after(response, now)
     else:
@@ -525,6 +524,15 @@ def _format_host(host: object, port: object, default_port: object) -> str | None
     if isinstance(port, int) and not isinstance(port, bool) and port != default_port:
         return f"{host}:{port}"
     return host
+
+
+def _task_retry_after(value: object, now: float | None) -> float | None:
+    """A task's own ``retry_after``: a number (inf and 1e9 included) clamped to
+    ``MAX_TASK_RETRY_AFTER``, a text read like a header, anything else (NaN) ignored."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None if math.isnan(value) else clamp_retry_after(value)
+    seconds = _seconds(value, now, epoch=False)
+    return None if seconds is None else clamp_retry_after(seconds)
 
 
 def _response_retry_after(response: object, now: float | None) -> float | None:

@@ -18,7 +18,10 @@ survives pickling and Celery's JSON exception round trip through a result backen
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
+    "MAX_TASK_RETRY_AFTER",
     "BreakerOpenError",
     "Deferred",
     "GaveUp",
@@ -28,7 +31,19 @@ __all__ = [
     "ResilienceError",
     "RetryScheduled",
     "TransientError",
+    "clamp_retry_after",
 ]
+
+
+#: The longest ``retry_after`` (seconds) a task may ask for with :class:`TransientError`:
+#: one day. Longer (``1e9``, ``inf``) is clamped to it; an upstream's ``Retry-After`` is
+#: clamped to an hour (``MAX_RETRY_AFTER`` in :mod:`celery_resilience.core.classify`).
+MAX_TASK_RETRY_AFTER: float = 86_400.0
+
+
+def clamp_retry_after(seconds: float) -> float:
+    """``seconds`` within [0, :data:`MAX_TASK_RETRY_AFTER`]."""
+    return min(max(float(seconds), 0.0), MAX_TASK_RETRY_AFTER)
 
 
 class ResilienceError(Exception):
@@ -39,7 +54,8 @@ class TransientError(ResilienceError):
     """Raise from a task body to have the attempt retried with backoff.
 
     ``retry_after`` (seconds) is a floor for the next countdown, as if the upstream
-    had answered with a ``Retry-After`` header::
+    had answered with a ``Retry-After`` header; it is clamped to
+    :data:`MAX_TASK_RETRY_AFTER` (one day)::
 
         if payload["status"] == "pending":
             raise TransientError("settlement pending", retry_after=10)
@@ -49,6 +65,9 @@ class TransientError(ResilienceError):
         self, message: str = "transient failure", *, retry_after: float | None = None
     ) -> None:
         super().__init__(message)
+        if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
+            # NaN stays NaN (the classifier ignores it), anything else is clamped.
+            retry_after = retry_after if math.isnan(retry_after) else clamp_retry_after(retry_after)
         self.retry_after = retry_after
 
     def __reduce__(self) -> tuple[object, ...]:

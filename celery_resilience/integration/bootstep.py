@@ -2,9 +2,10 @@
 
 Added automatically to every worker whose app has a resilient task (on Celery's
 ``worker_init`` signal, before the worker builds its bootsteps); :func:`install` adds it
-by hand. The section holds the app's breakers and limiters as Redis has them now, whether
-the state store answers, how often the pool fell back to per-process state, and the
-node's counters::
+by hand. On a Redis broker the same signal puts the guard of
+:mod:`celery_resilience.integration.kombu_redis` in place. The section holds the app's
+breakers and limiters as Redis has them now, whether the state store answers, how often
+the pool fell back to per-process state, and the node's counters::
 
     celery -A proj inspect stats   →   {"resilience": {"breakers": {"payments":
         {"state": "open", "failure_rate": 0.8, "calls": 10, ...}}, "limiters": {...},
@@ -30,6 +31,7 @@ from celery.signals import worker_init
 
 from celery_resilience.core import clock
 from celery_resilience.core.errors import ResilienceConfigError
+from celery_resilience.integration import kombu_redis
 from celery_resilience.integration.inspection import (
     breaker_status,
     declared,
@@ -267,6 +269,8 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     if app is None or not resilient_tasks(app):
         return
     install(app)
+    if _broker_is_redis(app):
+        kombu_redis.install()
     if not app.conf.get("resilience_metrics"):
         return
     from celery_resilience.observability.metrics import DEFAULT_NAMESPACE, enable_metrics  # noqa: PLC0415
@@ -275,6 +279,11 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         enable_metrics(namespace=app.conf.get("resilience_metrics_namespace", DEFAULT_NAMESPACE))
     except ImportError as exc:
         logger.error("%s", exc)  # noqa: TRY400 - the message says what to install
+
+
+def _broker_is_redis(app: Celery) -> bool:
+    with app.connection_for_write() as connection:  # not connected: its transport's kind
+        return bool(connection.transport.driver_type == "redis")
 
 
 _connected = False

@@ -13,7 +13,6 @@ the body, a failure, a refusal, the end; each step's carrying-out beside the oth
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -36,7 +35,8 @@ from celery_resilience.core.gates import (
     Transition,
 )
 from celery_resilience.integration.letters import dead_letter
-from celery_resilience.observability.logs import format_outcome, redact
+from celery_resilience.observability.logs import format_outcome
+from celery_resilience.observability.redaction import redact_exception
 
 if TYPE_CHECKING:
 
@@ -109,9 +109,7 @@ def _log_transitions(transitions: tuple[Transition, ...]) -> None:
 def redacted(exc: BaseException) -> BaseException:
     """``exc`` with secrets taken out of its string arguments (an HTTP error's message holds
     the URL, query string included), before it travels to the result backend and Flower."""
-    with contextlib.suppress(AttributeError, TypeError):  # a type that guards its args
-        exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
-    return exc
+    return redact_exception(exc)
 
 
 class Flow:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from celery_resilience.state.redis import RedisStore
 
 __all__ = [
+    "UNDECLARED_TTL",
     "Declared",
     "breaker_row",
     "declared",
@@ -38,6 +39,10 @@ __all__ = [
 #: nothing (the window's buckets expire on their own).
 UNDECLARED_WINDOW = 10_000_000.0
 _SCAN_COUNT = 1_000
+#: Seconds the state hash of a breaker no task of the app declares lives after an admin
+#: command changed it (one day): a mistyped name cannot leave state behind forever, while
+#: a breaker that workers of another app use keeps its state (their gates remove the TTL).
+UNDECLARED_TTL = 86_400.0
 
 
 @dataclass

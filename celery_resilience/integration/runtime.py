@@ -10,7 +10,8 @@ import logging
 import os
 import threading
 from collections import deque
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from celery_resilience import signals
 from celery_resilience.core import clock
@@ -24,6 +25,8 @@ from celery_resilience.core.gates import (
 )
 from celery_resilience.integration.named import PolicyBook
 from celery_resilience.integration.settings import Settings, read_settings
+from celery_resilience.observability.redaction import redact
+from celery_resilience.observability.tracing import safe_token
 from celery_resilience.state.connect import connect, describe
 from celery_resilience.state.deadletters import DeadLetter, DeadLetters
 from celery_resilience.state.errors import STORE_ERRORS
@@ -34,7 +37,7 @@ from celery_resilience.state.redis import RedisStore
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["Runtime", "connect", "runtime_for"]
+__all__ = ["Runtime", "connect", "prepared_letter", "runtime_for"]
 
 logger = logging.getLogger("celery_resilience.integration.runtime")
 _PENDING_LETTERS = 1_000
@@ -146,7 +149,12 @@ class Runtime:
     # -- dead letters --------------------------------------------------------------------
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
-        """Store a dead letter; while Redis is down keep it (bounded) and retry later."""
+        """Store a dead letter; while Redis is down keep it (bounded) and retry later.
+
+        Its shown fields are redacted, and a letter written inside the attempt of its
+        task gets the exchange and routing key the message came by (a requeue sends it
+        there again)."""
+        letter = prepared_letter(letter, self.app.current_worker_task)
         try:
             self.dead_letters.add(letter)
         except STORE_ERRORS as exc:
@@ -175,6 +183,29 @@ class Runtime:
             with self._lock:
                 if self._pending and self._pending[0] is letter:
                     self._pending.popleft()
+
+
+def prepared_letter(letter: DeadLetter, task: Any = None) -> DeadLetter:
+    """``letter`` ready to store: arguments, cause, reason and history redacted (the
+    JSON copies kept for a requeue are the task's own message and stay as they are), and
+    the route of ``task``'s current message when it is the letter's task."""
+    route: dict[str, Any] = {}
+    request = getattr(task, "request", None)
+    if request is not None and request.id is not None and safe_token(request.id) == letter.task_id:
+        delivery = request.delivery_info or {}
+        if letter.exchange is None and isinstance(delivery.get("exchange"), str):
+            route["exchange"] = delivery["exchange"]
+        if letter.routing_key is None and isinstance(delivery.get("routing_key"), str):
+            route["routing_key"] = delivery["routing_key"]
+    return replace(
+        letter,
+        args=redact(letter.args),
+        kwargs=redact(letter.kwargs),
+        cause=redact(letter.cause),
+        reason=redact(letter.reason),
+        history=tuple(redact(line) for line in letter.history),
+        **route,
+    )
 
 
 _runtimes: dict[int, tuple[int, Runtime]] = {}

@@ -21,6 +21,7 @@ from celery_resilience.integration.named import config_book
 from celery_resilience.integration.runtime import runtime_for
 from celery_resilience.integration.wiring import wire
 from celery_resilience.integration.worker import run_in_worker
+from celery_resilience.observability.redaction import redact_exception
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -155,9 +156,18 @@ class ResilientTask(Task[Any, Any]):
         if request is None or request.called_directly:
             # A plain function call (``task(...)``): no queue to retry through.
             return super().__call__(*args, **kwargs)
-        if request.is_eager:
-            return run_eager(self, request, args, kwargs)
-        return run_in_worker(self, request, args, kwargs)
+        try:
+            if request.is_eager:
+                return run_eager(self, request, args, kwargs)
+            return run_in_worker(self, request, args, kwargs)
+        except Exception as exc:
+            # Whatever leaves the attempt (the body's error, a Retry whose context is the
+            # failure it retries, GaveUp) reaches the result backend, Flower and the
+            # worker's log with its chain: one redaction, here, for all of them.
+            clean = redact_exception(exc)
+            if clean is exc:
+                raise
+            raise clean from clean.__cause__
 
 
 def resilient_tasks(app: Any) -> dict[str, ResilientTask]:

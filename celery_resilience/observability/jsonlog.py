@@ -17,11 +17,11 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
-from celery_resilience.observability.logs import is_secret_name, stamp_record
-from celery_resilience.observability.logs import redact as redact_text
+from celery_resilience.observability.logs import stamp_record
+from celery_resilience.observability.redaction import redact_value
 
 __all__ = ["DEFAULT_JSON_FORMAT", "JsonFormatter"]
 
@@ -35,22 +35,6 @@ _INSTALL_HINT = (
     "celery_resilience.observability.jsonlog.JsonFormatter needs python-json-logger: "
     "pip install celery-resilience[json-logs]"
 )
-
-
-def _redact_value(value: object) -> object:
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, Mapping):
-        return {key: _redact_item(key, item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_redact_value(item) for item in value]
-    return value
-
-
-def _redact_item(key: object, value: object) -> object:
-    if isinstance(key, str) and value is not None and is_secret_name(key):
-        return "***"
-    return _redact_value(value)
 
 
 def _json_base() -> Callable[..., logging.Formatter]:
@@ -69,7 +53,7 @@ def _redacting(base: type[Any]) -> Callable[..., logging.Formatter]:
     class RedactingJsonFormatter(base):  # type: ignore[misc]
         def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
             log_data = super().process_log_record(log_data)
-            return {key: _redact_item(key, value) for key, value in log_data.items()}
+            return dict(redact_value(log_data))
 
     return RedactingJsonFormatter
 
@@ -79,7 +63,7 @@ class JsonFormatter(logging.Formatter):
 
     Takes python-json-logger's options (``rename_fields``, ``static_fields``,
     ``json_indent``, ``timestamp``, ...). Every string value goes through
-    :func:`celery_resilience.observability.logs.redact`, and values under secret-looking keys
+    :func:`celery_resilience.observability.redaction.redact`, and values under secret-looking keys
     (``password``, ``authorization``, ``api_key``, ...) become ``"***"``. The context
     fields are stamped on each record (``"-"`` outside an attempt), so no filter is
     needed. Raises ``ImportError`` naming the extra to install when python-json-logger

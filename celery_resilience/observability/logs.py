@@ -3,7 +3,8 @@
 :class:`AttemptContextFilter` puts ``trace_id``, ``span_id``, ``task_id``, ``task_name``
 and ``attempt`` on each record (``-`` outside an attempt). :func:`wrap_formatter` makes
 any formatter append the context when its format string does not show it, and
-:func:`redact` hide credentials. :func:`install` does both for a worker's handlers; the
+:func:`redact` (from :mod:`celery_resilience.observability.redaction`, re-exported
+here) hide credentials. :func:`install` does both for a worker's handlers; the
 Celery layer calls it from Celery's ``after_setup_logger`` and
 ``after_setup_task_logger`` signals.
 
@@ -30,6 +31,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Literal
 
+from celery_resilience.observability.redaction import is_secret_name, redact
 from celery_resilience.observability.tracing import current_attempt, safe_text
 
 __all__ = [
@@ -58,86 +60,6 @@ LOG_FORMAT = (
 _PLACEHOLDERS = frozenset({"", "-", "???"})
 _MISSING = "-"
 _TRACE_ID_RE = re.compile(r"[0-9a-f]{32}")
-
-# --- redaction --------------------------------------------------------------------
-
-_HEADER_NAMES = (
-    r"(?:proxy-)?authorization|(?:set-)?cookie"
-    r"|x-[a-z0-9-]*?(?:key|token|secret|signature|password|auth)"
-    r"|[a-z0-9-]*api[-_]?key|private-token"
-)
-_PARAM_NAMES = (
-    r"api[-_]?key|(?:access|refresh|id|auth|private|session)[-_]token|client[-_]secret"
-    r"|token|secret|passw(?:or)?d|signature|sig|key|auth"
-    r"|x-[a-z]+-(?:signature|credential|security-token)"
-)
-# In a dict or tuple, "key" and "sig" are too common to mean a secret.
-_MAPPING_NAMES = (
-    _HEADER_NAMES + r"|api[-_]?key|(?:access|refresh|id|auth|private|session)[-_]token"
-    r"|client[-_]secret|token|secret|passw(?:or)?d|signature|auth"
-)
-_QUOTED = r"'(?:[^'\\\r\n]|\\.)*'|\"(?:[^\"\\\r\n]|\\.)*\""
-
-# Authorization: Bearer abc   (the value runs to the end of the line or a quote)
-_HEADER_RE = re.compile(
-    rf"(?<![\w-])(?P<name>{_HEADER_NAMES})(?![\w-])(?P<sep>[ \t]*:[ \t]*)"
-    rf"(?P<value>{_QUOTED}|[^\s\"'\\][^\r\n\"'\\]*)",
-    re.IGNORECASE,
-)
-# {'Authorization': 'Bearer abc'}, {"token": "abc"}, ('Cookie', b'a=1')
-_MAPPING_RE = re.compile(
-    rf"(?P<head>(?P<q>['\"])(?:{_MAPPING_NAMES})(?P=q)\s*[:,]\s*b?)"
-    rf"(?P<value>{_QUOTED})",
-    re.IGNORECASE,
-)
-# https://host/path?api_key=abc&page=2, and OAuth's https://host/cb#access_token=abc
-_QUERY_RE = re.compile(
-    rf"(?P<head>[?&;#](?:{_PARAM_NAMES})=)(?P<value>[^&#;,\s\"'\\<>()\[\]{{}}]+)",
-    re.IGNORECASE,
-)
-# redis://:password@host, amqp://user:password@host
-_USERINFO_RE = re.compile(
-    r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s/?#@:\"'\\]*:)(?P<value>[^\s/?#@\"'\\]+)@",
-    re.IGNORECASE,
-)
-_SECRET_NAME_RE = re.compile(_MAPPING_NAMES, re.IGNORECASE)
-_REDACTED = "***"
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether a header, parameter or field called ``name`` holds a credential.
-
-    >>> is_secret_name("X-Api-Key"), is_secret_name("Accept")
-    (True, False)
-    """
-    return _SECRET_NAME_RE.fullmatch(name) is not None
-
-
-def redact(text: str) -> str:
-    r"""Hide credentials in ``text``, keeping their names; ``***`` replaces each value.
-
-    Hidden: the values of ``Authorization``, ``Proxy-Authorization``, ``Cookie``,
-    ``Set-Cookie`` and API-key or token headers (``X-Api-Key``, ``X-Auth-Token``, ...)
-    written as ``Name: value`` or in a dict, tuple or JSON form; secret-looking query
-    parameters (``api_key``, ``token``, ``password``, ``signature``, ...), up to the
-    next delimiter or bracket; and the password in ``scheme://user:password@host``
-    (percent-encoded, as URLs require). Case-insensitive, idempotent.
-
-        >>> redact("GET https://api.example/v1?api_key=s3cr3t&page=2")
-        'GET https://api.example/v1?api_key=***&page=2'
-        >>> redact("{'Authorization': 'Bearer abc', 'Accept': '*/*'}")
-        "{'Authorization': '***', 'Accept': '*/*'}"
-    """
-    text = _HEADER_RE.sub(rf"\g<name>\g<sep>{_REDACTED}", text)
-    text = _MAPPING_RE.sub(_redact_quoted, text)
-    text = _QUERY_RE.sub(rf"\g<head>{_REDACTED}", text)
-    return _USERINFO_RE.sub(rf"\g<head>{_REDACTED}@", text)
-
-
-def _redact_quoted(match: re.Match[str]) -> str:
-    quote = match["value"][0]
-    return f"{match['head']}{quote}{_REDACTED}{quote}"
-
 
 # --- the context on records -------------------------------------------------------
 

@@ -16,12 +16,11 @@ the outbound ``traceparent`` and the exported span agree::
 from __future__ import annotations
 
 import sys
-import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from celery_resilience.observability.logs import redact
+from celery_resilience.observability.redaction import format_exception, redact
 from celery_resilience.observability.tracing import TraceContext, new_span_id
 
 if TYPE_CHECKING:
@@ -185,7 +184,7 @@ def attempt_span(
             yield handle
         except Exception as exc:
             if handle.recording:
-                details = redact("".join(traceback.format_exception(exc)))
+                details = format_exception(exc)
                 message = redact(str(exc))
                 span.record_exception(
                     exc,

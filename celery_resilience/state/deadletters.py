@@ -6,6 +6,7 @@ Nothing is deleted but by :meth:`DeadLetters.purge` (and the stream's length bou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from celery_resilience.state.keys import KeySpace
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from celery_resilience.state.connect import Client
 
 __all__ = ["DeadLetter", "DeadLetters", "capped_repr"]
@@ -50,6 +53,11 @@ class DeadLetter:
     failed_at: float
     first_attempt_at: float | None
     id: str = ""
+    #: Where the failed message was published: its exchange ("" is the default exchange,
+    #: whose routing key is a queue name) and routing key. A requeue publishes there again.
+    #: None on letters written before they were kept.
+    exchange: str | None = None
+    routing_key: str | None = None
 
     def fields(self) -> dict[str, str]:
         """The stream entry's fields."""
@@ -63,7 +71,8 @@ class DeadLetter:
         """Rebuild a letter from a stream entry."""
         data: dict[str, Any] = json.loads(fields["letter"])
         data["history"] = tuple(data.get("history", ()))
-        return cls(id=entry_id, **data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(id=entry_id, **{k: v for k, v in data.items() if k in known})
 
 
 class DeadLetters:
@@ -98,6 +107,17 @@ class DeadLetters:
     def delete(self, entry_id: str) -> bool:
         """Remove one letter (after a requeue). True when it existed."""
         return bool(self.client.xdel(self.key, entry_id))
+
+    def scan(self, batch: int = 500) -> Iterator[DeadLetter]:
+        """Every letter, oldest first, read in batches of ``batch``."""
+        start = "-"
+        while True:
+            entries = self.client.xrange(self.key, min=start, max="+", count=batch) or []
+            for entry in entries:
+                yield _letter(entry)
+            if len(entries) < batch:
+                return
+            start = "(" + _text(entries[-1][0])
 
     def purge(self, older_than: float | None = None, *, now: float | None = None) -> int:
         """Remove every letter, or those older than ``older_than`` seconds. Returns how many."""

@@ -211,14 +211,21 @@ class RedisStore:
         )
 
     def breaker(
-        self, policy: CircuitBreaker, op: Literal["status", "open", "close", "reset"] = "status"
+        self,
+        policy: CircuitBreaker,
+        op: Literal["status", "open", "close", "reset"] = "status",
+        *,
+        ttl: float | None = None,
     ) -> BreakerStatus:
-        """Read a breaker, force it open or closed, or reset it."""
-        res = self._run(
-            "breaker_admin",
-            list(self.keys.breaker(policy.name)),
-            {"op": op, "b": breaker_args(policy)},
-        )
+        """Read a breaker, force it open or closed, or reset it.
+
+        With ``ttl`` (seconds), a change leaves the state hash expiring after that long
+        (for a name no task declares); a gate or record of the breaker removes the expiry.
+        """
+        args: dict[str, Any] = {"op": op, "b": breaker_args(policy)}
+        if ttl is not None:
+            args["ttl"] = ttl
+        res = self._run("breaker_admin", list(self.keys.breaker(policy.name)), args)
         rate, calls = float(res["rate"]), int(res["calls"])
         return BreakerStatus(
             name=policy.name,

@@ -46,6 +46,7 @@ class Rig:
     worker: CeleryWorker
     redis: RedisServer
     clients: list[Celery] = field(default_factory=list)
+    app: str = APP
 
     def client(self) -> Celery:
         """A client app on the worker's broker, backend and queue."""
@@ -63,7 +64,7 @@ class Rig:
         self, *args: str, env: Mapping[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         """``celery -A tests.apps.inspect_app resilience ARGS`` with the worker's settings."""
-        return run_cli(*args, env={**self.env, **(env or {})})
+        return run_cli(*args, env={**self.env, **(env or {})}, app=self.app)
 
     @functools.cached_property
     def store(self) -> RedisStore:
@@ -119,22 +120,27 @@ def worker_rig(
     extra_env: Mapping[str, str] | None = None,
     extra_args: Sequence[str] = (),
     concurrency: int = 2,
+    app: str = APP,
+    broker: str | None = None,
 ) -> Iterator[Rig]:
-    """Start one prefork worker with a fresh prefix and queue; stop it (by PID) at the end."""
+    """Start one prefork worker of ``app`` with a fresh prefix and queue, on ``broker``
+    (default: the private Redis, db 0); stop it (by PID) at the end."""
     unique = uuid.uuid4().hex[:10]
     queue, prefix = f"q-{unique}", f"t-{unique}"
-    env = app_env(broker=redis.url(0), backend=redis.url(1), upstream=upstream.url, queue=queue)
+    env = app_env(
+        broker=broker or redis.url(0), backend=redis.url(1), upstream=upstream.url, queue=queue
+    )
     env[ENV_PREFIX] = prefix
     env.update(extra_env or {})
     worker = CeleryWorker(
-        APP,
+        app,
         f"w-{unique}",
         env=env,
         logfile=logdir / f"w-{unique}.log",
         concurrency=concurrency,
         extra_args=list(extra_args),
     )
-    rig = Rig(env=env, prefix=prefix, queue=queue, worker=worker, redis=redis)
+    rig = Rig(env=env, prefix=prefix, queue=queue, worker=worker, redis=redis, app=app)
     try:
         worker.start()
         worker.wait_ready()

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from celery_resilience import CircuitBreaker, RateLimit, resilient_task, signals
 from celery_resilience.cli import render_status, resilience
-from celery_resilience.core.gates import BreakerState
+from celery_resilience.core.gates import BreakerState, GateAsk
+from celery_resilience.integration.inspection import UNDECLARED_TTL
 from celery_resilience.state.keys import escape
 from example_project.upstream import Upstream
 from tests.helpers.celery_apps import make_app
@@ -119,6 +120,31 @@ def test_names_only_redis_holds_are_listed_escaped_and_can_be_reset(rig: Rig):
     reset = rig.cli("breaker", "reset", "legacy café")
     assert reset.returncode == 0, reset.stderr
     assert store.breaker(CircuitBreaker("legacy café")).state is BreakerState.CLOSED
+
+
+def test_a_state_hash_the_cli_writes_for_an_undeclared_name_expires(rig: Rig, unique: str):
+    """``breaker open`` on a name only Redis knows (a typo matching stale state, or a
+    breaker of another app) gives the state hash a time to live, so it cannot stay
+    forever; a worker whose task declares the name takes it over (the TTL goes)."""
+    store = rig.store
+    name = f"ghost-{unique}"
+    state_key, window_key, _ = store.keys.breaker(name)
+    seconds, _ = store.client.time()
+    store.client.hset(window_key, f"{seconds * 1000}:f", 1)  # stale state: Redis knows it
+    store.client.pexpire(window_key, 60_000)
+
+    opened = rig.cli("breaker", "open", name)
+    assert opened.returncode == 0, opened.stderr
+    ttl = store.client.pttl(state_key)
+    assert 0 < ttl <= UNDECLARED_TTL * 1000
+
+    declared = rig.cli("breaker", "open", "upstream")  # a task of the app declares it
+    assert declared.returncode == 0, declared.stderr
+    assert store.client.pttl(store.keys.breaker("upstream")[0]) == -1
+    rig.cli("breaker", "reset", "upstream")
+
+    store.gate(GateAsk(holder=f"h-{unique}", breaker=CircuitBreaker(name)))
+    assert store.client.pttl(state_key) == -1  # a worker using the breaker keeps it
 
 
 def test_a_breaker_nobody_knows_is_one_line_and_exit_1(rig: Rig):

@@ -39,7 +39,7 @@ from celery_resilience.core.classify import (
     parse_retry_after,
     status_verdict,
 )
-from celery_resilience.core.errors import PermanentError, TransientError
+from celery_resilience.core.errors import MAX_TASK_RETRY_AFTER, PermanentError, TransientError
 
 T, P, R = Verdict.TRANSIENT, Verdict.PERMANENT, Verdict.RATE_LIMITED
 NOW = 1_700_000_000.0
@@ -706,9 +706,21 @@ def test_transient_error_retry_after() -> None:
     assert classify(TransientError(retry_after=10)).retry_after == 10.0
 
 
-def test_transient_error_retry_after_is_not_clamped() -> None:
-    """A task's own long retry_after is kept: the clamp guards against upstreams."""
+def test_transient_error_retry_after_is_kept_up_to_a_day() -> None:
+    """A task's own long retry_after is kept (the upstream's clamp is an hour) up to a day."""
     assert classify(TransientError(retry_after=7200)).retry_after == 7200.0
+
+
+@pytest.mark.parametrize("given_value", [1e9, math.inf, 86_400.5])
+def test_transient_error_retry_after_is_clamped_to_a_day(given_value: float) -> None:
+    """1e9 s is not a wait, it is a lost task: clamped to MAX_TASK_RETRY_AFTER (one day),
+    on the exception itself and when classified (also when set after construction)."""
+    assert MAX_TASK_RETRY_AFTER == 86_400.0
+    assert TransientError(retry_after=given_value).retry_after == MAX_TASK_RETRY_AFTER
+    assert classify(TransientError(retry_after=given_value)).retry_after == MAX_TASK_RETRY_AFTER
+    late = TransientError()
+    late.retry_after = given_value
+    assert classify(late).retry_after == MAX_TASK_RETRY_AFTER
 
 
 @pytest.mark.parametrize(("given_value", "expected"), [(-3.0, 0.0), (math.nan, None)])

@@ -7,6 +7,8 @@
 --       open:   FORCED_OPEN until reset; close: FORCED_CLOSED until reset;
 --       reset:  CLOSED with an empty window and the base open time
 --   b   breaker {rate, min, win, of, ofm, hoc}
+--   ttl seconds (optional): with open/close/reset, the state hash expires after this long
+--       (a name no task declares); a gate or record of the breaker removes the expiry
 -- Returns: JSON object
 --   now ({seconds, microseconds}), st, ou (open until, 0 unless open), of (current open
 --   time), ch (last change) (times as decimal strings),
@@ -38,6 +40,10 @@ elseif args.op == 'reset' then
   redis.call('HSET', skey, 'st', 'closed', 'ch', fmt(now), 'of', fmt(b.of), 'hs', 0, 'ou', 0)
   redis.call('DEL', wkey, pkey)
   set_state('closed')
+end
+
+if args.ttl and args.op ~= 'status' then
+  pexpire_seconds(skey, args.ttl)
 end
 
 local ou, of, ch = unpack(redis.call('HMGET', skey, 'ou', 'of', 'ch'))

@@ -61,6 +61,7 @@ end
 -- 2. Breaker.
 if skey then
   local b = args.b
+  claim_breaker(skey)
   local st, ou = breaker_phase(skey, now, res.tr)
   res.st = st
   if st == 'open' then

@@ -89,6 +89,15 @@ local function window_add(wkey, b, now, kind)
   extend_ttl(wkey, b.win * 2)
 end
 
+-- A breaker in use by a task is kept: drop the expiry an admin command may have given
+-- its state hash when no task of the command's app declared it. Only then: a script's
+-- first write decides whether a Redis out of memory refuses it (PERSIST would not).
+local function claim_breaker(skey)
+  if redis.call('PTTL', skey) > 0 then
+    redis.call('PERSIST', skey)
+  end
+end
+
 -- Moves an OPEN breaker whose time is up to HALF_OPEN. Returns state, open_until.
 local function breaker_phase(skey, now, transitions)
   local st, ou = unpack(redis.call('HMGET', skey, 'st', 'ou'))

@@ -42,6 +42,7 @@ end
 
 if skey then
   local b = args.b
+  claim_breaker(skey)
   local st = breaker_phase(skey, now, res.tr)
   res.st = st
   if st == 'closed' or st == 'forced_open' or st == 'forced_closed' then
