@@ -52,6 +52,7 @@ from celery_resilience.core.ledger import AttemptState, deferral_line, gave_up_m
 __all__ = [
     "EARLY",
     "REPUBLISH",
+    "RUNNING_POLL",
     "after_failure",
     "after_gate",
     "before_gate",
@@ -64,6 +65,8 @@ __all__ = [
 EARLY = 0.05
 #: Countdown of a retry published again by a redelivered copy of its failed attempt.
 REPUBLISH = 0.5
+#: The longest a copy of an attempt running elsewhere waits before it looks again.
+RUNNING_POLL = 10.0
 #: The shortest deferral.
 _MIN_DEFERRAL = 0.01
 
@@ -164,7 +167,9 @@ def after_gate(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
     if answer.denial is Denial.DONE:
         return Duplicate()
     if answer.denial is Denial.RUNNING:
-        countdown = answer.wait + REPUBLISH
+        # the copy running elsewhere marks the attempt done when it ends: look again soon,
+        # not only when its lease (up to the broker's visibility timeout) runs out
+        countdown = min(answer.wait, RUNNING_POLL) + REPUBLISH
         line = deferral_line(
             why=f"attempt {state.attempt} is running elsewhere (a redelivered message)",
             attempt=state.attempt,

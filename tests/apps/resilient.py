@@ -34,6 +34,7 @@ app.conf.update(
     resilience_fallback=os.environ.get("RESILIENCE_TEST_FALLBACK") or "allow",
     resilience_duplicate_guard=os.environ.get("RESILIENCE_TEST_GUARD") or "acks_late",
     resilience_park_after=float(os.environ.get("RESILIENCE_TEST_PARK_AFTER") or 5.0),
+    resilience_park_poll=float(os.environ.get("RESILIENCE_TEST_PARK_POLL") or 1.0),
 )
 if os.environ.get("RESILIENCE_TEST_VISIBILITY"):
     app.conf.broker_transport_options = {

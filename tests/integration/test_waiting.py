@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from celery_resilience.integration.parking import publish
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.parked import ParkedSet
 from example_project.upstream import Response
@@ -178,3 +179,49 @@ def test_on_rabbitmq_a_rate_limited_backlog_is_delivered_about_once(
     note(request, deliveries_per_task=per_task)
     assert per_task <= 1.2
     assert upstream.count(prefix) == 60
+
+
+def test_a_parked_task_published_twice_runs_once(
+    worker_factory, celery_client, redis_server, upstream, unique
+):
+    """A releaser that died after publishing, before forgetting the entry, leaves it to be
+    published again: both copies reach the worker, the task runs once (the attempt lease
+    that every released message holds keeps the second copy out)."""
+    env = {
+        **app_env(
+            broker=redis_server.url(0),
+            backend=redis_server.url(1),
+            upstream=upstream.url,
+            queue=f"q-{unique}",
+        ),
+        "RESILIENCE_TEST_STATE": redis_server.url(2),
+        "RESILIENCE_TEST_PREFIX": f"t-{unique}",
+        "RESILIENCE_TEST_PARK_POLL": "3600",  # this test releases by hand
+    }
+    node = worker_factory(APP, env=env)
+    client = client_for(celery_client, env)
+    path = f"/{unique}/twice"
+    upstream.script(path, [Response(429, retry_after=30)], then=200)
+    result = client.send_task("res.call", args=[path])
+    parked = ParkedSet(redis_server.client(0), KeySpace(f"t-{unique}"))
+    wait_until(lambda: parked.summary().count == 1, timeout=30, what="the task to be parked")
+
+    assert parked.release_now() == 1
+    (entry,) = parked.claim_due(limit=10, lease=60.0)
+    publish(client, entry)
+    publish(client, entry)
+
+    assert result.get(timeout=30)["status"] == 200
+
+    def both_ended() -> bool:
+        ends = [
+            line
+            for line in node.log_text().splitlines()
+            if result.id in line and ("succeeded in" in line or "ignored" in line.lower())
+        ]
+        return len(ends) >= 2
+
+    # a copy that met the other running looks again within 10 s
+    wait_until(both_ended, timeout=40, what="both copies to end on the worker")
+    assert _deliveries([node], "res.call", {result.id})[result.id] >= 3
+    assert [c.status for c in upstream.requests(path)] == [429, 200]

@@ -379,3 +379,10 @@ def test_an_expired_task_gives_up_before_asking_the_gates():
     assert decision.reason == "deadline of 10 s passed"
     assert decide.before_gate(attempt(deadline=10.0, state=state), NOW - 25) is None
     assert decide.before_gate(attempt(), NOW) is None
+
+
+def test_a_copy_of_a_running_attempt_looks_again_within_the_poll():
+    """A lease of an hour (the visibility timeout): the copy looks again in 10 s, not 1 h."""
+    decision = decide.after_gate(attempt(), no(Denial.RUNNING, 3600.0), rng())
+    assert isinstance(decision, decisions.Wait)
+    assert decision.countdown == pytest.approx(decide.RUNNING_POLL + decide.REPUBLISH)
