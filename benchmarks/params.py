@@ -22,6 +22,12 @@ class Params:
     overhead_tasks: int = 10_000
     overhead_reps: int = 3
     sweep_reps: int = 2
+    waiting_rate_tasks: int = 200
+    waiting_bulk_tasks: int = 10_000
+    waiting_outage_tasks: int = 200
+    waiting_ra_tasks: int = 20
+    waiting_reps: int = 2
+    waiting_bulk_reps: int = 1
 
 
 FULL = Params()
@@ -37,4 +43,10 @@ QUICK = Params(
     overhead_tasks=3_000,
     overhead_reps=1,
     sweep_reps=1,
+    waiting_rate_tasks=60,
+    waiting_bulk_tasks=1_500,
+    waiting_outage_tasks=60,
+    waiting_ra_tasks=10,
+    waiting_reps=1,
+    waiting_bulk_reps=1,
 )

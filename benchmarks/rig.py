@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -199,10 +199,12 @@ class Rig:
         concurrency: int,
         loglevel: str = "WARNING",
         ready: bool = True,
+        env: Mapping[str, str] | None = None,
     ) -> Iterator[list[Node]]:
         """Run ``count`` worker nodes of ``side`` on ``queue``, each with ``concurrency``
         prefork processes; stop them (by PID) on the way out. ``ready``: wait until every
-        node answers a ping before going on."""
+        node answers a ping before going on. ``env``: more environment for the workers
+        (see :mod:`benchmarks.apps.config`)."""
         started: list[Node] = []
         try:
             for _ in range(count):
@@ -214,8 +216,8 @@ class Rig:
                     "-Q", queue, f"--loglevel={loglevel}",
                     "--without-gossip", "--without-mingle", "--without-heartbeat",
                 ]  # fmt: skip
-                env = {**self.urls.env(), "PYTHONPATH": str(ROOT)}
-                child = Child(name, command, env=env, logfile=self.workdir / f"{name}.log")
+                environ = {**self.urls.env(), **(env or {}), "PYTHONPATH": str(ROOT)}
+                child = Child(name, command, env=environ, logfile=self.workdir / f"{name}.log")
                 started.append(Node(child.start(cwd=ROOT), f"{name}@bench"))
                 self._sessions.add(started[-1].pid)
             if ready:

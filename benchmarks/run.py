@@ -28,6 +28,7 @@ from benchmarks.params import FULL, QUICK, Params
 from benchmarks.rate import run_rate
 from benchmarks.report import Outcome, load_average, machine, render, revision, versions
 from benchmarks.rig import Rig
+from benchmarks.waiting import run_waiting
 
 __all__ = ["SCENARIOS", "main"]
 
@@ -41,6 +42,7 @@ SCENARIOS: dict[str, Callable[[Rig, Params], Outcome]] = {
     "retry_after": run_retry_after,
     "overhead": run_overhead,
     "sweep": run_sweep,
+    "waiting": run_waiting,
 }
 
 INTRO = (

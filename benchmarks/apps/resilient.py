@@ -14,6 +14,7 @@ __all__ = [
     "SWEEP",
     "app",
     "call",
+    "call_bulk",
     "call_limited",
     "call_ra",
     "noop",
@@ -74,6 +75,15 @@ def call(self: ResilientTask, url: str) -> int:
 )  # fmt: skip
 def call_limited(self: ResilientTask, url: str) -> int:
     """GET ``url`` at most 10 times a second across the cluster."""
+    return _get(self, url)
+
+
+@resilient_task(
+    app=app, bind=True, name="bench.resilient.call_bulk",
+    limiter=RateLimit("bulk", "100/s"), max_retries=8,
+)  # fmt: skip
+def call_bulk(self: ResilientTask, url: str) -> int:
+    """GET ``url`` at most 100 times a second across the cluster (the backlog case)."""
     return _get(self, url)
 
 
