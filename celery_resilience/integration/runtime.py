@@ -16,6 +16,7 @@ from celery_resilience import signals
 from celery_resilience.core import clock
 from celery_resilience.integration.named import PolicyBook
 from celery_resilience.integration.settings import Settings, read_settings
+from celery_resilience.observability import metrics
 from celery_resilience.state.base import (
     BreakerState,
     Denial,
@@ -120,6 +121,8 @@ class Runtime:
         if not answer.fallback:
             self._learn_time(answer.now)
             self._flush_letters()
+        if answer.allowed and ask.limiter is not None:
+            metrics.count_limiter_grant(ask.limiter.name)
         if (
             ask.breaker is not None
             and answer.denial is Denial.BREAKER_OPEN
@@ -139,6 +142,8 @@ class Runtime:
         answer = self.store.record(report)
         if not answer.fallback:
             self._learn_time(answer.now)
+        if report.limiter is not None and report.pause:
+            metrics.count_limiter_pause(report.limiter.name)
         if report.breaker is not None and answer.breaker_state is BreakerState.OPEN:
             self._remember_open(report.breaker.name, max(answer.open_until - answer.now, 0.0))
         return answer
@@ -147,6 +152,7 @@ class Runtime:
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
         """Store a dead letter; while Redis is down keep it (bounded) and retry later."""
+        metrics.count_dead_letter(letter.task_name, letter.verdict)
         try:
             self.dead_letters.add(letter)
         except STORE_ERRORS as exc:
