@@ -25,7 +25,7 @@ from example_project.upstream import Upstream
 from tests.helpers.celery_apps import app_env
 from tests.helpers.polling import wait_until
 from tests.helpers.processes import free_port
-from tests.helpers.redis_cluster import RedisCluster, require_redis_cli
+from tests.helpers.redis_cluster import RedisCluster
 from tests.helpers.redis_server import RedisServer, find_redis_server
 
 pytestmark = pytest.mark.integration
@@ -33,8 +33,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    cli = require_redis_cli()
-    nodes = RedisCluster(tmp_path_factory.mktemp("cluster"), cli)
+    nodes = RedisCluster(tmp_path_factory.mktemp("cluster"))
     try:
         yield nodes.start()
     finally:
