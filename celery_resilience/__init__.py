@@ -5,6 +5,8 @@ worker, gated by a circuit breaker and limits shared through Redis, and traced b
 across every attempt.
 """
 
+__version__ = "0.1.0"
+
 from celery_resilience import signals
 from celery_resilience.core.classify import Verdict
 from celery_resilience.core.errors import (

@@ -54,6 +54,14 @@ app.conf.update(
     # celery-resilience keeps its breakers and limiters here, under the namespace
     resilience_backend_url=STATE_URL,
     resilience_key_prefix=NAMESPACE,
+    # a named policy, which the billing tasks follow; change it while they run with
+    #   celery -A example_project.app resilience policy set billing breaker.open_for=30
+    resilience_policies={
+        "billing": {
+            "max_retries": 8,
+            "breaker": {"failure_rate": 0.5, "minimum_calls": 5, "open_for": 5.0},
+        },
+    },
     # a private namespace for queues, events and remote control
     task_default_queue=QUEUE,
     task_queues=[Queue(QUEUE), Queue(BASELINE_QUEUE)],

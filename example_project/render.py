@@ -135,11 +135,13 @@ def _findings(report: dict[str, Any], sides: list[str]) -> Text:
         text.append(f"{SIDE_TITLES[side]}: ", style="bold")
         text.append(f"of {d['tasks']} billing tasks sent during the outage, {d['succeeded']} "
                     "succeeded")
-        if d["median_after"] is not None:
-            text.append(f", {d['median_after']:.1f} s after it ended (median; last "
-                        f"{d['max_after']:.1f} s)")
         if d["unfinished"]:
-            text.append(f"; {d['unfinished']} still waiting at the end", style="red")
+            text.append(f" and {d['unfinished']} were still waiting at the end", style="red")
+        if d["median_after"] is not None:
+            text.append(f"; half of all {d['tasks']} were done {d['median_after']:.1f} s after "
+                        f"it ended (the last done: {d['max_after']:.1f} s)")
+        elif d["tasks"]:
+            text.append(f"; half of all {d['tasks']} were not done by the end", style="red")
         burst = report["calls"][side]["crm_burst"]
         if burst["per_second"] is not None:
             text.append(f". The burst of {burst['calls']} CRM syncs reached the CRM at "

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from example_project.story import Story
     from example_project.upstream import RequestRecord
 
-__all__ = ["build_report", "phase_of", "side_of", "trace_log"]
+__all__ = ["build_report", "median_of_all", "phase_of", "side_of", "trace_log"]
 
 BASELINE_PREFIX = "/baseline"
 _LOG_LINE = re.compile(
@@ -114,16 +114,37 @@ def _outage_drain(sent: Sequence[Sent], bounds: Sequence[dict[str, Any]], t0: fl
             s for s in sent
             if s.side == side and s.send.phase == "outage" and s.send.kind != "crm"
         ]
-        after = [max(s.done_at - end, 0.0) for s in caught if s.outcome == "succeeded"
-                 and s.done_at is not None]
+        done = [
+            max(s.done_at - end, 0.0) if s.outcome == "succeeded" and s.done_at is not None
+            else None
+            for s in caught
+        ]  # fmt: skip
+        after = [d for d in done if d is not None]
+        median = median_of_all(done)
         out[side] = {
             "tasks": len(caught),
             "succeeded": len(after),
             "unfinished": sum(1 for s in caught if s.outcome == "unfinished"),
-            "median_after": round(statistics.median(after), 2) if after else None,
+            "median_after": round(median, 2) if median is not None else None,
             "max_after": round(max(after), 2) if after else None,
         }
     return out
+
+
+def median_of_all(times: Sequence[float | None]) -> float | None:
+    """The median over every task, those not done (None) counted as later than any done.
+
+    So that two sides compare like with like: a side whose slow tasks are still waiting
+    does not look faster for it. None when fewer than half of the tasks were done.
+    """
+    if not times:
+        return None
+    ranked = sorted(times, key=lambda t: (t is None, t or 0.0))
+    n = len(ranked)
+    middle = ranked[(n - 1) // 2 : n // 2 + 1]
+    if any(t is None for t in middle):
+        return None
+    return statistics.mean(t for t in middle if t is not None)
 
 
 def _trace(sent: Sequence[Sent], records: Sequence[RequestRecord],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 
 from example_project.cluster import (
+    PROJECT_ROOT,
     Cluster,
     ClusterError,
     delete_amqp_entities,
@@ -24,6 +26,7 @@ from example_project.cluster import (
     resilience_counters,
 )
 from example_project.embedded_redis import EmbeddedRedis
+from example_project.howto import copy_commands
 from example_project.monitor import BreakerWatch, Tracker
 from example_project.processes import Children
 from example_project.render import report_view
@@ -267,7 +270,15 @@ class Run:
 
     def _hold(self) -> None:
         url = self.cluster.flower_url if self.cluster is not None else None
-        self._say(f"Holding on{f': Flower at {url}' if url else ''}; Ctrl-C stops everything.")
+        self._say("Holding on. In another terminal (bash or zsh), copy these to look at this "
+                  "run's breakers, policy and dead letters:\n")
+        for line in copy_commands(self.urls, root=PROJECT_ROOT, python=sys.executable):
+            # one line each, however narrow the terminal: they are for copying
+            self.console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+        self._say("")
+        if url:
+            self._say(f"Flower: {url}")
+        self._say("Ctrl-C here stops everything.")
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(0.5)

@@ -2,11 +2,12 @@
 
 The billing API serves exchange rates (an idempotent GET) and charges invoices (a POST:
 ``self.http`` sends an ``Idempotency-Key`` that is the same on every retry, so the API
-charges once). Both tasks call the same upstream, so they share its circuit breaker: when
-billing is down, every worker stops calling it after a few failures, and a probe or two
-find out when it is back. The CRM sync is rate-limited across the whole cluster, and a
-``429 Too Many Requests`` pauses that limit for every worker for as long as
-``Retry-After`` says.
+charges once). Both tasks follow the named policy ``billing`` (declared in
+:mod:`example_project.app`, changeable at run time with ``resilience policy set``), so they
+share its circuit breaker: when billing is down, every worker stops calling it after a few
+failures, and a probe or two find out when it is back. The CRM sync is rate-limited across
+the whole cluster, and a ``429 Too Many Requests`` pauses that limit for every worker for
+as long as ``Retry-After`` says.
 
 Failures sort themselves: a timeout, a reset or a 503 is retried (without blocking a
 worker); a 400 or 404 fails at once; a task whose breaker is open, or whose rate limit has
@@ -24,14 +25,14 @@ __all__ = ["BILLING", "CRM", "CRM_RATE", "SyncCustomer", "charge_invoice", "fetc
            "sync_customer"]
 
 BILLING = CircuitBreaker("billing")
-"""The billing API's breaker, shared by every task that calls it, on every worker."""
+"""The billing API's breaker, as the policy ``billing`` declares it (the monitor reads it)."""
 CRM = CircuitBreaker("crm")
 """The CRM's breaker."""
 CRM_RATE = RateLimit("crm", "5/s")
 """The CRM allows 5 calls a second for the whole cluster, however many workers run."""
 
 
-@resilient_task(app=app, bind=True, name="example.fetch_rates", breaker=BILLING, max_retries=8)
+@resilient_task(app=app, bind=True, name="example.fetch_rates", policy="billing")
 def fetch_rates(self: ResilientTask, currency: str) -> dict[str, Any]:
     """Fetch today's exchange rates for ``currency`` (an idempotent GET)."""
     resp = self.http.get(f"{UPSTREAM_URL}/billing/rates/{currency}", timeout=5)
@@ -39,7 +40,7 @@ def fetch_rates(self: ResilientTask, currency: str) -> dict[str, Any]:
     return {"currency": currency, "rates": resp.json()}
 
 
-@resilient_task(app=app, bind=True, name="example.charge_invoice", breaker=BILLING, max_retries=8)
+@resilient_task(app=app, bind=True, name="example.charge_invoice", policy="billing")
 def charge_invoice(self: ResilientTask, invoice_id: str, amount_cents: int) -> dict[str, Any]:
     """Charge an invoice; the API sees one Idempotency-Key however often this is retried."""
     resp = self.http.post(

@@ -3,7 +3,7 @@
 ::
 
     celery -A proj resilience status [--json]
-    celery -A proj resilience breaker open|close|reset NAME
+    celery -A proj resilience breaker open|close|reset NAME   (open and close pin it until reset)
     celery -A proj resilience dead-letters list [--limit N] [--json]
     celery -A proj resilience dead-letters show ID [--json]
     celery -A proj resilience dead-letters requeue ID... [--queue QUEUE] [--dry-run]
@@ -80,6 +80,7 @@ def collect_status(s: Session) -> tuple[dict[str, Any], list[str]]:
     with s.talking():
         found = _found(s)
         in_redis = scan_names(s.client, s.settings.keys, ["breaker"])
+        stored = bool(in_redis)
         for name in sorted(set(found.breakers) | in_redis):
             try:
                 policy = policy_for(name, found)
@@ -90,6 +91,7 @@ def collect_status(s: Session) -> tuple[dict[str, Any], list[str]]:
             if status.exists or name in found.breakers:
                 breakers.append(breaker_row(status, found))
         in_redis = scan_names(s.client, s.settings.keys, ["limiter", "concurrency"])
+        stored = stored or bool(in_redis)
         for name in sorted(found.limiter_names | in_redis):
             status_l = limiter_status(s.store, name, found)
             if status_l.exists or name in found.limiter_names:
@@ -98,7 +100,7 @@ def collect_status(s: Session) -> tuple[dict[str, Any], list[str]]:
         now = s.now()
     parked_data = parked_status(s)
     data = {
-        "store": {"address": s.where, "prefix": s.prefix},
+        "store": {"address": s.where, "prefix": s.prefix, "found": stored or count > 0},
         "now": now,
         "breakers": breakers,
         "limiters": limiters,
@@ -114,6 +116,16 @@ def _section(title: str, headers: list[str], rows: list[list[str]]) -> list[str]
 
 def _declared(row: dict[str, Any]) -> str:
     return "yes" if row["declared"] else "no (Redis only)"
+
+
+def nothing_found(store: dict[str, Any]) -> str:
+    """The warning for a state store that holds nothing under the prefix."""
+    return (
+        f"Found nothing under prefix {safe_token(str(store['prefix']))!r} in "
+        f"{safe_token(str(store['address']))}: no worker has kept state here with this prefix "
+        "(yet). If workers are running, they use another resilience_key_prefix or "
+        "resilience_backend_url; the rows below are only what this app declares."
+    )
 
 
 def render_status(data: dict[str, Any]) -> str:
@@ -141,9 +153,11 @@ def render_status(data: dict[str, Any]) -> str:
         ]
         for x in data["limiters"]
     ]
+    found = data["store"].get("found", True)
     return "\n".join(
         [
             f"State store {data['store']['address']} (prefix {data['store']['prefix']!r})",
+            *([] if found else [nothing_found(data["store"])]),
             "",
             *_section(
                 "Breakers",
@@ -165,10 +179,12 @@ def render_status(data: dict[str, Any]) -> str:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Breakers, limiters, the dead-letter count and the parked tasks.
 
-    JSON: {"breakers": [{"name", "state", "failure_rate", "calls", "open_until", ...}],
-    "limiters": [{"name", "rate", "wait", "in_use", "paused_until", ...}],
-    "dead_letters": {"count", ...}, "parked": {"count", "by_reason", "claimed",
-    "oldest_due_in", ...}}.
+    JSON: {"store": {"address", "prefix", "found"}, "breakers": [{"name", "state",
+    "failure_rate", "calls", "open_until", ...}], "limiters": [{"name", "rate", "wait",
+    "in_use", "paused_until", ...}], "dead_letters": {"count", ...}, "parked": {"count",
+    "by_reason", "claimed", "oldest_due_in", ...}}. "found" is false when Redis holds
+    nothing under the prefix (a wrong prefix or Redis, or no worker yet): the table then
+    says so.
     """
     data, skipped = collect_status(session(ctx))
     if skipped:
@@ -188,7 +204,14 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name")
 @click.pass_context
 def breaker(ctx: click.Context, action: str, name: str) -> None:
-    """Force the breaker NAME open or closed (until reset), or reset it to closed.
+    """Pin the breaker NAME open or closed until `reset`, or reset it.
+
+    \b
+    open   pin it open: every task behind it is deferred (or fails, with on_open="fail")
+           until `reset`
+    close  pin it closed: every call goes through, whatever fails; failures do not open
+           it again until `reset`
+    reset  back to CLOSED with an empty window: failures open it again (ends open/close)
 
     For a NAME no task of the app declares (state only Redis holds), the state written
     expires after a day unless a worker's task uses the breaker.
@@ -211,6 +234,9 @@ def breaker(ctx: click.Context, action: str, name: str) -> None:
     signals.send_transitions(result.transitions)
     old = result.transitions[0].old.value if result.transitions else result.state.value
     click.echo(f"breaker {_quote(name)}: {result.state.value} (was {old})")
+    pinned = {"open": "it stays open", "close": "it stays closed, whatever fails,"}
+    if action in pinned:
+        click.echo(f"{pinned[action]} until `resilience breaker reset {safe_token(name)}`")
 
 
 resilience.add_command(dead_letters)

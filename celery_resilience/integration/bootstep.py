@@ -12,8 +12,9 @@ the pool fell back to per-process state, and the node's counters::
         "store": {...}, "fallback": {...}, "counters": {...}}, ...}
 
 With the setting ``resilience_metrics`` it also turns metrics on before the pool forks,
-serves them on ``resilience_metrics_port`` when set, and refreshes the breaker and parked
-gauges from Redis every ``resilience_metrics_interval`` seconds (15).
+serves them on ``resilience_metrics_port`` when set, and refreshes the gauges (breaker
+states, limiter waits, fallback, the parked set) from Redis every
+``resilience_metrics_interval`` seconds (15).
 
 When parking is on (``resilience_park_after`` > 0) it runs the node's releaser thread
 (:mod:`celery_resilience.integration.releaser`), and the section holds a ``parked`` row
@@ -155,18 +156,32 @@ class ResilienceStep(bootsteps.StartStopStep):
         self.stop(parent)
 
     def refresh_gauges(self) -> None:
-        """Set each declared breaker's gauge, and the parked gauges, from Redis (metrics on)."""
+        """Set the gauges from Redis (metrics on): each declared breaker's state, each
+        limiter's wait (a pause included), whether the fallback answers (the store fails
+        here, or a pool process fell back within the last ten seconds), the parked set."""
         from celery_resilience.observability.metrics import (  # noqa: PLC0415 - optional
             set_breaker_state,
+            set_fallback_active,
+            set_limiter_wait,
             set_parked,
         )
 
+        reachable = True
         try:
             store = self._shared()
-            for policy in declared(self.app).breakers.values():
+            found = declared(self.app)
+            for policy in found.breakers.values():
                 set_breaker_state(policy.name, breaker_status(store, policy).state)
+            for name in found.limiter_names:
+                status = limiter_status(store, name, found)
+                paused = max(status.paused_until - status.now, 0.0) if status.paused_until else 0.0
+                set_limiter_wait(name, max(status.wait, paused))
         except _STORE_ERRORS as exc:
-            logger.debug("celery-resilience: breaker gauges not refreshed (%s)", _short(exc))
+            reachable = False
+            logger.debug("celery-resilience: gauges not refreshed (%s)", _short(exc))
+        last = self.counters.totals()["last_fallback_at"]
+        recent = last is not None and clock.now() - last < _RECENT_FALLBACK
+        set_fallback_active(not reachable or recent)
         try:
             set_parked(self._parking().parked.summary())
         except _STORE_ERRORS as exc:

@@ -25,6 +25,7 @@ from celery_resilience.core.gates import (
 )
 from celery_resilience.integration.named import PolicyBook
 from celery_resilience.integration.settings import Settings, read_settings
+from celery_resilience.observability import metrics
 from celery_resilience.observability.redaction import redact
 from celery_resilience.observability.tracing import safe_token
 from celery_resilience.state.connect import connect, describe
@@ -123,6 +124,8 @@ class Runtime:
         if not answer.fallback:
             self._learn_time(answer.now)
             self._flush_letters()
+        if answer.allowed and ask.limiter is not None:
+            metrics.count_limiter_grant(ask.limiter.name)
         if (
             ask.breaker is not None
             and answer.denial is Denial.BREAKER_OPEN
@@ -142,6 +145,8 @@ class Runtime:
         answer = self.store.record(report)
         if not answer.fallback:
             self._learn_time(answer.now)
+        if report.limiter is not None and report.pause:
+            metrics.count_limiter_pause(report.limiter.name)
         if report.breaker is not None and answer.breaker_state is BreakerState.OPEN:
             self._remember_open(report.breaker.name, max(answer.open_until - answer.now, 0.0))
         return answer
@@ -155,6 +160,7 @@ class Runtime:
         task gets the exchange and routing key the message came by (a requeue sends it
         there again)."""
         letter = prepared_letter(letter, self.app.current_worker_task)
+        metrics.count_dead_letter(letter.task_name, letter.verdict)
         try:
             self.dead_letters.add(letter)
         except STORE_ERRORS as exc:

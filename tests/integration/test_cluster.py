@@ -26,7 +26,7 @@ from tests.helpers.celery_apps import app_env
 from tests.helpers.cluster import calls_under, client_for, module_env, wait_all
 from tests.helpers.polling import wait_until
 from tests.helpers.processes import free_port
-from tests.helpers.redis_cluster import RedisCluster, require_redis_cli
+from tests.helpers.redis_cluster import RedisCluster
 from tests.helpers.redis_server import RedisServer, find_redis_server
 
 pytestmark = pytest.mark.integration
@@ -34,8 +34,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    cli = require_redis_cli()
-    nodes = RedisCluster(tmp_path_factory.mktemp("cluster"), cli)
+    nodes = RedisCluster(tmp_path_factory.mktemp("cluster"))
     try:
         yield nodes.start()
     finally:
@@ -252,7 +251,7 @@ def test_a_cluster_with_a_primary_gone_falls_back_instead_of_raising(tmp_path: P
     RedisError, are store errors too), and the store says it fell back."""
     from celery_resilience.state.fallback import FallbackStore  # noqa: PLC0415
 
-    nodes = RedisCluster(tmp_path / "cluster", require_redis_cli()).start()
+    nodes = RedisCluster(tmp_path / "cluster").start()
     fell_back: list[str] = []
     try:
         client = connect(nodes.url(), timeout=1.0)

