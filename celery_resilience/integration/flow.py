@@ -35,6 +35,7 @@ from celery_resilience.core.gates import (
     Transition,
 )
 from celery_resilience.integration.letters import dead_letter
+from celery_resilience.observability.breakers import describe_transition
 from celery_resilience.observability.logs import format_outcome
 from celery_resilience.observability.redaction import redact_exception
 
@@ -95,14 +96,7 @@ class Done:
 
 def _log_transitions(transitions: tuple[Transition, ...]) -> None:
     for tr in transitions:
-        logger.warning(
-            "breaker %r: %s -> %s (failure rate %.2f over %d calls)",
-            tr.name,
-            tr.old.value,
-            tr.new.value,
-            tr.failure_rate,
-            tr.calls,
-        )
+        logger.warning("breaker %r: %s", tr.name, describe_transition(tr))
     signals.send_transitions(transitions)
 
 
