@@ -23,7 +23,7 @@ from celery_resilience import CircuitBreaker
 
 __all__ = ["OutageRun", "run_outage", "run_sweep"]
 
-#: Nodes x processes, as in the breaker issue's end-to-end test.
+#: Nodes x processes, as in the breaker's end-to-end test.
 NODES, CONCURRENCY = 2, 2
 #: The goal: calls during the outage, last and median seconds after recovery.
 GOAL_CALLS, GOAL_LAST, GOAL_MEDIAN = 10, 15.0, 8.0

@@ -1,4 +1,4 @@
-"""Waiting work (issue 13): deliveries per task, messages held by workers, worker memory.
+"""Waiting work: deliveries per task, messages held by workers, worker memory.
 
 Each case runs for plain Celery (where it means something), for "previous" (every wait a
 countdown held by a worker: ``resilience_hold_max=0``, ``resilience_park_after=0``) and
@@ -45,7 +45,7 @@ from example_project.upstream import Response
 __all__ = ["SECTION_TITLE", "Sampler", "deliveries", "run_waiting"]
 
 NODES, CONCURRENCY = 2, 2
-SECTION_TITLE = "Waiting work (issue 13 figures)"
+SECTION_TITLE = "Waiting work"
 #: kombu's Redis transport keeps every delivered, unacknowledged message in this hash.
 UNACKED_KEY = "unacked"
 SAMPLE_EVERY = 0.5
@@ -355,7 +355,7 @@ def render_section(
     lines += [f"| {k} | {v} |" for k, v in facts]
     lines += [
         "",
-        "| case | measure | " + " | ".join(v.title for v in VARIANTS) + " | target (issue 13) |",
+        "| case | measure | " + " | ".join(v.title for v in VARIANTS) + " | target |",
         "| --- | --- | " + " | ".join("---:" for _ in VARIANTS) + " | --- |",
     ]
     for key in _ORDER:
