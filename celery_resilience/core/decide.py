@@ -149,7 +149,7 @@ def on_wake(attempt: Attempt, now: float) -> Wait | GiveUp | None:
         now=now,
         gate="schedule",
         name=None,
-        why="waiting out a long countdown in legs below the broker's visibility timeout",
+        why="waiting out a long countdown in legs below the broker's timeouts",
     )
 
 

@@ -1,8 +1,9 @@
 """The eager driver (``task_always_eager``): every attempt in the caller's call.
 
-It runs the same attempt flow as a worker (:func:`~celery_resilience.integration.flow.run_attempt`:
-the same gates, classification, decisions, signals, dead letters and final exceptions),
-with two differences that eager mode imposes:
+It runs the same attempt flow as a worker
+(:func:`~celery_resilience.integration.attempt.run_traced`: the same gates,
+classification, decisions, signals, dead letters and final exceptions), with two
+differences that eager mode imposes:
 
 * the gates live in this process's memory, one store per app, and no Redis is needed;
 * a wait is not waited: the driver moves the app's eager clock on by the countdown and

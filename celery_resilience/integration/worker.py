@@ -1,10 +1,11 @@
 """The worker driver: one attempt per message, a wait carried out through the broker.
 
-The attempt itself is :func:`~celery_resilience.integration.flow.run_attempt`; this module
-gives it the shared gates (Redis, through the app's runtime), an attempt lease for
-redelivered copies, the trace and log context, and turns a
-:class:`~celery_resilience.core.decisions.Wait` into a message re-published with
-``Task.retry``, the task's own counters in its headers.
+The attempt itself is :func:`~celery_resilience.integration.attempt.run_traced`; this module
+gives it the shared gates (Redis, through the app's runtime) and an attempt lease for
+redelivered copies, and turns a :class:`~celery_resilience.core.decisions.Wait` into a
+parked entry (a long wait, where a durable place exists) or a message re-published with
+``Task.retry`` (in legs below the broker's timeouts), the task's own counters in its
+headers.
 """
 
 from __future__ import annotations

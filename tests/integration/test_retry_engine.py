@@ -190,7 +190,11 @@ def test_a_new_publication_under_the_same_id_runs(worker, client, upstream, uniq
     """Publishing a task ID again (as Task.replace does) runs again: it is not a copy.
     (The publisher declares a resilient task, as one publishing resilient tasks does: that
     connects the hook that tells one publication from another.)"""
-    resilient_task(app=client, name=f"declared.{unique}")(lambda: None)
+
+    def declared() -> None:
+        """A resilient task of the publisher's own (never sent)."""
+
+    resilient_task(app=client, name=f"declared.{unique}", shared=False)(declared)
     path = f"/{unique}/again"
     upstream.script(path, [], then=200)
     task_id = f"fixed-{unique}"
