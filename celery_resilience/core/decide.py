@@ -65,7 +65,8 @@ __all__ = [
 EARLY = 0.05
 #: Countdown of a retry published again by a redelivered copy of its failed attempt.
 REPUBLISH = 0.5
-#: The longest a copy of an attempt running elsewhere waits before it looks again.
+#: How long a copy of an attempt running elsewhere first waits before it looks again
+#: (doubled at each look, never past the running copy's lease).
 RUNNING_POLL = 10.0
 #: The shortest deferral.
 _MIN_DEFERRAL = 0.01
@@ -168,8 +169,11 @@ def after_gate(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
         return Duplicate()
     if answer.denial is Denial.RUNNING:
         # the copy running elsewhere marks the attempt done when it ends: look again soon,
-        # not only when its lease (up to the broker's visibility timeout) runs out
-        countdown = min(answer.wait, RUNNING_POLL) + REPUBLISH
+        # not only when its lease (up to the broker's visibility timeout) runs out; each
+        # look waits twice as long as the last, so a holder that died costs few looks
+        poll = RUNNING_POLL * 2 ** min(state.deferrals, 8)
+        countdown = min(answer.wait, poll) + REPUBLISH
+        state = replace(state, deferrals=state.deferrals + 1)
         line = deferral_line(
             why=f"attempt {state.attempt} is running elsewhere (a redelivered message)",
             attempt=state.attempt,

@@ -86,22 +86,23 @@ def test_deadline_passed_gives_up_before_the_body():
     ],
 )
 def test_copies_of_an_attempt_seen_before_decide_nothing_about_the_task(denial, expected):
-    """A redelivered copy is ignored, comes back later, or republishes its retry: quietly."""
+    """A redelivered copy is ignored, comes back later, or republishes its retry: quietly,
+    and no signal reports it (no deferral, no retry of its own)."""
     decision = decide.after_gate(attempt(), no(denial, 3.0), rng())
     assert isinstance(decision, expected)
     if isinstance(decision, decisions.Wait):
         assert decision.quiet
         assert decision.gate == "duplicate"
-        assert decision.state.deferrals == 0
+        assert decision.state.failures == (1 if denial is Denial.RETRIED else 0)
 
 
 def test_running_elsewhere_waits_out_the_lease():
-    """A copy of a running attempt comes back after the lease, the ledger unchanged."""
+    """A copy of a running attempt comes back after the lease; no retry is spent."""
     state = AttemptState(failures=2, started=NOW)
     decision = decide.after_gate(attempt(state=state), no(Denial.RUNNING, 3.0), rng())
     assert isinstance(decision, decisions.Wait)
     assert decision.countdown == pytest.approx(3.0 + decide.REPUBLISH)
-    assert decision.state == state
+    assert decision.state == replace(state, deferrals=1)
     assert not decision.retry
 
 
@@ -381,8 +382,14 @@ def test_an_expired_task_gives_up_before_asking_the_gates():
     assert decide.before_gate(attempt(), NOW) is None
 
 
-def test_a_copy_of_a_running_attempt_looks_again_within_the_poll():
-    """A lease of an hour (the visibility timeout): the copy looks again in 10 s, not 1 h."""
-    decision = decide.after_gate(attempt(), no(Denial.RUNNING, 3600.0), rng())
-    assert isinstance(decision, decisions.Wait)
-    assert decision.countdown == pytest.approx(decide.RUNNING_POLL + decide.REPUBLISH)
+def test_a_copy_of_a_running_attempt_looks_again_sooner_than_the_lease():
+    """A lease of an hour (the visibility timeout): the copy looks again in 10 s, then
+    20 s, 40 s...: a holder that ends soon is seen soon, one that died costs few looks."""
+    state = AttemptState()
+    waits = []
+    for _ in range(4):
+        decision = decide.after_gate(attempt(state=state), no(Denial.RUNNING, 3600.0), rng())
+        assert isinstance(decision, decisions.Wait)
+        waits.append(decision.countdown - decide.REPUBLISH)
+        state = decision.state
+    assert waits == pytest.approx([10.0, 20.0, 40.0, 80.0])
