@@ -1,12 +1,13 @@
 """What happens next: the decisions of the attempt engine, from values alone.
 
-One attempt meets the engine at four points, and at each the engine answers with a value
+One attempt meets the engine at these points, and at each the engine answers with a value
 that the drivers (a worker, or eager mode) carry out:
 
 ============================  ===============================================================
 point                         answers
 ============================  ===============================================================
-:func:`on_wake`               ``None`` (go on), or :class:`Wait` (a split wait is not over)
+:func:`on_wake`               ``None`` (go on), :class:`Wait` (a split wait is not over),
+                              or :class:`GiveUp` (the deadline would pass meanwhile)
 :func:`before_gate`           ``None`` (ask the gates), or :class:`GiveUp` (deadline passed)
 :func:`after_gate`            :class:`Run`, :class:`Wait` (deferred), :class:`GiveUp`,
                               :class:`Refuse`, :class:`UseFallback` or :class:`Duplicate`
@@ -162,10 +163,19 @@ def before_gate(attempt: Attempt, now: float) -> GiveUp | None:
     return None
 
 
-def after_gate(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
-    """What the gates' answer means for this attempt."""
+def after_gate(
+    attempt: Attempt, answer: GateAnswer, rng: Jitter, *, republish_lost_retry: bool = True
+) -> Decision:
+    """What the gates' answer means for this attempt.
+
+    ``republish_lost_retry``: whether a copy that finds its attempt failed and retried
+    publishes that retry again (a copy its worker left behind may be the only one that
+    can); False for a second publication of the same message, whose first copy did.
+    """
     options, state = attempt.options, attempt.state
-    if answer.denial is Denial.DONE:
+    if answer.denial is Denial.DONE or (
+        answer.denial is Denial.RETRIED and not republish_lost_retry
+    ):
         return Duplicate()
     if answer.denial is Denial.RUNNING:
         # the copy running elsewhere marks the attempt done when it ends: look again soon,

@@ -28,8 +28,8 @@ __all__ = [
     "Wait",
 ]
 
-#: What made a task wait: a gate, a split wait ("schedule"), a redelivered copy of an
-#: attempt seen before ("duplicate"), or a failure ("retry").
+#: What made a task wait: a gate, a split wait ("schedule"), or a redelivered copy of an
+#: attempt seen before ("duplicate"). A retry after a failure has no gate.
 GateName = Literal["schedule", "breaker", "rate_limit", "concurrency", "backend", "duplicate"]
 
 

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
+
+from celery import Celery
 
 from celery_resilience import signals
 from celery_resilience.core import clock
@@ -29,7 +32,6 @@ from celery_resilience.integration.message import incoming_state, incoming_trace
 from celery_resilience.state.memory import MemoryStore
 
 if TYPE_CHECKING:
-    from celery import Celery
     from celery.app.task import Context
 
     from celery_resilience.core.gates import GateAnswer, GateAsk, OutcomeReport, RecordAnswer
@@ -82,17 +84,16 @@ class EagerGates:
         self.dead_letters.append(letter)
 
 
-_gates: dict[int, EagerGates] = {}
+_gates: weakref.WeakKeyDictionary[Celery, EagerGates] = weakref.WeakKeyDictionary()
 _gates_lock = threading.Lock()
 
 
 def eager_gates(app: Celery) -> EagerGates:
-    """The eager gates of ``app`` in this process."""
-    key = id(app)
+    """The eager gates of ``app`` in this process (gone with the app)."""
     with _gates_lock:
-        found = _gates.get(key)
+        found = _gates.get(app)
         if found is None:
-            found = _gates[key] = EagerGates()
+            found = _gates[app] = EagerGates()
         return found
 
 

@@ -84,6 +84,9 @@ class Lease:
     key: str
     seconds: float
     mark_ttl: float
+    #: Whether a copy that finds its attempt failed and retried publishes the retry again
+    #: (False when the lease guards a second publication, whose first copy did).
+    republish_lost_retry: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +193,12 @@ class Flow:
             return self._carry(expired, answer=None)
         answer = self._ask()
         _log_transitions(answer.transitions)
-        decision = decide.after_gate(self.attempt, answer, self.rng)
+        decision = decide.after_gate(
+            self.attempt,
+            answer,
+            self.rng,
+            republish_lost_retry=self.lease.republish_lost_retry if self.lease else True,
+        )
         if isinstance(decision, decisions.Run):
             self._set_state(decision.state)
             return self._body(args, kwargs, answer)

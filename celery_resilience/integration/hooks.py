@@ -42,9 +42,9 @@ _connected = False
 def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
     """Give each new publication its own token (a retry keeps the one it carries: see
     names.NONCE), a resilient task (or any task published inside an attempt) a trace
-    context, and a resilient task's argument reprs their credentials hidden. The token
-    goes on every task published here, since a client may publish a resilient task by
-    name without its code."""
+    context, and a resilient task's argument reprs their credentials hidden. Connected
+    once a resilient task is declared in this process; then the token goes on every task
+    published here, since the same process may also publish a resilient task by name."""
     if headers is None:
         return
     if not headers.get(names.NONCE):

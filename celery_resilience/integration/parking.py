@@ -26,10 +26,11 @@ countdown whenever a step says no)::
     except (ParkRefusedError, *STORE_ERRORS):
         ...                                                 # a countdown, as before
 
-and, when a message carries :data:`PARKED_HEADER`, lets only its first copy run
-(``parked.first_delivery(entry_id)``). That header belongs to one release: a retry must
-not carry it on (:func:`message_for` drops it; a ``Task.retry`` must pop it from the
-headers it copies). The worker's releaser calls :func:`publish`.
+and holds an attempt lease for every message that carries :data:`PARKED_HEADER`, so that
+a message published twice (a releaser that died between publishing and forgetting) runs
+once. That header belongs to one release: a retry does not carry it on (:func:`message_for`
+drops it, and so does the worker's re-publication). The worker's releaser calls
+:func:`publish`.
 See docs/parking.md.
 """
 

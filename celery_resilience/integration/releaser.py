@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import OperationalError
 
+from celery_resilience import signals
 from celery_resilience.core import clock
 from celery_resilience.core.gates import BreakerState
 from celery_resilience.integration.inspection import declared
 from celery_resilience.integration.parking import parking_place, publish
 from celery_resilience.integration.runtime import runtime_for
 from celery_resilience.integration.settings import read_settings
+from celery_resilience.observability.breakers import describe_transition
 from celery_resilience.observability.tracing import safe_token
 from celery_resilience.state.errors import STORE_ERRORS
 
@@ -210,16 +212,25 @@ class Releaser:
             policy = self._breakers.get(name)
             if policy is not None:
                 try:
-                    statuses[name] = store.breaker(policy, "status")
+                    status = store.breaker(policy, "status")
                 except STORE_ERRORS:
                     continue  # unknown: the entry goes, and its gate decides
+                statuses[name] = status
+                # reading may move an OPEN breaker whose time is up to HALF_OPEN: say so
+                for tr in status.transitions:
+                    logger.warning("breaker %r: %s", tr.name, describe_transition(tr))
+                signals.send_transitions(status.transitions)
         return hold_back(entries, statuses, self._breakers, self._random, poll=self.poll)
 
     def _publish_all(self, entries: list[Any]) -> None:
         parked = self._parked
         if parked is None:
             return
-        held = self._held_back(entries)
+        try:
+            held = self._held_back(entries)
+        except Exception:  # holding back is an economy: never a reason not to publish
+            logger.exception("celery-resilience: parked tasks published without holding back")
+            held = {}
         if held:
             try:
                 parked.postpone(held)

@@ -22,6 +22,10 @@ What bounds it:
   wait). Otherwise a message goes straight to the pool, where the attempt's own gate
   grants it in its one round trip (or books a slot and defers it, which is such a sign).
 
+Only messages that arrive due are reserved (a first publication, a released parked
+task): one with a countdown or an ETA waits on Celery's own ETA timer and asks its gate
+when it comes, as before.
+
 Where the worker's view differs from the reservation's: a policy changed since (another
 limiter name, or none) makes the attempt ignore the reservation; a 429 pause since the
 reservation voids it (the attempt books again after the pause); a message held when the

@@ -66,7 +66,8 @@ def _lease(
     as a copy may still come."""
     settings = rt.settings
     released = names.PARKED in (request.headers or {})  # a double release is kept out too
-    if not (settings.duplicate_guard == "always" or task.acks_late or released):
+    guarded = settings.duplicate_guard == "always" or bool(task.acks_late)
+    if not (guarded or released):
         return None
     seconds = time_limit + 5.0 if time_limit is not None else settings.attempt_lease
     visibility = settings.visibility_timeout
@@ -74,6 +75,7 @@ def _lease(
         key=settings.keys.attempt(request.id or "?", attempt, nonce_of(request)),
         seconds=seconds if visibility is None else max(seconds, visibility),
         mark_ttl=visibility + 60.0 if visibility is not None else 600.0,
+        republish_lost_retry=guarded,
     )
 
 
@@ -159,9 +161,13 @@ def _reschedule(
     # RabbitMQ's x-death bookkeeping (as Celery's own retry does).
     headers = dict(request.as_execution_options().get("headers") or {})
     headers.pop(names.BOOKED, None)  # a reservation serves one delivery (the state has it)
-    headers.pop(names.PARKED, None)  # a release serves one publication
+    if not wait.quiet:  # a copy that comes back to look again keeps its guard
+        headers.pop(names.PARKED, None)  # a release serves one publication
     headers[names.STATE] = state.to_header()
     headers[names.TRACE] = TraceContext(trace.trace_id, span_id, trace.sampled).traceparent()
+    # the publication keeps its token ("-" when its publisher set none), so that every copy
+    # of a later attempt, however it was published again, asks for the same lease
+    headers[names.NONCE] = nonce_of(request)
     # Celery publishes request.retries + 1 and compares it with the task's class-level
     # max_retries: make it count failures only (deferrals spend no retry), and never
     # past that class-level bound, which a named policy may exceed.

@@ -4,8 +4,8 @@ A sorted set by due time, as Sidekiq's scheduled set: :meth:`ParkedSet.park` add
 message, every worker's releaser calls :meth:`ParkedSet.claim_due` about once a second,
 publishes what it claimed, and calls :meth:`ParkedSet.done`. A claim holds a lease: if
 the releaser dies before ``done``, the lease runs out and the entry is claimed again by
-another (nothing lost; a message published twice is stopped by the duplicate guard, see
-:meth:`ParkedSet.first_delivery`). Every change is one Lua script (``lua/parked_*.lua``)
+another (nothing lost; a message published twice runs once: the worker holds an attempt
+lease for every released message). Every change is one Lua script (``lua/parked_*.lua``)
 on the server's clock; every call is bounded by its ``limit`` (or a page size).
 
 Keys (one hash tag, so one Redis Cluster slot): see :meth:`KeySpace.parked`.

@@ -122,6 +122,20 @@ def test_a_claim_whose_lease_ran_out_is_claimed_again(parked: ParkedSet):
     assert [(e.id, e.claims) for e in again] == [(entry.id, 2)]
 
 
+def test_a_postponed_claim_waits_again_and_is_not_counted_as_run_out(parked: ParkedSet):
+    """A releaser that holds an entry back puts it back, due later, unpublished: claimed
+    again when due, it counts one claim, not two (its earlier claim did not run out)."""
+    entry = _park(parked, 0.0)
+    assert [e.id for e in parked.claim_due(limit=5, lease=30.0)] == [entry.id]
+    assert parked.postpone({entry.id: 0.2}) == 1
+    assert parked.claim_due(limit=5, lease=30.0) == []  # due again in 0.2 s
+    again = wait_until(
+        lambda: parked.claim_due(limit=5, lease=30.0), timeout=10, what="the entry due again"
+    )
+    assert [(e.id, e.claims) for e in again] == [(entry.id, 1)]
+    assert parked.postpone({"no-such-entry": 1.0}) == 0
+
+
 def test_summary_counts_by_reason_claimed_and_the_earliest_due(parked: ParkedSet):
     """Count, by reason, claimed, expired claims and the earliest due time."""
     _park(parked, 0.0, reason="backoff")

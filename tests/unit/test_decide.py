@@ -393,3 +393,12 @@ def test_a_copy_of_a_running_attempt_looks_again_sooner_than_the_lease():
         waits.append(decision.countdown - decide.REPUBLISH)
         state = decision.state
     assert waits == pytest.approx([10.0, 20.0, 40.0, 80.0])
+
+
+def test_a_second_publication_leaves_a_retried_attempt_alone():
+    """A copy of a message published twice (a double release), finding its attempt failed
+    and retried, is ignored: the first copy published the retry."""
+    decision = decide.after_gate(
+        attempt(), no(Denial.RETRIED, 0.0), rng(), republish_lost_retry=False
+    )
+    assert isinstance(decision, decisions.Duplicate)

@@ -16,6 +16,10 @@ for i = 1, #ARGV, 2 do
   local id, delay = ARGV[i], tonumber(ARGV[i + 1])
   if delay and redis.call('ZREM', KEYS[2], id) == 1 then
     redis.call('ZADD', KEYS[1], fmt(now + math.max(delay, 0)), id)
+    -- not published: this claim does not count as one that ran out
+    if redis.call('HINCRBY', KEYS[6], id, -1) <= 0 then
+      redis.call('HDEL', KEYS[6], id)
+    end
     moved = moved + 1
   end
 end
