@@ -104,6 +104,9 @@ def connect(url: str, *, timeout: float = 2.0, ssl: dict[str, Any] | None = None
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "retry": Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+        # RESP2, whatever the redis-py release defaults to: the replies are read as RESP2,
+        # and a Redis older than 6 (no HELLO) is still told apart by its version
+        "protocol": 2,
     }
     if ssl and scheme.startswith("rediss"):
         common.update(ssl)

@@ -374,7 +374,7 @@ def test_the_message_is_what_retry_would_publish_and_refuses_non_json(apps, redi
     None."""
     app = _app(apps, redis_server.url(4))
 
-    @app.task(bind=True, name="park.probe")
+    @app.task(bind=True, name="park.probe", shared=False)
     def probe(self: Any, x: Any) -> None: ...
 
     request = _request("tid-1", "q-probe", trace="abc")

@@ -89,7 +89,7 @@ def _app(url: str) -> Celery:
     app = Celery("v", broker="memory://", set_as_current=False)
     app.conf.resilience_backend_url = url
 
-    @resilient_task(app=app, name="v.t")
+    @resilient_task(app=app, name="v.t", shared=False)
     def t() -> None:
         """A resilient task, so that the app needs a state store."""
 

@@ -40,7 +40,7 @@ def test_bad_option_fails_at_declaration(app, options, error, words):
     """A wrong type or value raises at the decorator, naming the option and the task."""
     with pytest.raises(error, match=words) as info:
 
-        @resilient_task(app=app, name="shop.charge", **options)
+        @resilient_task(app=app, name="shop.charge", shared=False, **options)
         def charge() -> None: ...
 
     assert "shop.charge" in str(info.value)

@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent(
     app.conf.task_always_eager = True
     failures = [TransientError("a"), TransientError("b")]
 
-    @resilient_task(app=app, name="otel.flaky")
+    @resilient_task(app=app, name="otel.flaky", shared=False)
     def flaky():
         if failures:
             raise failures.pop(0)

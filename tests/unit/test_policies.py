@@ -138,7 +138,7 @@ def test_eager_task_follows_its_named_policy(eager_app):
     """A task naming a policy takes its max_retries (no Redis needed in eager mode)."""
     calls: list[int] = []
 
-    @resilient_task(app=eager_app, name="p.flaky", policy="flaky")
+    @resilient_task(app=eager_app, name="p.flaky", policy="flaky", shared=False)
     def flaky() -> None:
         calls.append(1)
         raise TransientError("down")
@@ -152,7 +152,7 @@ def test_unknown_policy_fails_at_declaration(eager_app):
     """Naming a policy that the configuration lacks fails when the task is declared."""
     with pytest.raises(ValueError, match=r"'nope'.*known: flaky"):
 
-        @resilient_task(app=eager_app, name="p.lost", policy="nope")
+        @resilient_task(app=eager_app, name="p.lost", policy="nope", shared=False)
         def lost() -> None: ...
 
 
@@ -168,7 +168,7 @@ def test_django_style_setting_is_read_through_the_namespace():
             namespace="CELERY",
         )
 
-        @resilient_task(app=app, name="django.crm.sync", policy="crm")
+        @resilient_task(app=app, name="django.crm.sync", policy="crm", shared=False)
         def sync() -> None: ...
 
         assert sync.resilience_options(overrides=False).max_retries == 0

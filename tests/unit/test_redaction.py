@@ -337,7 +337,7 @@ def test_argument_reprs_of_resilient_tasks_are_redacted_at_publish_and_receipt()
 
     app = Celery("reprs", broker="memory://", set_as_current=False)
 
-    @resilient_task(app=app, name="reprs.charge")
+    @resilient_task(app=app, name="reprs.charge", shared=False)
     def charge(api_key: str) -> None:
         """A resilient task taking a credential by name."""
 
