@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -210,3 +211,15 @@ def stop_workers(workers: Sequence[CeleryWorker], timeout: float = 15.0) -> None
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+def deliveries(nodes: list[CeleryWorker], task: str, ids: set[str]) -> dict[str, int]:
+    """How many times each of ``ids`` (tasks named ``task``) was handed to one of
+    ``nodes``: its worker's "received" log lines, one per delivery."""
+    seen = dict.fromkeys(ids, 0)
+    pattern = re.compile(rf"Task {re.escape(task)}\[([^\]]+)\] received")
+    for node in nodes:
+        for found in pattern.finditer(node.log_text()):
+            if found[1] in seen:
+                seen[found[1]] += 1
+    return seen

@@ -35,7 +35,7 @@ from tests.helpers.cluster import note, running_nodes, wait_all, windows
 from tests.helpers.monitor import Command, CommandLog, script_sha
 from tests.helpers.polling import wait_until
 from tests.helpers.redis_server import HOST, RedisServer
-from tests.helpers.workers import CeleryWorker
+from tests.helpers.workers import CeleryWorker, deliveries
 
 pytestmark = pytest.mark.integration
 
@@ -209,16 +209,6 @@ def test_two_nodes_call_the_upstream_at_the_limit(
     assert windows(list(grants.values())) <= 10 + RateLimit("api", "10/s").capacity
 
 
-def _deliveries(nodes: list[CeleryWorker], task_ids: set[str]) -> dict[str, int]:
-    """How many times each task was handed to a worker (its "received" log lines)."""
-    seen = dict.fromkeys(task_ids, 0)
-    for node in nodes:
-        for found in re.finditer(r"Task res\.limited\[([^\]]+)\] received", node.log_text()):
-            if found[1] in seen:
-                seen[found[1]] += 1
-    return seen
-
-
 def test_a_backlog_behind_the_limit_is_delivered_about_once(
     nodes, client, upstream, unique, request
 ):
@@ -231,10 +221,10 @@ def test_a_backlog_behind_the_limit_is_delivered_about_once(
     results = [client.send_task("res.limited", args=[f"{prefix}/{i}"]) for i in range(200)]
     assert wait_all(results, timeout=90, what="200 rate-limited tasks") == ["SUCCESS"] * 200
 
-    deliveries = _deliveries(nodes, {r.id for r in results})
-    per_task = sum(deliveries.values()) / len(deliveries)
-    note(request, deliveries_per_task=round(per_task, 3), most=max(deliveries.values()))
-    assert min(deliveries.values()) >= 1
+    seen = deliveries(nodes, "res.limited", {r.id for r in results})
+    per_task = sum(seen.values()) / len(seen)
+    note(request, deliveries_per_task=round(per_task, 3), most=max(seen.values()))
+    assert min(seen.values()) >= 1
     assert per_task <= 1.2
     assert upstream.count(prefix) == 200
 

@@ -21,24 +21,12 @@ from celery_resilience.observability.metrics import (
 )
 from example_project.upstream import Response, Upstream
 from tests.helpers.inspection import Rig, worker_rig
+from tests.helpers.metrics import Samples
+from tests.helpers.metrics import samples as _samples
+from tests.helpers.metrics import value as _value
 from tests.helpers.polling import wait_until
 from tests.helpers.processes import free_port
 from tests.helpers.redis_server import RedisServer
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def _samples(registry: CollectorRegistry) -> Samples:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in registry.collect()
-        for s in family.samples
-        if not s.name.endswith("_created")
-    }
-
-
-def _value(samples: Samples, metric: str, **labels: str) -> float:
-    return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
 
 
 @pytest.fixture(scope="module")

@@ -20,21 +20,8 @@ from celery_resilience.observability.metrics import (
     set_fallback_active,
     set_limiter_wait,
 )
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def _samples(registry: CollectorRegistry) -> Samples:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in registry.collect()
-        for s in family.samples
-        if not s.name.endswith("_created")
-    }
-
-
-def _value(samples: Samples, metric: str, **labels: str) -> float:
-    return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
+from tests.helpers.metrics import samples as _samples
+from tests.helpers.metrics import value as _value
 
 
 @pytest.fixture
