@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from celery_resilience.cli.kit import EX_USAGE, CommandError, session, table, utc, when
+from celery_resilience.observability.stats_rows import due_words
 from celery_resilience.observability.tracing import safe_token
 from celery_resilience.state.parked import PARK_REASONS
 
@@ -53,13 +54,7 @@ def parked_status(s: Session) -> dict[str, Any]:
 def render_parked(data: dict[str, Any]) -> str:
     """One line about the parked set, for the status table."""
     reasons = ", ".join(f"{k} {v}" for k, v in data["by_reason"].items())
-    due_in = data["oldest_due_in"]
-    if due_in is None:
-        oldest = "none waiting"
-    elif due_in >= 0:
-        oldest = f"next due in {due_in:.1f} s"
-    else:
-        oldest = f"oldest overdue by {-due_in:.1f} s"
+    oldest = due_words(data["oldest_due_in"])
     return (
         f"Parked: {data['count']}{f' ({reasons})' if reasons else ''}, "
         f"{data['claimed']} claimed, {oldest}; parking {data['parking']} "

@@ -11,6 +11,10 @@ the pool fell back to per-process state, and the node's counters::
         {"state": "open", "failure_rate": 0.8, "calls": 10, ...}}, "limiters": {...},
         "store": {...}, "fallback": {...}, "counters": {...}}, ...}
 
+Before the section, :func:`~celery_resilience.observability.stats_rows.flat_rows` says
+the same as flat rows of text (``"resilience: breaker 'payments'": "open, half-open in
+4.9 s; ..."``), which Flower's worker page (tab *Other*) shows one per line.
+
 With the setting ``resilience_metrics`` it also turns metrics on before the pool forks,
 serves them on ``resilience_metrics_port`` when set, and refreshes the gauges (breaker
 states, limiter waits, fallback, the parked set) from Redis every
@@ -44,6 +48,7 @@ from celery_resilience.integration.releaser import Releaser
 from celery_resilience.integration.settings import read_settings
 from celery_resilience.integration.task import resilient_tasks
 from celery_resilience.observability import counters
+from celery_resilience.observability.stats_rows import flat_rows
 from celery_resilience.state.connect import connect as connect_store
 from celery_resilience.state.connect import describe
 from celery_resilience.state.errors import STORE_ERRORS
@@ -190,19 +195,24 @@ class ResilienceStep(bootsteps.StartStopStep):
     # -- inspect stats -------------------------------------------------------------------
 
     def info(self, parent: Any) -> dict[str, Any]:  # type: ignore[override]
-        """The ``resilience`` section of ``inspect stats``."""
-        return {"resilience": self.section()}
+        """The ``resilience`` section of ``inspect stats``, after the same as flat rows of
+        text (``resilience: breaker 'payments'``, ...) that Flower's *Other* tab can show."""
+        section, now = self.read_section()
+        return {**flat_rows(section, now), "resilience": section}
 
-    def section(self) -> dict[str, Any]:
-        """Breakers, limiters, store, fallback and counters of this node, as JSON values."""
+    def read_section(self) -> tuple[dict[str, Any], float | None]:
+        """Breakers, limiters, store, fallback and counters of this node, as JSON values;
+        and the state store's clock when it was read (None: not read)."""
         totals = self.counters.totals()
         out: dict[str, Any] = {"breakers": {}, "limiters": {}}
         problem: str | None = None
+        now: float | None = None
         try:
             store = self._shared()
             found = declared(self.app)
             for name, policy in sorted(found.breakers.items()):
                 status = breaker_status(store, policy)
+                now = status.now
                 is_open = status.open_until > 0
                 out["breakers"][name] = {
                     "state": status.state.value,
@@ -214,7 +224,9 @@ class ResilienceStep(bootsteps.StartStopStep):
                     ),
                 }
             for name in sorted(found.limiter_names):
-                row = limiter_row(limiter_status(store, name, found), found)
+                limiter = limiter_status(store, name, found)
+                now = limiter.now
+                row = limiter_row(limiter, found)
                 paused = row["paused_until"]
                 out["limiters"][name] = {
                     "rate": row["rate"],
@@ -236,7 +248,7 @@ class ResilienceStep(bootsteps.StartStopStep):
         }
         out["counters"] = totals
         out["parked"] = self.parked_rows(store_down=problem is not None)
-        return out
+        return out, now
 
     def parked_rows(self, *, store_down: bool = False) -> dict[str, Any]:
         """The parked set and this node's releaser, as flat named rows (``store_down``: the

@@ -2,7 +2,8 @@
 
 Besides the variables of :mod:`tests.apps.resilient`: ``RESILIENCE_TEST_METRICS=1`` turns
 metrics on (breaker gauges refreshed every 0.2 s), ``RESILIENCE_TEST_METRICS_PORT`` serves
-them over HTTP from the worker.
+them over HTTP from the worker. ``RESILIENCE_TEST_ODD_NAME=1`` also declares
+``inspect.odd``, behind a breaker whose name needs escaping (:data:`ODD_NAME`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery_resilience import resilient_task
+from celery_resilience import CircuitBreaker, resilient_task
 from tests.apps.resilient import FAST, _call, app
-from tests.helpers.inspection import OUTAGE
+from tests.helpers.inspection import ODD_NAME, OUTAGE
 
 __all__ = ["app", "outage"]
 
@@ -28,3 +29,13 @@ if os.environ.get("RESILIENCE_TEST_METRICS") == "1":
 def outage(self: Any, path: str) -> dict[str, Any]:
     """Call the upstream behind the breaker 'inspect-outage'."""
     return _call(self, path, "GET", 5.0, None)
+
+
+if os.environ.get("RESILIENCE_TEST_ODD_NAME") == "1":
+
+    @resilient_task(
+        app=app, bind=True, name="inspect.odd", backoff=FAST, breaker=CircuitBreaker(ODD_NAME)
+    )
+    def odd(self: Any, path: str) -> dict[str, Any]:
+        """Call the upstream behind the oddly named breaker."""
+        return _call(self, path, "GET", 5.0, None)

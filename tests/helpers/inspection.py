@@ -34,6 +34,9 @@ APP = "tests.apps.inspect_app"
 #: The breaker of ``inspect.outage``: opens after three failures and stays open 30 s.
 OUTAGE = CircuitBreaker("inspect-outage", minimum_calls=3, open_for=30.0)
 ENV_PREFIX = "RESILIENCE_TEST_PREFIX"
+#: A breaker name with a space, non-ASCII and markup (``RESILIENCE_TEST_ODD_NAME=1``
+#: declares it): what Flower shows must escape it.
+ODD_NAME = "legacy café <b>x</b>"
 
 
 @dataclass
