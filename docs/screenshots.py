@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from example_project.upstream import Response, Upstream  # noqa: E402
+from tests.helpers.chromium import find_chromium, screenshot  # noqa: E402
 from tests.helpers.flower import FlowerProcess  # noqa: E402
 from tests.helpers.inspection import run_cli  # noqa: E402
 from tests.helpers.polling import wait_until  # noqa: E402
@@ -33,32 +32,38 @@ from tests.helpers.redis_server import RedisServer  # noqa: E402
 from tests.helpers.workers import CeleryWorker  # noqa: E402
 
 APP = "example_project.app"
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--force-prefers-reduced-motion", "--virtual-time-budget=5000",
-]
 
 
-def screenshot(url: str, out: Path, size: str, profile: Path) -> None:
+def shoot(url: str, out: Path, size: str, profile: Path) -> None:
     """Render ``url`` in headless Chromium and save a PNG."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = find_chromium()
     if chromium is None:
         sys.exit("needs Chromium: apt-get install chromium")
-    subprocess.run(  # noqa: S603 - Chromium, with our own flags and a local URL
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
-         f"--screenshot={out}", url],
-        check=True, capture_output=True, timeout=60,
-    )
+    screenshot(chromium, url, out=out, size=size, profile=profile)
     print(f"wrote {out.relative_to(ROOT)}")
 
 
 def task_in(flower: FlowerProcess, name: str, prefix: str) -> Any:
-    """A task of ``name`` in RETRY whose exception starts with ``prefix``, if there is one."""
+    """A task of ``name`` in RETRY whose exception starts with ``prefix``, if there is one:
+    ``(task_id, exception)``."""
     for task_id, task in flower.get("/api/tasks", taskname=name).items():
-        if task["state"] == "RETRY" and (task.get("exception") or "").startswith(prefix):
-            return task_id
+        exception = task.get("exception") or ""
+        if task["state"] == "RETRY" and exception.startswith(prefix):
+            return task_id, exception
     return None
+
+
+def shoot_task(flower: FlowerProcess, name: str, prefix: str, out: Path, profile: Path) -> None:
+    """Take the page of a task of ``name`` in RETRY with ``prefix``; again if the task moved
+    on meanwhile (its exception is not the one it had before the picture)."""
+    for _ in range(5):
+        task_id, before = wait_until(
+            lambda: task_in(flower, name, prefix), timeout=60, what=f"{name}: {prefix}"
+        )
+        shoot(f"{flower.url}/task/{task_id}", out, "1280,1900", profile)
+        if flower.get(f"/api/task/info/{task_id}").get("exception") == before:
+            return
+    sys.exit(f"{name} never kept still in {prefix!r} long enough for a picture")
 
 
 def main() -> None:
@@ -85,23 +90,14 @@ def main() -> None:
                 for n in range(8):
                     charge_invoice.delay(f"INV-{1000 + n}", 4200 + n)
                 sync_customer.delay("C-42")
-                retried = wait_until(
-                    lambda: task_in(flower, "example.sync_customer", "rate_limited:"),
-                    timeout=60, what="a rate-limited retry",
-                )
-                deferred = wait_until(
-                    lambda: task_in(flower, "example.charge_invoice", "deferred:"),
-                    timeout=60, what="a deferred charge",
-                )
-                time.sleep(1.0)  # let Flower's inspector refresh the worker's stats
-                flower.get("/api/workers", refresh=1)
-                docs = ROOT / "docs"
-                screenshot(f"{flower.url}/task/{retried}", docs / "flower-task-retry.png",
-                           "1280,1900", work / "chromium")
-                screenshot(f"{flower.url}/task/{deferred}", docs / "flower-task-deferred.png",
-                           "1280,1900", work / "chromium")
-                screenshot(f"{flower.url}/worker/{worker.nodename}#tab-other",
-                           docs / "flower-worker.png", "1280,560", work / "chromium")
+                docs, profile = ROOT / "docs", work / "chromium"
+                shoot_task(flower, "example.sync_customer", "rate_limited:",
+                           docs / "flower-task-retry.png", profile)
+                shoot_task(flower, "example.charge_invoice", "deferred:",
+                           docs / "flower-task-deferred.png", profile)
+                flower.get("/api/workers", refresh=1)  # the worker's stats as they are now
+                shoot(f"{flower.url}/worker/{worker.nodename}#tab-other",
+                      docs / "flower-worker.png", "1280,1300", profile)
                 status = run_cli("status", env=env, app=APP)
                 print(status.stdout or status.stderr)
             finally:

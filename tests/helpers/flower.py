@@ -4,6 +4,7 @@
 
     with FlowerProcess("tests.apps.inspect_app", env=env, logfile=path) as flower:
         flower.get("/api/workers", refresh=1)
+        other_rows(flower.page(f"/worker/{nodename}"))   # the worker page's "Other" tab
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +99,12 @@ class FlowerProcess(LoggedProcess):
         resp.raise_for_status()
         return resp.json()
 
+    def page(self, path: str) -> str:
+        """GET ``path`` (a page, not the API) and return its HTML."""
+        resp = requests.get(self.url + path, timeout=10)
+        resp.raise_for_status()
+        return resp.text
+
     def stop(self) -> None:
         """SIGTERM by PID, then SIGKILL to its group if it lingers; reap it."""
         process, self._process = self._process, None
@@ -107,3 +115,51 @@ class FlowerProcess(LoggedProcess):
             if not wait_exited(process.pid, 10):
                 kill_group(process.pid)
         process.wait(10)
+
+
+class _OtherTab(HTMLParser):
+    """Collects the table rows of the worker page's "Other" tab (``#tab-other``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = False
+        self.rows: list[list[str]] = []
+        self.cell: list[str] | None = None
+        self.shown = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if found.get("id") == "tab-other":
+            self.inside = True
+            self.shown = "show" in (found.get("class") or "").split()
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+        elif self.inside and tag == "td":
+            self.cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self.cell is not None and self.rows:
+            self.rows[-1].append(" ".join("".join(self.cell).split()))
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+    def handle_comment(self, data: str) -> None:
+        if "end other tab" in data:
+            self.inside = False
+
+
+def other_rows(html: str) -> dict[str, str]:
+    """The rows of the worker page's "Other" tab as ``{name: value}``, as text (unescaped)."""
+    parser = _OtherTab()
+    parser.feed(html)
+    return {row[0]: row[1] for row in parser.rows if len(row) == 2}
+
+
+def other_tab_shown(html: str) -> bool:
+    """Whether the "Other" tab is the one shown (a DOM after Flower's scripts ran)."""
+    parser = _OtherTab()
+    parser.feed(html)
+    return parser.shown

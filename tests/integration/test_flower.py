@@ -13,8 +13,9 @@ from celery import states
 from celery_resilience import CircuitBreaker
 from celery_resilience.observability.tracing import parse_traceparent
 from example_project.upstream import Upstream
-from tests.helpers.flower import FlowerProcess
-from tests.helpers.inspection import APP, Rig, worker_rig
+from tests.helpers.chromium import dump_dom, find_chromium
+from tests.helpers.flower import FlowerProcess, other_rows, other_tab_shown
+from tests.helpers.inspection import APP, ODD_NAME, Rig, worker_rig
 from tests.helpers.polling import wait_until
 from tests.helpers.redis_server import RedisServer
 
@@ -25,10 +26,12 @@ pytestmark = pytest.mark.integration
 def rig(
     redis_server: RedisServer, upstream_server: Upstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Rig, FlowerProcess]]:
-    """One worker sending events (-E) and one Flower watching it, for the module."""
+    """One worker sending events (-E) and one Flower watching it, for the module; the app
+    also declares a breaker whose name needs escaping."""
     logs = tmp_path_factory.mktemp("flower")
+    odd = {"RESILIENCE_TEST_ODD_NAME": "1"}
     with (
-        worker_rig(redis_server, upstream_server, logs, extra_args=["-E"]) as rig,
+        worker_rig(redis_server, upstream_server, logs, extra_args=["-E"], extra_env=odd) as rig,
         FlowerProcess(APP, env=rig.env, logfile=logs / "flower.log") as flower,
     ):
         wait_until(
@@ -139,6 +142,7 @@ def test_worker_stats_carry_the_resilience_section(
     assert section["fallback"] == {"active": False, "mode": "allow", "answers": 0, "last_at": None}
     assert section["counters"]["succeeded"] >= 1
     assert section["counters"]["attempts"] >= section["counters"]["succeeded"]
+    assert stats[worker.worker.nodename]["resilience: store"].endswith(", reachable")
 
     workers = flower.get("/api/workers", refresh=1)
     shown = workers[worker.worker.nodename]["stats"]["resilience"]
@@ -175,3 +179,89 @@ def test_stats_say_when_the_pool_falls_back(
     assert section["fallback"]["active"] is True
     assert section["fallback"]["answers"] >= 1
     assert section["breakers"] == {}
+    rows = stats[rig.worker.nodename]
+    assert "UNREACHABLE (ConnectionError: " in rows["resilience: store"]
+    assert rows["resilience: fallback"].startswith("ACTIVE (mode allow); ")
+
+
+#: The breaker name as the rows show it: spaces and non-ASCII escaped, markup as text.
+ODD_SHOWN = "resilience: breaker 'legacy\\x20caf\\xe9\\x20<b>x</b>'"
+
+
+def _rows_shown(flower: FlowerProcess, nodename: str) -> dict[str, str] | None:
+    """The worker page's "Other" rows, once they show the pinned odd breaker."""
+    rows = other_rows(flower.page(f"/worker/{nodename}"))
+    return rows if rows.get(ODD_SHOWN, "").startswith("forced open") else None
+
+
+@pytest.fixture
+def odd_pinned(rig: tuple[Rig, FlowerProcess]) -> Iterator[None]:
+    """The oddly named breaker pinned open for the test, reset after it."""
+    store = rig[0].store
+    store.breaker(CircuitBreaker(ODD_NAME), "open")
+    try:
+        yield
+    finally:
+        store.breaker(CircuitBreaker(ODD_NAME), "reset")
+
+
+def _check_rows(rows: dict[str, str]) -> None:
+    """Breaker states, limiter waits and pauses, outcomes, parked set, fallback, store."""
+    assert rows["resilience: breaker 'upstream'"].startswith("closed; failure rate ")
+    assert rows["resilience: breaker 'inspect-outage'"].startswith("closed; failure rate ")
+    assert rows[ODD_SHOWN] == (
+        "forced open (until `resilience breaker reset`); failure rate 0% over 0 calls"
+    )
+    assert re.fullmatch(
+        r"10/s; (no wait|a call now waits [0-9.]+ s); not paused; "
+        r"[0-9]+ of 3 concurrency slots in use",
+        rows["resilience: limiter 'api'"],
+    ), rows["resilience: limiter 'api'"]
+    assert re.fullmatch(
+        r"[0-9]+ attempts: [0-9]+ succeeded, [0-9]+ failed, [0-9]+ retries, "
+        r"[0-9]+ deferrals, [0-9]+ gave up",
+        rows["resilience: outcomes"],
+    ), rows["resilience: outcomes"]
+    assert re.fullmatch(
+        r"[0-9]+( \(.*\))?, [0-9]+ claimed, .*; in .* \(durable\)", rows["resilience: parked"]
+    ), rows["resilience: parked"]
+    assert rows["resilience: releaser"].startswith("running: published ")
+    assert rows["resilience: fallback"] == (
+        "off (mode allow); 0 gate answers from per-process state"
+    )
+    assert rows["resilience: store"].endswith(", reachable")
+
+
+def test_the_worker_page_shows_named_rows(rig: tuple[Rig, FlowerProcess], odd_pinned: None):
+    """Flower's worker page, tab Other: one named row of words per breaker, limiter,
+    outcome count, parked set, releaser, fallback and store; names escaped in the HTML."""
+    worker, flower = rig
+    nodename = worker.worker.nodename
+    rows = wait_until(
+        lambda: flower.get("/api/workers", refresh=1) and _rows_shown(flower, nodename),
+        timeout=20,
+        what="the worker page with the pinned breaker",
+    )
+    _check_rows(rows)
+    html = flower.page(f"/worker/{nodename}")
+    assert "<b>x</b>" not in html
+    assert "&lt;b&gt;x&lt;/b&gt;" in html
+
+
+def test_a_browser_shows_the_rows(
+    rig: tuple[Rig, FlowerProcess], odd_pinned: None, tmp_path: Path
+):
+    """Headless Chromium renders the worker page with the Other tab open and the rows in it."""
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium (apt-get install chromium, or set CHROMIUM to its path)")
+    worker, flower = rig
+    nodename = worker.worker.nodename
+    wait_until(
+        lambda: flower.get("/api/workers", refresh=1) and _rows_shown(flower, nodename),
+        timeout=20,
+        what="the worker page with the pinned breaker",
+    )
+    dom = dump_dom(chromium, f"{flower.url}/worker/{nodename}#tab-other", profile=tmp_path)
+    assert other_tab_shown(dom)
+    _check_rows(other_rows(dom))
