@@ -13,7 +13,9 @@ the pool fell back to per-process state, and the node's counters::
 
 Before the section, :func:`~celery_resilience.observability.stats_rows.flat_rows` says
 the same as flat rows of text (``"resilience: breaker 'payments'": "open, half-open in
-4.9 s; ..."``), which Flower's worker page (tab *Other*) shows one per line.
+4.9 s; ..."``), which Flower's worker page (tab *Other*) shows one per line. The setting
+``resilience_stats_section = False`` leaves the section out (the rows only), so that the
+tab holds no raw dict.
 
 With the setting ``resilience_metrics`` it also turns metrics on before the pool forks,
 serves them on ``resilience_metrics_port`` when set, and refreshes the gauges (breaker
@@ -196,9 +198,13 @@ class ResilienceStep(bootsteps.StartStopStep):
 
     def info(self, parent: Any) -> dict[str, Any]:  # type: ignore[override]
         """The ``resilience`` section of ``inspect stats``, after the same as flat rows of
-        text (``resilience: breaker 'payments'``, ...) that Flower's *Other* tab can show."""
+        text (``resilience: breaker 'payments'``, ...) that Flower's *Other* tab can show.
+        With ``resilience_stats_section = False``, the rows alone."""
         section, now = self.read_section()
-        return {**flat_rows(section, now), "resilience": section}
+        info: dict[str, Any] = flat_rows(section, now)
+        if self.app.conf.get("resilience_stats_section", True):
+            info["resilience"] = section
+        return info
 
     def read_section(self) -> tuple[dict[str, Any], float | None]:
         """Breakers, limiters, store, fallback and counters of this node, as JSON values;

@@ -3,7 +3,8 @@
 Besides the variables of :mod:`tests.apps.resilient`: ``RESILIENCE_TEST_METRICS=1`` turns
 metrics on (breaker gauges refreshed every 0.2 s), ``RESILIENCE_TEST_METRICS_PORT`` serves
 them over HTTP from the worker. ``RESILIENCE_TEST_ODD_NAME=1`` also declares
-``inspect.odd``, behind a breaker whose name needs escaping (:data:`ODD_NAME`).
+``inspect.odd``, behind a breaker whose name needs escaping (:data:`ODD_NAME`);
+``RESILIENCE_TEST_STATS_SECTION=0`` sets ``resilience_stats_section = False``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ if os.environ.get("RESILIENCE_TEST_METRICS") == "1":
     app.conf.update(resilience_metrics=True, resilience_metrics_interval=0.2)
     if os.environ.get("RESILIENCE_TEST_METRICS_PORT"):
         app.conf.resilience_metrics_port = int(os.environ["RESILIENCE_TEST_METRICS_PORT"])
+
+if os.environ.get("RESILIENCE_TEST_STATS_SECTION") == "0":
+    app.conf.resilience_stats_section = False
 
 
 @resilient_task(

@@ -184,6 +184,18 @@ def test_stats_say_when_the_pool_falls_back(
     assert rows["resilience: fallback"].startswith("ACTIVE (mode allow); ")
 
 
+def test_the_rows_can_stand_alone(redis_server: RedisServer, upstream: Upstream, tmp_path: Path):
+    """With ``resilience_stats_section = False`` the stats hold the rows, not the section."""
+    env = {"RESILIENCE_TEST_STATS_SECTION": "0"}
+    with worker_rig(redis_server, upstream, tmp_path, extra_env=env) as rig:
+        client = rig.client()
+        stats = client.control.inspect(destination=[rig.worker.nodename], timeout=5).stats()
+    node = stats[rig.worker.nodename]
+    assert "resilience" not in node
+    assert node["resilience: breaker 'upstream'"].startswith("closed; failure rate ")
+    assert node["resilience: store"].endswith(", reachable")
+
+
 #: The breaker name as the rows show it: spaces and non-ASCII escaped, markup as text.
 ODD_SHOWN = "resilience: breaker 'legacy\\x20caf\\xe9\\x20<b>x</b>'"
 
