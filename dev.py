@@ -6,6 +6,7 @@
     python3 dev.py test --fast          the unit and property tests only (no network, seconds)
     python3 dev.py lint                 ruff, mypy (strict) and the import-linter layer contract
     python3 dev.py bench [args]         run the benchmarks (benchmarks/README.md)
+    python3 dev.py docs [--serve]       build the documentation site into site/, or serve it
 
 Each command creates ``.venv`` beside this file when it is missing and installs the
 project into it (again whenever pyproject.toml changes). ``DEV_VENV=.venv-3.10 python3.10
@@ -25,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / os.environ.get("DEV_VENV", ".venv")
-EXTRAS = "test,example,dev"
+EXTRAS = "test,example,dev,docs"
 
 
 def _python() -> Path:
@@ -43,7 +44,7 @@ def ensure_venv() -> Path:
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:16]
     stamp = VENV / f".installed-{digest}"
     if not stamp.exists():
-        print("installing celery-resilience and its test, example and dev extras ...", flush=True)
+        print(f"installing celery-resilience and its extras {EXTRAS} ...", flush=True)
         run([python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
         run([python, "-m", "pip", "install", "--quiet", "-e", f".[{EXTRAS}]"])
         for old in VENV.glob(".installed-*"):
@@ -93,13 +94,22 @@ def run(cmd: list[object]) -> None:
         sys.exit(128 - code if code < 0 else code)
 
 
+def docs(python: Path, rest: list[str]) -> None:
+    """Build the site with mkdocs, warnings as errors (``--serve``: serve it while editing)."""
+    os.environ["NO_MKDOCS_2_WARNING"] = "1"  # Material's notice about MkDocs 2 on each run
+    if "--serve" in rest:
+        run([python, "-m", "mkdocs", "serve", *(arg for arg in rest if arg != "--serve")])
+    else:
+        run([python, "-m", "mkdocs", "build", "--strict", *rest])
+
+
 def main(argv: list[str]) -> None:
     """Dispatch one command."""
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(__doc__)
         return
     command, rest = argv[0], argv[1:]
-    if command not in {"demo", "test", "lint", "bench"}:
+    if command not in {"demo", "test", "lint", "bench", "docs"}:
         sys.exit(f"unknown command {command!r}; try: python3 dev.py --help")
     python = ensure_venv()
     if command == "demo":
@@ -113,6 +123,8 @@ def main(argv: list[str]) -> None:
         run([python, "-m", "ruff", "check", "."])
         run([python, "-m", "mypy"])
         run([python.parent / "lint-imports"])
+    elif command == "docs":
+        docs(python, rest)
     else:
         run([python, "-m", "benchmarks", *rest])
 

@@ -1,37 +1,35 @@
 """Signals sent by resilient tasks, for metrics, alerts and tests.
 
-Connect like any Celery signal::
+Connect like any Celery signal:
 
-    from celery_resilience import signals
+```python
+from celery_resilience import signals
 
-    @signals.gave_up.connect
-    def page_someone(sender, task_id, reason, **kwargs):
-        ...
+@signals.gave_up.connect
+def page_someone(sender, task_id, reason, **kwargs):
+    ...
+```
 
 ``sender`` is the task (``breaker_state_changed``: the breaker's name). Every signal is
 sent in the worker process that made the decision; receivers must be quick and must not
 raise (an exception in a receiver is logged by Celery and otherwise ignored).
 
-========================  ==================================================================
-signal                    keyword arguments
-========================  ==================================================================
-``attempt_started``       ``task_id``, ``attempt`` (from 1), ``trace_id``, ``span_id``
-``attempt_succeeded``     ``task_id``, ``attempt``, ``duration`` (seconds)
-``attempt_failed``        ``task_id``, ``attempt``, ``verdict`` (:class:`Verdict`),
-                          ``cause`` (one log-safe line), ``exc``, ``duration`` (seconds)
-``retry_scheduled``       ``task_id``, ``attempt`` (the one that failed), ``countdown``,
-                          ``verdict``, ``cause``, ``reason`` (the ledger line)
-``deferred``              ``task_id``, ``attempt``, ``gate`` ("breaker", "rate_limit",
-                          "concurrency", "attempt", "backend", "schedule"), ``name`` (the
-                          policy's name, or None), ``countdown``, ``reason`` (the ledger line)
-``gave_up``               ``task_id``, ``attempt``, ``reason`` (why, in words), ``exc`` (the
-                          last failure), ``history`` (the ledger lines, oldest first)
-``breaker_state_changed`` ``name``, ``old``, ``new`` (:class:`BreakerState`),
-                          ``failure_rate``, ``calls`` (outcomes in the window)
-``backend_fallback``      ``mode`` ("allow" or "defer"): an attempt was answered by the
-                          per-process fallback because Redis could not be reached
-                          (``sender``: the runtime's description of the store)
-========================  ==================================================================
+- ``attempt_started``: ``task_id``, ``attempt`` (from 1), ``trace_id``, ``span_id``.
+- ``attempt_succeeded``: ``task_id``, ``attempt``, ``duration`` (seconds).
+- ``attempt_failed``: ``task_id``, ``attempt``, ``verdict`` (a ``Verdict``), ``cause`` (one
+  log-safe line), ``exc``, ``duration`` (seconds).
+- ``retry_scheduled``: ``task_id``, ``attempt`` (the one that failed), ``countdown``,
+  ``verdict``, ``cause``, ``reason`` (the ledger line).
+- ``deferred``: ``task_id``, ``attempt``, ``gate`` (``"breaker"``, ``"rate_limit"``,
+  ``"concurrency"``, ``"attempt"``, ``"backend"``, ``"schedule"``), ``name`` (the policy's
+  name, or ``None``), ``countdown``, ``reason`` (the ledger line).
+- ``gave_up``: ``task_id``, ``attempt``, ``reason`` (why, in words), ``exc`` (the last
+  failure), ``history`` (the ledger lines, oldest first).
+- ``breaker_state_changed``: ``name``, ``old``, ``new`` (a ``BreakerState``),
+  ``failure_rate``, ``calls`` (outcomes in the window).
+- ``backend_fallback``: ``mode`` (``"allow"`` or ``"defer"``): an attempt was answered by
+  the per-process fallback because Redis could not be reached (``sender``: the runtime's
+  description of the store).
 """
 
 from __future__ import annotations

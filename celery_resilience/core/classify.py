@@ -1,7 +1,7 @@
 """Classification of a failed attempt: transient, permanent or rate-limited.
 
-:func:`classify` turns the exception that ended an attempt into a :class:`Failure`: a
-:class:`Verdict` and the few facts the rest of the library needs (HTTP status, host,
+``classify`` turns the exception that ended an attempt into a ``Failure``: a
+``Verdict`` and the few facts the rest of the library needs (HTTP status, host,
 whether the request reached the server, how long the upstream asked us to wait).
 
 The verdict is the first of these that applies:
@@ -18,57 +18,61 @@ The verdict is the first of these that applies:
 
 Default rules by HTTP status, for ``requests.HTTPError``, ``httpx.HTTPStatusError`` and
 any other exception carrying a ``response`` with an integer ``status_code`` (SDKs built
-on either)::
+on either):
 
-    408, 425, 500, 502, 503, 504           TRANSIENT
-    520-524, 529, 598, 599 (CDN, proxy)    TRANSIENT
-    429                                    RATE_LIMITED
-    501, 505, every other 4xx and 5xx      PERMANENT
+```text
+408, 425, 500, 502, 503, 504           TRANSIENT
+520-524, 529, 598, 599 (CDN, proxy)    TRANSIENT
+429                                    RATE_LIMITED
+501, 505, every other 4xx and 5xx      PERMANENT
+```
 
 ``Retry-After`` (seconds or HTTP-date), else ``X-RateLimit-Reset`` / ``RateLimit-Reset``
 (epoch seconds above 1e9, else seconds), is read from 429 and 503 answers.
 
 Default rules by exception. A subclass follows its nearest listed ancestor; "no" in the
-last column means the request certainly never reached the server::
+last column means the request certainly never reached the server:
 
-    TRANSIENT                                                     reached the server
-      TimeoutError (socket.timeout), ConnectionError and its
-        subclasses (reset, aborted, broken pipe)                  maybe
-      ConnectionRefusedError, socket.gaierror (DNS)               no
-      OSError with errno ENETDOWN, ENETUNREACH, ENETRESET,
-        EHOSTDOWN, EHOSTUNREACH                                   maybe
-      http.client.IncompleteRead                                  maybe
-      ssl.SSLEOFError, ssl.SSLZeroReturnError                     maybe
-      requests  ConnectionError, Timeout, ChunkedEncodingError,
-                RetryError                                        maybe
-                ConnectTimeout, ProxyError, a refused connection  no
-      urllib3   TimeoutError, ProtocolError, ResponseError        maybe
-                ConnectTimeoutError, NewConnectionError,
-                ProxyError, EmptyPoolError                        no
-                MaxRetryError                                     as its ``reason``
-      httpx     TimeoutException, NetworkError,
-                RemoteProtocolError                               maybe
-                ConnectError, ConnectTimeout, PoolTimeout,
-                ProxyError                                        no
-      celery    SoftTimeLimitExceeded                             maybe
-    PERMANENT
-      ssl.SSLError, requests/urllib3 SSLError, an httpx ConnectError caused by an
-        ssl.SSLError: a certificate, hostname or protocol mismatch does not heal by
-        waiting; but a handshake cut short (SSLEOFError, SSLZeroReturnError inside
-        the wrapper) is TRANSIENT, as a dropped connection is
-      invalid URLs, schemes, headers; too many redirects; undecodable bodies
-      every other OSError and every other exception
+```text
+TRANSIENT                                                     reached the server
+  TimeoutError (socket.timeout), ConnectionError and its
+    subclasses (reset, aborted, broken pipe)                  maybe
+  ConnectionRefusedError, socket.gaierror (DNS)               no
+  OSError with errno ENETDOWN, ENETUNREACH, ENETRESET,
+    EHOSTDOWN, EHOSTUNREACH                                   maybe
+  http.client.IncompleteRead                                  maybe
+  ssl.SSLEOFError, ssl.SSLZeroReturnError                     maybe
+  requests  ConnectionError, Timeout, ChunkedEncodingError,
+            RetryError                                        maybe
+            ConnectTimeout, ProxyError, a refused connection  no
+  urllib3   TimeoutError, ProtocolError, ResponseError        maybe
+            ConnectTimeoutError, NewConnectionError,
+            ProxyError, EmptyPoolError                        no
+            MaxRetryError                                     as its ``reason``
+  httpx     TimeoutException, NetworkError,
+            RemoteProtocolError                               maybe
+            ConnectError, ConnectTimeout, PoolTimeout,
+            ProxyError                                        no
+  celery    SoftTimeLimitExceeded                             maybe
+PERMANENT
+  ssl.SSLError, requests/urllib3 SSLError, an httpx ConnectError caused by an
+    ssl.SSLError: a certificate, hostname or protocol mismatch does not heal by
+    waiting; but a handshake cut short (SSLEOFError, SSLZeroReturnError inside
+    the wrapper) is TRANSIENT, as a dropped connection is
+  invalid URLs, schemes, headers; too many redirects; undecodable bodies
+  every other OSError and every other exception
+```
 
 A proxy failure is a connection failure: ``requests`` already makes ``ProxyError`` a
 ``ConnectionError``, and a misconfigured proxy fails every attempt alike, which
 ``max_retries`` bounds. Nothing here imports Celery, requests, urllib3 or httpx: their
 exceptions are recognised by the qualified names of the classes in their MRO, so an
 HTTP library that is not installed costs nothing.
-
-The module is a little over 400 lines because its tables (statuses, exception names,
-errnos) are written out one name per line, beside the rules that read them; what an
-exception says about a response is in :mod:`celery_resilience.core.http_facts`.
 """
+
+# The module is a little over 400 lines because its tables (statuses, exception names,
+# errnos) are written out one name per line, beside the rules that read them; what an
+# exception says about a response is in celery_resilience.core.http_facts.
 
 from __future__ import annotations
 
@@ -222,8 +226,11 @@ class Verdict(enum.Enum):
     """What to do about a failure: retry it, give up, or retry it more slowly."""
 
     TRANSIENT = "transient"
+    """It may pass: retried after a backoff countdown; charges the breaker."""
     PERMANENT = "permanent"
+    """Retrying cannot help: the task fails at once; the breaker counts a success."""
     RATE_LIMITED = "rate_limited"
+    """Too many calls (429): retried after ``Retry-After``, which also pauses the limiter."""
 
 
 Classifier = Callable[[BaseException], Verdict | None]

@@ -1,16 +1,16 @@
 """Exceptions of celery-resilience.
 
-::
-
-    ResilienceError                 root of everything raised here
-    ├── TransientError              task code: "this failure may pass, retry me"
-    ├── PermanentError              task code: "retrying cannot help, fail now"
-    ├── GaveUp                      final failure: retries or deadline exhausted
-    ├── Rescheduled                 handed to Task.retry; its repr is the ledger line
-    │   ├── RetryScheduled          a failed attempt, retried after a countdown
-    │   └── Deferred                a gate said "not now"; no retry is spent
-    ├── BreakerOpenError            on_open="fail": the breaker refused the call
-    └── ResilienceConfigError       bad configuration found at run time (also a ValueError)
+```text
+ResilienceError                 root of everything raised here
+├── TransientError              task code: "this failure may pass, retry me"
+├── PermanentError              task code: "retrying cannot help, fail now"
+├── GaveUp                      final failure: retries or deadline exhausted
+├── Rescheduled                 handed to Task.retry; its repr is the ledger line
+│   ├── RetryScheduled          a failed attempt, retried after a countdown
+│   └── Deferred                a gate said "not now"; no retry is spent
+├── BreakerOpenError            on_open="fail": the breaker refused the call
+└── ResilienceConfigError       bad configuration found at run time (also a ValueError)
+```
 
 Every error takes only optional arguments and keeps its message in ``args``, so it
 survives pickling and Celery's JSON exception round trip through a result backend.
@@ -55,10 +55,12 @@ class TransientError(ResilienceError):
 
     ``retry_after`` (seconds) is a floor for the next countdown, as if the upstream
     had answered with a ``Retry-After`` header; it is clamped to
-    :data:`MAX_TASK_RETRY_AFTER` (one day)::
+    ``MAX_TASK_RETRY_AFTER`` (one day).
 
-        if payload["status"] == "pending":
-            raise TransientError("settlement pending", retry_after=10)
+    ```python
+    if payload["status"] == "pending":
+        raise TransientError("settlement pending", retry_after=10)
+    ```
     """
 
     def __init__(
@@ -101,9 +103,11 @@ class Rescheduled(ResilienceError):  # noqa: N818 - names what happened, not a f
     """The attempt ended and the task was re-queued. The message is the ledger line.
 
     Celery reports a retry (in events, Flower and the result backend) by the ``repr`` of
-    the exception handed to ``Task.retry``, so ``repr`` is the line itself::
+    the exception handed to ``Task.retry``, so ``repr`` is the line itself:
 
-        transient: HTTP 503 from api.example.com; attempt 2 of 6; retry in 3.4 s; trace 4bf9…
+    ```text
+    transient: HTTP 503 from api.example.com; attempt 2 of 6; retry in 3.4 s; trace 4bf9…
+    ```
     """
 
     def __init__(self, message: str = "rescheduled") -> None:

@@ -56,9 +56,11 @@ class CircuitBreaker:
     breaker, a failed probe re-opens it.
 
     The defaults are chosen by measurement (see the README): a 20 s outage costs the
-    upstream about ten calls, and work resumes within seconds of recovery::
+    upstream about ten calls, and work resumes within seconds of recovery.
 
-        CircuitBreaker("payments", failure_rate=0.5, minimum_calls=10, open_for=15.0)
+    ```python
+    CircuitBreaker("payments", failure_rate=0.5, minimum_calls=10, open_for=15.0)
+    ```
     """
 
     name: str
@@ -130,10 +132,12 @@ class RateLimit:
 
     ``rate`` is written as Celery writes it: ``"50/s"``, ``"600/m"``, ``"1000/h"``,
     ``"0.5/s"``. ``burst`` is how many calls may go back to back after a quiet spell
-    (``None``: 1, i.e. strict spacing at the rate)::
+    (``None``: 1, i.e. strict spacing at the rate).
 
-        RateLimit("crm", "10/s")
-        RateLimit("search", "600/m", burst=20)
+    ```python
+    RateLimit("crm", "10/s")
+    RateLimit("search", "600/m", burst=20)
+    ```
     """
 
     name: str
@@ -173,9 +177,11 @@ class ConcurrencyLimit:
 
     Each running body holds a slot, released on every outcome. A slot is a lease of
     ``lease`` seconds, so a worker that dies cannot keep it: set ``lease`` above the
-    longest body you expect (``None``: the task's ``time_limit`` plus 5 s, else 60 s)::
+    longest body you expect (``None``: the task's ``time_limit`` plus 5 s, else 60 s).
 
-        ConcurrencyLimit("reports", 3, lease=120)
+    ```python
+    ConcurrencyLimit("reports", 3, lease=120)
+    ```
     """
 
     name: str

@@ -35,14 +35,16 @@ def resilient_task(
 
     Resilience options (``breaker``, ``limiter``, ``concurrency``, ``max_retries``,
     ``deadline``, ``backoff``, ``classifier``, ``retry_on``, ``give_up_on``) sit beside
-    Celery's own (``bind``, ``name``, ``acks_late``, ``time_limit``...)::
+    Celery's own (``bind``, ``name``, ``acks_late``, ``time_limit``...):
 
-        @resilient_task(app=app, bind=True, breaker=CircuitBreaker("payments"),
-                        limiter=RateLimit("payments", "50/s"), max_retries=8, deadline=600)
-        def charge(self, invoice_id):
-            resp = self.http.post(f"https://payments.example/charges/{invoice_id}")
-            resp.raise_for_status()
-            return resp.json()
+    ```python
+    @resilient_task(app=app, bind=True, breaker=CircuitBreaker("payments"),
+                    limiter=RateLimit("payments", "50/s"), max_retries=8, deadline=600)
+    def charge(self, invoice_id):
+        resp = self.http.post(f"https://payments.example/charges/{invoice_id}")
+        resp.raise_for_status()
+        return resp.json()
+    ```
 
     ``on_open`` (``"defer"``, ``"fail"`` or a fallback callable) and ``policy`` (a name in
     ``resilience_policies``) complete them. Every option is checked here: a wrong type or

@@ -48,41 +48,45 @@ def refuse_autoretry(task: str, options: Any) -> None:
 class ResilientTask(Task[Any, Any]):
     """A Celery task that survives a flaky upstream.
 
-    Every option is a class attribute (or a keyword of :func:`resilient_task`, or of
+    Every option is a class attribute (or a keyword of
+    [`resilient_task`][celery_resilience.resilient_task], or of
     ``app.task(base=ResilientTask, ...)``), checked when the task is declared:
 
-    ================  ============================================================  =========
-    option            meaning                                                       default
-    ================  ============================================================  =========
-    ``breaker``       a :class:`CircuitBreaker` shared by every task naming it      None
-    ``limiter``       a :class:`RateLimit`, exact across the cluster                None
-    ``concurrency``   a :class:`ConcurrencyLimit`: bodies in flight, cluster-wide   None
-    ``max_retries``   retries after failures (deferrals by a gate do not count)     5
-    ``deadline``      seconds from the first attempt after which the task gives up  None
-    ``backoff``       any tenacity wait strategy: the countdown after failure *n*   full jitter,
-                                                                                    1 s..60 s
-    ``classifier``    ``callable(exc) -> Verdict | None``, asked before defaults    None
-    ``retry_on``      exception classes always retried (transient)                  ()
-    ``give_up_on``    exception classes never retried (permanent)                   ()
-    ``on_open``       breaker refuses: ``"defer"``, ``"fail"``, or a callable that   "defer"
-                      returns a fallback result (called with the task's arguments)
-    ``policy``        the name of a policy in ``resilience_policies``               None
-    ================  ============================================================  =========
+    - ``breaker``: a [`CircuitBreaker`][celery_resilience.CircuitBreaker] shared by every
+      task naming it (default ``None``);
+    - ``limiter``: a [`RateLimit`][celery_resilience.RateLimit], exact across the cluster
+      (``None``);
+    - ``concurrency``: a [`ConcurrencyLimit`][celery_resilience.ConcurrencyLimit], bodies in
+      flight, cluster-wide (``None``);
+    - ``max_retries``: retries after failures; deferrals by a gate do not count (``5``);
+    - ``deadline``: seconds from the first attempt after which the task gives up (``None``);
+    - ``backoff``: any tenacity wait strategy, the countdown after failure *n* (full
+      jitter, 1 s to 60 s);
+    - ``classifier``: ``callable(exc)`` returning a [`Verdict`][celery_resilience.Verdict]
+      or ``None``, asked before the defaults (``None``);
+    - ``retry_on``: exception classes always retried, as transient (``()``);
+    - ``give_up_on``: exception classes never retried, as permanent (``()``);
+    - ``on_open``: what to do when the breaker refuses: ``"defer"``, ``"fail"``, or a
+      callable returning a fallback result, called with the task's arguments
+      (``"defer"``);
+    - ``policy``: the name of a policy in ``resilience_policies`` (``None``).
 
     A task that names a ``policy`` takes the policy's options, then its own explicit
     options over them, then the run-time overrides of the policy over both.
 
-    Subclass it for class-based tasks::
+    Subclass it for class-based tasks:
 
-        class SyncCustomer(ResilientTask):
-            breaker = CircuitBreaker("crm")
-            limiter = RateLimit("crm", "10/s")
+    ```python
+    class SyncCustomer(ResilientTask):
+        breaker = CircuitBreaker("crm")
+        limiter = RateLimit("crm", "10/s")
 
-            def run(self, customer_id):
-                resp = self.http.put(f"https://crm.example/customers/{customer_id}")
-                resp.raise_for_status()
+        def run(self, customer_id):
+            resp = self.http.put(f"https://crm.example/customers/{customer_id}")
+            resp.raise_for_status()
 
-        sync_customer = app.register_task(SyncCustomer())
+    sync_customer = app.register_task(SyncCustomer())
+    ```
     """
 
     breaker: CircuitBreaker | None = None

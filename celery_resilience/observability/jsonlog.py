@@ -63,7 +63,7 @@ class JsonFormatter(logging.Formatter):
 
     Takes python-json-logger's options (``rename_fields``, ``static_fields``,
     ``json_indent``, ``timestamp``, ...). Every string value goes through
-    :func:`celery_resilience.observability.redaction.redact`, and values under secret-looking keys
+    ``celery_resilience.observability.redaction.redact``, and values under secret-looking keys
     (``password``, ``authorization``, ``api_key``, ...) become ``"***"``. The context
     fields are stamped on each record (``"-"`` outside an attempt), so no filter is
     needed. Raises ``ImportError`` naming the extra to install when python-json-logger

@@ -150,12 +150,12 @@ def _suffix(record: logging.LogRecord) -> str | None:
 class RedactingFormatter(logging.Formatter):
     """A formatter whose output carries the attempt context and no secrets.
 
-    It formats with ``wrapped`` when given (see :func:`wrap_formatter`), else as a
-    plain :class:`logging.Formatter` with ``fmt``. Then, inside an attempt, it appends
+    It formats with ``wrapped`` when given (see ``wrap_formatter``), else as a
+    plain ``logging.Formatter`` with ``fmt``. Then, inside an attempt, it appends
     `` [trace_id=<32 hex> span_id=<16 hex> attempt=<n>]`` to the first line (a
     traceback stays below it) unless the output already shows the context (``suffix``:
     ``None`` decides from the format string, ``True``/``False`` force it). Last, the
-    whole text goes through :func:`redact`.
+    whole text goes through ``redact``.
     """
 
     stamps_attempt_context: ClassVar[bool] = True

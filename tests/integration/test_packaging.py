@@ -1,8 +1,9 @@
 """The distributions: ``python -m build`` makes a clean sdist and wheel, ``twine check`` passes.
 
 The build runs on a copy of the working tree (so that it leaves nothing in it), into which
-a few caches are planted to show that they stay out; it runs without network
-(``--no-isolation``: setuptools, build and twine come with the ``test`` extra).
+a few caches and a built documentation site are planted to show that they stay out; it runs
+without network (``--no-isolation``: setuptools, build and twine come with the ``test``
+extra).
 """
 
 from __future__ import annotations
@@ -20,14 +21,19 @@ import pytest
 import celery_resilience
 from tests.helpers import REPO_ROOT
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: tomli, which pytest itself needs there
+    import tomli as tomllib
+
 pytestmark = pytest.mark.timeout(300)
 
 #: Never copied: the repository's history and virtual environments (large, irrelevant).
 SKIP = shutil.ignore_patterns(".git", ".venv", ".venv-*", "build", "dist", "*.egg-info")
 #: Nothing of these may appear anywhere in a distribution.
 UNWANTED = re.compile(
-    r"(^|/)(tests|example_project|benchmarks|docs|__pycache__|\.[a-z_]+_cache|\.hypothesis)(/|$)"
-    r"|\.py[cod]$"
+    r"(^|/)(tests|example_project|benchmarks|docs|site|__pycache__|\.[a-z_]+_cache|\.hypothesis)"
+    r"(/|$)|\.py[cod]$|^mkdocs\.yml$"
 )
 
 
@@ -42,6 +48,8 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         tree / "celery_resilience" / ".mypy_cache" / "planted.json",
         tree / ".ruff_cache" / "planted",
         tree / "example_project" / "__pycache__" / "planted.pyc",
+        tree / "site" / "index.html",
+        tree / "site" / "reference" / "index.html",
     ):
         planted.parent.mkdir(parents=True, exist_ok=True)
         planted.write_bytes(b"planted")
@@ -127,6 +135,17 @@ def test_the_sdist_holds_the_package_its_documents_and_no_caches(dists: dict[str
         "pyproject.toml",
         "setup.cfg",
     }
+
+
+def test_the_version_is_written_in_one_place():
+    """pyproject.toml reads it from ``celery_resilience.__version__`` and writes none itself."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project
+    assert "version" in project["dynamic"]
+    written = re.findall(
+        r"^__version__ = ", (REPO_ROOT / "celery_resilience" / "__init__.py").read_text(), re.M
+    )
+    assert len(written) == 1
 
 
 def test_twine_check_passes(dists: dict[str, Path]):
