@@ -76,6 +76,8 @@ class GateAsk:
 
     holder: str
     breaker: CircuitBreaker | None = None
+    #: How long a half-open probe holds its slot (None: the breaker's ``lease``).
+    probe_lease: float | None = None
     concurrency: ConcurrencyLimit | None = None
     concurrency_lease: float = 60.0
     concurrency_poll: float = 1.0

@@ -34,6 +34,7 @@ from celery_resilience.core.gates import (
     RecordAnswer,
     Transition,
 )
+from celery_resilience.core.limits import BODY_LEASE
 from celery_resilience.integration.letters import dead_letter
 from celery_resilience.observability.breakers import describe_transition
 from celery_resilience.observability.logs import format_outcome
@@ -212,6 +213,7 @@ class Flow:
         ask = GateAsk(
             holder=self.holder,
             breaker=options.breaker,
+            probe_lease=options.breaker.lease_for(self.time_limit) if options.breaker else None,
             concurrency=options.concurrency,
             concurrency_lease=self._concurrency_lease(),
             limiter=limiter,
@@ -227,7 +229,7 @@ class Flow:
         policy = self.options.concurrency
         if policy is not None and policy.lease is not None:
             return policy.lease
-        return self.time_limit + 5.0 if self.time_limit is not None else 60.0
+        return self.time_limit + 5.0 if self.time_limit is not None else BODY_LEASE
 
     def _report(
         self,

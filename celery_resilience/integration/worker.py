@@ -46,10 +46,10 @@ logger = get_task_logger("celery_resilience")
 
 
 def time_limit_of(task: ResilientTask, request: Context) -> float | None:
-    """The longest time limit (hard or soft) of this message or task, if any."""
+    """The longest time limit (hard or soft) of this message, task or app, if any."""
     hard, soft = request.timelimit or (None, None)
-    hard = hard or task.time_limit
-    soft = soft or task.soft_time_limit
+    hard = hard or task.time_limit or task.app.conf.task_time_limit
+    soft = soft or task.soft_time_limit or task.app.conf.task_soft_time_limit
     limits = [float(x) for x in (hard, soft) if x]
     return max(limits) if limits else None
 

@@ -145,6 +145,8 @@ class RedisStore:
         args: dict[str, Any] = {"h": ask.holder}
         if ask.breaker is not None:
             args["b"] = breaker_args(ask.breaker)
+            if ask.probe_lease is not None:
+                args["b"]["lease"] = ask.probe_lease
         if ask.concurrency is not None:
             args["c"] = {
                 "limit": ask.concurrency.limit,
@@ -282,7 +284,7 @@ def _split_ask(ask: GateAsk) -> list[tuple[str, GateAsk]]:
             ("attempt", replace(bare, attempt_key=ask.attempt_key, attempt_lease=ask.attempt_lease))
         )
     if ask.breaker is not None:
-        parts.append(("breaker", replace(bare, breaker=ask.breaker)))
+        parts.append(("breaker", replace(bare, breaker=ask.breaker, probe_lease=ask.probe_lease)))
     if ask.concurrency is not None:
         parts.append(
             (

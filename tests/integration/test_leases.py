@@ -1,0 +1,77 @@
+"""Leases that outlive a body's defaults, on 2 real prefork nodes: a half-open probe
+slower than its breaker's ``open_for``. Tasks from :mod:`tests.apps.leases`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from celery import Celery
+
+from celery_resilience.core.gates import BreakerState
+from celery_resilience.core.limits import CircuitBreaker
+from celery_resilience.state.keys import KeySpace
+from celery_resilience.state.redis import RedisStore
+from example_project.upstream import Response, Upstream
+from tests.helpers.cluster import client_for, module_env, running_nodes
+from tests.helpers.polling import wait_until
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.workers import CeleryWorker
+
+pytestmark = pytest.mark.integration
+
+APP = "tests.apps.leases"
+#: The breaker of res.slow_probe, as the workers know it.
+SLOW_PROBE = CircuitBreaker("slow-probe", minimum_calls=2, open_for=1.0)
+
+
+@pytest.fixture(scope="module")
+def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
+    return module_env(redis_server, upstream_server.url)
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[CeleryWorker]]:
+    """2 worker nodes of 2 prefork processes each."""
+    logs = tmp_path_factory.mktemp("lease-workers")
+    with running_nodes(env, logs, nodes=2, concurrency=2, app=APP) as workers:
+        yield workers
+
+
+@pytest.fixture
+def client(celery_client, env: dict[str, str], nodes: list[CeleryWorker]) -> Celery:
+    return client_for(celery_client, env)
+
+
+@pytest.fixture
+def store(redis_server: RedisServer, env: dict[str, str]) -> Iterator[RedisStore]:
+    state = RedisStore(redis_server.client(2), KeySpace(env["RESILIENCE_TEST_PREFIX"]))
+    yield state
+    state.client.close()
+
+
+def test_a_slow_probe_runs_alone_and_closes_the_breaker(client, upstream, unique, store):
+    """Two failures open the breaker for 1 s; every later call takes 3 s. The first probe
+    holds its slot for its whole body (the task's time limit), so no other call starts
+    while it runs, and its success closes the breaker."""
+    path = f"/{unique}/slow-probe"
+    upstream.script(path, [Response(503), Response(503)], then=Response.slow(3.0))
+    results = [client.send_task("res.slow_probe", args=[path]) for _ in range(2)]
+    wait_until(
+        lambda: store.breaker(SLOW_PROBE).state is not BreakerState.CLOSED,
+        timeout=20,
+        what="the breaker open",
+    )
+    results += [client.send_task("res.slow_probe", args=[path]) for _ in range(4)]
+    wait_until(
+        lambda: store.breaker(SLOW_PROBE).state is BreakerState.CLOSED,
+        timeout=40,
+        what="the breaker closed by the slow probe",
+    )
+    assert all(r.get(timeout=60)["status"] == 200 for r in results)
+    calls = sorted((r for r in upstream.requests(path) if r.status == 200), key=lambda r: r.start)
+    probe = calls[0]
+    during = [r for r in calls[1:] if r.start < probe.end]
+    assert not during, f"{len(during)} calls started while the probe was in flight"
