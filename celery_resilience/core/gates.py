@@ -91,6 +91,8 @@ class GateAsk:
     limiter_book: bool = False
     attempt_key: str | None = None
     attempt_lease: float = 60.0
+    #: Who holds the attempt lease (a process a worker can tell is dead), if named.
+    attempt_owner: str | None = None
 
     @property
     def empty(self) -> bool:

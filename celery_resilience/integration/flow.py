@@ -88,6 +88,8 @@ class Lease:
     #: Whether a copy that finds its attempt failed and retried publishes the retry again
     #: (False when the lease guards a second publication, whose first copy did).
     republish_lost_retry: bool = True
+    #: The process holding the lease, so that its worker can drop it if it dies.
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +223,7 @@ class Flow:
             limiter_max_wait=self.attempt.remaining(self.gates.estimated_now()),
             attempt_key=self.lease.key if self.lease else None,
             attempt_lease=self.lease.seconds if self.lease else 60.0,
+            attempt_owner=self.lease.owner if self.lease else None,
         )
         # With on_open other than "defer", a refusal is final: ask the store, not a cache.
         return self.gates.gate(ask, cached=options.on_open == "defer")

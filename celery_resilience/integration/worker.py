@@ -10,6 +10,7 @@ headers.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -21,6 +22,7 @@ from celery_resilience.core import headers as names
 from celery_resilience.core.errors import Deferred, RetryScheduled
 from celery_resilience.integration.attempt import run_traced
 from celery_resilience.integration.flow import Done, Lease
+from celery_resilience.integration.lost import owner_of
 from celery_resilience.integration.message import incoming_state, incoming_trace, nonce_of
 from celery_resilience.integration.parking import message_for, parked_set_for
 from celery_resilience.integration.runtime import Runtime, runtime_for
@@ -76,6 +78,7 @@ def _lease(
         seconds=seconds if visibility is None else max(seconds, visibility),
         mark_ttl=visibility + 60.0 if visibility is not None else 600.0,
         republish_lost_retry=guarded,
+        owner=owner_of(os.getpid()),
     )
 
 

@@ -1,19 +1,24 @@
 """Leases that outlive a body's defaults, on 2 real prefork nodes: a half-open probe
-slower than its breaker's ``open_for``. Tasks from :mod:`tests.apps.leases`."""
+slower than its breaker's ``open_for``, and an attempt whose pool process is killed
+(``task_reject_on_worker_lost``). Tasks from :mod:`tests.apps.leases`."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
+from dataclasses import replace
+from urllib.parse import parse_qs
 
 import pytest
 from celery import Celery
 
-from celery_resilience.core.gates import BreakerState
+from celery_resilience.core.gates import BreakerState, Denial, GateAsk, OutcomeReport
 from celery_resilience.core.limits import CircuitBreaker
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Response, Upstream
-from tests.helpers.cluster import client_for, module_env, running_nodes
+from tests.helpers.cluster import client_for, log_lines, module_env, running_nodes
 from tests.helpers.polling import wait_until
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.workers import CeleryWorker
@@ -75,3 +80,45 @@ def test_a_slow_probe_runs_alone_and_closes_the_breaker(client, upstream, unique
     probe = calls[0]
     during = [r for r in calls[1:] if r.start < probe.end]
     assert not during, f"{len(during)} calls started while the probe was in flight"
+
+
+def test_the_copy_of_a_killed_pool_process_runs_at_once(client, upstream, unique, nodes):
+    """SIGKILL the pool process running an acks_late body: the worker's main process gives
+    back the attempt's lease before the message is requeued, so the copy runs at its first
+    delivery (never told "running elsewhere"), and exactly one success is recorded."""
+    path = f"/{unique}/lost"
+    upstream.script(path, [Response.slow(60.0)], then=200)
+    result = client.send_task("res.lost_body", args=[path])
+    first = wait_until(lambda: upstream.requests(path), timeout=20, what="the body in flight")[0]
+    pid = int(parse_qs(first.query)["pid"][0])
+    assert any(pid in node.child_pids() for node in nodes), "the call came from a pool process"
+    os.kill(pid, signal.SIGKILL)
+    assert result.get(timeout=60)["status"] == 200
+    assert upstream.count(path) == 2
+    assert not [line for line in log_lines(nodes, "running elsewhere") if result.id in line]
+    line = f"[{result.id}] succeeded in"
+    wait_until(lambda: log_lines(nodes, line), timeout=10, what="the success logged")
+    assert len(log_lines(nodes, line)) == 1
+
+
+def test_only_a_running_lease_of_the_dead_process_is_dropped(store, unique):
+    """The main process drops the lease its lost pool process holds, and nothing else: not
+    a lease held by another process, nor one that names no process, nor a finished
+    attempt's mark."""
+    key = store.keys.attempt(f"t-{unique}", 1, "-")
+    dead = GateAsk(holder="t:1", attempt_key=key, attempt_lease=30.0, attempt_owner="n/1")
+    alive = GateAsk(holder="t:1", attempt_key=key, attempt_lease=30.0, attempt_owner="n/2")
+    assert store.gate(dead).allowed
+    assert not store.drop_lost_lease(key, "n/2")
+    assert store.gate(alive).denial is Denial.RUNNING
+    assert store.drop_lost_lease(key, "n/1")
+    assert store.gate(alive).allowed  # the copy runs
+    assert not store.drop_lost_lease(key, "n/1")
+    assert store.gate(dead).denial is Denial.RUNNING
+    store.record(OutcomeReport(holder="t:1", attempt_key=key, mark_ttl=30.0))
+    assert not store.drop_lost_lease(key, "n/2")
+    assert store.gate(dead).denial is Denial.DONE
+    unnamed = store.keys.attempt(f"t-{unique}", 2, "-")
+    assert store.gate(GateAsk(holder="t:2", attempt_key=unnamed, attempt_lease=30.0)).allowed
+    assert not store.drop_lost_lease(unnamed, "n/1")
+    assert store.gate(replace(dead, holder="t:2", attempt_key=unnamed)).denial is Denial.RUNNING
