@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from celery_resilience.integration.task import ResilientTask
     from celery_resilience.state.deadletters import DeadLetter
 
-__all__ = ["Done", "Flow", "Gates", "Lease", "redacted"]
+__all__ = ["Done", "Flow", "Gates", "Lease", "holder_of", "redacted"]
 
 logger = get_task_logger("celery_resilience")
 
@@ -106,6 +106,11 @@ def _log_transitions(transitions: tuple[Transition, ...]) -> None:
     signals.send_transitions(transitions)
 
 
+def holder_of(task_id: str, attempt: int) -> str:
+    """The name one attempt holds its grants under (probe, concurrency slot, slot)."""
+    return f"{task_id}:{attempt}"
+
+
 def redacted(exc: BaseException) -> BaseException:
     """``exc`` with secrets taken out of its string arguments (an HTTP error's message holds
     the URL, query string included), before it travels to the result backend and Flower."""
@@ -138,7 +143,7 @@ class Flow:
         self.time_limit = time_limit
         self.attempt = decisions.Attempt(options=options, state=state, trace_id=trace_id)
         self.task_id: str = request.id or "?"
-        self.holder = f"{self.task_id}:{state.attempt}"
+        self.holder = holder_of(self.task_id, state.attempt)
         self.started = time.monotonic()
         #: How the attempt ended, for its span: success, a verdict, deferred, fallback...
         self.verdict = "unknown"

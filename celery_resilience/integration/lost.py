@@ -5,9 +5,11 @@ With ``acks_late`` and ``task_reject_on_worker_lost``, a message whose pool proc
 the attempt lease the dead process still holds and wait for it to run out. So every
 attempt lease names the process holding it (:func:`owner_of`), and the worker's main
 process, which learns of the loss (billiard's ``WorkerLostError``) before it requeues the
-message, drops the lease if, and only if, that dead process still holds it. A lease held
-by any other process (a copy running elsewhere) is never touched; a node lost whole (its
-main process too) changes nothing: its leases run out, as before.
+message, drops the lease if, and only if, that dead process still holds it, and then
+gives back the breaker probe and concurrency slot the attempt held (no other copy of it
+can hold them while its lease is held). A lease held by any other process (a copy
+running elsewhere) is never touched; a node lost whole (its main process too) changes
+nothing: its leases run out, as before.
 
 It works through :class:`LostWorkerRequest`, the request class of
 :class:`~celery_resilience.integration.task.ResilientTask`: a task that sets its own
@@ -24,8 +26,10 @@ from billiard.exceptions import WorkerLostError
 from celery.app.task import Context
 from celery.worker.request import Request
 
+from celery_resilience.core.gates import OutcomeReport
+from celery_resilience.integration.flow import holder_of
 from celery_resilience.integration.message import incoming_state, nonce_of
-from celery_resilience.integration.runtime import runtime_for
+from celery_resilience.integration.runtime import Runtime, runtime_for
 from celery_resilience.observability.tracing import safe_token
 from celery_resilience.state.errors import STORE_ERRORS
 
@@ -62,6 +66,8 @@ def give_back(request: Request) -> bool:
     key = rt.settings.keys.attempt(request.id or "?", state.attempt, nonce_of(context))
     try:
         dropped = rt.shared.drop_lost_lease(key, owner_of(pid))
+        if dropped:
+            _give_back_grants(rt, request, holder_of(request.id or "?", state.attempt))
     except STORE_ERRORS as exc:
         logger.warning(
             "celery-resilience: the lease of a lost attempt stays until it runs out (%s)",
@@ -71,12 +77,25 @@ def give_back(request: Request) -> bool:
     if dropped:
         logger.info(
             "celery-resilience: task %s, attempt %d: its pool process %d was lost; "
-            "its lease is given back",
+            "its lease and grants are given back",
             safe_token(request.id),
             state.attempt,
             pid,
         )
     return dropped
+
+
+def _give_back_grants(rt: Runtime, request: Request, holder: str) -> None:
+    """Give back the half-open probe and the concurrency slot ``holder`` may hold."""
+    options_of = getattr(request.task, "resilience_options", None)
+    if not callable(options_of):
+        return
+    options = options_of()
+    report = OutcomeReport(
+        holder=holder, breaker=options.breaker, probe=True, concurrency=options.concurrency
+    )
+    if not report.empty:
+        rt.shared.record(report)
 
 
 class LostWorkerRequest(Request):

@@ -20,6 +20,8 @@ SLOW_PROBE = {
 }
 #: res.lost_body: its message goes back to the queue when its pool process is lost.
 REQUEUED = {"acks_late": True, "reject_on_worker_lost": True}
+#: res.lost_probe: the same, behind a breaker that opens on 1 failure, for 0.5 s.
+LOST_PROBE = {**REQUEUED, "breaker": CircuitBreaker("lost-probe", minimum_calls=1, open_for=0.5)}
 
 
 @resilient_task(app=app, bind=True, name="res.slow_probe", backoff=FAST, **SLOW_PROBE)
@@ -31,4 +33,10 @@ def slow_probe(self: Any, path: str) -> dict[str, Any]:
 @resilient_task(app=app, bind=True, name="res.lost_body", backoff=FAST, **REQUEUED)
 def lost_body(self: Any, path: str) -> dict[str, Any]:
     """Call the upstream, naming this process (``?pid=``)."""
+    return _call(self, f"{path}?pid={os.getpid()}", "GET", 60.0, None)
+
+
+@resilient_task(app=app, bind=True, name="res.lost_probe", backoff=FAST, **LOST_PROBE)
+def lost_probe(self: Any, path: str) -> dict[str, Any]:
+    """Call the upstream behind the breaker 'lost-probe', naming this process (``?pid=``)."""
     return _call(self, f"{path}?pid={os.getpid()}", "GET", 60.0, None)

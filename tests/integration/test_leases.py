@@ -18,6 +18,7 @@ from celery_resilience.core.limits import CircuitBreaker
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Response, Upstream
+from tests.helpers.breakers import half_open
 from tests.helpers.cluster import client_for, log_lines, module_env, running_nodes
 from tests.helpers.polling import wait_until
 from tests.helpers.redis_server import RedisServer
@@ -26,8 +27,9 @@ from tests.helpers.workers import CeleryWorker
 pytestmark = pytest.mark.integration
 
 APP = "tests.apps.leases"
-#: The breaker of res.slow_probe, as the workers know it.
+#: The breakers of res.slow_probe and res.lost_probe, as the workers know them.
 SLOW_PROBE = CircuitBreaker("slow-probe", minimum_calls=2, open_for=1.0)
+LOST_PROBE = CircuitBreaker("lost-probe", minimum_calls=1, open_for=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +84,14 @@ def test_a_slow_probe_runs_alone_and_closes_the_breaker(client, upstream, unique
     assert not during, f"{len(during)} calls started while the probe was in flight"
 
 
+def _kill_the_caller(upstream: Upstream, path: str, nodes: list[CeleryWorker]) -> None:
+    """SIGKILL the pool process whose call to ``path`` is in flight (it names itself)."""
+    first = wait_until(lambda: upstream.requests(path), timeout=20, what="the body in flight")[0]
+    pid = int(parse_qs(first.query)["pid"][0])
+    assert any(pid in node.child_pids() for node in nodes), "the call came from a pool process"
+    os.kill(pid, signal.SIGKILL)
+
+
 def test_the_copy_of_a_killed_pool_process_runs_at_once(client, upstream, unique, nodes):
     """SIGKILL the pool process running an acks_late body: the worker's main process gives
     back the attempt's lease before the message is requeued, so the copy runs at its first
@@ -89,10 +99,7 @@ def test_the_copy_of_a_killed_pool_process_runs_at_once(client, upstream, unique
     path = f"/{unique}/lost"
     upstream.script(path, [Response.slow(60.0)], then=200)
     result = client.send_task("res.lost_body", args=[path])
-    first = wait_until(lambda: upstream.requests(path), timeout=20, what="the body in flight")[0]
-    pid = int(parse_qs(first.query)["pid"][0])
-    assert any(pid in node.child_pids() for node in nodes), "the call came from a pool process"
-    os.kill(pid, signal.SIGKILL)
+    _kill_the_caller(upstream, path, nodes)
     assert result.get(timeout=60)["status"] == 200
     assert upstream.count(path) == 2
     assert not [line for line in log_lines(nodes, "running elsewhere") if result.id in line]
@@ -122,3 +129,17 @@ def test_only_a_running_lease_of_the_dead_process_is_dropped(store, unique):
     assert store.gate(GateAsk(holder="t:2", attempt_key=unnamed, attempt_lease=30.0)).allowed
     assert not store.drop_lost_lease(unnamed, "n/1")
     assert store.gate(replace(dead, holder="t:2", attempt_key=unnamed)).denial is Denial.RUNNING
+
+
+def test_the_copy_of_a_killed_probe_takes_its_probe_slot(client, upstream, unique, nodes, store):
+    """The pool process running the only half-open probe (a lease of 60 s: no time limit)
+    is killed: the probe slot goes back with the attempt lease, so the copy runs at once
+    as the probe, and its success closes the breaker."""
+    half_open(store, LOST_PROBE)
+    path = f"/{unique}/lost-probe"
+    upstream.script(path, [Response.slow(60.0)], then=200)
+    result = client.send_task("res.lost_probe", args=[path])
+    _kill_the_caller(upstream, path, nodes)
+    assert result.get(timeout=30)["status"] == 200
+    assert store.breaker(LOST_PROBE).state is BreakerState.CLOSED
+    assert upstream.count(path) == 2
