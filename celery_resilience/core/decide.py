@@ -260,7 +260,8 @@ def _denied(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
     elif denial is Denial.BREAKER_HALF_OPEN and breaker is not None:
         gate, name = "breaker", breaker.name
         why = f"breaker {_quote(name)} half-open, probe in flight"
-        wait += min(rng.uniform(0.0, 0.5 * breaker.lease), room)
+        # a probe's slot lasts as long as its body may run, but it mostly ends sooner
+        wait = min(wait, breaker.lease) + min(rng.uniform(0.0, 0.5 * breaker.lease), room)
     elif denial is Denial.RATE_LIMITED and limiter is not None:
         gate, name = "rate_limit", limiter.name
         why = f"rate limit {_quote(name)} ({limiter.rate}) full, slot in {wait:.2f} s"

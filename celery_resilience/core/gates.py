@@ -76,6 +76,8 @@ class GateAsk:
 
     holder: str
     breaker: CircuitBreaker | None = None
+    #: How long a half-open probe holds its slot (None: the breaker's ``lease``).
+    probe_lease: float | None = None
     concurrency: ConcurrencyLimit | None = None
     concurrency_lease: float = 60.0
     concurrency_poll: float = 1.0
@@ -89,6 +91,8 @@ class GateAsk:
     limiter_book: bool = False
     attempt_key: str | None = None
     attempt_lease: float = 60.0
+    #: Who holds the attempt lease (a process a worker can tell is dead), if named.
+    attempt_owner: str | None = None
 
     @property
     def empty(self) -> bool:

@@ -15,7 +15,10 @@ from dataclasses import KW_ONLY, dataclass, field
 
 from celery_resilience.core.validate import checked_number
 
-__all__ = ["CircuitBreaker", "ConcurrencyLimit", "RateLimit", "parse_rate"]
+__all__ = ["BODY_LEASE", "CircuitBreaker", "ConcurrencyLimit", "RateLimit", "parse_rate"]
+
+#: Seconds a lease held while a body runs lasts when the task has no time limit.
+BODY_LEASE = 60.0
 
 _MAX_NAME = 200
 _RATE_UNITS = {
@@ -51,9 +54,10 @@ class CircuitBreaker:
     outcomes were recorded and the share of transient failures is ≥ ``failure_rate``.
     OPEN lasts ``open_for`` seconds, doubling on each consecutive re-open up to
     ``open_for_max`` (``None``: the same as ``open_for``, so it does not grow). Then
-    HALF_OPEN lets ``half_open_calls`` probes through, cluster-wide, each holding a lease
-    of ``probe_lease`` seconds (``None``: ``open_for``); successful probes close the
-    breaker, a failed probe re-opens it.
+    HALF_OPEN lets ``half_open_calls`` probes through, cluster-wide; successful probes
+    close the breaker, a failed probe re-opens it. A probe holds its slot for as long as
+    its body may run (see :meth:`lease_for`), so that a slow probe still decides and no
+    other probe goes meanwhile; a killed worker's probe slot comes back when it runs out.
 
     The defaults are chosen by measurement (see the README): a 20 s outage costs the
     upstream about ten calls, and work resumes within seconds of recovery.
@@ -100,8 +104,19 @@ class CircuitBreaker:
 
     @property
     def lease(self) -> float:
-        """How long a half-open probe holds its slot before it is presumed dead."""
+        """The shortest a half-open probe holds its slot (``probe_lease``, else ``open_for``)."""
         return self.open_for if self.probe_lease is None else self.probe_lease
+
+    def lease_for(self, time_limit: float | None) -> float:
+        """How long a probe of a task with this time limit (the longer of hard and soft)
+        holds its slot: the time limit plus 5 s, never less than :attr:`lease`; without a
+        time limit, ``probe_lease`` when given, else the longer of ``open_for`` and
+        :data:`BODY_LEASE` (60 s)."""
+        if time_limit is not None:
+            return max(self.lease, time_limit + 5.0)
+        if self.probe_lease is not None:
+            return self.probe_lease
+        return max(self.open_for, BODY_LEASE)
 
 
 def parse_rate(rate: object) -> tuple[float, float]:

@@ -34,6 +34,7 @@ from celery_resilience.core.gates import (
     RecordAnswer,
     Transition,
 )
+from celery_resilience.core.limits import BODY_LEASE
 from celery_resilience.integration.letters import dead_letter
 from celery_resilience.observability.breakers import describe_transition
 from celery_resilience.observability.logs import format_outcome
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from celery_resilience.integration.task import ResilientTask
     from celery_resilience.state.deadletters import DeadLetter
 
-__all__ = ["Done", "Flow", "Gates", "Lease", "redacted"]
+__all__ = ["Done", "Flow", "Gates", "Lease", "holder_of", "redacted"]
 
 logger = get_task_logger("celery_resilience")
 
@@ -87,6 +88,8 @@ class Lease:
     #: Whether a copy that finds its attempt failed and retried publishes the retry again
     #: (False when the lease guards a second publication, whose first copy did).
     republish_lost_retry: bool = True
+    #: The process holding the lease, so that its worker can drop it if it dies.
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,11 @@ def _log_transitions(transitions: tuple[Transition, ...]) -> None:
     for tr in transitions:
         logger.warning("breaker %r: %s", tr.name, describe_transition(tr))
     signals.send_transitions(transitions)
+
+
+def holder_of(task_id: str, attempt: int) -> str:
+    """The name one attempt holds its grants under (probe, concurrency slot, slot)."""
+    return f"{task_id}:{attempt}"
 
 
 def redacted(exc: BaseException) -> BaseException:
@@ -135,7 +143,7 @@ class Flow:
         self.time_limit = time_limit
         self.attempt = decisions.Attempt(options=options, state=state, trace_id=trace_id)
         self.task_id: str = request.id or "?"
-        self.holder = f"{self.task_id}:{state.attempt}"
+        self.holder = holder_of(self.task_id, state.attempt)
         self.started = time.monotonic()
         #: How the attempt ended, for its span: success, a verdict, deferred, fallback...
         self.verdict = "unknown"
@@ -212,6 +220,7 @@ class Flow:
         ask = GateAsk(
             holder=self.holder,
             breaker=options.breaker,
+            probe_lease=options.breaker.lease_for(self.time_limit) if options.breaker else None,
             concurrency=options.concurrency,
             concurrency_lease=self._concurrency_lease(),
             limiter=limiter,
@@ -219,6 +228,7 @@ class Flow:
             limiter_max_wait=self.attempt.remaining(self.gates.estimated_now()),
             attempt_key=self.lease.key if self.lease else None,
             attempt_lease=self.lease.seconds if self.lease else 60.0,
+            attempt_owner=self.lease.owner if self.lease else None,
         )
         # With on_open other than "defer", a refusal is final: ask the store, not a cache.
         return self.gates.gate(ask, cached=options.on_open == "defer")
@@ -227,7 +237,7 @@ class Flow:
         policy = self.options.concurrency
         if policy is not None and policy.lease is not None:
             return policy.lease
-        return self.time_limit + 5.0 if self.time_limit is not None else 60.0
+        return self.time_limit + 5.0 if self.time_limit is not None else BODY_LEASE
 
     def _report(
         self,

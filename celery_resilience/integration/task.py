@@ -102,6 +102,9 @@ class ResilientTask(Task[Any, Any]):
     policy: str | None = None
     #: Celery's task strategy, with rate-limit slots reserved as messages arrive.
     Strategy = "celery_resilience.integration.strategy:resilient"
+    #: Celery's request, which gives back the attempt lease of a lost pool process (a task
+    #: with a ``Request`` of its own derives it from this one).
+    Request = "celery_resilience.integration.lost:LostWorkerRequest"
     #: The options set by the task itself (not inherited from ResilientTask's defaults).
     explicit_options: ClassVar[frozenset[str]] = frozenset()
 

@@ -10,6 +10,7 @@ headers.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -21,6 +22,7 @@ from celery_resilience.core import headers as names
 from celery_resilience.core.errors import Deferred, RetryScheduled
 from celery_resilience.integration.attempt import run_traced
 from celery_resilience.integration.flow import Done, Lease
+from celery_resilience.integration.lost import owner_of
 from celery_resilience.integration.message import incoming_state, incoming_trace, nonce_of
 from celery_resilience.integration.parking import message_for, parked_set_for
 from celery_resilience.integration.runtime import Runtime, runtime_for
@@ -46,10 +48,10 @@ logger = get_task_logger("celery_resilience")
 
 
 def time_limit_of(task: ResilientTask, request: Context) -> float | None:
-    """The longest time limit (hard or soft) of this message or task, if any."""
+    """The longest time limit (hard or soft) of this message, task or app, if any."""
     hard, soft = request.timelimit or (None, None)
-    hard = hard or task.time_limit
-    soft = soft or task.soft_time_limit
+    hard = hard or task.time_limit or task.app.conf.task_time_limit
+    soft = soft or task.soft_time_limit or task.app.conf.task_soft_time_limit
     limits = [float(x) for x in (hard, soft) if x]
     return max(limits) if limits else None
 
@@ -76,6 +78,7 @@ def _lease(
         seconds=seconds if visibility is None else max(seconds, visibility),
         mark_ttl=visibility + 60.0 if visibility is not None else 600.0,
         republish_lost_retry=guarded,
+        owner=owner_of(os.getpid()),
     )
 
 

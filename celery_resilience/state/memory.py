@@ -162,7 +162,8 @@ class MemoryStore:
             if state is BreakerState.HALF_OPEN:
                 br.probes = {h: t for h, t in br.probes.items() if t > _stored(now)}
                 if len(br.probes) < policy.half_open_calls:
-                    br.probes[ask.holder] = _stored(now + policy.lease)
+                    lease = policy.lease if ask.probe_lease is None else ask.probe_lease
+                    br.probes[ask.holder] = _stored(now + lease)
                     probe = True
                 else:
                     return deny(

@@ -145,6 +145,8 @@ class RedisStore:
         args: dict[str, Any] = {"h": ask.holder}
         if ask.breaker is not None:
             args["b"] = breaker_args(ask.breaker)
+            if ask.probe_lease is not None:
+                args["b"]["lease"] = ask.probe_lease
         if ask.concurrency is not None:
             args["c"] = {
                 "limit": ask.concurrency.limit,
@@ -161,6 +163,8 @@ class RedisStore:
                 args["l"]["book"] = True
         if ask.attempt_key is not None:
             args["a"] = {"lease": ask.attempt_lease}
+            if ask.attempt_owner is not None:
+                args["a"]["o"] = ask.attempt_owner
         keys = self._parts(ask.breaker, ask.concurrency, ask.limiter, ask.attempt_key)
         res = self._run("gate", keys, args)
         return GateAnswer(
@@ -174,6 +178,11 @@ class RedisStore:
             slot=float(res["slot"]) if res["slot"] is not False else None,
             transitions=_transitions(ask.breaker, res.get("tr"), 0.0, 0),
         )
+
+    def drop_lost_lease(self, attempt_key: str, owner: str) -> bool:
+        """Drop an attempt lease that ``owner``, a process known to be dead, still holds
+        (see ``lua/attempt_lost.lua``); False when anyone else holds it, or nobody."""
+        return bool(self._run("attempt_lost", [attempt_key], {"o": owner})["dropped"])
 
     def record(self, report: OutcomeReport) -> RecordAnswer:
         """Report one attempt's outcome (see ``lua/record.lua``)."""
@@ -278,11 +287,10 @@ def _split_ask(ask: GateAsk) -> list[tuple[str, GateAsk]]:
     bare = GateAsk(holder=ask.holder)
     parts = []
     if ask.attempt_key is not None:
-        parts.append(
-            ("attempt", replace(bare, attempt_key=ask.attempt_key, attempt_lease=ask.attempt_lease))
-        )
+        part = replace(bare, attempt_key=ask.attempt_key, attempt_lease=ask.attempt_lease)
+        parts.append(("attempt", replace(part, attempt_owner=ask.attempt_owner)))
     if ask.breaker is not None:
-        parts.append(("breaker", replace(bare, breaker=ask.breaker)))
+        parts.append(("breaker", replace(bare, breaker=ask.breaker, probe_lease=ask.probe_lease)))
     if ask.concurrency is not None:
         parts.append(
             (

@@ -14,7 +14,14 @@ if TYPE_CHECKING:
 
 __all__ = ["PARKED_SCRIPT_NAMES", "SCRIPT_NAMES", "ScriptBook", "script_source"]
 
-SCRIPT_NAMES = ("gate", "record", "breaker_admin", "limiter_status", "policy_set")
+SCRIPT_NAMES = (
+    "gate",
+    "record",
+    "attempt_lost",
+    "breaker_admin",
+    "limiter_status",
+    "policy_set",
+)
 #: The parked set's scripts (registered by :class:`celery_resilience.state.parked.ParkedSet`).
 PARKED_SCRIPT_NAMES = (
     "parked_add",

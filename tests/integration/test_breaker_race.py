@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from celery_resilience.core.gates import BreakerState, OutcomeReport
+from celery_resilience.core.gates import BreakerState
 from celery_resilience.core.limits import CircuitBreaker
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from tests.helpers import racers
+from tests.helpers.breakers import half_open
 from tests.helpers.polling import wait_until
 from tests.helpers.redis_server import RedisServer
 
@@ -31,17 +32,6 @@ RACE_SECONDS = 3.0
 #: Decisions closer than this to a lease's expiry are not judged (times are kept to 1 µs).
 EDGE = 1e-5
 SPAWN = multiprocessing.get_context("spawn")
-
-
-def _half_open(store: RedisStore, policy: CircuitBreaker) -> None:
-    """Open the breaker with one failure, then wait (bounded) until it is half-open."""
-    report = OutcomeReport(holder="setup", breaker=policy, breaker_outcome="failure")
-    assert store.record(report).breaker_state is BreakerState.OPEN
-    wait_until(
-        lambda: store.breaker(policy).state is BreakerState.HALF_OPEN,
-        timeout=10,
-        what="the breaker to half-open",
-    )
 
 
 @pytest.fixture
@@ -80,7 +70,7 @@ def test_racing_processes_never_hold_more_probes_than_allowed(redis_server, stor
         "probe_lease": 0.4,
     }
     policy = CircuitBreaker(**kwargs)
-    _half_open(store, policy)
+    half_open(store, policy)
     barrier = SPAWN.Barrier(RACERS)
     processes = [
         SPAWN.Process(
@@ -115,7 +105,7 @@ def test_a_killed_probe_holder_frees_its_slot_when_the_lease_expires(redis_serve
     it expires, one of them is granted the probe."""
     kwargs = {"name": "victim", "minimum_calls": 1, "open_for": 0.2, "probe_lease": 2.0}
     policy = CircuitBreaker(**kwargs)
-    _half_open(store, policy)
+    half_open(store, policy)
     victim_out, pollers_out = tmp_path / "victim", tmp_path / "pollers"
     victim_out.mkdir()
     pollers_out.mkdir()

@@ -145,6 +145,32 @@ def test_half_open_without_a_probe_slot_defers_about_a_probe_lease():
     assert "probe in flight" in decision.line
 
 
+def test_a_long_probe_lease_does_not_hold_the_waiters_as_long():
+    """The probe in flight holds its slot for its whole time limit, but mostly ends sooner:
+    a waiter looks again after at most the breaker's own lease, plus jitter."""
+    answer = no(Denial.BREAKER_HALF_OPEN, 120.0, breaker_state=BreakerState.HALF_OPEN)
+    decision = decide.after_gate(attempt(breaker=BREAKER), answer, rng())
+    assert isinstance(decision, decisions.Wait)
+    assert BREAKER.lease <= decision.countdown <= 1.5 * BREAKER.lease
+
+
+@pytest.mark.parametrize(
+    ("breaker", "time_limit", "lease"),
+    [
+        (BREAKER, 300.0, 305.0),  # the body may run its whole time limit
+        (CircuitBreaker("pay", open_for=30.0), 1.0, 30.0),  # never less than open_for
+        (CircuitBreaker("pay", probe_lease=9.0), 30.0, 35.0),
+        (CircuitBreaker("pay", probe_lease=90.0), 30.0, 90.0),
+        (CircuitBreaker("pay", probe_lease=9.0), None, 9.0),  # no limit: as declared
+        (BREAKER, None, 60.0),  # no limit, nothing declared: 60 s
+        (CircuitBreaker("pay", open_for=120.0), None, 120.0),
+    ],
+)
+def test_a_probe_holds_its_slot_for_its_whole_body(breaker, time_limit, lease):
+    """A probe's slot outlasts the longest body its task's time limit allows."""
+    assert breaker.lease_for(time_limit) == lease
+
+
 def test_rate_limit_defers_by_the_exact_wait_and_books_the_slot():
     """No room: deferred by exactly the wait, the booked slot carried to the next attempt."""
     answer = no(Denial.RATE_LIMITED, 0.3, slot=NOW + 0.3)

@@ -16,7 +16,7 @@
 --      booking (the task's deadline); beyond it no slot is booked; book = reserve a
 --      slot without granting it, even when there is room now (a message on arrival;
 --      its attempt is granted the slot later)                 (optional)
---   a  attempt lease {lease}                                  (optional)
+--   a  attempt lease {lease, o?}: o names the process holding it (optional)
 -- Returns: JSON object
 --   ok     true when the attempt may run
 --   now    Redis server time: {seconds, microseconds}
@@ -176,7 +176,7 @@ end
 
 -- 5. Granted: hold the attempt lease.
 if akey then
-  set_lease(akey, 'run', now, args.a.lease)
+  set_lease(akey, 'run', now, args.a.lease, args.a.o)
 end
 res.ok = true
 return answer()

@@ -25,13 +25,17 @@ local function fmt(x)
   return string.format('%.6f', x)
 end
 
--- Attempt leases hold "<kind>:<expiry>"; the key itself lives a second longer, so
--- that the decision is made on the server clock, to the microsecond, like the others.
-local function set_lease(key, kind, now, seconds)
-  redis.call('SET', key, kind .. ':' .. fmt(now + seconds), 'PX',
+-- Attempt leases hold "<kind>:<expiry>", or "<kind>@<owner>:<expiry>" when the process
+-- holding it is named (an owner has neither "@" nor ":"; a reader that knows no owners
+-- still sees a running lease); the key itself lives a second longer, so that the
+-- decision is made on the server clock, to the microsecond, like the others.
+local function set_lease(key, kind, now, seconds, owner)
+  local head = owner and (kind .. '@' .. owner) or kind
+  redis.call('SET', key, head .. ':' .. fmt(now + seconds), 'PX',
              math.ceil((seconds + 1) * 1000))
 end
 
+-- Returns kind, expiry, owner (nil, 0 when no lease holds).
 local function get_lease(key, now)
   local held = redis.call('GET', key)
   if not held then return nil, 0 end
@@ -39,7 +43,10 @@ local function get_lease(key, now)
   if not sep then return nil, 0 end
   local expiry = tonumber(string.sub(held, sep + 1))
   if not expiry or now >= expiry then return nil, 0 end
-  return string.sub(held, 1, sep - 1), expiry
+  local head = string.sub(held, 1, sep - 1)
+  local at = string.find(head, '@', 1, true)
+  if not at then return head, expiry, nil end
+  return string.sub(head, 1, at - 1), expiry, string.sub(head, at + 1)
 end
 
 local function pexpire_seconds(key, seconds)
