@@ -10,12 +10,14 @@ from celery import Celery
 
 from celery_resilience import (
     CircuitBreaker,
+    GaveUp,
     PermanentError,
     RateLimit,
     TransientError,
     resilient_task,
+    testing,
 )
-from celery_resilience.integration.eager import eager_gates
+from celery_resilience.integration.eager import EAGER_ATTEMPT_LIMIT, eager_gates
 from celery_resilience.testing import FROZEN_AT, Attempts, FakeClock, eager_app
 
 PAYMENTS = CircuitBreaker("payments", minimum_calls=2, failure_rate=0.5, open_for=30.0)
@@ -147,3 +149,29 @@ def test_the_records_pass_when_the_story_matches(resilience_app, resilience_atte
     assert story.of("t.story").decisions == ["retried", "succeeded"]
     with pytest.raises(TypeError):
         story.of(3)
+
+
+def test_an_unbounded_task_stepped_stops_at_the_eager_limit(resilience_app, resilience_attempts):
+    task = _task(resilience_app, "t.forever", [TransientError("x")] * 200, max_retries=None)
+    steps = resilience_attempts.step(task)
+    records = steps.run_to_end()
+    assert len(records) == EAGER_ATTEMPT_LIMIT
+    assert records.decisions[-1] == "gave_up"
+    assert isinstance(steps.error, GaveUp)
+    assert "eager mode stops after 100" in str(steps.error)
+
+
+def test_a_fallback_answer_is_recorded_without_a_decision(resilience_app, resilience_attempts):
+    """No signal tells a fallback's answer: the record says so with ``decision=None``."""
+    breaker = CircuitBreaker("fb", minimum_calls=1, failure_rate=0.5)
+    down = _task(resilience_app, "t.fb.down", [TransientError("x")], breaker=breaker)
+    resilience_attempts.step(down).next()
+    cached = _task(resilience_app, "t.fb", [], breaker=breaker, on_open=lambda: "cached")
+    assert cached.delay().get() == "cached"
+    resilience_attempts.of(cached).assert_decisions(None)
+
+
+def test_the_package_lists_its_public_names():
+    public = {name for name in vars(testing) if not name.startswith("_")}
+    modules = {"annotations", "attempts", "eager", "plugin", "steps"}
+    assert sorted(testing.__all__) == sorted(public - modules)
