@@ -175,3 +175,12 @@ def test_the_package_lists_its_public_names():
     public = {name for name in vars(testing) if not name.startswith("_")}
     modules = {"annotations", "attempts", "eager", "plugin", "steps"}
     assert sorted(testing.__all__) == sorted(public - modules)
+
+
+def test_a_recorder_listens_only_inside_its_block(resilience_app):
+    task = _task(resilience_app, "t.listen", [])
+    attempts = Attempts()
+    with attempts.recording():
+        task.delay()
+    task.delay()
+    attempts.assert_decisions("succeeded")
