@@ -117,7 +117,7 @@ def main(argv: list[str]) -> None:
     elif command == "test":
         if "--fast" in rest:
             rest = [arg for arg in rest if arg != "--fast"]
-            rest = ["tests/unit", "-m", "not integration", *rest]
+            rest = ["tests/unit", "example_project/tests", "-m", "not integration", *rest]
         run([python, "-m", "pytest", *rest])
     elif command == "lint":
         run([python, "-m", "ruff", "check", "."])

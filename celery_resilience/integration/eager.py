@@ -24,6 +24,7 @@ from celery import Celery
 
 from celery_resilience import signals
 from celery_resilience.core import clock
+from celery_resilience.core.decisions import Wait
 from celery_resilience.core.errors import GaveUp
 from celery_resilience.core.ledger import gave_up_message
 from celery_resilience.integration.attempt import run_traced
@@ -38,7 +39,14 @@ if TYPE_CHECKING:
     from celery_resilience.integration.task import ResilientTask
     from celery_resilience.state.deadletters import DeadLetter
 
-__all__ = ["EAGER_ATTEMPT_LIMIT", "EagerGates", "eager_gates", "run_eager"]
+__all__ = [
+    "EAGER_ATTEMPT_LIMIT",
+    "EagerGates",
+    "EagerTurns",
+    "eager_gates",
+    "run_eager",
+    "set_eager_gates",
+]
 
 logger = logging.getLogger("celery_resilience.integration.eager")
 
@@ -49,9 +57,14 @@ _DEAD_LETTERS = 1_000
 
 
 class EagerGates:
-    """The gates of one app in eager mode: an in-memory store on a clock that skips waits."""
+    """The gates of one app in eager mode: an in-memory store on a clock that skips waits.
 
-    def __init__(self) -> None:
+    With ``frozen_at``, the clock stands still at that time, moved on only by the waits
+    skipped (tests); otherwise it is the local clock plus those waits.
+    """
+
+    def __init__(self, *, frozen_at: float | None = None) -> None:
+        self._frozen_at = frozen_at
         self._skipped = 0.0
         self._lock = threading.Lock()
         self.store = MemoryStore(now=self.now)
@@ -60,7 +73,13 @@ class EagerGates:
 
     def now(self) -> float:
         """The local clock, moved on by every wait skipped so far."""
-        return clock.now() + self._skipped
+        base = clock.now() if self._frozen_at is None else self._frozen_at
+        return base + self._skipped
+
+    @property
+    def skipped(self) -> float:
+        """The seconds skipped so far."""
+        return self._skipped
 
     def estimated_now(self) -> float:
         """The same clock (there is no store to ask)."""
@@ -97,40 +116,81 @@ def eager_gates(app: Celery) -> EagerGates:
         return found
 
 
+def set_eager_gates(app: Celery, gates: EagerGates | None) -> EagerGates | None:
+    """Give ``app`` these eager gates (None: fresh ones on next use); returns the old ones."""
+    with _gates_lock:
+        old = _gates.pop(app, None)
+        if gates is not None:
+            _gates[app] = gates
+        return old
+
+
+class EagerTurns:
+    """The turns of one eager task (attempts and deferrals), run one at a time.
+
+    :meth:`turn` runs one attempt at the gates' clock as it stands; moving the clock on by
+    a returned wait is the caller's.
+    """
+
+    def __init__(
+        self,
+        task: ResilientTask,
+        request: Context,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        headers = dict(request.headers or {})
+        self.task = task
+        self.request = request
+        self.args = args
+        self.kwargs = kwargs
+        self.state = incoming_state(headers)
+        self.trace = incoming_trace(headers)
+        self.gates = eager_gates(task.app)
+        self.options = task.resilience_options(overrides=False)
+
+    def turn(self) -> Done | Wait:
+        """Run one attempt: its result, or the wait before the next (final failures raise)."""
+        outcome = run_traced(
+            self.task,
+            self.request,
+            self.args,
+            self.kwargs,
+            options=self.options,
+            gates=self.gates,
+            state=self.state,
+            trace=self.trace,
+            lease=None,
+            time_limit=None,
+        )
+        if isinstance(outcome, Wait):
+            self.state = outcome.state
+        return outcome
+
+    def exhausted(self) -> GaveUp:
+        """Too many turns: send ``gave_up``; the :class:`GaveUp` to raise (from None)."""
+        reason = f"eager mode stops after {EAGER_ATTEMPT_LIMIT} attempts and deferrals"
+        signals.gave_up.send(
+            sender=self.task,
+            task_id=self.request.id,
+            attempt=self.state.attempt,
+            reason=reason,
+            exc=None,
+            history=self.state.history,
+        )
+        message = gave_up_message(reason=reason, state=self.state, trace_id=self.trace.trace_id)
+        return GaveUp(message)
+
+
 def run_eager(
     task: ResilientTask, request: Context, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     """Run ``task`` eagerly: every attempt now, in this call, a wait skipped on the clock."""
-    headers = dict(request.headers or {})
-    state = incoming_state(headers)
-    trace = incoming_trace(headers)
-    gates = eager_gates(task.app)
-    options = task.resilience_options(overrides=False)
+    turns = EagerTurns(task, request, args, kwargs)
     for _ in range(EAGER_ATTEMPT_LIMIT):
-        outcome = run_traced(
-            task,
-            request,
-            args,
-            kwargs,
-            options=options,
-            gates=gates,
-            state=state,
-            trace=trace,
-            lease=None,
-            time_limit=None,
-        )
+        outcome = turns.turn()
         if isinstance(outcome, Done):
             return outcome.result
         logger.info("eager mode skips the wait of %.2f s (%s)", outcome.countdown, outcome.line)
-        gates.skip(outcome.countdown)
-        state = outcome.state
-    reason = f"eager mode stops after {EAGER_ATTEMPT_LIMIT} attempts and deferrals"
-    signals.gave_up.send(
-        sender=task,
-        task_id=request.id,
-        attempt=state.attempt,
-        reason=reason,
-        exc=None,
-        history=state.history,
-    )
-    raise GaveUp(gave_up_message(reason=reason, state=state, trace_id=trace.trace_id)) from None
+        turns.gates.skip(outcome.countdown)
+    raise turns.exhausted() from None

@@ -12,14 +12,15 @@ from tenacity import wait_fixed
 
 from celery_resilience import GaveUp, PermanentError, TransientError, resilient_task, signals
 from celery_resilience.integration.eager import eager_gates
+from celery_resilience.testing import Attempts, eager_app
 
 
 @pytest.fixture(params=[True, False], ids=["propagates", "no-propagation"])
 def app(request: pytest.FixtureRequest) -> Iterator[Celery]:
-    """An eager app with no broker and no Redis anywhere."""
+    """An eager app with no broker and no Redis anywhere, its clock frozen, jitter seeded."""
     app = Celery("eager", broker="memory://", backend="cache+memory://", set_as_current=False)
-    app.conf.update(task_always_eager=True, task_eager_propagates=request.param)
-    yield app
+    with eager_app(app, propagate=request.param):
+        yield app
     app.close()
 
 
@@ -37,15 +38,16 @@ def _flaky(app: Celery, failures: list[BaseException], **options: Any) -> Any:
     return flaky
 
 
-def test_transient_failures_are_retried_in_the_same_call(app):
+def test_transient_failures_are_retried_in_the_same_call(app, resilience_attempts: Attempts):
     """Two transient failures then success: one call returns the result, 3 attempts made."""
     task = _flaky(app, [TransientError("a"), ConnectionResetError("b")])
     result = task.delay()
     assert result.get() == 3
     assert result.state == "SUCCESS"
+    resilience_attempts.assert_retried(2, then="succeeded")
 
 
-def test_exhausted_retries_give_up(app):
+def test_exhausted_retries_give_up(app, resilience_attempts: Attempts):
     """Always transient with max_retries=2: GaveUp after 3 attempts, with its history."""
     task = _flaky(app, [TransientError("x")] * 10, max_retries=2)
     if app.conf.task_eager_propagates:
@@ -57,6 +59,7 @@ def test_exhausted_retries_give_up(app):
         assert isinstance(result.result, GaveUp)
         assert "#3 transient" in str(result.result)
     assert len(task.calls) == 3
+    resilience_attempts.assert_decisions("retried", "retried", "gave_up")
 
 
 def test_permanent_failure_is_not_retried(app):
@@ -153,20 +156,11 @@ def test_permanent_failure_message_is_redacted(app):
     assert "k3y" not in str(exc)
 
 
-def test_retry_after_is_the_floor_of_the_countdown(app):
+def test_retry_after_is_the_floor_of_the_countdown(app, resilience_attempts: Attempts):
     """A Retry-After of 30 s: the retry's countdown is at least 30 s (skipped, not waited)."""
     task = _flaky(app, [TransientError("busy", retry_after=30)])
-    countdowns: list[float] = []
-
-    def note(sender: Any = None, countdown: float = 0.0, **_: Any) -> None:
-        if getattr(sender, "name", None) == task.name:
-            countdowns.append(countdown)
-
-    signals.retry_scheduled.connect(note, weak=False)
-    try:
-        assert task.delay().get() == 2
-    finally:
-        signals.retry_scheduled.disconnect(note)
+    assert task.delay().get() == 2
+    countdowns = resilience_attempts.of(task).countdowns
     assert len(countdowns) == 1
     assert countdowns[0] >= 30
 
