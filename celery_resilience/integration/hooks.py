@@ -5,6 +5,7 @@ Connected once, when :mod:`celery_resilience` is imported.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 from typing import Any
@@ -16,12 +17,15 @@ from celery.signals import (
     task_postrun,
     task_received,
     worker_init,
+    worker_process_shutdown,
+    worker_shutdown,
 )
 
 from celery_resilience.core import headers as names
 from celery_resilience.core.errors import ResilienceConfigError
 from celery_resilience.integration.message import new_nonce, trace_for_publish
 from celery_resilience.integration.named import config_book
+from celery_resilience.integration.runtime import flush_successes
 from celery_resilience.integration.settings import read_settings
 from celery_resilience.integration.task import resilient_task_names, resilient_tasks
 from celery_resilience.integration.worker import release_held
@@ -140,6 +144,11 @@ def _on_postrun(**_: Any) -> None:
     release_held()
 
 
+def _on_shutdown(**_: Any) -> None:
+    """A process that stops reports the successes it still holds."""
+    flush_successes()
+
+
 def connect() -> None:
     """Connect the handlers (idempotent)."""
     global _connected  # noqa: PLW0603 - one-time wiring
@@ -151,4 +160,7 @@ def connect() -> None:
     after_setup_task_logger.connect(_on_setup_logger, weak=False)
     worker_init.connect(_on_worker_init, weak=False)
     task_postrun.connect(_on_postrun, weak=False)
+    worker_process_shutdown.connect(_on_shutdown, weak=False)  # a prefork pool process
+    worker_shutdown.connect(_on_shutdown, weak=False)  # a solo or threads pool
+    atexit.register(flush_successes)  # anything else that ran attempts
     _connected = True

@@ -192,6 +192,8 @@ class RedisStore:
                 "outcome": report.breaker_outcome,
                 "probe": report.probe,
             }
+            if report.carried_successes:
+                args["b"]["n"] = report.carried_successes
         if report.concurrency is not None:
             args["c"] = {}
         limiter = report.limiter if report.pause is not None else None
@@ -322,6 +324,7 @@ def _split_report(report: OutcomeReport) -> list[OutcomeReport]:
                 breaker=report.breaker,
                 breaker_outcome=report.breaker_outcome,
                 probe=report.probe,
+                carried_successes=report.carried_successes,
             )
         )
     if report.concurrency is not None:
