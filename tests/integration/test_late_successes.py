@@ -1,6 +1,7 @@
 """Successes counted late, against a real Redis: what a plain success costs (no round trip
 of its own), that every held success is counted exactly once, by the next report of its
-breaker or by the thread, and that a flush to an unreachable Redis falls back quietly.
+breaker or by the thread, that a flush to an unreachable Redis falls back quietly, and
+that scripts a server forgot are loaded again.
 
 The end-to-end behaviour (an outage still opens the breaker across prefork workers within
 one window) is specified in ``test_breaker.py``.
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from celery_resilience.core.gates import OutcomeReport
+from celery_resilience.core.gates import GateAsk, OutcomeReport
 from celery_resilience.core.limits import CircuitBreaker
 from celery_resilience.state.deferred import DeferredSuccesses
 from celery_resilience.state.fallback import FallbackStore
@@ -126,3 +127,16 @@ def test_a_flush_to_an_unreachable_redis_falls_back_quietly(unique):
     assert fallback.degraded
     assert fallback.local.breaker(breaker).calls == 3
     client.close()
+
+
+def test_scripts_come_back_after_the_server_forgets_them(store, unique):
+    """A server that lost its scripts (restarted, flushed) gets them again on the next
+    call, which answers as usual."""
+    breaker = CircuitBreaker(f"noscript-{unique}")
+    store.client.script_flush()
+
+    store.record(_success(breaker))
+    answer = store.gate(GateAsk(holder="t:3", breaker=breaker))
+
+    assert answer.allowed
+    assert store.breaker(breaker).calls == 1
