@@ -40,6 +40,8 @@ from celery_resilience.state.version import server_version, version_problem
 __all__ = ["check_app", "check_store_version", "connect"]
 
 _logger = logging.getLogger("celery_resilience.integration.hooks")
+#: Argument reprs with nothing to redact (no arguments): not worth five regex passes.
+_EMPTY_REPRS = frozenset({"", "()", "[]", "{}"})
 _connected = False
 
 
@@ -56,8 +58,9 @@ def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None
     if sender in resilient_task_names:
         # Flower and the worker's "received" events show these: never a credential.
         for name in ("argsrepr", "kwargsrepr"):
-            if isinstance(headers.get(name), str):
-                headers[name] = redact(headers[name])
+            value = headers.get(name)
+            if isinstance(value, str) and value not in _EMPTY_REPRS:
+                headers[name] = redact(value)
     elif current_attempt() is None:
         return
     if not headers.get(names.TRACE):
@@ -72,7 +75,7 @@ def _on_received(request: Any = None, **_: Any) -> None:
         return
     for name in ("_argsrepr", "_kwargsrepr"):
         value = getattr(request, name, None)
-        if isinstance(value, str):
+        if isinstance(value, str) and value not in _EMPTY_REPRS:
             with contextlib.suppress(AttributeError):
                 setattr(request, name, redact(value))
 
