@@ -1,7 +1,8 @@
 """Successes counted late, against a real Redis: what a plain success costs (no round trip
 of its own), that every held success is counted exactly once, by the next report of its
 breaker or by the thread, that a flush to an unreachable Redis falls back quietly, and
-that scripts a server forgot are loaded again.
+that scripts a server forgot are loaded again; and that a pool process that stops reports
+what it still holds.
 
 The end-to-end behaviour (an outage still opens the breaker across prefork workers within
 one window) is specified in ``test_breaker.py``.
@@ -9,17 +10,22 @@ one window) is specified in ``test_breaker.py``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import redis
+from celery.signals import worker_process_shutdown
 
 from celery_resilience.core.gates import GateAsk, OutcomeReport
 from celery_resilience.core.limits import CircuitBreaker
+from celery_resilience.integration.hooks import connect as connect_hooks
+from celery_resilience.integration.runtime import runtime_for
 from celery_resilience.state.deferred import DeferredSuccesses
 from celery_resilience.state.fallback import FallbackStore
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
+from tests.helpers.celery_apps import make_app
 from tests.helpers.polling import wait_until
 from tests.helpers.processes import free_port
 from tests.helpers.redis_server import RedisServer
@@ -140,3 +146,28 @@ def test_scripts_come_back_after_the_server_forgets_them(store, unique):
 
     assert answer.allowed
     assert store.breaker(breaker).calls == 1
+
+
+def test_a_stopping_pool_process_reports_what_it_holds(redis_server, unique):
+    """``worker_process_shutdown`` (sent in a prefork pool process as it exits) reports
+    the successes the process's runtime still holds, before the thread would."""
+    app = make_app(
+        f"late-{unique}", broker=redis_server.url(0), backend=None, queue=unique,
+        set_as_current=False,
+    )  # fmt: skip
+    app.conf.resilience_backend_url = redis_server.url(3)
+    app.conf.resilience_key_prefix = f"late-{unique}"
+    rt = runtime_for(app)
+    assert rt.successes is not None
+    rt.successes = DeferredSuccesses(rt.store.record, every=3600.0)
+    breaker = CircuitBreaker(f"shutdown-{unique}")
+    for _ in range(4):
+        rt.record(_success(breaker))
+    assert rt.shared.breaker(breaker).calls == 0
+    connect_hooks()
+
+    worker_process_shutdown.send(sender="test", pid=os.getpid(), exitcode=0)
+
+    assert rt.shared.breaker(breaker).calls == 4
+    rt.client.close()
+    app.close()
