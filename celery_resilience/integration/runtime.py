@@ -81,13 +81,9 @@ class Runtime:
         self._offset = 0.0
         self._pending: deque[DeadLetter] = deque(maxlen=_PENDING_LETTERS)
         self._lock = threading.Lock()
-        #: a success's report counted late, with others (not on Redis Cluster, whose
-        #: keys of two breakers never share a script)
-        self.successes = (
-            None
-            if self.shared.cluster
-            else DeferredSuccesses(self.store.record, on_transitions=_announce)
-        )
+        #: a plain success's report, counted late with others (each breaker's count goes
+        #: in a call of its own, so a Redis Cluster's slots are kept too)
+        self.successes = DeferredSuccesses(self.store.record, on_transitions=_announce)
 
     # -- time ----------------------------------------------------------------------------
 
@@ -153,7 +149,7 @@ class Runtime:
         held and counted later, with others (:mod:`celery_resilience.state.deferred`)."""
         if report.empty:
             return RecordAnswer(now=self.estimated_now())
-        if self.successes is not None and report.breaker is not None:
+        if report.breaker is not None:
             if report.deferrable and not self.store.degraded:
                 self.successes.add(report.breaker)
                 return RecordAnswer(now=self.estimated_now())
@@ -218,7 +214,7 @@ def flush_successes() -> None:
     """Report the successes every runtime of this process holds (a process that stops)."""
     pid = os.getpid()
     for owner, rt in list(_runtimes.values()):
-        if owner == pid and rt.successes is not None:
+        if owner == pid:
             rt.successes.flush()
 
 

@@ -29,7 +29,7 @@ message from running the body again; held back, a worker node lost between the b
 end and the message's ack would leave the mark unwritten and the copy would run the body
 once more when the lease expires. That mark is therefore still written at once (an
 ``acks_late`` task, or ``resilience_duplicate_guard = "always"``, keeps two round trips
-per attempt). On Redis Cluster the counts are not held either: the report goes at once.
+per attempt). On Redis Cluster each breaker's count is one call in that breaker's slot.
 """
 
 from __future__ import annotations

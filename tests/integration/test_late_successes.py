@@ -158,7 +158,6 @@ def test_a_stopping_pool_process_reports_what_it_holds(redis_server, unique):
     app.conf.resilience_backend_url = redis_server.url(3)
     app.conf.resilience_key_prefix = f"late-{unique}"
     rt = runtime_for(app)
-    assert rt.successes is not None
     rt.successes = DeferredSuccesses(rt.store.record, every=3600.0)
     breaker = CircuitBreaker(f"shutdown-{unique}")
     for _ in range(4):
