@@ -7,6 +7,7 @@ server, so it watches a run of its own, never a timed one::
     with ClientCommands(url) as seen:
         ...                         # the run
     seen.counts                     # Counter({"evalsha": 2000, "hello": 2, ...})
+    seen.scripts                    # Counter({"<sha1 of gate.lua>": 2000, ...})
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class ClientCommands:
     def __init__(self, url: str) -> None:
         self.url = url
         self.counts: Counter[str] = Counter()
+        #: EVALSHA calls by script SHA1
+        self.scripts: Counter[str] = Counter()
         self._sentinel = f"bench-monitor-stop-{uuid.uuid4().hex}"
         self._ready = threading.Event()
         self._client = redis.Redis.from_url(url)
@@ -47,7 +50,11 @@ class ClientCommands:
                     return
                 if source.endswith(" lua"):
                     continue
-                self.counts[command.split(" ", 1)[0].strip('"').lower()] += 1
+                words = command.split(" ", 2)
+                name = words[0].strip('"').lower()
+                self.counts[name] += 1
+                if name == "evalsha" and len(words) > 1:
+                    self.scripts[words[1].strip('"')] += 1
 
     def __enter__(self) -> ClientCommands:
         """Start watching (returns once the monitor is on)."""

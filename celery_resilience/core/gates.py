@@ -136,6 +136,25 @@ class OutcomeReport:
     attempt_mark: AttemptMark = "done"
     #: How long the mark is kept (a redelivered copy may come this late).
     mark_ttl: float = 3600.0
+    #: Successes of earlier attempts of this process on the same breaker, not reported
+    #: yet (see :attr:`deferrable`): counted in the window before this outcome.
+    carried_successes: int = 0
+
+    @property
+    def deferrable(self) -> bool:
+        """True when this report may wait to be counted with others (at most about 0.1 s):
+        a success that holds nothing anyone else waits for. A failure (it may open the
+        breaker), a probe's outcome (it closes or re-opens it), a concurrency slot, a
+        limiter pause and an attempt lease's mark (it keeps a copy of the message from
+        running the body again) are reported at once."""
+        return (
+            self.breaker is not None
+            and self.breaker_outcome == "success"
+            and not self.probe
+            and self.concurrency is None
+            and self.pause is None
+            and self.attempt_key is None
+        )
 
     @property
     def empty(self) -> bool:

@@ -5,6 +5,7 @@ Connected once, when :mod:`celery_resilience` is imported.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 from typing import Any
@@ -16,12 +17,15 @@ from celery.signals import (
     task_postrun,
     task_received,
     worker_init,
+    worker_process_shutdown,
+    worker_shutdown,
 )
 
 from celery_resilience.core import headers as names
 from celery_resilience.core.errors import ResilienceConfigError
 from celery_resilience.integration.message import new_nonce, trace_for_publish
 from celery_resilience.integration.named import config_book
+from celery_resilience.integration.runtime import flush_successes
 from celery_resilience.integration.settings import read_settings
 from celery_resilience.integration.task import resilient_task_names, resilient_tasks
 from celery_resilience.integration.worker import release_held
@@ -36,6 +40,8 @@ from celery_resilience.state.version import server_version, version_problem
 __all__ = ["check_app", "check_store_version", "connect"]
 
 _logger = logging.getLogger("celery_resilience.integration.hooks")
+#: Argument reprs with nothing to redact (no arguments): not worth five regex passes.
+_EMPTY_REPRS = frozenset({"", "()", "[]", "{}"})
 _connected = False
 
 
@@ -52,8 +58,9 @@ def _on_publish(sender: str | None = None, headers: dict[str, Any] | None = None
     if sender in resilient_task_names:
         # Flower and the worker's "received" events show these: never a credential.
         for name in ("argsrepr", "kwargsrepr"):
-            if isinstance(headers.get(name), str):
-                headers[name] = redact(headers[name])
+            value = headers.get(name)
+            if isinstance(value, str) and value not in _EMPTY_REPRS:
+                headers[name] = redact(value)
     elif current_attempt() is None:
         return
     if not headers.get(names.TRACE):
@@ -68,7 +75,7 @@ def _on_received(request: Any = None, **_: Any) -> None:
         return
     for name in ("_argsrepr", "_kwargsrepr"):
         value = getattr(request, name, None)
-        if isinstance(value, str):
+        if isinstance(value, str) and value not in _EMPTY_REPRS:
             with contextlib.suppress(AttributeError):
                 setattr(request, name, redact(value))
 
@@ -140,6 +147,11 @@ def _on_postrun(**_: Any) -> None:
     release_held()
 
 
+def _on_shutdown(**_: Any) -> None:
+    """A process that stops reports the successes it still holds."""
+    flush_successes()
+
+
 def connect() -> None:
     """Connect the handlers (idempotent)."""
     global _connected  # noqa: PLW0603 - one-time wiring
@@ -151,4 +163,7 @@ def connect() -> None:
     after_setup_task_logger.connect(_on_setup_logger, weak=False)
     worker_init.connect(_on_worker_init, weak=False)
     task_postrun.connect(_on_postrun, weak=False)
+    worker_process_shutdown.connect(_on_shutdown, weak=False)  # a prefork pool process
+    worker_shutdown.connect(_on_shutdown, weak=False)  # a solo or threads pool
+    atexit.register(flush_successes)  # anything else that ran attempts
     _connected = True

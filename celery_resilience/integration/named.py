@@ -32,6 +32,8 @@ logger = logging.getLogger("celery_resilience.core.policies")
 REFRESH_EVERY = 1.0
 #: Policy keys and the task options they set.
 _OPTION_OF = {"rate_limit": "limiter"}
+#: Resolved options kept at most (policies x task classes in one process).
+_RESOLVED_MAX = 1_024
 #: Options holding a policy object whose fields an override may change one by one.
 _OBJECTS = frozenset({"breaker", "limiter", "concurrency"})
 
@@ -91,6 +93,9 @@ class PolicyBook:
         self.overrides = overrides
         self._reachable = reachable
         self._current: dict[str, Override] = {}
+        #: resolved options by (policy, the task's own options, override version and
+        #: time): a policy is resolved again only when its overrides change
+        self._resolved: dict[tuple[str, int, int, float], tuple[TaskOptions, TaskOptions]] = {}
         self._read = False
         self._next_read = 0.0
         self._lock = threading.Lock()
@@ -114,8 +119,12 @@ class PolicyBook:
         """The options of one attempt of a task that names policy ``name``."""
         config = self.config_of(name)
         override = self.override_of(name)
+        key = (name, id(own), override.version, override.at)
+        found = self._resolved.get(key)
+        if found is not None and found[0] is own:
+            return found[1]
         try:
-            return resolve(own, explicit, config, override, name)
+            resolved = resolve(own, explicit, config, override, name)
         except ValueError as exc:
             logger.error(  # noqa: TRY400 - the message says all
                 "celery-resilience: the overrides of policy %r (version %d) do not apply "
@@ -125,6 +134,10 @@ class PolicyBook:
                 exc,
             )
             return resolve(own, explicit, config, Override(), name)
+        if len(self._resolved) >= _RESOLVED_MAX:
+            self._resolved.clear()
+        self._resolved[key] = (own, resolved)
+        return resolved
 
     def _refresh(self) -> None:
         if self.overrides is None or (self._reachable is not None and not self._reachable()):

@@ -22,14 +22,17 @@ from celery_resilience.core.gates import (
     GateAsk,
     OutcomeReport,
     RecordAnswer,
+    Transition,
 )
 from celery_resilience.integration.named import PolicyBook
 from celery_resilience.integration.settings import Settings, read_settings
 from celery_resilience.observability import metrics
+from celery_resilience.observability.breakers import describe_transition
 from celery_resilience.observability.redaction import redact
 from celery_resilience.observability.tracing import safe_token
 from celery_resilience.state.connect import connect, describe
 from celery_resilience.state.deadletters import DeadLetter, DeadLetters
+from celery_resilience.state.deferred import DeferredSuccesses
 from celery_resilience.state.errors import STORE_ERRORS
 from celery_resilience.state.fallback import FallbackStore
 from celery_resilience.state.overrides import Overrides
@@ -38,7 +41,7 @@ from celery_resilience.state.redis import RedisStore
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["Runtime", "connect", "prepared_letter", "runtime_for"]
+__all__ = ["Runtime", "connect", "flush_successes", "prepared_letter", "runtime_for"]
 
 logger = logging.getLogger("celery_resilience.integration.runtime")
 _PENDING_LETTERS = 1_000
@@ -78,6 +81,9 @@ class Runtime:
         self._offset = 0.0
         self._pending: deque[DeadLetter] = deque(maxlen=_PENDING_LETTERS)
         self._lock = threading.Lock()
+        #: a plain success's report, counted late with others (each breaker's count goes
+        #: in a call of its own, so a Redis Cluster's slots are kept too)
+        self.successes = DeferredSuccesses(self.store.record, on_transitions=_announce)
 
     # -- time ----------------------------------------------------------------------------
 
@@ -139,9 +145,15 @@ class Runtime:
         self._open_until[name] = (mono + _OPEN_CACHE, mono + wait)
 
     def record(self, report: OutcomeReport) -> RecordAnswer:
-        """Report an outcome; remember an OPEN verdict it produced."""
+        """Report an outcome; remember an OPEN verdict it produced. A plain success is
+        held and counted later, with others (:mod:`celery_resilience.state.deferred`)."""
         if report.empty:
             return RecordAnswer(now=self.estimated_now())
+        if report.breaker is not None:
+            if report.deferrable and not self.store.degraded:
+                self.successes.add(report.breaker)
+                return RecordAnswer(now=self.estimated_now())
+            report = self.successes.take(report)
         answer = self.store.record(report)
         if not answer.fallback:
             self._learn_time(answer.now)
@@ -189,6 +201,21 @@ class Runtime:
             with self._lock:
                 if self._pending and self._pending[0] is letter:
                     self._pending.popleft()
+
+
+def _announce(transitions: tuple[Transition, ...]) -> None:
+    """Log and signal the breaker transitions a late count of successes caused."""
+    for tr in transitions:
+        logger.warning("breaker %r: %s", tr.name, describe_transition(tr))
+    signals.send_transitions(transitions)
+
+
+def flush_successes() -> None:
+    """Report the successes every runtime of this process holds (a process that stops)."""
+    pid = os.getpid()
+    for owner, rt in list(_runtimes.values()):
+        if owner == pid:
+            rt.successes.flush()
 
 
 def prepared_letter(letter: DeadLetter, task: Any = None) -> DeadLetter:

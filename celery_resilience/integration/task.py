@@ -141,12 +141,16 @@ class ResilientTask(Task[Any, Any]):
         return bound
 
     def resilience_options(self, *, overrides: bool = True) -> TaskOptions:
-        """The options in force for the attempt about to run (a fresh value each time).
+        """The options in force for the attempt about to run (a frozen value).
 
         With a named ``policy``, the policy and (``overrides=True``) its run-time overrides
         from Redis take part; eager mode reads the configuration only.
         """
-        own = options_from(self)
+        # read once per task in this process (the options are checked and fixed at
+        # declaration); a named policy's overrides come from the book, by version
+        own: TaskOptions | None = self.__dict__.get("_resilience_own")
+        if own is None:
+            own = self.__dict__["_resilience_own"] = options_from(self)
         if own.policy is None:
             return own
         book = runtime_for(self.app).policies if overrides else config_book(self.app)

@@ -138,15 +138,9 @@ def attempt_span(
     """
     try:
         _importable()
+        # one module, its names read from it: a from-import of eight names costs each
+        # attempt more than all the rest of this function without an SDK
         from opentelemetry import trace  # noqa: PLC0415 - optional dependency
-        from opentelemetry.trace import (  # noqa: PLC0415
-            NonRecordingSpan,
-            SpanContext,
-            SpanKind,
-            Status,
-            StatusCode,
-            TraceFlags,
-        )
     except ImportError:
         _note_missing()
         handle = SpanHandle(ctx, new_span_id(), span=None, recording=False)
@@ -155,24 +149,29 @@ def attempt_span(
         yield handle
         return
 
-    flags = TraceFlags(TraceFlags.SAMPLED if ctx.sampled else TraceFlags.DEFAULT)
+    flags = trace.TraceFlags(trace.TraceFlags.SAMPLED if ctx.sampled else trace.TraceFlags.DEFAULT)
     trace_id = int(ctx.trace_id, 16)
-    parent = NonRecordingSpan(
-        SpanContext(trace_id, int(ctx.span_id, 16), is_remote=True, trace_flags=flags)
-    )
-    tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=tracer_provider)
-    span = tracer.start_span(
-        name, context=trace.set_span_in_context(parent), kind=SpanKind.CONSUMER
-    )
-    own = span.get_span_context()
-    if span.is_recording() and own.trace_id == trace_id:
+    provider = tracer_provider or trace.get_tracer_provider()
+    span: Span | None = None
+    # the API's own providers (no SDK configured) record nothing: no span to start then
+    if not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        parent = trace.NonRecordingSpan(
+            trace.SpanContext(trace_id, int(ctx.span_id, 16), is_remote=True, trace_flags=flags)
+        )
+        tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=provider)
+        span = tracer.start_span(
+            name, context=trace.set_span_in_context(parent), kind=trace.SpanKind.CONSUMER
+        )
+    own = span.get_span_context() if span is not None else None
+    if span is not None and own is not None and span.is_recording() and own.trace_id == trace_id:
         handle = SpanHandle(ctx, format(own.span_id, "016x"), span=span, recording=True)
     else:
-        # No provider (the API's no-op tracer hands back the parent) or not sampled:
+        # No provider (the API's no-op tracer would hand back the parent) or not sampled:
         # make the attempt's own context current, so its children still hang under it.
-        span.end()
+        if span is not None:
+            span.end()
         span_id = new_span_id()
-        span = NonRecordingSpan(SpanContext(trace_id, int(span_id, 16), False, flags))
+        span = trace.NonRecordingSpan(trace.SpanContext(trace_id, int(span_id, 16), False, flags))
         handle = SpanHandle(ctx, span_id, span=None, recording=False)
     for key, value in (attributes or {}).items():
         handle.set(key, value)
@@ -190,5 +189,7 @@ def attempt_span(
                     exc,
                     attributes={"exception.message": message, "exception.stacktrace": details},
                 )
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {message}"))
+                span.set_status(
+                    trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {message}")
+                )
             raise

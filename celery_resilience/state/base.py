@@ -2,7 +2,8 @@
 
 One attempt costs at most two calls: :meth:`StateStore.gate` before the body (breaker,
 concurrency, rate limit and the attempt lease, asked together) and
-:meth:`StateStore.record` after it (the outcome, the releases, a limiter pause). The values
+:meth:`StateStore.record` after it (the outcome, the releases, a limiter pause); a plain
+success is counted later with others (:mod:`celery_resilience.state.deferred`). The values
 they exchange live in :mod:`celery_resilience.core.gates`.
 """
 

@@ -94,10 +94,12 @@ class MemoryStore:
                 fail += br.window[key]
         return succ, fail
 
-    def _add(self, br: _Breaker, policy: CircuitBreaker, now: float, kind: str) -> None:
+    def _add(
+        self, br: _Breaker, policy: CircuitBreaker, now: float, kind: str, count: int = 1
+    ) -> None:
         width = self._width_ms(policy)
         start = int(math.floor(now * 1000 / width) * width)
-        br.window[(start, kind)] = br.window.get((start, kind), 0) + 1
+        br.window[(start, kind)] = br.window.get((start, kind), 0) + count
 
     def _phase(
         self, br: _Breaker, policy: CircuitBreaker, now: float, out: list[Transition]
@@ -266,6 +268,8 @@ class MemoryStore:
                 BreakerState.FORCED_OPEN,
                 BreakerState.FORCED_CLOSED,
             ):
+                if report.carried_successes > 0:
+                    self._add(br, policy, now, "s", report.carried_successes)
                 if outcome != "neutral":
                     self._add(br, policy, now, "s" if outcome == "success" else "f")
                 succ, fail = self._totals(br, policy, now)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
+
+from redis.exceptions import NoScriptError
 
 from celery_resilience.core.gates import (
     BreakerState,
@@ -39,6 +42,16 @@ SLOT_SLACK = 0.9
 def _now(res: dict[str, Any]) -> float:
     seconds, micros = res["now"]
     return int(seconds) + int(micros) / 1_000_000
+
+
+@functools.lru_cache(maxsize=256)
+def _breaker_args(policy: CircuitBreaker) -> dict[str, Any]:
+    return breaker_args(policy)
+
+
+@functools.lru_cache(maxsize=256)
+def _limiter_args(policy: RateLimit) -> dict[str, Any]:
+    return limiter_args(policy)
 
 
 def breaker_args(policy: CircuitBreaker) -> dict[str, Any]:
@@ -78,11 +91,31 @@ class RedisStore:
         self.keys = keys or KeySpace()
         self.cluster = is_cluster(client)
         self._scripts = ScriptBook(client, SCRIPT_NAMES)
+        #: keys by (kind, policy name), built once (bounded by the policies in use)
+        self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def _run(self, script: str, keys: list[str], args: dict[str, Any]) -> dict[str, Any]:
-        raw = self._scripts[script](keys=keys, args=[json.dumps(args)])
+        loaded = self._scripts[script]
+        try:
+            # straight to EVALSHA: the Script object's own call costs as much again
+            raw = self.client.evalsha(loaded.sha, len(keys), *keys, json.dumps(args))
+        except NoScriptError:  # a restarted or another server: the Script loads it
+            raw = loaded(keys=keys, args=[json.dumps(args)])
         result: dict[str, Any] = json.loads(raw)
         return result
+
+    def _breaker_keys(self, name: str) -> tuple[str, str, str]:
+        found = self._keys.get(("b", name))
+        if found is None:
+            found = self._keys[("b", name)] = self.keys.breaker(name)
+        return found  # type: ignore[return-value]  # "b" entries hold three keys
+
+    def _one_key(self, kind: str, name: str) -> str:
+        found = self._keys.get((kind, name))
+        if found is None:
+            key = self.keys.limiter(name) if kind == "l" else self.keys.concurrency(name)
+            found = self._keys[(kind, name)] = (key,)
+        return found[0]
 
     def _parts(
         self,
@@ -93,11 +126,11 @@ class RedisStore:
     ) -> list[str]:
         keys: list[str] = []
         if breaker is not None:
-            keys.extend(self.keys.breaker(breaker.name))
+            keys.extend(self._breaker_keys(breaker.name))
         if concurrency is not None:
-            keys.append(self.keys.concurrency(concurrency.name))
+            keys.append(self._one_key("c", concurrency.name))
         if limiter is not None:
-            keys.append(self.keys.limiter(limiter.name))
+            keys.append(self._one_key("l", limiter.name))
         if attempt_key is not None:
             keys.append(attempt_key)
         return keys
@@ -144,9 +177,9 @@ class RedisStore:
     def _gate(self, ask: GateAsk) -> GateAnswer:
         args: dict[str, Any] = {"h": ask.holder}
         if ask.breaker is not None:
-            args["b"] = breaker_args(ask.breaker)
+            args["b"] = _breaker_args(ask.breaker)
             if ask.probe_lease is not None:
-                args["b"]["lease"] = ask.probe_lease
+                args["b"] = {**args["b"], "lease": ask.probe_lease}
         if ask.concurrency is not None:
             args["c"] = {
                 "limit": ask.concurrency.limit,
@@ -154,7 +187,7 @@ class RedisStore:
                 "poll": ask.concurrency_poll,
             }
         if ask.limiter is not None:
-            args["l"] = limiter_args(ask.limiter)
+            args["l"] = dict(_limiter_args(ask.limiter))
             if ask.booked_slot is not None:
                 args["l"]["slot"] = ask.booked_slot
             if ask.limiter_max_wait is not None:
@@ -197,15 +230,17 @@ class RedisStore:
         args: dict[str, Any] = {"h": report.holder}
         if report.breaker is not None:
             args["b"] = {
-                **breaker_args(report.breaker),
+                **_breaker_args(report.breaker),
                 "outcome": report.breaker_outcome,
                 "probe": report.probe,
             }
+            if report.carried_successes:
+                args["b"]["n"] = report.carried_successes
         if report.concurrency is not None:
             args["c"] = {}
         limiter = report.limiter if report.pause is not None else None
         if limiter is not None:
-            args["l"] = {**limiter_args(limiter), "pause": report.pause}
+            args["l"] = {**_limiter_args(limiter), "pause": report.pause}
         if report.attempt_key is not None:
             args["a"] = {"ttl": report.mark_ttl, "mark": report.attempt_mark}
         keys = self._parts(report.breaker, report.concurrency, limiter, report.attempt_key)
@@ -330,6 +365,7 @@ def _split_report(report: OutcomeReport) -> list[OutcomeReport]:
                 breaker=report.breaker,
                 breaker_outcome=report.breaker_outcome,
                 probe=report.probe,
+                carried_successes=report.carried_successes,
             )
         )
     if report.concurrency is not None:

@@ -104,6 +104,18 @@ def guarded(self: Any, path: str) -> dict[str, Any]:
 
 
 @resilient_task(
+    app=app,
+    bind=True,
+    name="res.steady",
+    max_retries=0,
+    breaker=CircuitBreaker("steady", minimum_calls=5, window=10.0, open_for=30.0),
+)
+def steady(self: Any, path: str) -> dict[str, Any]:
+    """Call the upstream behind the breaker 'steady' (10 s window); no retry."""
+    return _call(self, path, "GET", 5.0, None)
+
+
+@resilient_task(
     app=app, bind=True, name="res.limited", backoff=FAST, limiter=RateLimit("api", "10/s")
 )
 def limited(self: Any, path: str) -> dict[str, Any]:

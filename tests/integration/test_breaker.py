@@ -154,6 +154,45 @@ def test_breaker_state_changed_is_sent_once_per_transition(outage, nodes):
     assert {t["pid"] for t in outage["transitions"]} <= outage["pool"]
 
 
+#: The breaker of res.steady (no retries), as the workers know it.
+STEADY = CircuitBreaker("steady", minimum_calls=5, window=10.0, open_for=30.0)
+
+
+@pytest.mark.integration
+def test_an_outage_opens_the_breaker_within_one_window(
+    redis_server, upstream, celery_client, unique, tmp_path
+):
+    """Successes are counted late (each pool process holds its own for at most about
+    0.1 s, as every attempt without a lease does) but all of them, once; then an outage
+    opens the breaker across two nodes of two processes within one window, on exactly the
+    failure that brings the rate to 0.5: 20 failures after 20 successes, 40 calls."""
+    env = module_env(redis_server, upstream.url, RESILIENCE_TEST_GUARD="acks_late")
+    client = client_for(celery_client, env)
+    with (
+        redis_server.client(2) as raw,
+        running_nodes(env, tmp_path, nodes=2, concurrency=2) as nodes,
+    ):
+        state = RedisStore(raw, KeySpace(env["RESILIENCE_TEST_PREFIX"]))
+        healthy = [client.send_task("res.steady", args=[f"/{unique}/ok/{i}"]) for i in range(20)]
+        assert wait_all(healthy, timeout=30, what="20 steady tasks") == ["SUCCESS"] * 20
+        wait_until(
+            lambda: state.breaker(STEADY).calls == 20, timeout=5, what="20 successes counted"
+        )
+
+        upstream.phases(f"/{unique}/down", [(None, 503)])
+        down = [client.send_task("res.steady", args=[f"/{unique}/down/{i}"]) for i in range(20)]
+        wait_until(
+            lambda: state.breaker(STEADY).state.value == "open",
+            timeout=STEADY.window,
+            what="the breaker open within one window",
+        )
+        assert wait_all(down, timeout=30, what="20 failing tasks") == ["FAILURE"] * 20
+        (line,) = log_lines(nodes, "breaker 'steady': closed -> open")
+
+    assert "failure rate 0.50 over 40 calls" in line
+    assert len(calls_under(upstream, f"/{unique}/down")) == 20
+
+
 # -- deferral, retries and the deadline ------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from celery import Celery
 from celery_resilience.core.gates import BreakerState, Denial, GateAsk, OutcomeReport
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.connect import connect, describe
+from celery_resilience.state.deferred import DeferredSuccesses
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Upstream
@@ -46,6 +47,33 @@ def store(cluster: RedisCluster) -> Iterator[RedisStore]:
     client = connect(cluster.url())
     yield RedisStore(client, KeySpace(f"c-{uuid.uuid4().hex[:8]}"))
     client.close()
+
+
+def test_late_successes_go_to_each_breakers_slot(store):
+    """Successes held for two breakers (two slots) are counted, each in its own call; a
+    failure carries those of its breaker, with its pool's release in another slot."""
+    first, second = CircuitBreaker("late-a"), CircuitBreaker("late-b", minimum_calls=3)
+    held = DeferredSuccesses(store.record, every=3600.0)
+    for breaker, times in ((first, 3), (second, 2)):
+        for _ in range(times):
+            held.add(breaker)
+    held.flush()
+    for _ in range(4):
+        held.add(second)
+
+    store.record(
+        held.take(
+            OutcomeReport(
+                holder="t:1",
+                breaker=second,
+                breaker_outcome="failure",
+                concurrency=ConcurrencyLimit("late-pool", 2),
+            )
+        )
+    )
+
+    assert store.breaker(first).calls == 3
+    assert (store.breaker(second).calls, store.breaker(second).failures) == (7, 1)
 
 
 def test_the_url_reaches_the_cluster(cluster, store):

@@ -89,10 +89,10 @@ local function window_totals(wkey, b, now, keep)
   return succ, fail
 end
 
-local function window_add(wkey, b, now, kind)
+local function window_add(wkey, b, now, kind, count)
   local width_ms = b.win * 100
   local start = math.floor(now * 1000 / width_ms) * width_ms
-  redis.call('HINCRBY', wkey, string.format('%d', start) .. ':' .. kind, 1)
+  redis.call('HINCRBY', wkey, string.format('%d', start) .. ':' .. kind, count or 1)
   extend_ttl(wkey, b.win * 2)
 end
 

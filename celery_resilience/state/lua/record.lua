@@ -8,7 +8,8 @@
 -- ARGV[1]: JSON object
 --   h  holder: the id the attempt used at the gate
 --   b  breaker {rate, min, win, of, ofm, hoc, outcome = "success"|"failure"|"neutral",
---      probe = true|false}                                          (optional)
+--      probe = true|false, n = successes of earlier attempts of the caller's process,
+--      reported late, counted before the outcome (optional, default 0)}   (optional)
 --   c  concurrency {}                                               (optional)
 --   l  limiter {T, tau, pause = seconds}                            (optional)
 --   a  attempt {ttl, mark}: mark = "done" (finished), "retried" (failed; its retry is
@@ -46,6 +47,9 @@ if skey then
   local st = breaker_phase(skey, now, res.tr)
   res.st = st
   if st == 'closed' or st == 'forced_open' or st == 'forced_closed' then
+    if b.n and b.n > 0 then
+      window_add(wkey, b, now, 's', b.n)
+    end
     if b.outcome == 'success' then
       window_add(wkey, b, now, 's')
     elseif b.outcome == 'failure' then
