@@ -13,6 +13,7 @@ point                         answers
                               :class:`Refuse`, :class:`UseFallback` or :class:`Duplicate`
 :func:`plan_failure`          a :class:`FailurePlan`: retry after a countdown, or not
 :func:`after_failure`         :class:`Wait` (a retry), :class:`FailNow` or :class:`GiveUp`
+:func:`unpublished`           :class:`GiveUp`: the broker would not take a wait's message
 ============================  ===============================================================
 
 Nothing here reads a clock, draws a random number of its own, or does I/O: the store's
@@ -60,6 +61,7 @@ __all__ = [
     "broken",
     "on_wake",
     "plan_failure",
+    "unpublished",
 ]
 
 #: A task woken this early (seconds) before its time is let through rather than re-queued.
@@ -364,3 +366,16 @@ def _not_before_half_open(
     if seconds >= floor or (remaining is not None and floor >= remaining):
         return seconds
     return floor
+
+
+def unpublished(attempt: Attempt, wait: Wait, error: str) -> GiveUp:
+    """The broker refused the message that carries ``wait`` (``error`` names why) for as
+    long as the publish may be retried: the task fails for good, with its ledger and a
+    dead letter, rather than vanish with a message acknowledged when it started."""
+    what = "retry" if wait.retry else "deferral"
+    reason = f"its {what} could not be published ({error})"
+    # the wait's ledger (this attempt's failure in it), counted as the attempts that ran
+    ran = attempt.state
+    state = replace(wait.state, failures=ran.failures, deferrals=ran.deferrals)
+    message = gave_up_message(reason=reason, state=state, trace_id=attempt.trace_id)
+    return GiveUp(reason=reason, message=message, state=state, failure=wait.failure)

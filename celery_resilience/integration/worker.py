@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.log import get_task_logger
+from kombu.utils.functional import retry_over_time
 
 from celery_resilience.core import headers as names
 from celery_resilience.core.errors import Deferred, RetryScheduled
-from celery_resilience.integration.attempt import run_traced
+from celery_resilience.integration.attempt import Unpublished, run_traced
 from celery_resilience.integration.flow import Done, Lease
 from celery_resilience.integration.message import incoming_state, incoming_trace, nonce_of
 from celery_resilience.integration.parking import message_for, parked_set_for
@@ -34,6 +35,8 @@ from celery_resilience.state.errors import STORE_ERRORS
 from celery_resilience.state.parked import ParkRefusedError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from celery.app.task import Context
 
     from celery_resilience.core.decisions import Wait
@@ -187,12 +190,85 @@ def _reschedule(
             state, not_before=rt.estimated_now() + wait.countdown
         ).to_header()
     request.retries = counted - 1
+    _publish(task, rt, wait, reason, countdown=leg, headers=headers)
+
+
+def _publish(
+    task: ResilientTask,
+    rt: Runtime,
+    wait: Wait,
+    reason: Exception,
+    *,
+    countdown: float,
+    headers: dict[str, Any],
+) -> NoReturn:
+    """Publish the task's next message (``Task.retry``) and end this attempt as Celery's
+    RETRY. A publish the broker refuses is offered again as
+    ``resilience_publish_retry_policy`` says; past that, the message of an ``acks_late``
+    task goes back to its queue where the broker itself puts it back (RabbitMQ), a copy of
+    an attempt running elsewhere leaves the task to it, and any other task ends for good
+    (:class:`Unpublished`): its message was acknowledged when it started."""
+    policy = rt.settings.publish_retry
+    what = "retry" if wait.retry else "deferral"
+
+    def send() -> Retry:
+        sent: Retry = task.retry(exc=reason, countdown=countdown, headers=headers, throw=False)
+        return sent
+
+    def refused(exc: Reject, intervals: Iterator[float], tries: int) -> float:
+        pause = next(intervals)
+        logger.warning(
+            "celery-resilience: the broker refused the %s (%s); offered again in %.1f s "
+            "(%d of %d)",
+            what,
+            _refusal(exc),
+            pause,
+            tries + 1,
+            policy.max_retries,
+        )
+        return pause
+
     try:
-        raise task.retry(exc=reason, countdown=leg, headers=headers)
+        sent = retry_over_time(
+            send,
+            (Reject,),
+            errback=cast("Any", refused),  # its stub has the wrong signature
+            max_retries=policy.max_retries,
+            interval_start=policy.interval_start,
+            interval_step=policy.interval_step,
+            interval_max=policy.interval_max,
+        )
     except Reject as exc:
-        # The next attempt could not be published (the broker is away): put this
-        # message back rather than drop it; its copy knows what to do.
-        raise Reject(getattr(exc, "reason", exc), requeue=True) from None
+        why = _refusal(exc)
+        logger.error(  # noqa: TRY400 - no traceback: the broker's text may hold its URL
+            "celery-resilience: the broker refused the %s %d times (%s)",
+            what,
+            policy.max_retries + 1,
+            why,
+        )
+        if wait.quiet and not wait.retry:
+            raise Ignore() from None  # the copy that holds the attempt carries the task
+        if task.acks_late and rt.settings.broker_requeues:
+            # this message goes back to its queue; its copy knows what to do
+            raise Reject(_cause(exc), requeue=True) from None
+        raise Unpublished(why) from None
+    raise sent
+
+
+def _cause(exc: Reject) -> Exception:
+    """The broker's error that ``Task.retry`` wrapped in ``exc``."""
+    reason = getattr(exc, "reason", None)
+    return reason if isinstance(reason, Exception) else exc
+
+
+def _refusal(exc: Reject) -> str:
+    """What the broker's refusal was, as type names only (their text may hold a URL): the
+    error and the one it wraps (kombu raises ``OperationalError`` from the client's)."""
+    cause = _cause(exc)
+    inner = cause.__cause__ or cause.__context__
+    if inner is None or type(inner) is type(cause):
+        return type(cause).__name__
+    return f"{type(cause).__name__}: {type(inner).__name__}"
 
 
 def run_in_worker(

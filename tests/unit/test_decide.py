@@ -259,6 +259,32 @@ def test_transient_failure_is_retried_after_the_backoff():
     assert decision.line.startswith("transient: TransientError; attempt 1 of 6")
 
 
+def test_a_retry_the_broker_refused_gives_up_with_its_ledger():
+    """A retry whose message the broker would not take: the task gives up, naming why,
+    with the failure in its ledger, counted as the one attempt that ran."""
+    failure = classify(TransientError("x"))
+    plan = decide.plan_failure(attempt(backoff=tenacity.wait_fixed(2)), failure, now=NOW)
+    wait = decide.after_failure(attempt(), plan, record(), rng())
+    assert isinstance(wait, decisions.Wait)
+    decision = decide.unpublished(attempt(), wait, "OperationalError: NoPermissionError")
+    assert decision.reason == (
+        "its retry could not be published (OperationalError: NoPermissionError)"
+    )
+    assert decision.failure == failure
+    assert decision.state.attempt == 1
+    assert decision.state.history == ("#1 transient: TransientError",)
+    assert decision.message.startswith("gave up after 1 attempt(s): its retry could not")
+
+
+def test_a_deferral_the_broker_refused_gives_up_too():
+    """A deferral whose message the broker would not take gives up the same way."""
+    wait = decide.after_gate(attempt(limiter=LIMIT), no(Denial.RATE_LIMITED, 0.3), rng())
+    assert isinstance(wait, decisions.Wait)
+    decision = decide.unpublished(attempt(), wait, "OperationalError")
+    assert decision.reason == "its deferral could not be published (OperationalError)"
+    assert (decision.failure, decision.state.deferrals) == (None, 0)
+
+
 def test_rate_limited_failure_pauses_the_limiter_and_spares_the_breaker():
     """A 429 with Retry-After: the limiter pauses, the breaker is not charged."""
     failure = classify(TransientError("slow down", retry_after=7))
