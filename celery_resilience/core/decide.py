@@ -3,18 +3,19 @@
 One attempt meets the engine at these points, and at each the engine answers with a value
 that the drivers (a worker, or eager mode) carry out:
 
-============================  ===============================================================
-point                         answers
-============================  ===============================================================
-:func:`on_wake`               ``None`` (go on), :class:`Wait` (a split wait is not over),
-                              or :class:`GiveUp` (the deadline would pass meanwhile)
-:func:`before_gate`           ``None`` (ask the gates), or :class:`GiveUp` (deadline passed)
-:func:`after_gate`            :class:`Run`, :class:`Wait` (deferred), :class:`GiveUp`,
-                              :class:`Refuse`, :class:`UseFallback` or :class:`Duplicate`
-:func:`plan_failure`          a :class:`FailurePlan`: retry after a countdown, or not
-:func:`after_failure`         :class:`Wait` (a retry), :class:`FailNow` or :class:`GiveUp`
-:func:`unpublished`           :class:`GiveUp`: the broker would not take a wait's message
-============================  ===============================================================
+================================  ===========================================================
+point                             answers
+================================  ===========================================================
+:func:`on_wake`                   ``None`` (go on), :class:`Wait` (a split wait is not over),
+                                  or :class:`GiveUp` (the deadline would pass meanwhile)
+:func:`before_gate`               ``None`` (ask the gates), or :class:`GiveUp` (deadline passed)
+:func:`after_gate`                :class:`Run`, :class:`Wait` (deferred), :class:`GiveUp`,
+                                  :class:`Refuse`, :class:`UseFallback` or :class:`Duplicate`
+:func:`plan_failure`              a :class:`FailurePlan`: retry after a countdown, or not
+:func:`after_failure`             :class:`Wait` (a retry), :class:`FailNow` or :class:`GiveUp`
+:func:`unpublished`               :class:`GiveUp`: the broker would not take a wait's message
+:func:`mark_after_publication`    the attempt lease's mark once a wait's message is sent
+================================  ===========================================================
 
 Nothing here reads a clock, draws a random number of its own, or does I/O: the store's
 time comes in with its answers (``GateAnswer.now``, ``RecordAnswer.now``) or as ``now``,
@@ -43,6 +44,7 @@ from celery_resilience.core.decisions import (
     Wait,
 )
 from celery_resilience.core.gates import (
+    AttemptMark,
     BreakerOutcome,
     BreakerState,
     Denial,
@@ -59,6 +61,7 @@ __all__ = [
     "after_gate",
     "before_gate",
     "broken",
+    "mark_after_publication",
     "on_wake",
     "plan_failure",
     "unpublished",
@@ -379,3 +382,13 @@ def unpublished(attempt: Attempt, wait: Wait, error: str) -> GiveUp:
     state = replace(wait.state, failures=ran.failures, deferrals=ran.deferrals)
     message = gave_up_message(reason=reason, state=state, trace_id=attempt.trace_id)
     return GiveUp(reason=reason, message=message, state=state, failure=wait.failure)
+
+
+def mark_after_publication(wait: Wait) -> AttemptMark | None:
+    """What the attempt lease says once ``wait``'s message is in the broker: "done" after
+    a retry (its failed attempt left the lease "retried", so that a copy of its message
+    redelivered after a lost worker would publish the retry again; now that it is
+    published, such a copy has nothing to do: it neither publishes a second retry nor
+    writes RETRY over the final state the next attempt may have stored). Nothing after a
+    deferral: its attempt held no lease."""
+    return "done" if wait.retry else None

@@ -18,8 +18,10 @@ from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.log import get_task_logger
 from kombu.utils.functional import retry_over_time
 
+from celery_resilience.core import decide
 from celery_resilience.core import headers as names
 from celery_resilience.core.errors import Deferred, RetryScheduled
+from celery_resilience.core.gates import OutcomeReport
 from celery_resilience.integration.attempt import Unpublished, run_traced
 from celery_resilience.integration.flow import Done, Lease
 from celery_resilience.integration.message import incoming_state, incoming_trace, nonce_of
@@ -155,10 +157,13 @@ def _reschedule(
     span_id: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    lease: Lease | None,
 ) -> NoReturn:
     """Send the task back for ``wait.countdown`` seconds, with its counters and trace in
     the headers: parked outside the workers when the wait is long (and a durable place
-    exists), else as a countdown message, in legs below the broker's timeouts."""
+    exists), else as a countdown message, in legs below the broker's timeouts. Once it is
+    sent, the attempt lease says so (a copy of this message then has nothing to do), and
+    a copy's own wait ends without a state of the task's (:func:`_sent`)."""
     state = wait.state
     # Task.retry replaces the custom headers: start from this message's own, minus
     # RabbitMQ's x-death bookkeeping (as Celery's own retry does).
@@ -181,7 +186,7 @@ def _reschedule(
         task, request, rt, wait, headers=headers, args=args, kwargs=kwargs, retries=counted
     ):
         # Published again by a releaser when due: end this attempt as Celery's RETRY.
-        raise Retry(exc=reason, when=wait.countdown)  # type: ignore[arg-type]  # a float is a Real
+        _sent(rt, wait, lease, Retry(exc=reason, when=wait.countdown))  # type: ignore[arg-type]  # a float is a Real
     cap = rt.settings.countdown_cap
     leg = wait.countdown
     if cap is not None and wait.countdown > cap:
@@ -190,7 +195,24 @@ def _reschedule(
             state, not_before=rt.estimated_now() + wait.countdown
         ).to_header()
     request.retries = counted - 1
-    _publish(task, rt, wait, reason, countdown=leg, headers=headers)
+    _sent(rt, wait, lease, _publish(task, rt, wait, reason, countdown=leg, headers=headers))
+
+
+def _sent(rt: Runtime, wait: Wait, lease: Lease | None, retry: Retry) -> NoReturn:
+    """``wait``'s message is in the broker: leave the mark that says so on the attempt
+    lease, then end the attempt as Celery's RETRY; a copy's wait (a redelivered message)
+    ends without writing the task's state, which the attempt it stood for owns and may
+    have made final meanwhile."""
+    mark = decide.mark_after_publication(wait)
+    if mark is not None and lease is not None:
+        rt.record(
+            OutcomeReport(
+                holder=lease.key, attempt_key=lease.key, mark_ttl=lease.mark_ttl, attempt_mark=mark
+            )
+        )
+    if wait.quiet:
+        raise Ignore()
+    raise retry
 
 
 def _publish(
@@ -201,9 +223,9 @@ def _publish(
     *,
     countdown: float,
     headers: dict[str, Any],
-) -> NoReturn:
-    """Publish the task's next message (``Task.retry``) and end this attempt as Celery's
-    RETRY. A publish the broker refuses is offered again as
+) -> Retry:
+    """Publish the task's next message (``Task.retry``); return Celery's ``Retry`` for it.
+    A publish the broker refuses is offered again as
     ``resilience_publish_retry_policy`` says; past that, the message of an ``acks_late``
     task goes back to its queue where the broker itself puts it back (RabbitMQ), a copy of
     an attempt running elsewhere leaves the task to it, and any other task ends for good
@@ -252,7 +274,7 @@ def _publish(
             # this message goes back to its queue; its copy knows what to do
             raise Reject(_cause(exc), requeue=True) from None
         raise Unpublished(why) from None
-    raise sent
+    return sent
 
 
 def _cause(exc: Reject) -> Exception:
@@ -281,9 +303,19 @@ def run_in_worker(
     rt = runtime_for(task.app)
     time_limit = time_limit_of(task, request)
 
+    lease = _lease(task, request, rt, state.attempt, time_limit)
+
     def carry(wait: Wait, span_id: str) -> NoReturn:
         _reschedule(
-            task, request, rt, wait, trace=trace, span_id=span_id, args=args, kwargs=kwargs
+            task,
+            request,
+            rt,
+            wait,
+            trace=trace,
+            span_id=span_id,
+            args=args,
+            kwargs=kwargs,
+            lease=lease,
         )
 
     outcome = run_traced(
@@ -295,7 +327,7 @@ def run_in_worker(
         gates=rt,
         state=state,
         trace=trace,
-        lease=_lease(task, request, rt, state.attempt, time_limit),
+        lease=lease,
         time_limit=time_limit,
         carry=carry,
         hold=_hold,

@@ -285,6 +285,22 @@ def test_a_deferral_the_broker_refused_gives_up_too():
     assert (decision.failure, decision.state.deferrals) == (None, 0)
 
 
+def test_a_published_retry_marks_its_attempt_done_and_a_deferral_marks_nothing():
+    """Once a retry's message is in the broker its attempt is done (a copy of the old
+    message has nothing left to do); a deferral's attempt held no lease to mark."""
+    failure = classify(TransientError("x"))
+    plan = decide.plan_failure(attempt(backoff=tenacity.wait_fixed(2)), failure, now=NOW)
+    retry = decide.after_failure(attempt(), plan, record(), rng())
+    deferral = decide.after_gate(attempt(limiter=LIMIT), no(Denial.RATE_LIMITED, 0.3), rng())
+    lost = decide.after_gate(attempt(), no(Denial.RETRIED, 0.0), rng())
+    assert isinstance(retry, decisions.Wait)
+    assert isinstance(deferral, decisions.Wait)
+    assert isinstance(lost, decisions.Wait)
+    assert decide.mark_after_publication(retry) == "done"
+    assert decide.mark_after_publication(lost) == "done"
+    assert decide.mark_after_publication(deferral) is None
+
+
 def test_rate_limited_failure_pauses_the_limiter_and_spares_the_breaker():
     """A 429 with Retry-After: the limiter pauses, the breaker is not charged."""
     failure = classify(TransientError("slow down", retry_after=7))
