@@ -227,9 +227,10 @@ def _publish(
     """Publish the task's next message (``Task.retry``); return Celery's ``Retry`` for it.
     A publish the broker refuses is offered again as
     ``resilience_publish_retry_policy`` says; past that, the message of an ``acks_late``
-    task goes back to its queue where the broker itself puts it back (RabbitMQ), a copy of
-    an attempt running elsewhere leaves the task to it, and any other task ends for good
-    (:class:`Unpublished`): its message was acknowledged when it started."""
+    task goes back to its queue where the broker itself puts it back (RabbitMQ), else a
+    copy of an attempt running elsewhere leaves the task to it, and any other task ends
+    for good (:class:`Unpublished`): its message was acknowledged when it started, or
+    kombu's Redis transport would push it back with the very command that failed."""
     policy = rt.settings.publish_retry
     what = "retry" if wait.retry else "deferral"
 
@@ -268,11 +269,13 @@ def _publish(
             policy.max_retries + 1,
             why,
         )
-        if wait.quiet and not wait.retry:
-            raise Ignore() from None  # the copy that holds the attempt carries the task
         if task.acks_late and rt.settings.broker_requeues:
             # this message goes back to its queue; its copy knows what to do
             raise Reject(_cause(exc), requeue=True) from None
+        if wait.quiet and not wait.retry:
+            # a copy of an attempt that holds its lease elsewhere: the holder carries the
+            # task (a FAILURE here could stand beside its success)
+            raise Ignore() from None
         raise Unpublished(why) from None
     return sent
 

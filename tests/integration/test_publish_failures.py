@@ -19,6 +19,7 @@ from celery import Celery
 from celery_resilience import GaveUp
 from celery_resilience.state.deadletters import DeadLetters
 from celery_resilience.state.keys import KeySpace
+from example_project.upstream import Response
 from tests.helpers.celery_apps import ENV_BACKEND, ENV_BROKER, ENV_QUEUE
 from tests.helpers.cluster import module_env
 from tests.helpers.polling import wait_until
@@ -130,3 +131,33 @@ def test_a_retry_refused_for_good_ends_in_failure_and_a_dead_letter(
     letters = _letters(redis_server, prefix, result.id)
     assert letters == ["its retry could not be published (OperationalError: NoPermissionError)"]
     assert "refused the retry 6 times" in worker.log_text()
+
+
+def test_an_acks_late_retry_refused_by_a_stopped_rabbitmq_is_requeued_by_the_broker(
+    rabbitmq_node, worker_factory, celery_client, redis_server, upstream, unique
+):
+    """RabbitMQ goes away while an acks_late attempt is failing, for longer than the
+    publish retry policy: the attempt rejects its message back; RabbitMQ puts it back by
+    itself (it was never acknowledged), and when the broker returns its copy publishes the
+    retry that was lost. The task succeeds on attempt 2, which runs once."""
+    env = module_env(
+        redis_server,
+        upstream.url,
+        **{ENV_BROKER: rabbitmq_node.url, "RESILIENCE_TEST_ACKS_LATE": "1"},
+    )
+    worker = worker_factory(APP, env=env)
+    client = celery_client(rabbitmq_node.url, env[ENV_BACKEND], env[ENV_QUEUE])
+    path = f"/{unique}/away"
+    upstream.script(path, [Response(status=503, delay=10.0)], then=200)
+    result = client.send_task("res.call", args=[path])
+    wait_until(lambda: upstream.count(path) == 1, timeout=30, what="attempt 1 calling")
+    rabbitmq_node.pause()
+    wait_until(
+        lambda: "refused the retry 6 times" in worker.log_text(),
+        timeout=60,
+        what="the publish retries spent",
+    )
+    rabbitmq_node.restart()
+    assert result.get(timeout=120)["status"] == 200
+    assert upstream.count(path) == 2
+    assert worker.log_text().count("attempt 2 succeeded") == 1
