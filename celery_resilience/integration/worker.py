@@ -191,9 +191,12 @@ def _reschedule(
     leg = wait.countdown
     if cap is not None and wait.countdown > cap:
         leg = cap
-        headers[names.STATE] = replace(
-            state, not_before=rt.estimated_now() + wait.countdown
-        ).to_header()
+        # a copy of an attempt seen before looks again sooner instead: a leg's wake-up is
+        # no copy's any more, and would write RETRY over whatever state the attempt made
+        if not wait.quiet:
+            headers[names.STATE] = replace(
+                state, not_before=rt.estimated_now() + wait.countdown
+            ).to_header()
     request.retries = counted - 1
     _sent(rt, wait, lease, _publish(task, rt, wait, reason, countdown=leg, headers=headers))
 
