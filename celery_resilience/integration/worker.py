@@ -203,9 +203,9 @@ def _reschedule(
 
 def _sent(rt: Runtime, wait: Wait, lease: Lease | None, retry: Retry) -> NoReturn:
     """``wait``'s message is in the broker: leave the mark that says so on the attempt
-    lease, then end the attempt as Celery's RETRY; a copy's wait (a redelivered message)
-    ends without writing the task's state, which the attempt it stood for owns and may
-    have made final meanwhile."""
+    lease, then end the attempt as Celery's RETRY; a wait that is not stored (a copy's, a
+    split wait's next leg) ends without writing the task's state, which may be final by
+    now."""
     mark = decide.mark_after_publication(wait)
     if mark is not None and lease is not None:
         rt.record(
@@ -213,7 +213,7 @@ def _sent(rt: Runtime, wait: Wait, lease: Lease | None, retry: Retry) -> NoRetur
                 holder=lease.key, attempt_key=lease.key, mark_ttl=lease.mark_ttl, attempt_mark=mark
             )
         )
-    if wait.quiet:
+    if not wait.stored:
         raise Ignore()
     raise retry
 

@@ -107,12 +107,24 @@ def test_retrying_tasks_through_worker_kills_all_end_final(
         scripts[path] = (503, 404) if i % 2 else (503, 503, 200)
         upstream.script(path, list(scripts[path][:-1]), then=scripts[path][-1])
     results = {path: client.send_task("res.call", args=[path]) for path in scripts}
-    for kill in range(5):
-        victim = nodes[-1]
-        seen = _holding(victim)
-        wait_until(lambda v=victim, s=seen: _holding(v) > s, timeout=60, what="a retry held")
+    live, seen, kills = list(nodes), {n.name: 0 for n in nodes}, 0
+
+    def holding() -> CeleryWorker | None:
+        return next((n for n in live if _holding(n) > seen[n.name]), None)
+
+    while kills < 5:
+        try:  # the node that holds a retry's message next; none for long: the work is over
+            victim = wait_until(holding, timeout=20, interval=0.05, what="a retry held")
+        except TimeoutError:
+            break
         victim.kill()
-        nodes.append(worker_factory(APP, env=held, name=f"r{kill}-{unique}"))
+        live.remove(victim)
+        kills += 1
+        spare = worker_factory(APP, env=held, name=f"r{kills}-{unique}", wait=False)
+        nodes.append(spare)
+        live.append(spare)
+        seen[spare.name] = 0
+    assert kills >= 3
 
     def settled() -> bool:
         return all(r.ready() for r in results.values())

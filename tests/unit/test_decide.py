@@ -301,6 +301,18 @@ def test_a_published_retry_marks_its_attempt_done_and_a_deferral_marks_nothing()
     assert decide.mark_after_publication(deferral) is None
 
 
+def test_only_a_first_wait_of_the_attempt_itself_is_stored_as_the_task_state():
+    """A deferral or retry is stored as the task's state; a copy's wait and the next leg
+    of a split wait are not (the state may be final by the time they are carried out)."""
+    deferral = decide.after_gate(attempt(limiter=LIMIT), no(Denial.RATE_LIMITED, 0.3), rng())
+    running = decide.after_gate(attempt(), no(Denial.RUNNING, 30.0), rng())
+    split = decide.on_wake(attempt(state=AttemptState(not_before=NOW + 60)), NOW)
+    assert isinstance(deferral, decisions.Wait)
+    assert isinstance(running, decisions.Wait)
+    assert isinstance(split, decisions.Wait)
+    assert (deferral.stored, running.stored, split.stored) == (True, False, False)
+
+
 def test_rate_limited_failure_pauses_the_limiter_and_spares_the_breaker():
     """A 429 with Retry-After: the limiter pauses, the breaker is not charged."""
     failure = classify(TransientError("slow down", retry_after=7))
