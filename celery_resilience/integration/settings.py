@@ -55,13 +55,13 @@ setting                         meaning (default)
                                 releaser publishes them once the lease ran out. (``30.0``)
 ``resilience_park_poll``        Seconds between two looks of a worker's releaser at the
                                 parked set, with +/- 50 % jitter. (``1.0``)
-``resilience_publish_retry_``   How often a retry or deferral that the broker refused is
-``policy``                      published again before the task fails for good (FAILURE,
-                                dead letter), as kombu's retry policy: ``max_retries``,
-                                ``interval_start``, ``interval_step``, ``interval_max``
-                                (``{"max_retries": 5, "interval_start": 0.5,
-                                "interval_step": 1.0, "interval_max": 3.0}``: about 10 s).
 =============================== ===========================================================
+
+``resilience_publish_retry_policy``: how often a retry or deferral whose message the
+broker refused is offered again before the task fails for good (FAILURE, dead letter), as
+kombu's retry policy: ``max_retries``, ``interval_start``, ``interval_step``,
+``interval_max`` (``{"max_retries": 5, "interval_start": 0.5, "interval_step": 1.0,
+"interval_max": 3.0}``: about 10 s).
 """
 
 from __future__ import annotations
