@@ -3,17 +3,19 @@
 One attempt meets the engine at these points, and at each the engine answers with a value
 that the drivers (a worker, or eager mode) carry out:
 
-============================  ===============================================================
-point                         answers
-============================  ===============================================================
-:func:`on_wake`               ``None`` (go on), :class:`Wait` (a split wait is not over),
-                              or :class:`GiveUp` (the deadline would pass meanwhile)
-:func:`before_gate`           ``None`` (ask the gates), or :class:`GiveUp` (deadline passed)
-:func:`after_gate`            :class:`Run`, :class:`Wait` (deferred), :class:`GiveUp`,
-                              :class:`Refuse`, :class:`UseFallback` or :class:`Duplicate`
-:func:`plan_failure`          a :class:`FailurePlan`: retry after a countdown, or not
-:func:`after_failure`         :class:`Wait` (a retry), :class:`FailNow` or :class:`GiveUp`
-============================  ===============================================================
+================================  ===========================================================
+point                             answers
+================================  ===========================================================
+:func:`on_wake`                   ``None`` (go on), :class:`Wait` (a split wait is not over),
+                                  or :class:`GiveUp` (the deadline would pass meanwhile)
+:func:`before_gate`               ``None`` (ask the gates), or :class:`GiveUp` (deadline passed)
+:func:`after_gate`                :class:`Run`, :class:`Wait` (deferred), :class:`GiveUp`,
+                                  :class:`Refuse`, :class:`UseFallback` or :class:`Duplicate`
+:func:`plan_failure`              a :class:`FailurePlan`: retry after a countdown, or not
+:func:`after_failure`             :class:`Wait` (a retry), :class:`FailNow` or :class:`GiveUp`
+:func:`unpublished`               :class:`GiveUp`: the broker would not take a wait's message
+:func:`mark_after_publication`    the attempt lease's mark once a wait's message is sent
+================================  ===========================================================
 
 Nothing here reads a clock, draws a random number of its own, or does I/O: the store's
 time comes in with its answers (``GateAnswer.now``, ``RecordAnswer.now``) or as ``now``,
@@ -42,6 +44,7 @@ from celery_resilience.core.decisions import (
     Wait,
 )
 from celery_resilience.core.gates import (
+    AttemptMark,
     BreakerOutcome,
     BreakerState,
     Denial,
@@ -58,8 +61,10 @@ __all__ = [
     "after_gate",
     "before_gate",
     "broken",
+    "mark_after_publication",
     "on_wake",
     "plan_failure",
+    "unpublished",
 ]
 
 #: A task woken this early (seconds) before its time is let through rather than re-queued.
@@ -365,3 +370,26 @@ def _not_before_half_open(
     if seconds >= floor or (remaining is not None and floor >= remaining):
         return seconds
     return floor
+
+
+def unpublished(attempt: Attempt, wait: Wait, error: str) -> GiveUp:
+    """The broker refused the message that carries ``wait`` (``error`` names why) for as
+    long as the publish may be retried: the task fails for good, with its ledger and a
+    dead letter, rather than vanish with a message acknowledged when it started."""
+    what = "retry" if wait.retry else "deferral"
+    reason = f"its {what} could not be published ({error})"
+    # the wait's ledger (this attempt's failure in it), counted as the attempts that ran
+    ran = attempt.state
+    state = replace(wait.state, failures=ran.failures, deferrals=ran.deferrals)
+    message = gave_up_message(reason=reason, state=state, trace_id=attempt.trace_id)
+    return GiveUp(reason=reason, message=message, state=state, failure=wait.failure)
+
+
+def mark_after_publication(wait: Wait) -> AttemptMark | None:
+    """What the attempt lease says once ``wait``'s message is in the broker: "done" after
+    a retry (its failed attempt left the lease "retried", so that a copy of its message
+    redelivered after a lost worker would publish the retry again; now that it is
+    published, such a copy has nothing to do: it neither publishes a second retry nor
+    writes RETRY over the final state the next attempt may have stored). Nothing after a
+    deferral: its attempt held no lease."""
+    return "done" if wait.retry else None

@@ -95,6 +95,14 @@ class Wait:
         """True for a failed attempt retried (not a deferral)."""
         return self.failure is not None
 
+    @property
+    def stored(self) -> bool:
+        """Whether the wait is stored as the task's state (Celery's RETRY). Not a quiet
+        wait's (the attempt it stands for owns the state), nor the next leg of a split
+        wait's (the first leg stored it; a leg of a stale copy would overwrite a final
+        state the attempt stored meanwhile)."""
+        return not self.quiet and self.gate != "schedule"
+
 
 @dataclass(frozen=True, slots=True)
 class GiveUp:

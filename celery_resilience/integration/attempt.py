@@ -31,7 +31,17 @@ if TYPE_CHECKING:
     from celery_resilience.core.options import TaskOptions
     from celery_resilience.integration.task import ResilientTask
 
-__all__ = ["run_traced"]
+__all__ = ["Unpublished", "run_traced"]
+
+
+class Unpublished(Exception):  # noqa: N818 - a condition, not an error of the caller's
+    """Raised by a driver's ``carry`` when the broker would not take the wait's message,
+    however often it was offered (``why``: the broker's error, by type names only): the
+    attempt then ends the task for good."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
 
 
 def run_traced(
@@ -52,7 +62,8 @@ def run_traced(
     """Carry out one attempt in its span, with its context bound to every log line.
 
     Returns a :class:`Done` with the result, or the :class:`~decisions.Wait` to carry out
-    (``carry`` does it inside the attempt's context, given the wait and the span ID);
+    (``carry`` does it inside the attempt's context, given the wait and the span ID, and
+    raises :class:`Unpublished` when the broker would not take it);
     final failures are raised (``GaveUp``, ``BreakerOpenError``, the body's own permanent
     failure, redacted; Celery's ``Ignore``/``Reject``/``Retry``). ``hold`` receives the
     attempt's context when it ends.
@@ -85,7 +96,10 @@ def run_traced(
                 if isinstance(outcome, decisions.Wait):
                     span.set("countdown", outcome.countdown)
                     if carry is not None:
-                        carry(outcome, span.span_id)
+                        try:
+                            carry(outcome, span.span_id)
+                        except Unpublished as exc:
+                            flow.unpublished(outcome, exc.why)
         except Retry as exc:  # the body re-queued itself
             span.set("countdown", float(exc.when) if isinstance(exc.when, (int, float)) else 0.0)
             raise

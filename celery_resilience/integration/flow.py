@@ -409,6 +409,15 @@ class Flow:
         )
         return Done(result, "fallback")
 
+    def unpublished(self, wait: decisions.Wait, why: str) -> NoReturn:
+        """The broker would not take ``wait``'s message (``why``), however often it was
+        offered: the task ends for good (FAILURE, dead letter), and a copy of this message
+        that comes back later finds its attempt done."""
+        self.verdict = "gave_up"
+        if self.lease is not None:
+            self._report("neutral", probe=False, mark="done")
+        self._give_up(decide.unpublished(self.attempt, wait, why), exc=None)
+
     def _give_up(self, decision: decisions.GiveUp, *, exc: BaseException | None) -> NoReturn:
         self._set_state(decision.state)
         signals.gave_up.send(

@@ -56,11 +56,17 @@ setting                         meaning (default)
 ``resilience_park_poll``        Seconds between two looks of a worker's releaser at the
                                 parked set, with +/- 50 % jitter. (``1.0``)
 =============================== ===========================================================
+
+``resilience_publish_retry_policy``: how often a retry or deferral whose message the
+broker refused is offered again before the task fails for good (FAILURE, dead letter), as
+kombu's retry policy: ``max_retries``, ``interval_start``, ``interval_step``,
+``interval_max`` (``{"max_retries": 5, "interval_start": 0.5, "interval_step": 1.0,
+"interval_max": 3.0}``: about 10 s).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from kombu.utils.url import maybe_sanitize_url
@@ -75,6 +81,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
 __all__ = [
+    "PublishRetry",
     "Settings",
     "amqp_consumer_timeout",
     "consumer_timeout_cap",
@@ -96,6 +103,34 @@ DuplicateGuard = Literal["acks_late", "always"]
 DEFAULT_CONSUMER_TIMEOUT = 1800.0
 #: The most a countdown stays below the consumer timeout (see consumer_timeout_cap).
 _CONSUMER_MARGIN = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRetry:
+    """``resilience_publish_retry_policy``: kombu's retry policy for publishing a retry or
+    deferral the broker refused (``kombu.utils.functional.retry_over_time``)."""
+
+    max_retries: int = 5
+    interval_start: float = 0.5
+    interval_step: float = 1.0
+    interval_max: float = 3.0
+
+
+def _publish_retry(conf: Any) -> PublishRetry:
+    key = "resilience_publish_retry_policy"
+    given = conf.get(key) or {}
+    known = {f.name for f in fields(PublishRetry)}
+    if not isinstance(given, dict) or set(given) - known:
+        raise ResilienceConfigError(f"{key} must be a dict with keys among {sorted(known)}")
+    values: dict[str, Any] = {}
+    for name, value in given.items():
+        try:
+            values[name] = checked_number(
+                value, what=f"{key}[{name!r}]", strict=False, integer=name == "max_retries"
+            )
+        except (TypeError, ValueError) as exc:
+            raise ResilienceConfigError(str(exc)) from None
+    return PublishRetry(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +159,15 @@ class Settings:
     park_lease: float = 30.0
     #: Seconds between two looks of a releaser at the parked set (jittered).
     park_poll: float = 1.0
+    #: How a refused retry or deferral is published again (kombu's retry policy).
+    publish_retry: PublishRetry = field(default_factory=PublishRetry)
+
+    @property
+    def broker_requeues(self) -> bool:
+        """Whether a rejected message is put back by the broker itself (RabbitMQ), not
+        pushed back by the worker through the very commands a failed publish used
+        (kombu's Redis transport, which drops a message it cannot push back)."""
+        return self.consumer_timeout is not None
 
     @property
     def countdown_cap(self) -> float | None:
@@ -273,4 +317,5 @@ def read_settings(app: Celery) -> Settings:
         park_after=_number(conf, "resilience_park_after", 5.0, zero=True),
         park_lease=_number(conf, "resilience_park_lease", 30.0),
         park_poll=_number(conf, "resilience_park_poll", 1.0),
+        publish_retry=_publish_retry(conf),
     )

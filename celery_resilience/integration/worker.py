@@ -13,14 +13,17 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.log import get_task_logger
+from kombu.utils.functional import retry_over_time
 
+from celery_resilience.core import decide
 from celery_resilience.core import headers as names
 from celery_resilience.core.errors import Deferred, RetryScheduled
-from celery_resilience.integration.attempt import run_traced
+from celery_resilience.core.gates import OutcomeReport
+from celery_resilience.integration.attempt import Unpublished, run_traced
 from celery_resilience.integration.flow import Done, Lease
 from celery_resilience.integration.lost import owner_of
 from celery_resilience.integration.message import incoming_state, incoming_trace, nonce_of
@@ -36,6 +39,8 @@ from celery_resilience.state.errors import STORE_ERRORS
 from celery_resilience.state.parked import ParkRefusedError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from celery.app.task import Context
 
     from celery_resilience.core.decisions import Wait
@@ -155,10 +160,13 @@ def _reschedule(
     span_id: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    lease: Lease | None,
 ) -> NoReturn:
     """Send the task back for ``wait.countdown`` seconds, with its counters and trace in
     the headers: parked outside the workers when the wait is long (and a durable place
-    exists), else as a countdown message, in legs below the broker's timeouts."""
+    exists), else as a countdown message, in legs below the broker's timeouts. Once it is
+    sent, the attempt lease says so (a copy of this message then has nothing to do), and
+    a copy's own wait ends without a state of the task's (:func:`_sent`)."""
     state = wait.state
     # Task.retry replaces the custom headers: start from this message's own, minus
     # RabbitMQ's x-death bookkeeping (as Celery's own retry does).
@@ -181,21 +189,117 @@ def _reschedule(
         task, request, rt, wait, headers=headers, args=args, kwargs=kwargs, retries=counted
     ):
         # Published again by a releaser when due: end this attempt as Celery's RETRY.
-        raise Retry(exc=reason, when=wait.countdown)  # type: ignore[arg-type]  # a float is a Real
+        _sent(rt, wait, lease, Retry(exc=reason, when=wait.countdown))  # type: ignore[arg-type]  # a float is a Real
     cap = rt.settings.countdown_cap
     leg = wait.countdown
     if cap is not None and wait.countdown > cap:
         leg = cap
-        headers[names.STATE] = replace(
-            state, not_before=rt.estimated_now() + wait.countdown
-        ).to_header()
+        # a copy of an attempt seen before looks again sooner instead: a leg's wake-up is
+        # no copy's any more, and would write RETRY over whatever state the attempt made
+        if not wait.quiet:
+            headers[names.STATE] = replace(
+                state, not_before=rt.estimated_now() + wait.countdown
+            ).to_header()
     request.retries = counted - 1
+    _sent(rt, wait, lease, _publish(task, rt, wait, reason, countdown=leg, headers=headers))
+
+
+def _sent(rt: Runtime, wait: Wait, lease: Lease | None, retry: Retry) -> NoReturn:
+    """``wait``'s message is in the broker: leave the mark that says so on the attempt
+    lease, then end the attempt as Celery's RETRY; a wait that is not stored (a copy's, a
+    split wait's next leg) ends without writing the task's state, which may be final by
+    now."""
+    mark = decide.mark_after_publication(wait)
+    if mark is not None and lease is not None:
+        rt.record(
+            OutcomeReport(
+                holder=lease.key, attempt_key=lease.key, mark_ttl=lease.mark_ttl, attempt_mark=mark
+            )
+        )
+    if not wait.stored:
+        raise Ignore()
+    raise retry
+
+
+def _publish(
+    task: ResilientTask,
+    rt: Runtime,
+    wait: Wait,
+    reason: Exception,
+    *,
+    countdown: float,
+    headers: dict[str, Any],
+) -> Retry:
+    """Publish the task's next message (``Task.retry``); return Celery's ``Retry`` for it.
+    A publish the broker refuses is offered again as
+    ``resilience_publish_retry_policy`` says; past that, the message of an ``acks_late``
+    task goes back to its queue where the broker itself puts it back (RabbitMQ), else a
+    copy of an attempt running elsewhere leaves the task to it, and any other task ends
+    for good (:class:`Unpublished`): its message was acknowledged when it started, or
+    kombu's Redis transport would push it back with the very command that failed."""
+    policy = rt.settings.publish_retry
+    what = "retry" if wait.retry else "deferral"
+
+    def send() -> Retry:
+        sent: Retry = task.retry(exc=reason, countdown=countdown, headers=headers, throw=False)
+        return sent
+
+    def refused(exc: Reject, intervals: Iterator[float], tries: int) -> float:
+        pause = next(intervals)
+        logger.warning(
+            "celery-resilience: the broker refused the %s (%s); offered again in %.1f s "
+            "(%d of %d)",
+            what,
+            _refusal(exc),
+            pause,
+            tries + 1,
+            policy.max_retries,
+        )
+        return pause
+
     try:
-        raise task.retry(exc=reason, countdown=leg, headers=headers)
+        sent = retry_over_time(
+            send,
+            (Reject,),
+            errback=cast("Any", refused),  # its stub has the wrong signature
+            max_retries=policy.max_retries,
+            interval_start=policy.interval_start,
+            interval_step=policy.interval_step,
+            interval_max=policy.interval_max,
+        )
     except Reject as exc:
-        # The next attempt could not be published (the broker is away): put this
-        # message back rather than drop it; its copy knows what to do.
-        raise Reject(getattr(exc, "reason", exc), requeue=True) from None
+        why = _refusal(exc)
+        logger.error(  # noqa: TRY400 - no traceback: the broker's text may hold its URL
+            "celery-resilience: the broker refused the %s %d times (%s)",
+            what,
+            policy.max_retries + 1,
+            why,
+        )
+        if task.acks_late and rt.settings.broker_requeues:
+            # this message goes back to its queue; its copy knows what to do
+            raise Reject(_cause(exc), requeue=True) from None
+        if wait.quiet and not wait.retry:
+            # a copy of an attempt that holds its lease elsewhere: the holder carries the
+            # task (a FAILURE here could stand beside its success)
+            raise Ignore() from None
+        raise Unpublished(why) from None
+    return sent
+
+
+def _cause(exc: Reject) -> Exception:
+    """The broker's error that ``Task.retry`` wrapped in ``exc``."""
+    reason = getattr(exc, "reason", None)
+    return reason if isinstance(reason, Exception) else exc
+
+
+def _refusal(exc: Reject) -> str:
+    """What the broker's refusal was, as type names only (their text may hold a URL): the
+    error and the one it wraps (kombu raises ``OperationalError`` from the client's)."""
+    cause = _cause(exc)
+    inner = cause.__cause__ or cause.__context__
+    if inner is None or type(inner) is type(cause):
+        return type(cause).__name__
+    return f"{type(cause).__name__}: {type(inner).__name__}"
 
 
 def run_in_worker(
@@ -208,9 +312,19 @@ def run_in_worker(
     rt = runtime_for(task.app)
     time_limit = time_limit_of(task, request)
 
+    lease = _lease(task, request, rt, state.attempt, time_limit)
+
     def carry(wait: Wait, span_id: str) -> NoReturn:
         _reschedule(
-            task, request, rt, wait, trace=trace, span_id=span_id, args=args, kwargs=kwargs
+            task,
+            request,
+            rt,
+            wait,
+            trace=trace,
+            span_id=span_id,
+            args=args,
+            kwargs=kwargs,
+            lease=lease,
         )
 
     outcome = run_traced(
@@ -222,7 +336,7 @@ def run_in_worker(
         gates=rt,
         state=state,
         trace=trace,
-        lease=_lease(task, request, rt, state.attempt, time_limit),
+        lease=lease,
         time_limit=time_limit,
         carry=carry,
         hold=_hold,

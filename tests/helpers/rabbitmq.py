@@ -217,6 +217,11 @@ class RabbitMQNode(LoggedProcess):
             shutil.rmtree(self._owned_directory, ignore_errors=True)
             self._owned_directory = self._directory = None
 
+    def pause(self, timeout: float = 60.0) -> None:
+        """Stop the node cleanly (SIGTERM: its messages are on disk), keeping its data and
+        ports (fault injection: a broker away); :meth:`restart` brings it back."""
+        self._stop_server(signal.SIGTERM, timeout)
+
     def kill(self) -> None:
         """SIGKILL the node (fault injection); :meth:`restart` brings it back."""
         self._stop_server(signal.SIGKILL, 10.0)

@@ -285,6 +285,60 @@ def test_transient_failure_is_retried_after_the_backoff():
     assert decision.line.startswith("transient: TransientError; attempt 1 of 6")
 
 
+def test_a_retry_the_broker_refused_gives_up_with_its_ledger():
+    """A retry whose message the broker would not take: the task gives up, naming why,
+    with the failure in its ledger, counted as the one attempt that ran."""
+    failure = classify(TransientError("x"))
+    plan = decide.plan_failure(attempt(backoff=tenacity.wait_fixed(2)), failure, now=NOW)
+    wait = decide.after_failure(attempt(), plan, record(), rng())
+    assert isinstance(wait, decisions.Wait)
+    decision = decide.unpublished(attempt(), wait, "OperationalError: NoPermissionError")
+    assert decision.reason == (
+        "its retry could not be published (OperationalError: NoPermissionError)"
+    )
+    assert decision.failure == failure
+    assert decision.state.attempt == 1
+    assert decision.state.history == ("#1 transient: TransientError",)
+    assert decision.message.startswith("gave up after 1 attempt(s): its retry could not")
+
+
+def test_a_deferral_the_broker_refused_gives_up_too():
+    """A deferral whose message the broker would not take gives up the same way."""
+    wait = decide.after_gate(attempt(limiter=LIMIT), no(Denial.RATE_LIMITED, 0.3), rng())
+    assert isinstance(wait, decisions.Wait)
+    decision = decide.unpublished(attempt(), wait, "OperationalError")
+    assert decision.reason == "its deferral could not be published (OperationalError)"
+    assert (decision.failure, decision.state.deferrals) == (None, 0)
+
+
+def test_a_published_retry_marks_its_attempt_done_and_a_deferral_marks_nothing():
+    """Once a retry's message is in the broker its attempt is done (a copy of the old
+    message has nothing left to do); a deferral's attempt held no lease to mark."""
+    failure = classify(TransientError("x"))
+    plan = decide.plan_failure(attempt(backoff=tenacity.wait_fixed(2)), failure, now=NOW)
+    retry = decide.after_failure(attempt(), plan, record(), rng())
+    deferral = decide.after_gate(attempt(limiter=LIMIT), no(Denial.RATE_LIMITED, 0.3), rng())
+    lost = decide.after_gate(attempt(), no(Denial.RETRIED, 0.0), rng())
+    assert isinstance(retry, decisions.Wait)
+    assert isinstance(deferral, decisions.Wait)
+    assert isinstance(lost, decisions.Wait)
+    assert decide.mark_after_publication(retry) == "done"
+    assert decide.mark_after_publication(lost) == "done"
+    assert decide.mark_after_publication(deferral) is None
+
+
+def test_only_a_first_wait_of_the_attempt_itself_is_stored_as_the_task_state():
+    """A deferral or retry is stored as the task's state; a copy's wait and the next leg
+    of a split wait are not (the state may be final by the time they are carried out)."""
+    deferral = decide.after_gate(attempt(limiter=LIMIT), no(Denial.RATE_LIMITED, 0.3), rng())
+    running = decide.after_gate(attempt(), no(Denial.RUNNING, 30.0), rng())
+    split = decide.on_wake(attempt(state=AttemptState(not_before=NOW + 60)), NOW)
+    assert isinstance(deferral, decisions.Wait)
+    assert isinstance(running, decisions.Wait)
+    assert isinstance(split, decisions.Wait)
+    assert (deferral.stored, running.stored, split.stored) == (True, False, False)
+
+
 def test_rate_limited_failure_pauses_the_limiter_and_spares_the_breaker():
     """A 429 with Retry-After: the limiter pauses, the breaker is not charged."""
     failure = classify(TransientError("slow down", retry_after=7))

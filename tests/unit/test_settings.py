@@ -76,6 +76,9 @@ def test_no_redis_anywhere_is_a_clear_error_without_passwords(make):
         ({"resilience_consumer_timeout": True}, "resilience_consumer_timeout"),
         ({"resilience_consumer_timeout": math.nan}, "resilience_consumer_timeout"),
         ({"resilience_consumer_timeout": math.inf}, "resilience_consumer_timeout"),
+        ({"resilience_publish_retry_policy": {"retries": 3}}, "resilience_publish_retry"),
+        ({"resilience_publish_retry_policy": {"max_retries": 1.5}}, "max_retries"),
+        ({"resilience_publish_retry_policy": {"interval_max": -1}}, "interval_max"),
     ],
 )
 def test_bad_settings_are_named(make, conf, words):
@@ -205,3 +208,15 @@ def test_tls_options_follow_the_url_they_come_from(make):
     kwargs = client.connection_pool.connection_kwargs
     assert (kwargs["ssl_cert_reqs"], kwargs["ssl_ca_certs"]) == ("required", "/etc/ca.pem")
     client.close()
+
+
+def test_the_publish_retry_policy_is_kombus(make):
+    """resilience_publish_retry_policy takes kombu's keys; the ones not given keep their
+    defaults (about 10 s of offers in all)."""
+    app = make(
+        broker_url="redis://b:6379/0",
+        resilience_publish_retry_policy={"max_retries": 2, "interval_max": 1},
+    )
+    policy = read_settings(app).publish_retry
+    assert (policy.max_retries, policy.interval_start, policy.interval_step) == (2, 0.5, 1.0)
+    assert policy.interval_max == 1.0
