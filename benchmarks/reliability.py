@@ -14,8 +14,9 @@ is over, each task is judged:
 - *failed*: a final state other than the expected one.
 
 Then every sink is searched for the secret: the result backend (every value), the workers'
-logs, the dead-letter stream (raw) and the CLI's text and JSON views
-(``resilience dead-letters list``/``show``, ``resilience status --json``).
+logs, Flower's task API (``/api/tasks``: the workers send task events), the dead-letter
+stream (raw) and the CLI's text and JSON views (``resilience dead-letters list``/``show``,
+``resilience status --json``).
 """
 
 from __future__ import annotations
@@ -120,6 +121,11 @@ def _sinks(stack: Stack) -> dict[str, str]:
             json.dumps({k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()})
             for _, fields in stream
         )
+    if stack.flower is not None:
+        try:
+            found["flower /api/tasks"] = json.dumps(stack.flower.get("/api/tasks"))
+        except Exception as exc:
+            found["flower /api/tasks"] = f"unreadable: {exc!r}"
     found["cli dead-letters list"] = stack.cli("dead-letters", "list")
     found["cli dead-letters list --json"] = stack.cli("dead-letters", "list", "--json")
     if stream:
@@ -145,6 +151,7 @@ def run_fault(
     began, load_before = time.monotonic(), os.getloadavg()[0]
     with running(workdir / fault.key, fault.spec, secret=secret) as stack:
         stack.start_nodes(NODES, concurrency=CONCURRENCY)
+        stack.start_flower()
         fault.script(upstream, prefix, tasks)
         upstream.script(f"{prefix}/refused", [], then=403)
         url = upstream.url

@@ -3,8 +3,8 @@
 A broker (a Redis of its own, optionally with an append-only file or an ACL user for the
 workers, or a private RabbitMQ node), a Redis for the result backend, and a state store (a
 Redis, or a three-node Redis Cluster), all started by the test helpers in
-``tests/helpers``; worker nodes of :mod:`benchmarks.apps.reliable` (prefork), replaced
-as a process supervisor would when one exits::
+``tests/helpers``; worker nodes of :mod:`benchmarks.apps.reliable` (prefork, sending task
+events), replaced as a process supervisor would when one exits, and Flower watching them::
 
     with running(workdir, spec, secret=s) as stack:
         stack.start_nodes(2)
@@ -32,6 +32,7 @@ from benchmarks.apps.config import ENV_BACKEND, ENV_BROKER, ENV_CONF, ENV_STATE
 from benchmarks.apps.reliable import ENV_SECRET
 from tests.helpers import REPO_ROOT
 from tests.helpers.celery_apps import make_app
+from tests.helpers.flower import FlowerProcess
 from tests.helpers.processes import has_exited
 from tests.helpers.rabbitmq import RabbitMQNode
 from tests.helpers.redis_cluster import RedisCluster
@@ -72,6 +73,7 @@ class Stack:
         self.results = RedisServer(workdir / "results")
         self.state: RedisServer | RedisCluster
         self.workers: list[CeleryWorker] = []
+        self.flower: FlowerProcess | None = None
         self.replaced = 0
         self._gone: set[int] = set()
         self._client: Celery | None = None
@@ -102,6 +104,8 @@ class Stack:
     def stop(self) -> None:
         """Stop the workers, then every server (by PID)."""
         try:
+            if self.flower is not None:
+                self.flower.stop()
             stop_workers(self.workers)
         finally:
             if self._client is not None:
@@ -138,7 +142,9 @@ class Stack:
             ENV_BROKER: self.worker_broker_url,
             ENV_BACKEND: self.results.url(0),
             ENV_STATE: self.state_url,
-            ENV_CONF: json.dumps({"task_default_queue": QUEUE, **self.spec.conf}),
+            ENV_CONF: json.dumps(
+                {"task_default_queue": QUEUE, "worker_send_task_events": True, **self.spec.conf}
+            ),
             ENV_SECRET: self.secret,
         }
 
@@ -162,6 +168,11 @@ class Stack:
         for worker in started:
             worker.wait_ready(self.client, timeout=60.0)
         return started
+
+    def start_flower(self) -> FlowerProcess:
+        """Start Flower on the broker; the workers send task events to it."""
+        self.flower = FlowerProcess(APP, env=self.env(), logfile=self.workdir / "flower.log")
+        return self.flower.start()
 
     def _worker(self, concurrency: int) -> CeleryWorker:
         name = f"node{len(self.workers) + 1}"
