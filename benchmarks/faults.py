@@ -82,8 +82,7 @@ def _steady(upstream: Upstream, prefix: str, tasks: int) -> None:
 
 
 def _retry_after(upstream: Upstream, prefix: str, tasks: int) -> None:
-    for i in range(tasks):
-        upstream.script(f"{prefix}/t{i}", [Response(429, retry_after=3)], then=200)
+    upstream.phases(prefix, [(3.0, Response(429, retry_after=3)), (None, 200)])
 
 
 # -- injections ----------------------------------------------------------------------------
@@ -181,7 +180,7 @@ FAULTS: tuple[Fault, ...] = (
           Spec(state="cluster"), _steady, _state_outage, conf_note="defaults"),
     Fault("outage", f"upstream outage (503 for {OUTAGE:g} s) with the breaker", Spec(),
           _outage, _nothing, conf_note="defaults"),
-    Fault("retry_after", "429 with Retry-After: 3 on each task's first call", Spec(),
+    Fault("retry_after", "429 with Retry-After: 3 to every call for 3 s", Spec(),
           _retry_after, _one_per_task, conf_note="defaults"),
     Fault("publish_denied", "retry publish fails: LPUSH denied by ACL for 3 s",
           Spec(acl=True), _outage, _deny_publish, conf_note="defaults (acks early)"),

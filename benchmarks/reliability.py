@@ -17,14 +17,18 @@ Then every sink is searched for the secret: the result backend (every value), th
 logs, Flower's task API (``/api/tasks``: the workers send task events), the dead-letter
 stream (raw) and the CLI's text and JSON views (``resilience dead-letters list``/``show``,
 ``resilience status --json``).
+
+Some rows alone, printed only: ``python -m benchmarks.reliability publish_denied --quick``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
 import secrets
+import sys
 import time
 import traceback
 from collections.abc import Sequence
@@ -33,14 +37,14 @@ from typing import Any
 
 from benchmarks.faults import FAULTS, Fault
 from benchmarks.measure import effects
-from benchmarks.params import Params
+from benchmarks.params import FULL, QUICK, Params
 from benchmarks.report import Outcome, load_average, section_facts
 from benchmarks.rig import Rig
 from benchmarks.stack import TERMINAL, Stack, running
 from celery_resilience.state.keys import KeySpace
 from example_project.upstream import RequestRecord, Upstream
 
-__all__ = ["SECTION_TITLE", "judge", "run_fault", "run_reliability", "search"]
+__all__ = ["SECTION_TITLE", "judge", "main", "run_fault", "run_reliability", "search"]
 
 SECTION_TITLE = "Reliability"
 NODES, CONCURRENCY = 2, 2
@@ -177,6 +181,8 @@ def run_fault(
         letters = _wait_letters(stack, refused, LETTERS_WAIT)
         sinks = _sinks(stack)
         (workdir / fault.key / "sinks.json").write_text(json.dumps(sinks, indent=1))
+        seen = json.dumps([r.to_json() for r in records], indent=1)
+        (workdir / fault.key / "requests.json").write_text(seen.replace(secret, "<planted>"))
         leaks = search(secret, sinks)
         replaced = stack.replaced
     figures = {
@@ -226,8 +232,8 @@ def run_reliability(rig: Rig, params: Params, only: Sequence[str] = ()) -> Outco
 
 def render_section(rows: dict[str, dict[str, Any]], facts: list[tuple[str, str]]) -> str:
     """The Markdown section: facts, one row per fault, and what each miss was."""
-    lines = [f"## {SECTION_TITLE}", "", __doc__.split("\n\n", 1)[1].strip(), "",
-             "| | |", "| --- | --- |"]  # fmt: skip
+    told = "\n\n".join(__doc__.split("\n\n")[1:-1]).replace(":mod:", "")
+    lines = [f"## {SECTION_TITLE}", "", told, "", "| | |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in facts]
     lines += [
         "",
@@ -257,3 +263,22 @@ def render_section(rows: dict[str, dict[str, Any]], facts: list[tuple[str, str]]
         lines += ["", "Misses (task IDs; worker logs and data under `benchmarks/runs/`):", ""]
         lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the faults named on the command line (all without one); print the section."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.reliability")
+    parser.add_argument("faults", nargs="*", help=f"of: {', '.join(f.key for f in FAULTS)}")
+    parser.add_argument("--quick", action="store_true", help="12 + 2 tasks a row")
+    args = parser.parse_args(argv)
+    unknown = set(args.faults) - {f.key for f in FAULTS}
+    if unknown:
+        parser.error(f"unknown: {', '.join(sorted(unknown))}")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    with Rig(Path(__file__).resolve().parent / "runs" / stamp) as rig:
+        print(run_reliability(rig, QUICK if args.quick else FULL, only=args.faults).section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
