@@ -77,6 +77,10 @@ def _outage(upstream: Upstream, prefix: str, tasks: int) -> None:
     upstream.phases(prefix, [(OUTAGE, 503), (None, 200)])
 
 
+def _slow_recovery(upstream: Upstream, prefix: str, tasks: int) -> None:
+    upstream.phases(prefix, [(OUTAGE, 503), (None, Response.slow(3.0))])
+
+
 def _steady(upstream: Upstream, prefix: str, tasks: int) -> None:
     upstream.script(prefix, [], then=Response.slow(0.3))
 
@@ -181,6 +185,9 @@ FAULTS: tuple[Fault, ...] = (
           Spec(state="cluster"), _steady, _state_outage, conf_note="defaults"),
     Fault("outage", f"upstream outage (503 for {OUTAGE:g} s) with the breaker", Spec(),
           _outage, _nothing, conf_note="defaults"),
+    Fault("slow_recovery", f"upstream outage ({OUTAGE:g} s), then answers taking 3 s "
+          "(longer than the breaker's open_for, 2 s)", Spec(), _slow_recovery, _nothing,
+          conf_note="defaults"),
     Fault("retry_after", "429 with Retry-After: 3 to every call for 3 s", Spec(),
           _retry_after, _one_per_task, conf_note="defaults"),
     Fault("publish_denied", "retry publish fails: LPUSH denied by ACL for 3 s",
