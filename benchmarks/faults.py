@@ -187,7 +187,7 @@ FAULTS: tuple[Fault, ...] = (
           _outage, _nothing, conf_note="defaults"),
     Fault("slow_recovery", f"upstream outage ({OUTAGE:g} s), then answers taking 3 s "
           "(longer than the breaker's open_for, 2 s)", Spec(), _slow_recovery, _nothing,
-          conf_note="defaults"),
+          drain=90.0, conf_note="defaults"),
     Fault("retry_after", "429 with Retry-After: 3 to every call for 3 s", Spec(),
           _retry_after, _one_per_task, conf_note="defaults"),
     Fault("publish_denied", "retry publish fails: LPUSH denied by ACL for 3 s",
