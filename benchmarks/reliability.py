@@ -185,6 +185,7 @@ def run_fault(
         (workdir / fault.key / "requests.json").write_text(seen.replace(secret, "<planted>"))
         leaks = search(secret, sinks)
         replaced = stack.replaced
+        broker = stack.broker_facts()
     figures = {
         "title": fault.title,
         "conf": fault.conf_note,
@@ -198,6 +199,7 @@ def run_fault(
         "planted": _planted(records, secret),
         "calls": len(records),
         "replaced": replaced,
+        "broker": broker,
         "seconds": round(seconds, 1),
         "load": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "states": {s: list(states.values()).count(s) for s in set(states.values())},
@@ -256,6 +258,9 @@ def render_section(rows: dict[str, dict[str, Any]], facts: list[tuple[str, str]]
         )
         for kind, ids in f["misses"].items():
             notes.append(f"`{key}`: {kind}: {', '.join(ids[:5])}{' …' if len(ids) > 5 else ''}")
+        if f["lost"] and f.get("broker"):
+            facts_ = ", ".join(f"{k} {v}" for k, v in f["broker"].items())
+            notes.append(f"`{key}`: the Redis broker after the drain: {facts_}")
         if f["leaked_in"]:
             where = ", ".join(f"{k} ({v})" for k, v in f["leaked_in"].items())
             notes.append(f"`{key}`: the secret was found in {where}")

@@ -236,6 +236,21 @@ class Stack:
             values = backend.mget(keys) if keys else []
         return "\n".join(v.decode("utf-8", "replace") for v in values if v is not None)
 
+    def broker_facts(self) -> dict[str, Any]:
+        """What kombu's Redis transport holds after the drain: messages waiting, delivered
+        and unacknowledged, and its restore mutex (``{}`` for RabbitMQ or when unreadable)."""
+        if not isinstance(self.broker, RedisServer):
+            return {}
+        try:
+            with self.broker.client() as broker:
+                return {
+                    "queued": int(broker.llen(QUEUE)),
+                    "unacked": int(broker.hlen("unacked")),
+                    "unacked_mutex_ttl": int(broker.ttl("unacked_mutex")),
+                }
+        except redis.RedisError as exc:
+            return {"unreadable": repr(exc)}
+
     def state_client(self) -> redis.Redis | redis.RedisCluster:
         """A client of the state store (close it when done)."""
         from celery_resilience.state.connect import connect  # noqa: PLC0415
