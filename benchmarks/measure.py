@@ -15,6 +15,7 @@ __all__ = [
     "busiest_window",
     "by_path",
     "early_calls",
+    "effects",
     "per_second",
     "percentile",
     "steady_rate",
@@ -97,3 +98,21 @@ def percentile(values: Sequence[float], share: float) -> float:
         return float(statistics.median(values))
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def effects(records: Iterable[RequestRecord]) -> dict[str, tuple[int, int]]:
+    """For each path: (effects applied, raw calls) of the POSTs answered 2xx.
+
+    An upstream that honours ``Idempotency-Key`` applies a POST once per key: every call
+    under one key counts one effect; a call without a key is an effect of its own. A call
+    answered (or about to be answered) 2xx counts even if its client died waiting.
+    """
+    keys: dict[str, set[str]] = defaultdict(set)
+    raw: dict[str, int] = defaultdict(int)
+    for record in records:
+        if record.method != "POST" or record.status is None or not 200 <= record.status < 300:
+            continue
+        raw[record.path] += 1
+        key = record.header("Idempotency-Key")
+        keys[record.path].add(key if key is not None else f"no key, call {raw[record.path]}")
+    return {path: (len(keys[path]), count) for path, count in raw.items()}

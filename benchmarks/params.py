@@ -28,6 +28,8 @@ class Params:
     waiting_ra_tasks: int = 20
     waiting_reps: int = 2
     waiting_bulk_reps: int = 1
+    reliability_tasks: int = 40
+    reliability_refused: int = 4
 
 
 FULL = Params()
@@ -49,4 +51,6 @@ QUICK = Params(
     waiting_ra_tasks=10,
     waiting_reps=1,
     waiting_bulk_reps=1,
+    reliability_tasks=12,
+    reliability_refused=2,
 )

@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import subprocess
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +21,8 @@ __all__ = [
     "ratio",
     "render",
     "revision",
+    "section_facts",
+    "splice",
     "versions",
 ]
 
@@ -153,3 +156,35 @@ def render(*, outcomes: list[Outcome], facts: list[tuple[str, str]], intro: str)
         if outcome.section:
             lines += ["", outcome.section.rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def splice(text: str, section: str) -> str:
+    """``text`` with the ``## `` section that ``section`` starts with replaced by it (or
+    ``section`` appended, if ``text`` has none of that title)."""
+    title = section.split("\n", 1)[0]
+    lines = text.rstrip("\n").split("\n")
+    if title not in lines:
+        return "\n".join([*lines, "", section.rstrip("\n")]) + "\n"
+    start = lines.index(title)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    kept = [*lines[:start], *section.rstrip("\n").split("\n")]
+    if end < len(lines):
+        kept += ["", *lines[end:]]
+    return "\n".join(kept) + "\n"
+
+
+def section_facts(
+    *, args: str, started: float, began: float, load_before: str, redis_server: str
+) -> list[tuple[str, str]]:
+    """The facts heading a scenario's own section: when (``started``, a ``time.time()``),
+    the command (``args`` after ``python3 dev.py bench``), the machine, the versions, the
+    library's commit, the load average and how long since ``began`` (``time.monotonic()``)."""
+    return [
+        ("date", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))),
+        ("command", f"`python3 dev.py bench {args}` (`python -m benchmarks {args}` in `.venv`)"),
+        ("machine", f"{machine()}; `nproc` {os.cpu_count()}"),
+        ("versions", versions(redis_server)),
+        ("library", revision(Path(__file__).resolve().parent.parent)),
+        ("load average (1, 5, 15 min)", f"before {load_before}; after {load_average()}"),
+        ("duration", f"{(time.monotonic() - began) / 60:.1f} min"),
+    ]

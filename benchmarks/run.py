@@ -5,6 +5,7 @@
     python -m benchmarks                      # every scenario, full size -> RESULTS.md
     python -m benchmarks --quick              # every scenario, small (printed only)
     python -m benchmarks --only outage,rate   # some scenarios (printed only)
+    python -m benchmarks --only reliability   # the faults -> its section of RESULTS.md
     python -m benchmarks profile              # py-spy over the overhead scenario
 """
 
@@ -26,7 +27,8 @@ from benchmarks.outage import run_outage, run_sweep
 from benchmarks.overhead import run_overhead
 from benchmarks.params import FULL, QUICK, Params
 from benchmarks.rate import run_rate
-from benchmarks.report import Outcome, load_average, machine, render, revision, versions
+from benchmarks.reliability import run_reliability
+from benchmarks.report import Outcome, load_average, machine, render, revision, splice, versions
 from benchmarks.rig import Rig
 from benchmarks.waiting import run_waiting
 
@@ -43,7 +45,10 @@ SCENARIOS: dict[str, Callable[[Rig, Params], Outcome]] = {
     "overhead": run_overhead,
     "sweep": run_sweep,
     "waiting": run_waiting,
+    "reliability": run_reliability,
 }
+#: Scenarios that, run alone at full size, replace their own section of RESULTS.md.
+SPLICED = frozenset({"reliability"})
 
 INTRO = (
     "celery-resilience beside plain Celery, scenario by scenario, in one run: real "
@@ -66,7 +71,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--only", default="", help=f"comma-separated, of: {', '.join(SCENARIOS)}")
     parser.add_argument("--out", type=Path, default=None,
                         help="write the report here (default: RESULTS.md for a full run of "
-                             "every scenario, else nowhere)")  # fmt: skip
+                             "every scenario or of one of "
+                             f"{', '.join(sorted(SPLICED))}, else nowhere)")  # fmt: skip
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(SCENARIOS)
     unknown = [s for s in chosen if s not in SCENARIOS]
@@ -90,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out
     if out is None and not args.quick and args.chosen == list(SCENARIOS):
         out = RESULTS
+    spliced = (
+        out is None and not args.quick and len(args.chosen) == 1 and (args.chosen[0] in SPLICED)
+    )
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     stamp = dt.datetime.now(dt.timezone.utc)
     workdir = HERE / "runs" / stamp.strftime("%Y%m%dT%H%M%SZ")
@@ -121,5 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out is not None:
         out.write_text(text)
         print(f"written to {out}")
+    elif spliced and outcomes[0].section:
+        RESULTS.write_text(splice(RESULTS.read_text(), outcomes[0].section))
+        print(f"its section written to {RESULTS}")
     print(f"logs and raw data in {workdir}")
     return 0

@@ -38,7 +38,7 @@ from benchmarks.apps import plain, resilient
 from benchmarks.apps.config import ENV_CONF, ENV_PRERUN, PRERUN_MARK
 from benchmarks.measure import busiest_window, by_path, steady_rate
 from benchmarks.params import Params
-from benchmarks.report import Outcome, load_average, machine, revision, versions
+from benchmarks.report import Outcome, load_average, section_facts
 from benchmarks.rig import SIDES, TERMINAL, Node, Rig, Side, rss_kib
 from example_project.upstream import Response
 
@@ -267,15 +267,8 @@ def run_waiting(rig: Rig, params: Params) -> Outcome:
                     if variant.key in case.task_for:
                         runs[case.key][variant.key].append(_run(rig, case, variant, rep))
     args = "--only waiting" + (" --quick" if params.waiting_bulk_tasks < 10_000 else "")
-    facts = [
-        ("date", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))),
-        ("command", f"`python3 dev.py bench {args}` (`python -m benchmarks {args}` in `.venv`)"),
-        ("machine", f"{machine()}; `nproc` {os.cpu_count()}"),
-        ("versions", versions(rig.broker.executable)),
-        ("library", revision(Path(__file__).resolve().parent.parent)),
-        ("load average (1, 5, 15 min)", f"before {load_before}; after {load_average()}"),
-        ("duration", f"{(time.monotonic() - began) / 60:.1f} min"),
-    ]  # fmt: skip
+    facts = section_facts(args=args, started=started, began=began, load_before=load_before,
+                          redis_server=rig.broker.executable)  # fmt: skip
     section = render_section(cases, runs, facts)
     return Outcome("waiting", data={"runs": runs, "facts": dict(facts)}, section=section)
 
