@@ -25,7 +25,7 @@ from celery_resilience.core import headers as names
 from celery_resilience.core.errors import ResilienceConfigError
 from celery_resilience.integration.message import new_nonce, trace_for_publish
 from celery_resilience.integration.named import config_book
-from celery_resilience.integration.runtime import flush_successes
+from celery_resilience.integration.runtime import flush_held
 from celery_resilience.integration.settings import read_settings
 from celery_resilience.integration.task import resilient_task_names, resilient_tasks
 from celery_resilience.integration.worker import release_held
@@ -148,8 +148,9 @@ def _on_postrun(**_: Any) -> None:
 
 
 def _on_shutdown(**_: Any) -> None:
-    """A process that stops reports the successes it still holds."""
-    flush_successes()
+    """A process that stops reports the successes it still holds and stores its kept
+    dead letters."""
+    flush_held()
 
 
 def connect() -> None:
@@ -165,5 +166,5 @@ def connect() -> None:
     task_postrun.connect(_on_postrun, weak=False)
     worker_process_shutdown.connect(_on_shutdown, weak=False)  # a prefork pool process
     worker_shutdown.connect(_on_shutdown, weak=False)  # a solo or threads pool
-    atexit.register(flush_successes)  # anything else that ran attempts
+    atexit.register(flush_held)  # anything else that ran attempts
     _connected = True

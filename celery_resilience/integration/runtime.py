@@ -41,10 +41,12 @@ from celery_resilience.state.redis import RedisStore
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["Runtime", "connect", "flush_successes", "prepared_letter", "runtime_for"]
+__all__ = ["Runtime", "connect", "flush_held", "prepared_letter", "runtime_for"]
 
 logger = logging.getLogger("celery_resilience.integration.runtime")
 _PENDING_LETTERS = 1_000
+#: Seconds between two tries to store the dead letters kept while the store was down.
+_LETTER_RETRY = 2.0
 #: Seconds an OPEN verdict is answered from memory before Redis is asked again.
 _OPEN_CACHE = 1.0
 
@@ -81,6 +83,8 @@ class Runtime:
         self._offset = 0.0
         self._pending: deque[DeadLetter] = deque(maxlen=_PENDING_LETTERS)
         self._lock = threading.Lock()
+        self._retrier: threading.Thread | None = None
+        self._stopping = threading.Event()
         #: a plain success's report, counted late with others (each breaker's count goes
         #: in a call of its own, so a Redis Cluster's slots are kept too)
         self.successes = DeferredSuccesses(self.store.record, on_transitions=_announce)
@@ -166,7 +170,9 @@ class Runtime:
     # -- dead letters --------------------------------------------------------------------
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
-        """Store a dead letter; while Redis is down keep it (bounded) and retry later.
+        """Store a dead letter; while Redis is down keep it (bounded) and retry from a
+        thread every few seconds; a process that stops with letters still unstored writes
+        each to its log (see :meth:`flush`).
 
         Its shown fields are redacted, and a letter written inside the attempt of its
         task gets the exchange and routing key the message came by (a requeue sends it
@@ -178,6 +184,7 @@ class Runtime:
         except STORE_ERRORS as exc:
             with self._lock:
                 self._pending.append(letter)
+                self._start_retrier()
             logger.error(  # noqa: TRY400 - the cause is named; a traceback adds nothing
                 "celery-resilience: dead letter for %s[%s] kept in memory until the state "
                 "store answers (%s)",
@@ -188,19 +195,55 @@ class Runtime:
         else:
             self._flush_letters()
 
-    def _flush_letters(self) -> None:
+    def _start_retrier(self) -> None:
+        """Start the thread that stores kept letters (caller holds the lock)."""
+        if self._retrier is not None and self._retrier.is_alive():
+            return
+        self._retrier = threading.Thread(
+            target=self._retry_letters, name="celery-resilience-dead-letters", daemon=True
+        )
+        self._retrier.start()
+
+    def _retry_letters(self) -> None:
+        while self._pending and not self._stopping.wait(_LETTER_RETRY):
+            self._flush_letters()
+
+    def _flush_letters(self) -> bool:
+        """Store the kept letters, oldest first; False when the store still fails."""
         while self._pending:
             with self._lock:
                 if not self._pending:
-                    return
+                    return True
                 letter = self._pending[0]
             try:
                 self.dead_letters.add(letter)
             except STORE_ERRORS:
-                return
+                return False
             with self._lock:
                 if self._pending and self._pending[0] is letter:
                     self._pending.popleft()
+        return True
+
+    def flush(self) -> None:
+        """What a stopping process holds: its late successes are reported, its kept dead
+        letters stored; a letter the store still refuses goes to the log, whole but for
+        the message copies kept for a requeue, so that it is not lost with the process."""
+        self._stopping.set()
+        self.successes.flush()
+        if self._flush_letters():
+            return
+        with self._lock:
+            left = list(self._pending)
+            self._pending.clear()
+        for letter in left:
+            kept = replace(letter, args_json=None, kwargs_json=None)
+            logger.error(
+                "celery-resilience: dead letter for %s[%s] not stored, the state store "
+                "is unreachable; the letter: %s",
+                letter.task_name,
+                letter.task_id,
+                kept.fields()["letter"],
+            )
 
 
 def _announce(transitions: tuple[Transition, ...]) -> None:
@@ -210,12 +253,13 @@ def _announce(transitions: tuple[Transition, ...]) -> None:
     signals.send_transitions(transitions)
 
 
-def flush_successes() -> None:
-    """Report the successes every runtime of this process holds (a process that stops)."""
+def flush_held() -> None:
+    """What every runtime of this process holds, reported or stored (a process that
+    stops): see :meth:`Runtime.flush`."""
     pid = os.getpid()
     for owner, rt in list(_runtimes.values()):
         if owner == pid:
-            rt.successes.flush()
+            rt.flush()
 
 
 def prepared_letter(letter: DeadLetter, task: Any = None) -> DeadLetter:

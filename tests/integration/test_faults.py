@@ -12,6 +12,7 @@ import pytest
 
 from celery_resilience.core.gates import BreakerState
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit
+from celery_resilience.state.deadletters import DeadLetter, DeadLetters
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Response, Upstream
@@ -63,6 +64,57 @@ def test_state_store_dies_and_comes_back(
     down = log.count("unreachable")
     assert 1 <= down <= 2, f"{down} fallback warnings for one outage of 2 processes"
     assert upstream.count(path) == 60
+
+
+def _letters_of(state: RedisServer, prefix: str, task_id: str) -> list[DeadLetter]:
+    client = state.client(0)
+    try:
+        return [
+            letter
+            for letter in DeadLetters(client, KeySpace(prefix)).list(100)
+            if letter.task_id == task_id
+        ]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("comes_back", [True, False], ids=["store-returns", "worker-stops"])
+def test_a_dead_letter_kept_while_the_store_is_down_is_not_lost(
+    worker_factory, celery_client, redis_server, upstream, queue, unique, tmp_path, comes_back
+):
+    """A permanent failure while the state store is down keeps its dead letter in memory:
+    stored by a thread once the store answers, with no later task to carry it; or, when the
+    worker stops first, written whole to the worker's log."""
+    prefix = f"dl-{unique}"
+    with RedisServer(tmp_path / "state") as state:
+        env = _env(redis_server.url(0), redis_server.url(1), state.url(0), upstream, queue, prefix)
+        worker = worker_factory(APP, env=env)
+        client = celery_client(redis_server.url(0), redis_server.url(1), queue)
+        path = f"/{unique}/gone"
+        upstream.script(path, [], then=404)
+        state.kill()
+        result = client.send_task("res.guarded", args=[path])
+        with pytest.raises(Exception, match="404"):
+            result.get(timeout=30)
+        wait_until(
+            lambda: "kept in memory until the state store answers" in worker.log_text(),
+            timeout=10,
+            what="the letter kept in memory",
+        )
+        if comes_back:
+            state.restart()
+            found = wait_until(
+                lambda: _letters_of(state, prefix, result.id), timeout=20, what="the letter stored"
+            )
+            assert found[0].task_name == "res.guarded"
+            assert "not stored" not in worker.log_text()
+        else:
+            worker.stop()
+            lines = [line for line in worker.log_text().splitlines() if "not stored" in line]
+            assert len(lines) == 1, lines
+            assert result.id in lines[0]
+            assert '"task_name": "res.guarded"' in lines[0]
+            assert '"args_json": null' in lines[0]
 
 
 def test_worker_killed_mid_attempt_with_acks_late(
