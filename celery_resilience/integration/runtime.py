@@ -197,7 +197,7 @@ class Runtime:
 
     def _start_retrier(self) -> None:
         """Start the thread that stores kept letters (caller holds the lock)."""
-        if self._retrier is not None and self._retrier.is_alive():
+        if self._retrier is not None:
             return
         self._retrier = threading.Thread(
             target=self._retry_letters, name="celery-resilience-dead-letters", daemon=True
@@ -205,8 +205,14 @@ class Runtime:
         self._retrier.start()
 
     def _retry_letters(self) -> None:
-        while self._pending and not self._stopping.wait(_LETTER_RETRY):
-            self._flush_letters()
+        # the thread ends only under the lock with nothing kept, so a letter kept at that
+        # moment either is seen here or starts a thread of its own
+        while not self._stopping.wait(_LETTER_RETRY):
+            if self._flush_letters():
+                with self._lock:
+                    if not self._pending:
+                        self._retrier = None
+                        return
 
     def _flush_letters(self) -> bool:
         """Store the kept letters, oldest first; False when the store still fails."""
