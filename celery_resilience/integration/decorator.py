@@ -47,9 +47,10 @@ def resilient_task(
     ```
 
     ``on_open`` (``"defer"``, ``"fail"`` or a fallback callable) and ``policy`` (a name in
-    ``resilience_policies``) complete them. Every option is checked here: a wrong type or
-    value raises ``TypeError`` or ``ValueError`` naming the option and the task; Celery's
-    ``autoretry_for`` is refused (use ``retry_on``).
+    ``resilience_policies``) complete them. A task declared with ``app=`` belongs to that
+    app alone (``shared=True`` gives it to every app, as ``app.task`` does). Every option
+    is checked here: a wrong type or value raises ``TypeError`` or ``ValueError`` naming
+    the option and the task; Celery's ``autoretry_for`` is refused (use ``retry_on``).
     """
     base = options.pop("base", ResilientTask)
     if not (isinstance(base, type) and issubclass(base, ResilientTask)):
@@ -70,7 +71,10 @@ def resilient_task(
             except ValueError as exc:
                 raise ValueError(f"task {name!r}: option policy: {exc}") from None
         if app is not None:
-            task: ResilientTask = app.task(base=base, **options)(f)  # type: ignore[no-untyped-call]
+            # declared for this app alone (Celery's ``app.task`` would also give it to
+            # every app finalized later, where its policy may not exist)
+            declare = app.task(base=base, **{"shared": False, **options})
+            task: ResilientTask = declare(f)  # type: ignore[no-untyped-call]
         else:
             task = shared_task(base=base, **options)(f)  # type: ignore[no-untyped-call]
         return task

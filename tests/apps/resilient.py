@@ -124,6 +124,15 @@ def limited(self: Any, path: str) -> dict[str, Any]:
 
 
 @resilient_task(
+    app=app, bind=True, name="res.paced", backoff=FAST, limiter=RateLimit("paced", "0.125/s")
+)
+def paced(self: Any, path: str) -> dict[str, Any]:
+    """Call the upstream through the rate limit 'paced': one call every 8 s, further apart
+    than a worker holds a message for its slot (5 s), so a second task is deferred."""
+    return _call(self, path, "GET", 5.0, None)
+
+
+@resilient_task(
     app=app,
     bind=True,
     name="res.pooled",

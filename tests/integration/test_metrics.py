@@ -68,8 +68,14 @@ def test_a_prefork_worker_counts_exactly_what_the_upstream_saw(
     upstream.script(f"{u}/down", [], then=503)
     upstream.script(f"{u}/busy", [Response(429, retry_after=1)], then=200)
     upstream.script(f"{u}/limited", [], then=200)
+    upstream.script(f"{u}/paced", [], then=200)
     client = rig.client()
+    # one call every 8 s: a second task sent once the first has called is deferred
+    first = client.send_task("res.paced", args=[f"{u}/paced/0"])
+    wait_until(lambda: upstream.requests(f"{u}/paced"), timeout=30, what="the first paced call")
     sent = [
+        first,
+        client.send_task("res.paced", args=[f"{u}/paced/1"]),
         *(client.send_task("res.limited", args=[f"{u}/limited/{i}"]) for i in range(6)),
         client.send_task("res.call", args=[f"{u}/ok"]),
         client.send_task("res.call", args=[f"{u}/flaky"]),
@@ -87,25 +93,26 @@ def test_a_prefork_worker_counts_exactly_what_the_upstream_saw(
     seen = Counter(r.status for r in upstream.requests() if r.path.startswith(u))
     attempts = "celery_resilience_attempts_total"
     by_verdict: Counter[str] = Counter()
-    for task in ("res.call", "res.call3", "res.limited"):
+    for task in ("res.call", "res.call3", "res.limited", "res.paced"):
         for verdict in ("success", "transient", "permanent", "rate_limited"):
             by_verdict[verdict] += int(delta(attempts, task=task, verdict=verdict))
     assert by_verdict == Counter(
         success=seen[200], transient=seen[503], permanent=seen[404], rate_limited=seen[429]
     )
-    assert dict(by_verdict) == {"success": 9, "transient": 6, "permanent": 1, "rate_limited": 1}
+    assert dict(by_verdict) == {"success": 11, "transient": 6, "permanent": 1, "rate_limited": 1}
 
     retries = "celery_resilience_retries_total"
     assert delta(retries, task="res.call") == 3  # two 503s and one 429
     assert delta(retries, task="res.call3") == 3
     assert delta("celery_resilience_gave_up_total", task="res.call3") == 1
     assert delta("celery_resilience_gave_up_total", task="res.call") == 0
-    deferred = delta(attempts, task="res.limited", verdict="deferred")
-    assert deferred >= 1  # six tasks at 10/s, two at a time: some wait for a slot
-    assert (
-        delta("celery_resilience_deferrals_total", task="res.limited", reason="rate_limit")
-        == deferred
-    )
+    deferred = {
+        task: delta(attempts, task=task, verdict="deferred")
+        for task in ("res.limited", "res.paced")
+    }
+    assert deferred["res.paced"] >= 1
+    for task, count in deferred.items():
+        assert delta("celery_resilience_deferrals_total", task=task, reason="rate_limit") == count
 
     served = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     exposed = {

@@ -156,6 +156,24 @@ def test_unknown_policy_fails_at_declaration(eager_app):
         def lost() -> None: ...
 
 
+def test_a_task_declared_for_one_app_stays_out_of_apps_finalized_later(eager_app):
+    """A task naming a policy of its own app is not handed to another app, which may lack
+    that policy; ``shared=True`` still asks for Celery's sharing."""
+
+    @resilient_task(app=eager_app, name="p.own", policy="flaky")
+    def own() -> None: ...
+
+    @resilient_task(app=eager_app, name="p.everywhere", shared=True)
+    def everywhere() -> None: ...
+
+    other = Celery("other", broker="memory://", set_as_current=False)
+    other.finalize()
+    assert "p.own" in eager_app.tasks
+    assert "p.own" not in other.tasks
+    assert "p.everywhere" in other.tasks
+    other.close()
+
+
 def test_django_style_setting_is_read_through_the_namespace():
     """CELERY_RESILIENCE_POLICIES under namespace='CELERY' is resilience_policies."""
     app = Celery("django", set_as_current=False)
