@@ -304,6 +304,7 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     install(app)
     if _broker_is_redis(app):
         kombu_redis.install()
+        kombu_redis.bound_unacked_mutex(app)
     if not app.conf.get("resilience_metrics"):
         return
     from celery_resilience.observability.metrics import DEFAULT_NAMESPACE, enable_metrics  # noqa: PLC0415
