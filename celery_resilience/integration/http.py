@@ -7,6 +7,13 @@ PATCH an ``Idempotency-Key`` that is the same on each retry of the task::
     session = session_for_process()
     resp = session.post("https://payments.example/charges", json=body)
 
+In an attempt of a task with a ``deadline``, each call's timeouts (connect and read) are
+at most what is left of the deadline, a call with less than
+:data:`~celery_resilience.core.budget.MIN_CALL_BUDGET` left is not started
+(:class:`~celery_resilience.core.errors.DeadlineSpent`: the task gives up as by its
+deadline), and the header named by ``resilience_deadline_header``, when set, says how
+many seconds are left.
+
 Outside an attempt the session adds no header; it is still a plain ``requests.Session``
 with a default timeout. It never logs headers.
 """
@@ -22,6 +29,13 @@ from typing import Any, Final, TypeAlias
 import requests
 from requests.models import PreparedRequest, Response
 
+from celery_resilience.core.budget import (
+    MIN_CALL_BUDGET,
+    budget_header_value,
+    shrink_timeout,
+)
+from celery_resilience.core.errors import DeadlineSpent
+from celery_resilience.integration.budget import current_budget
 from celery_resilience.observability.tracing import (
     TRACEPARENT_HEADER,
     current_attempt,
@@ -85,6 +99,10 @@ class ResilientSession(requests.Session):
       gets one from :func:`idempotency_key`. Only the calls keyed here take a position,
       so a call with the caller's own key, or a redirect that carries the key of the
       call it follows, leaves the positions of later calls unchanged.
+    - Inside an attempt of a task with a ``deadline``, the timeout (each of connect and
+      read) is cut to what is left of the deadline, the budget header (if configured) is
+      added unless the request has it, and a call with too little time left raises
+      :class:`~celery_resilience.core.errors.DeadlineSpent` without being sent.
 
     Headers are added when the request is sent, so ``session.send(prepared)`` gets them
     as well as ``session.post(...)``.
@@ -104,6 +122,17 @@ class ResilientSession(requests.Session):
         """Send ``request`` with the default timeout and the attempt's headers added."""
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
+        budget = current_budget()
+        if budget is not None:
+            left = budget.left()
+            if left < MIN_CALL_BUDGET:
+                raise DeadlineSpent(
+                    f"{left:.3f} s left of the task's deadline of {budget.deadline:g} s: "
+                    "call not started"
+                )
+            kwargs["timeout"] = shrink_timeout(kwargs["timeout"], left)
+            if budget.header is not None and budget.header not in request.headers:
+                request.headers[budget.header] = budget_header_value(left)
         info = current_attempt()
         if info is not None:
             headers = request.headers
