@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,15 +11,19 @@ from celery import Celery
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celery_resilience import GaveUp, TransientError, resilient_task
+from celery_resilience import CircuitBreaker, GaveUp, TransientError, resilient_task
+from celery_resilience.core import decide, decisions
 from celery_resilience.core.budget import (
     MIN_CALL_BUDGET,
     budget_header_value,
     remaining_budget,
     shrink_timeout,
 )
-from celery_resilience.core.classify import classify
+from celery_resilience.core.classify import Verdict, classify
 from celery_resilience.core.errors import DeadlineSpent, ResilienceConfigError, deadline_spent
+from celery_resilience.core.gates import RecordAnswer
+from celery_resilience.core.ledger import AttemptState
+from celery_resilience.core.options import TaskOptions
 from celery_resilience.integration.budget import Budget, bind_budget
 from celery_resilience.integration.eager import eager_gates
 from celery_resilience.integration.http import DEFAULT_TIMEOUT, ResilientSession
@@ -219,3 +224,27 @@ def test_eager_retry_sees_less_time_left(app, server: Recorder):  # noqa: F811
     retried.delay()
     assert len(attempts) == 2
     assert 0.0 < float(server.headers()["x-request-timeout"]) <= 3.0
+
+
+# -- the decision ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verdict", [None, Verdict.PERMANENT, Verdict.TRANSIENT])
+def test_a_refused_call_gives_up_by_the_deadline_without_charging_the_breaker(verdict):
+    """Whatever the task's classifier says of it (here of a wrapper raised from it), a
+    refused call is not retried (retries are left) and is neutral for the breaker."""
+    exc = RuntimeError("wrapped")
+    exc.__cause__ = DeadlineSpent("0.050 s left")
+    options = TaskOptions(
+        deadline=10.0, max_retries=5, breaker=CircuitBreaker("pay"), classifier=lambda e: verdict
+    )
+    state = AttemptState(started=1000.0)
+    attempt = decisions.Attempt(options=options, state=state, trace_id="4" * 32)
+    failure = classify(exc, classifier=options.classifier)
+    plan = decide.plan_failure(attempt, failure, now=1009.95, exc=exc)
+    assert (plan.countdown, plan.mark, plan.breaker_outcome) == (None, "done", "neutral")
+    assert plan.give_up == "deadline of 10 s passed (0.050 s left, too little for a call)"
+    decision = decide.after_failure(attempt, plan, RecordAnswer(now=1009.95), random.Random(1))
+    assert isinstance(decision, decisions.GiveUp)
+    assert decision.failure is None
+    assert decision.state.history[-1].startswith("#1 deadline: ")
