@@ -20,6 +20,7 @@ __all__ = [
     "MIN_CALL_BUDGET",
     "CallTimeout",
     "budget_header_value",
+    "cap_seconds",
     "remaining_budget",
     "shrink_timeout",
 ]
@@ -45,7 +46,8 @@ def remaining_budget(deadline: float | None, started: float | None, now: float) 
     return max(deadline - (now - started), 0.0)
 
 
-def _cap(seconds: float | None, left: float) -> float:
+def cap_seconds(seconds: float | None, left: float) -> float:
+    """One timeout part cut to ``left``; no limit (``None``) becomes ``left``."""
     return left if seconds is None else min(float(seconds), left)
 
 
@@ -60,8 +62,8 @@ def shrink_timeout(timeout: CallTimeout, left: float) -> float | tuple[float, fl
     """
     if isinstance(timeout, tuple):
         connect, read = timeout
-        return (_cap(connect, left), _cap(read, left))
-    return _cap(timeout, left)
+        return (cap_seconds(connect, left), cap_seconds(read, left))
+    return cap_seconds(timeout, left)
 
 
 def budget_header_value(left: float) -> str:

@@ -24,6 +24,7 @@ import http.cookiejar
 import os
 import threading
 import uuid
+from collections.abc import MutableMapping
 from typing import Any, Final, TypeAlias
 
 import requests
@@ -49,6 +50,7 @@ __all__ = [
     "ResilientSession",
     "Timeout",
     "idempotency_key",
+    "prepare_call",
     "session_for_process",
 ]
 
@@ -77,6 +79,37 @@ def idempotency_key(task_id: str, index: int) -> str:
         'b846ff18-bec4-556f-b8ef-c64e0eab19a4'
     """
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{task_id}/{index}"))
+
+
+def prepare_call(method: str, headers: MutableMapping[str, str]) -> float | None:
+    """Make a request about to be sent fit the running attempt; any HTTP client's hook.
+
+    Adds to ``headers`` (a case-insensitive mapping) what the attempt says: the budget
+    header, ``traceparent``, and on POST/PATCH the ``Idempotency-Key``, each unless the
+    request has it. Returns the seconds left of the task's deadline, to which the caller
+    cuts the call's timeouts (``None``: no deadline). Raises
+    :class:`~celery_resilience.core.errors.DeadlineSpent` when less than
+    :data:`~celery_resilience.core.budget.MIN_CALL_BUDGET` is left: send nothing then.
+    """
+    budget = current_budget()
+    left: float | None = None
+    if budget is not None:
+        left = budget.left()
+        if left < MIN_CALL_BUDGET:
+            raise DeadlineSpent(
+                f"{left:.3f} s left of the task's deadline of {budget.deadline:g} s: "
+                "call not started"
+            )
+        if budget.header is not None and budget.header not in headers:
+            headers[budget.header] = budget_header_value(left)
+    info = current_attempt()
+    if info is not None:
+        if TRACEPARENT_HEADER not in headers:
+            headers[TRACEPARENT_HEADER] = info.traceparent()
+        if method.upper() in _UNSAFE_METHODS and IDEMPOTENCY_HEADER not in headers:
+            index = next_unsafe_call_index()
+            headers[IDEMPOTENCY_HEADER] = idempotency_key(info.task_id, index)
+    return left
 
 
 class _NoCookies(http.cookiejar.DefaultCookiePolicy):
@@ -122,26 +155,9 @@ class ResilientSession(requests.Session):
         """Send ``request`` with the default timeout and the attempt's headers added."""
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
-        budget = current_budget()
-        if budget is not None:
-            left = budget.left()
-            if left < MIN_CALL_BUDGET:
-                raise DeadlineSpent(
-                    f"{left:.3f} s left of the task's deadline of {budget.deadline:g} s: "
-                    "call not started"
-                )
+        left = prepare_call(request.method or "", request.headers)
+        if left is not None:
             kwargs["timeout"] = shrink_timeout(kwargs["timeout"], left)
-            if budget.header is not None and budget.header not in request.headers:
-                request.headers[budget.header] = budget_header_value(left)
-        info = current_attempt()
-        if info is not None:
-            headers = request.headers
-            if TRACEPARENT_HEADER not in headers:
-                headers[TRACEPARENT_HEADER] = info.traceparent()
-            method = (request.method or "").upper()
-            if method in _UNSAFE_METHODS and IDEMPOTENCY_HEADER not in headers:
-                index = next_unsafe_call_index()
-                headers[IDEMPOTENCY_HEADER] = idempotency_key(info.task_id, index)
         return super().send(request, **kwargs)
 
 
