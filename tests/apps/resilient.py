@@ -11,6 +11,7 @@ state store's URL; default: the broker's when it is Redis), ``RESILIENCE_TEST_PR
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -29,6 +30,7 @@ from celery_resilience import (
 )
 from celery_resilience.integration.budget import current_budget
 from celery_resilience.integration.http import ResilientSession
+from celery_resilience.integration.httpx_clients import ResilientAsyncClient, ResilientClient
 from tests.helpers.celery_apps import ENV_BACKEND, ENV_UPSTREAM, app_from_env
 
 app = app_from_env("resilient")
@@ -292,3 +294,22 @@ def budgeted(self: Any, path: str, spend_to: float | None = None) -> dict[str, A
         resp = session.get(os.environ[ENV_UPSTREAM] + path)
     resp.raise_for_status()
     return {"timeouts": noting.timeouts}
+
+
+async def _httpx_async(method: str, url: str) -> int:
+    async with ResilientAsyncClient() as client:
+        resp = await client.request(method, url, json={} if method == "POST" else None)
+        resp.raise_for_status()
+        return resp.status_code
+
+
+@resilient_task(app=app, bind=True, name="res.via_httpx", backoff=FAST, deadline=10.0)
+def via_httpx(self: Any, path: str, method: str = "GET", kind: str = "sync") -> int:
+    """Call the upstream through httpx (``kind``: "sync" or "async"); a 10 s deadline."""
+    url = os.environ[ENV_UPSTREAM] + path
+    if kind == "async":
+        return asyncio.run(_httpx_async(method, url))
+    with ResilientClient() as client:
+        resp = client.request(method, url, json={} if method == "POST" else None)
+        resp.raise_for_status()
+        return resp.status_code

@@ -72,3 +72,38 @@ def test_no_time_left_no_call(worker, client, upstream, unique, env, redis_serve
         state_client.close()
     assert [letter.verdict for letter in mine] == ["deadline"]
     assert mine[0].attempts == 1
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_httpx_calls_are_traced_keyed_retried_and_bounded(
+    worker, client, upstream, unique, redis_server, kind
+):
+    """Through httpx: 503, 503, 200 is retried (one trace, a span per attempt, one
+    Idempotency-Key), 8 s into the 10 s deadline the upstream is told at most 2 s."""
+    path = f"/{unique}/httpx-{kind}"
+    upstream.script(path, [503, 503], then=200)
+    result = client.send_task(
+        "res.via_httpx",
+        args=[path, "POST", kind],
+        headers=_started_ago(redis_server, 4.0),
+    )
+    assert result.get(timeout=20) == 200
+    calls = upstream.requests(path)
+    assert [c.status for c in calls] == [503, 503, 200]
+    parents = [(c.header("traceparent") or "").split("-") for c in calls]
+    assert len({p[1] for p in parents}) == 1
+    assert len({p[2] for p in parents}) == 3
+    assert len({c.header("Idempotency-Key") for c in calls}) == 1
+    told = [float(c.header(HEADER) or "nan") for c in calls]
+    assert all(0.0 < t <= 6.0 for t in told), told
+    assert told == sorted(told, reverse=True), "each retry has less left"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_httpx_permanent_failure_is_not_retried(worker, client, upstream, unique, kind):
+    """A 404 through httpx fails the task at once: one call."""
+    path = f"/{unique}/httpx-404-{kind}"
+    upstream.script(path, [], then=404)
+    with pytest.raises(Exception, match="404"):
+        client.send_task("res.via_httpx", args=[path, "GET", kind]).get(timeout=20)
+    assert upstream.count(path) == 1
