@@ -139,6 +139,27 @@ def test_session_cuts_both_timeouts_to_what_is_left(session):
     assert recording.timeouts == [(2.0, 2.0), (0.5, 2.0), 1.5, DEFAULT_TIMEOUT]
 
 
+@given(
+    timeout=timeouts,
+    left=st.floats(min_value=MIN_CALL_BUDGET, max_value=1e5, allow_nan=False),
+)
+def test_session_never_sends_more_than_is_left_nor_than_asked(timeout, left):
+    """Through the session: every part sent is at most what is left, and at most the
+    caller's own part (or the session's default where the caller gave none)."""
+    recording = RecordingAdapter()
+    with ResilientSession() as own:
+        own.mount("http://", recording)
+        with bind_budget(Budget(deadline=left, started=0.0, clock=lambda: 0.0)):
+            own.get("http://upstream.invalid/", timeout=timeout)
+    (sent,) = recording.timeouts
+    asked = DEFAULT_TIMEOUT if timeout is None else timeout
+    for asked_part, sent_part in zip(_parts(asked), _parts(sent), strict=True):
+        assert sent_part is not None
+        assert sent_part <= left
+        if asked_part is not None:
+            assert sent_part <= asked_part
+
+
 def test_session_sends_the_budget_header_only_when_named(server: Recorder, session):  # noqa: F811
     with bind_budget(_budget(2.0, header="X-Request-Timeout")):
         session.get(server.url)
