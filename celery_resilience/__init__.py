@@ -11,6 +11,7 @@ from celery_resilience import signals
 from celery_resilience.core.classify import Verdict
 from celery_resilience.core.errors import (
     BreakerOpenError,
+    DeadlineSpent,
     Deferred,
     GaveUp,
     PermanentError,
@@ -28,6 +29,7 @@ __all__ = [
     "BreakerOpenError",
     "CircuitBreaker",
     "ConcurrencyLimit",
+    "DeadlineSpent",
     "Deferred",
     "GaveUp",
     "PermanentError",

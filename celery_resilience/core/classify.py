@@ -6,7 +6,9 @@ whether the request reached the server, how long the upstream asked us to wait).
 
 The verdict is the first of these that applies:
 
-1. ``TransientError`` / ``PermanentError`` raised by the task code;
+1. ``TransientError`` / ``PermanentError`` raised by the task code; ``DeadlineSpent``
+   (a call the task's session did not start) is TRANSIENT, but never retried: the attempt
+   gives up as by its deadline (see :func:`celery_resilience.core.decide.plan_failure`);
 2. the task's ``give_up_on`` types: PERMANENT;
 3. the task's ``retry_on`` types: TRANSIENT (``give_up_on`` wins where both match);
 4. the task's ``classifier(exc)``, unless it returns ``None``;
@@ -82,7 +84,7 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from celery_resilience.core.errors import PermanentError, TransientError
+from celery_resilience.core.errors import DeadlineSpent, PermanentError, TransientError
 from celery_resilience.core.http_facts import (
     MAX_RETRY_AFTER,
     attr,
@@ -343,7 +345,7 @@ def _task_verdict(
     """Rules 1-4: the task code's and the task's own say."""
     if isinstance(exc, PermanentError):
         return Verdict.PERMANENT
-    if isinstance(exc, TransientError):
+    if isinstance(exc, (TransientError, DeadlineSpent)):
         return Verdict.TRANSIENT
     if isinstance(exc, give_up_on):
         return Verdict.PERMANENT

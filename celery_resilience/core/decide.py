@@ -43,6 +43,7 @@ from celery_resilience.core.decisions import (
     UseFallback,
     Wait,
 )
+from celery_resilience.core.errors import deadline_spent
 from celery_resilience.core.gates import (
     AttemptMark,
     BreakerOutcome,
@@ -296,8 +297,23 @@ def plan_failure(
     """Retry or not, decided before the outcome is reported (see :class:`FailurePlan`).
 
     Raises what the task's backoff strategy raises (the driver gives the grants back).
+    A call that the task's session did not start for want of time (``DeadlineSpent``,
+    whatever its verdict) gives up as by the deadline, without charging the breaker.
     """
     options = attempt.options
+    if deadline_spent(exc):
+        left = attempt.remaining(now)
+        spare = f"{max(left, 0.0):.3f} s left" if left is not None else "no time left"
+        what = "deadline" if options.deadline is None else f"deadline of {options.deadline:g} s"
+        return FailurePlan(
+            failure=failure,
+            countdown=None,
+            give_up=f"{what} passed ({spare}, too little for a call)",
+            mark="done",
+            breaker_outcome="neutral",
+            pause=None,
+            deadline_spent=True,
+        )
     pause = (
         failure.retry_after
         if failure.verdict is Verdict.RATE_LIMITED and failure.retry_after
@@ -334,6 +350,9 @@ def after_failure(
 ) -> Wait | FailNow | GiveUp:
     """The failed attempt's end, once its outcome is reported."""
     failure, state = plan.failure, attempt.state
+    if plan.deadline_spent:
+        state = state.with_entry(f"#{state.attempt} deadline: {failure.cause}")
+        return _give_up(replace(attempt, state=state), plan.give_up or "deadline passed", None)
     if failure.verdict is Verdict.PERMANENT:
         return FailNow(failure, state.with_entry(f"#{state.attempt} permanent: {failure.cause}"))
     if plan.countdown is None:

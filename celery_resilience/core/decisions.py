@@ -161,3 +161,5 @@ class FailurePlan:
     mark: AttemptMark
     breaker_outcome: BreakerOutcome
     pause: float | None
+    #: The body's session refused a call that could not finish before the deadline.
+    deadline_spent: bool = False

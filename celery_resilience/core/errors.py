@@ -9,6 +9,7 @@ ResilienceError                 root of everything raised here
 │   ├── RetryScheduled          a failed attempt, retried after a countdown
 │   └── Deferred                a gate said "not now"; no retry is spent
 ├── BreakerOpenError            on_open="fail": the breaker refused the call
+├── DeadlineSpent               an outbound call not started: too little of the deadline left
 └── ResilienceConfigError       bad configuration found at run time (also a ValueError)
 ```
 
@@ -23,6 +24,7 @@ import math
 __all__ = [
     "MAX_TASK_RETRY_AFTER",
     "BreakerOpenError",
+    "DeadlineSpent",
     "Deferred",
     "GaveUp",
     "PermanentError",
@@ -32,6 +34,7 @@ __all__ = [
     "RetryScheduled",
     "TransientError",
     "clamp_retry_after",
+    "deadline_spent",
 ]
 
 
@@ -130,6 +133,27 @@ class BreakerOpenError(ResilienceError):
 
     def __init__(self, message: str = "circuit breaker open") -> None:
         super().__init__(message)
+
+
+class DeadlineSpent(ResilienceError):  # noqa: N818 - reads as the condition it reports
+    """Raised by the task's HTTP session instead of starting a call that cannot finish
+    before the task's deadline. The attempt then gives up as by its deadline (``GaveUp``,
+    a dead letter), never retried and never charged to a breaker."""
+
+    def __init__(self, message: str = "the task's deadline is spent") -> None:
+        super().__init__(message)
+
+
+def deadline_spent(exc: BaseException | None, depth: int = 8) -> bool:
+    """Whether ``exc``, or an explicit cause of it (``raise X from exc``), is a
+    :class:`DeadlineSpent`."""
+    for _ in range(depth + 1):
+        if exc is None:
+            return False
+        if isinstance(exc, DeadlineSpent):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 class ResilienceConfigError(ResilienceError, ValueError):

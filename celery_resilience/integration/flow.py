@@ -35,7 +35,9 @@ from celery_resilience.core.gates import (
     Transition,
 )
 from celery_resilience.core.limits import BODY_LEASE
+from celery_resilience.integration.budget import Budget, bind_budget
 from celery_resilience.integration.letters import dead_letter
+from celery_resilience.integration.settings import deadline_header
 from celery_resilience.observability.breakers import describe_transition
 from celery_resilience.observability.logs import format_outcome
 from celery_resilience.observability.redaction import redact_exception
@@ -147,6 +149,8 @@ class Flow:
         self.started = time.monotonic()
         #: How the attempt ended, for its span: success, a verdict, deferred, fallback...
         self.verdict = "unknown"
+        #: resilience_deadline_header, read when the attempt starts.
+        self.budget_header: str | None = None
 
     @property
     def options(self) -> TaskOptions:
@@ -184,6 +188,7 @@ class Flow:
     # -- the flow --------------------------------------------------------------------
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Done | decisions.Wait:
+        self.budget_header = deadline_header(self.task.app.conf)
         signals.attempt_started.send(
             sender=self.task,
             task_id=self.task_id,
@@ -239,6 +244,13 @@ class Flow:
             return policy.lease
         return self.time_limit + 5.0 if self.time_limit is not None else BODY_LEASE
 
+    def _budget(self) -> Budget | None:
+        """What the body's HTTP calls may spend of the deadline (None: no deadline)."""
+        deadline, started = self.options.deadline, self.state.started
+        if deadline is None or started is None:
+            return None
+        return Budget(deadline, started, self.gates.estimated_now, self.budget_header)
+
     def _report(
         self,
         outcome: BreakerOutcome,
@@ -268,7 +280,8 @@ class Flow:
     ) -> Done | decisions.Wait:
         probe = answer.probe
         try:
-            result = self.task.run(*args, **kwargs)
+            with bind_budget(self._budget()):
+                result = self.task.run(*args, **kwargs)
         except Retry:
             # The body re-queued the task itself (self.retry): the same attempt comes back.
             self._report("neutral", probe=probe, mark="released")

@@ -7,6 +7,13 @@ PATCH an ``Idempotency-Key`` that is the same on each retry of the task::
     session = session_for_process()
     resp = session.post("https://payments.example/charges", json=body)
 
+In an attempt of a task with a ``deadline``, each call's timeouts (connect and read) are
+at most what is left of the deadline, a call with less than
+:data:`~celery_resilience.core.budget.MIN_CALL_BUDGET` left is not started
+(:class:`~celery_resilience.core.errors.DeadlineSpent`: the task gives up as by its
+deadline), and the header named by ``resilience_deadline_header``, when set, says how
+many seconds are left.
+
 Outside an attempt the session adds no header; it is still a plain ``requests.Session``
 with a default timeout. It never logs headers.
 """
@@ -17,11 +24,19 @@ import http.cookiejar
 import os
 import threading
 import uuid
+from collections.abc import MutableMapping
 from typing import Any, Final, TypeAlias
 
 import requests
 from requests.models import PreparedRequest, Response
 
+from celery_resilience.core.budget import (
+    MIN_CALL_BUDGET,
+    budget_header_value,
+    shrink_timeout,
+)
+from celery_resilience.core.errors import DeadlineSpent
+from celery_resilience.integration.budget import current_budget
 from celery_resilience.observability.tracing import (
     TRACEPARENT_HEADER,
     current_attempt,
@@ -35,6 +50,7 @@ __all__ = [
     "ResilientSession",
     "Timeout",
     "idempotency_key",
+    "prepare_call",
     "session_for_process",
 ]
 
@@ -65,6 +81,37 @@ def idempotency_key(task_id: str, index: int) -> str:
     return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{task_id}/{index}"))
 
 
+def prepare_call(method: str, headers: MutableMapping[str, str]) -> float | None:
+    """Make a request about to be sent fit the running attempt; any HTTP client's hook.
+
+    Adds to ``headers`` (a case-insensitive mapping) what the attempt says: the budget
+    header, ``traceparent``, and on POST/PATCH the ``Idempotency-Key``, each unless the
+    request has it. Returns the seconds left of the task's deadline, to which the caller
+    cuts the call's timeouts (``None``: no deadline). Raises
+    :class:`~celery_resilience.core.errors.DeadlineSpent` when less than
+    :data:`~celery_resilience.core.budget.MIN_CALL_BUDGET` is left: send nothing then.
+    """
+    budget = current_budget()
+    left: float | None = None
+    if budget is not None:
+        left = budget.left()
+        if left < MIN_CALL_BUDGET:
+            raise DeadlineSpent(
+                f"{left:.3f} s left of the task's deadline of {budget.deadline:g} s: "
+                "call not started"
+            )
+        if budget.header is not None and budget.header not in headers:
+            headers[budget.header] = budget_header_value(left)
+    info = current_attempt()
+    if info is not None:
+        if TRACEPARENT_HEADER not in headers:
+            headers[TRACEPARENT_HEADER] = info.traceparent()
+        if method.upper() in _UNSAFE_METHODS and IDEMPOTENCY_HEADER not in headers:
+            index = next_unsafe_call_index()
+            headers[IDEMPOTENCY_HEADER] = idempotency_key(info.task_id, index)
+    return left
+
+
 class _NoCookies(http.cookiejar.DefaultCookiePolicy):
     """Store no cookie from any response (cookies passed with a call are still sent)."""
 
@@ -85,6 +132,10 @@ class ResilientSession(requests.Session):
       gets one from :func:`idempotency_key`. Only the calls keyed here take a position,
       so a call with the caller's own key, or a redirect that carries the key of the
       call it follows, leaves the positions of later calls unchanged.
+    - Inside an attempt of a task with a ``deadline``, the timeout (each of connect and
+      read) is cut to what is left of the deadline, the budget header (if configured) is
+      added unless the request has it, and a call with too little time left raises
+      :class:`~celery_resilience.core.errors.DeadlineSpent` without being sent.
 
     Headers are added when the request is sent, so ``session.send(prepared)`` gets them
     as well as ``session.post(...)``.
@@ -104,15 +155,9 @@ class ResilientSession(requests.Session):
         """Send ``request`` with the default timeout and the attempt's headers added."""
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
-        info = current_attempt()
-        if info is not None:
-            headers = request.headers
-            if TRACEPARENT_HEADER not in headers:
-                headers[TRACEPARENT_HEADER] = info.traceparent()
-            method = (request.method or "").upper()
-            if method in _UNSAFE_METHODS and IDEMPOTENCY_HEADER not in headers:
-                index = next_unsafe_call_index()
-                headers[IDEMPOTENCY_HEADER] = idempotency_key(info.task_id, index)
+        left = prepare_call(request.method or "", request.headers)
+        if left is not None:
+            kwargs["timeout"] = shrink_timeout(kwargs["timeout"], left)
         return super().send(request, **kwargs)
 
 

@@ -39,6 +39,11 @@ setting                         meaning (default)
                                 ``redis_backend_use_ssl``'s, is used when the state store is
                                 the broker's or the result backend's Redis).
 ``resilience_dead_letters_max`` Length of the dead-letter stream, approximately (``10000``).
+``resilience_deadline_header``  Name of a header sent on every call of ``self.http`` made by
+                                a task with a ``deadline``: the seconds left of it, with
+                                millisecond precision (``"1.250"``), for an upstream that
+                                can stop working for a caller that will not wait. An HTTP
+                                token such as ``"X-Request-Timeout"``. (``None``: not sent)
 ``resilience_log_context``      Append trace and attempt to worker log lines whose format
                                 does not show them already (``True``).
 ``resilience_hold_max``         Seconds a worker's consumer may hold a message of a task
@@ -66,6 +71,7 @@ kombu's retry policy: ``max_retries``, ``interval_start``, ``interval_step``,
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -85,6 +91,7 @@ __all__ = [
     "Settings",
     "amqp_consumer_timeout",
     "consumer_timeout_cap",
+    "deadline_header",
     "read_settings",
     "redis_visibility_timeout",
     "visibility_timeout_cap",
@@ -103,6 +110,12 @@ DuplicateGuard = Literal["acks_late", "always"]
 DEFAULT_CONSUMER_TIMEOUT = 1800.0
 #: The most a countdown stays below the consumer timeout (see consumer_timeout_cap).
 _CONSUMER_MARGIN = 300.0
+#: An HTTP header name (RFC 9110 token), of a sane length.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
+#: Headers the session sets or that carry secrets: never the budget header's name.
+_RESERVED_HEADERS = frozenset(
+    {"traceparent", "tracestate", "idempotency-key", "authorization", "cookie", "host"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +174,8 @@ class Settings:
     park_poll: float = 1.0
     #: How a refused retry or deferral is published again (kombu's retry policy).
     publish_retry: PublishRetry = field(default_factory=PublishRetry)
+    #: The header that carries what is left of a task's deadline (None: not sent).
+    deadline_header: str | None = None
 
     @property
     def broker_requeues(self) -> bool:
@@ -251,6 +266,29 @@ def _number(conf: Any, key: str, default: float, *, zero: bool = False) -> float
         raise ResilienceConfigError(f"{exc} (seconds{'; 0: off' if zero else ''})") from None
 
 
+def deadline_header(conf: Any) -> str | None:
+    """``resilience_deadline_header``: a header name, or ``None`` (the default: no header).
+
+    Raises ResilienceConfigError for anything but an HTTP token other than the headers
+    the session sets itself or that carry credentials::
+
+        >>> deadline_header({"resilience_deadline_header": "X-Request-Timeout"})
+        'X-Request-Timeout'
+    """
+    key = "resilience_deadline_header"
+    name = conf.get(key)
+    if name is None:
+        return None
+    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+        raise ResilienceConfigError(
+            f"{key} must be an HTTP header name such as 'X-Request-Timeout' (letters, digits "
+            f"and !#$%&'*+-.^_`|~, at most 64), or None; got {name!r}"
+        )
+    if name.lower() in _RESERVED_HEADERS:
+        raise ResilienceConfigError(f"{key} cannot be {name!r}: that header has its own use")
+    return name
+
+
 def read_settings(app: Celery) -> Settings:
     """Resolve the settings of ``app``; raise ResilienceConfigError when they cannot work."""
     conf = app.conf
@@ -318,4 +356,5 @@ def read_settings(app: Celery) -> Settings:
         park_lease=_number(conf, "resilience_park_lease", 30.0),
         park_poll=_number(conf, "resilience_park_poll", 1.0),
         publish_retry=_publish_retry(conf),
+        deadline_header=deadline_header(conf),
     )

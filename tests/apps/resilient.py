@@ -3,18 +3,22 @@
 Besides the variables of :mod:`tests.helpers.celery_apps`: ``RESILIENCE_TEST_STATE`` (the
 state store's URL; default: the broker's when it is Redis), ``RESILIENCE_TEST_PREFIX``
 (the key prefix, so each test's breakers and limiters are its own),
-``RESILIENCE_TEST_FALLBACK`` (``resilience_fallback``) and ``RESILIENCE_TEST_TRANSITIONS``
-(a Redis list on the result backend where every ``breaker_state_changed`` this process
-sends is appended, for tests to count).
+``RESILIENCE_TEST_FALLBACK`` (``resilience_fallback``),
+``RESILIENCE_TEST_DEADLINE_HEADER`` (``resilience_deadline_header``) and
+``RESILIENCE_TEST_TRANSITIONS`` (a Redis list on the result backend where every
+``breaker_state_changed`` this process sends is appended, for tests to count).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from typing import Any
 
 import redis
+import requests
 import tenacity
 
 from celery_resilience import (
@@ -24,6 +28,9 @@ from celery_resilience import (
     resilient_task,
     signals,
 )
+from celery_resilience.integration.budget import current_budget
+from celery_resilience.integration.http import ResilientSession
+from celery_resilience.integration.httpx_clients import ResilientAsyncClient, ResilientClient
 from tests.helpers.celery_apps import ENV_BACKEND, ENV_UPSTREAM, app_from_env
 
 app = app_from_env("resilient")
@@ -35,6 +42,7 @@ app.conf.update(
     resilience_duplicate_guard=os.environ.get("RESILIENCE_TEST_GUARD") or "acks_late",
     resilience_park_after=float(os.environ.get("RESILIENCE_TEST_PARK_AFTER") or 5.0),
     resilience_park_poll=float(os.environ.get("RESILIENCE_TEST_PARK_POLL") or 1.0),
+    resilience_deadline_header=os.environ.get("RESILIENCE_TEST_DEADLINE_HEADER") or None,
 )
 if os.environ.get("RESILIENCE_TEST_VISIBILITY"):
     app.conf.broker_transport_options = {
@@ -256,3 +264,52 @@ def bad_backoff(self: Any, path: str) -> dict[str, Any]:
 def long_outage(self: Any, path: str) -> dict[str, Any]:
     """Behind the breaker 'long-outage', which stays open 8 s (its waits are parked)."""
     return _call(self, path, "GET", 5.0, None)
+
+
+class _NotingAdapter(requests.adapters.HTTPAdapter):
+    """A real transport that notes the timeout each request is sent with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts: list[Any] = []
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        self.timeouts.append(kwargs.get("timeout"))
+        return super().send(request, **kwargs)
+
+
+@resilient_task(app=app, bind=True, name="res.budgeted", backoff=FAST, deadline=10.0)
+def budgeted(self: Any, path: str, spend_to: float | None = None) -> dict[str, Any]:
+    """A 10 s deadline. Waits (polling) until at most ``spend_to`` seconds are left, then
+    calls the upstream with the default timeout (3.05 s to connect, 30 s to read) through a
+    :class:`ResilientSession` whose transport notes the timeout actually sent; returns
+    those timeouts."""
+    budget = current_budget()
+    if spend_to is not None and budget is not None:
+        while budget.left() > spend_to:
+            time.sleep(0.01)
+    noting = _NotingAdapter()
+    with ResilientSession() as session:
+        session.mount("http://", noting)
+        resp = session.get(os.environ[ENV_UPSTREAM] + path)
+    resp.raise_for_status()
+    return {"timeouts": noting.timeouts}
+
+
+async def _httpx_async(method: str, url: str) -> int:
+    async with ResilientAsyncClient() as client:
+        resp = await client.request(method, url, json={} if method == "POST" else None)
+        resp.raise_for_status()
+        return resp.status_code
+
+
+@resilient_task(app=app, bind=True, name="res.via_httpx", backoff=FAST, deadline=10.0)
+def via_httpx(self: Any, path: str, method: str = "GET", kind: str = "sync") -> int:
+    """Call the upstream through httpx (``kind``: "sync" or "async"); a 10 s deadline."""
+    url = os.environ[ENV_UPSTREAM] + path
+    if kind == "async":
+        return asyncio.run(_httpx_async(method, url))
+    with ResilientClient() as client:
+        resp = client.request(method, url, json={} if method == "POST" else None)
+        resp.raise_for_status()
+        return resp.status_code

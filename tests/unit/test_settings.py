@@ -79,6 +79,8 @@ def test_no_redis_anywhere_is_a_clear_error_without_passwords(make):
         ({"resilience_publish_retry_policy": {"retries": 3}}, "resilience_publish_retry"),
         ({"resilience_publish_retry_policy": {"max_retries": 1.5}}, "max_retries"),
         ({"resilience_publish_retry_policy": {"interval_max": -1}}, "interval_max"),
+        ({"resilience_deadline_header": "X Timeout"}, "resilience_deadline_header"),
+        ({"resilience_deadline_header": "Authorization"}, "resilience_deadline_header"),
     ],
 )
 def test_bad_settings_are_named(make, conf, words):
@@ -86,6 +88,13 @@ def test_bad_settings_are_named(make, conf, words):
     app = make(broker_url="redis://b:6379/0", **conf)
     with pytest.raises(ResilienceConfigError, match=words):
         read_settings(app)
+
+
+def test_deadline_header_is_read(make):
+    """resilience_deadline_header: None by default, else the name given."""
+    assert read_settings(make(broker_url="redis://b:6379/0")).deadline_header is None
+    app = make(broker_url="redis://b:6379/0", resilience_deadline_header="Request-Timeout")
+    assert read_settings(app).deadline_header == "Request-Timeout"
 
 
 def test_visibility_timeout_caps_countdowns(make):

@@ -1,0 +1,61 @@
+"""The deadline budget of the running attempt, for the task's HTTP session.
+
+The attempt flow binds a :class:`Budget` around the task body when the task has a
+``deadline``; :class:`~celery_resilience.integration.http.ResilientSession` reads it to
+shrink each call's timeout to what is left, to refuse a call that cannot finish in time
+(:class:`~celery_resilience.core.errors.DeadlineSpent`) and to send the opt-in budget
+header. Like the attempt's trace context it lives in a context variable: a thread started
+by the body sees it only when run in ``contextvars.copy_context()``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from celery_resilience.core.budget import remaining_budget
+
+__all__ = ["Budget", "bind_budget", "current_budget"]
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What an attempt's calls need to know of its deadline.
+
+    ``started`` is the first attempt's time and ``clock`` the clock it was read from (the
+    state store's, estimated without a round trip; eager mode's own clock); ``header`` is
+    the name of the budget header to send (``None``: none).
+    """
+
+    deadline: float
+    started: float
+    clock: Callable[[], float]
+    header: str | None = None
+
+    def left(self) -> float:
+        """Seconds left of the deadline now (0 once it has passed)."""
+        left = remaining_budget(self.deadline, self.started, self.clock())
+        return 0.0 if left is None else left
+
+
+_budget: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(
+    "celery_resilience_budget", default=None
+)
+
+
+def current_budget() -> Budget | None:
+    """The budget bound in the current context (``None``: no deadline, or no attempt)."""
+    return _budget.get()
+
+
+@contextmanager
+def bind_budget(budget: Budget | None) -> Iterator[Budget | None]:
+    """Bind ``budget`` for the block (``None`` unbinds an outer one: a task without a
+    deadline run eagerly inside one with a deadline is not bound by the outer's)."""
+    token = _budget.set(budget)
+    try:
+        yield budget
+    finally:
+        _budget.reset(token)
