@@ -15,11 +15,16 @@ from typing import TypeVar
 S = TypeVar("S", bound="LoggedProcess")
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(highest: int | None = None) -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago, at most ``highest`` when
+    given (a Redis Cluster node also listens on its port + 10000)."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if highest is None or port <= highest:
+            return port
+    raise OSError(f"no free port at or below {highest}")
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -15,6 +15,8 @@ from tests.helpers.redis_server import RedisServer
 
 HOST = "127.0.0.1"
 SLOTS = 16384
+#: A cluster node also listens on its port + 10000, which must be a valid port.
+CLUSTER_PORT_HIGHEST = 55535
 
 
 def slot_ranges(nodes: int) -> list[range]:
@@ -38,6 +40,7 @@ class RedisCluster:
                     "--cluster-node-timeout",
                     "2000",
                 ],
+                highest_port=CLUSTER_PORT_HIGHEST,
             )
             for i in range(3)
         ]

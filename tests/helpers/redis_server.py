@@ -44,8 +44,10 @@ class RedisServer(LoggedProcess):
         port: int | None = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 10.0,
+        highest_port: int | None = None,
     ) -> None:
         self.executable = find_redis_server()
+        self.highest_port = highest_port
         self.port = port or 0
         self.extra_args = tuple(extra_args)
         self.startup_timeout = startup_timeout
@@ -87,7 +89,7 @@ class RedisServer(LoggedProcess):
             self._launch()
             return self
         for attempt in range(3):  # a free port can be taken between our check and its bind
-            self.port = free_port()
+            self.port = free_port(self.highest_port)
             try:
                 self._launch()
             except RedisStartError:
