@@ -95,10 +95,12 @@ class Stack:
                         keys=["*"], channels=["*"], commands=["+@all"],
                     )  # fmt: skip
         self.results.start()
+        # named before it starts, so that stop() also stops a server that failed midway
         if self.spec.state == "cluster":
-            self.state = RedisCluster(self.workdir / "cluster").start()
+            self.state = RedisCluster(self.workdir / "cluster")
         else:
-            self.state = RedisServer(self.workdir / "state").start()
+            self.state = RedisServer(self.workdir / "state")
+        self.state.start()
         return self
 
     def stop(self) -> None:
@@ -110,8 +112,11 @@ class Stack:
         finally:
             if self._client is not None:
                 self._client.close()
-            for server in (self.state, self.results, self.broker):
-                server.stop()
+            # a start that failed midway has not named every server
+            for name in ("state", "results", "broker"):
+                server = getattr(self, name, None)
+                if server is not None:
+                    server.stop()
 
     # -- where things are ----------------------------------------------------------------
 
