@@ -36,48 +36,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="celery-resilience against plain Celery on one flaky-upstream story.",
     )
     parser.add_argument("--quick", action="store_true", help="a shorter story (<= 30 s)")
-    parser.add_argument(
-        "--skip-baseline",
-        action="store_true",
-        help="run the resilient tasks only (no plain-Celery comparison)",
-    )
-    parser.add_argument(
-        "--redis-url",
-        help="a Redis for broker, results and state (default: "
-        "$EXAMPLE_*_URL when set, else a private redis-server on a free port)",
-    )
-    parser.add_argument(
-        "--broker-url",
-        help="another broker, e.g. amqp://guest:guest@127.0.0.1:5672// (default: the Redis)",
-    )
-    parser.add_argument(
-        "--upstream-url",
-        help="script this running upstream (python -m "
-        "example_project.upstream; default: $EXAMPLE_UPSTREAM_URL when set) "
-        "instead of starting one",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        help="worker nodes to start (2); 0 uses workers already running",
-    )
+    parser.add_argument("--skip-baseline", action="store_true",
+                        help="run the resilient tasks only (no plain-Celery comparison)")
+    parser.add_argument("--redis-url", help="a Redis for broker, results and state (default: "
+                        "$EXAMPLE_*_URL when set, else a private redis-server on a free port)")
+    parser.add_argument("--broker-url", help="another broker, e.g. amqp://guest:guest@"
+                        "127.0.0.1:5672// (default: the Redis)")
+    parser.add_argument("--upstream-url", help="script this running upstream (python -m "
+                        "example_project.upstream; default: $EXAMPLE_UPSTREAM_URL when set) "
+                        "instead of starting one")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="worker nodes to start (2); 0 uses workers already running")
     parser.add_argument("--concurrency", type=int, default=4, help="pool size per node (4)")
-    parser.add_argument(
-        "--namespace",
-        help="prefix of queues and keys (default: a fresh "
-        "private one; with --workers 0: $EXAMPLE_NAMESPACE or 'example')",
-    )
+    parser.add_argument("--namespace", help="prefix of queues and keys (default: a fresh "
+                        "private one; with --workers 0: $EXAMPLE_NAMESPACE or 'example')")
     parser.add_argument("--no-flower", action="store_true", help="do not start Flower")
-    parser.add_argument(
-        "--hold",
-        action="store_true",
-        help="after the report, keep workers and Flower up until Ctrl-C",
-    )
+    parser.add_argument("--hold", action="store_true",
+                        help="after the report, keep workers and Flower up until Ctrl-C")
     parser.add_argument("--report-json", type=Path, help="also write the report here")
-    parser.add_argument(
-        "--logs", type=Path, help="directory for the logs (default: a new temporary one, kept)"
-    )
+    parser.add_argument("--logs", type=Path, help="directory for the logs (default: a new "
+                        "temporary one, kept)")
     args = parser.parse_args(argv)
     if args.workers < 0 or args.concurrency < 1:
         parser.error("--workers must be >= 0 and --concurrency >= 1")
@@ -115,8 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logs = args.logs or Path(tempfile.mkdtemp(prefix="celery-resilience-demo-"))
     namespace = args.namespace or (
-        os.environ.get("EXAMPLE_NAMESPACE", "example")
-        if args.workers == 0
+        os.environ.get("EXAMPLE_NAMESPACE", "example") if args.workers == 0
         else f"demo-{secrets.token_hex(3)}"
     )
     run = Run(args, logs=logs, namespace=namespace, private=args.namespace is None)
@@ -125,10 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Ctrl-C stops the run even when it was started with SIGINT ignored (a background
         # job of a shell without job control passes that on)
-        with (
-            _signals(signal.default_int_handler, (signal.SIGINT,)),
-            _signals(_on_signal, _STOP_SIGNALS),
-        ):
+        with _signals(signal.default_int_handler, (signal.SIGINT,)), \
+                _signals(_on_signal, _STOP_SIGNALS):
             report = run.play()
     except (KeyboardInterrupt, Stopped) as exc:
         print(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): stopping everything", file=sys.stderr)
