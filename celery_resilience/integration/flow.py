@@ -149,8 +149,6 @@ class Flow:
         self.started = time.monotonic()
         #: How the attempt ended, for its span: success, a verdict, deferred, fallback...
         self.verdict = "unknown"
-        #: resilience_deadline_header, read when the attempt starts.
-        self.budget_header: str | None = None
 
     @property
     def options(self) -> TaskOptions:
@@ -188,7 +186,6 @@ class Flow:
     # -- the flow --------------------------------------------------------------------
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Done | decisions.Wait:
-        self.budget_header = deadline_header(self.task.app.conf)
         signals.attempt_started.send(
             sender=self.task,
             task_id=self.task_id,
@@ -249,7 +246,8 @@ class Flow:
         deadline, started = self.options.deadline, self.state.started
         if deadline is None or started is None:
             return None
-        return Budget(deadline, started, self.gates.estimated_now, self.budget_header)
+        header = deadline_header(self.task.app.conf)  # read only for a task with a deadline
+        return Budget(deadline, started, self.gates.estimated_now, header)
 
     def _report(
         self,
