@@ -25,6 +25,7 @@ import email.utils
 import json
 import logging
 import math
+import random
 import signal
 import socket
 import socketserver
@@ -33,6 +34,7 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -243,6 +245,43 @@ class _Phases(_Plan):
         return self.phases[-1][1]  # the last phase holds once all have run out
 
 
+class _Degraded(_Plan):
+    """For ``seconds``: fail a ``share`` of calls at random, or every call beyond
+    ``capacity`` a second (an overloaded upstream sheds the excess at once); then 200."""
+
+    def __init__(
+        self, seconds: float, share: float, capacity: float | None, status: int, seed: int
+    ) -> None:
+        super().__init__()
+        self.until = time.monotonic() + seconds
+        self.share = share
+        self.capacity = capacity
+        self.status = status
+        self.random = random.Random(seed)
+        self.served: deque[float] = deque()
+
+    def _pick(self, n: int, now: float) -> Response:
+        if now >= self.until:
+            return Response()
+        if self.capacity is not None:
+            while self.served and self.served[0] <= now - 1.0:
+                self.served.popleft()
+            if len(self.served) >= self.capacity:
+                return Response(status=self.status)
+            self.served.append(now)
+            return Response()
+        return Response(status=self.status) if self.random.random() < self.share else Response()
+
+
+def _check_degrade(share: float, capacity: float | None, seconds: float) -> None:
+    if seconds < 0:
+        raise ValueError(f"a degradation lasts >= 0 seconds, not {seconds}")
+    if capacity is None and not 0 <= share <= 1:
+        raise ValueError(f"share must lie in [0, 1], not {share}")
+    if capacity is not None and capacity <= 0:
+        raise ValueError(f"capacity must be > 0 calls a second, not {capacity}")
+
+
 class _Controls(ABC):
     """What both :class:`Upstream` and :class:`UpstreamClient` offer."""
 
@@ -259,6 +298,35 @@ class _Controls(ABC):
     @abstractmethod
     def requests(self, prefix: str | None = None) -> list[RequestRecord]:
         """Return the recorded requests (answered by ``prefix``, if given) in arrival order."""
+
+    def degrade(
+        self,
+        prefix: str,
+        seconds: float,
+        *,
+        share: float = 0.0,
+        capacity: float | None = None,
+        status: int = 503,
+        seed: int = 0,
+    ) -> None:
+        """For ``seconds`` from now, answer ``status`` to a ``share`` of calls at random
+        (seeded), or, with ``capacity``, to every call beyond that many in any second
+        (an overloaded upstream); then 200."""
+        _check_degrade(share, capacity, seconds)
+        self._degrade(
+            {
+                "prefix": _normalise_prefix(prefix),
+                "seconds": seconds,
+                "share": share,
+                "capacity": capacity,
+                "status": status,
+                "seed": seed,
+            }
+        )
+
+    @abstractmethod
+    def _degrade(self, spec: Mapping[str, Any]) -> None:
+        """Install a degradation checked by :meth:`degrade`."""
 
     @abstractmethod
     def clear(self) -> None:
@@ -299,6 +367,17 @@ class _Scripted(_Controls):
     def phases(self, prefix: str, phases: Sequence[tuple[float | None, Response | int]]) -> None:
         """Answer by time since now: ``[(20.0, 503), (None, 200)]`` is 503 for 20 s, then 200."""
         self._set_plan(prefix, _Phases(_check_phases(phases)))
+
+    def _degrade(self, spec: Mapping[str, Any]) -> None:
+        capacity = spec.get("capacity")
+        plan = _Degraded(
+            float(spec["seconds"]),
+            float(spec.get("share", 0.0)),
+            None if capacity is None else float(capacity),
+            int(spec.get("status", 503)),
+            int(spec.get("seed", 0)),
+        )
+        self._set_plan(str(spec["prefix"]), plan)
 
     def requests(self, prefix: str | None = None) -> list[RequestRecord]:
         """Return the recorded requests (answered by ``prefix``, if given) in arrival order."""
@@ -426,6 +505,16 @@ class _Handler(BaseHTTPRequestHandler):
             elif (self.command, name) == ("POST", "phases"):
                 phases = [(s, Response.from_json(r)) for s, r in data["phases"]]
                 scripted.phases(data["prefix"], phases)
+            elif (self.command, name) == ("POST", "degrade"):
+                capacity = data.get("capacity")
+                scripted.degrade(
+                    data["prefix"],
+                    float(data["seconds"]),
+                    share=float(data.get("share", 0.0)),
+                    capacity=None if capacity is None else float(capacity),
+                    status=int(data.get("status", 503)),
+                    seed=int(data.get("seed", 0)),
+                )
             elif (self.command, name) == ("GET", "requests"):
                 prefix = parse_qs(query).get("prefix", [None])[0]
                 result = {"requests": [r.to_json() for r in scripted.requests(prefix)]}
@@ -589,6 +678,9 @@ class UpstreamClient(_Controls):
         """Answer by time since now: ``[(20.0, 503), (None, 200)]`` is 503 for 20 s, then 200."""
         pairs = [[s, r.to_json()] for s, r in _check_phases(phases)]
         self._call("POST", "phases", {"prefix": _normalise_prefix(prefix), "phases": pairs})
+
+    def _degrade(self, spec: Mapping[str, Any]) -> None:
+        self._call("POST", "degrade", dict(spec))
 
     def requests(self, prefix: str | None = None) -> list[RequestRecord]:
         """Return the recorded requests (answered by ``prefix``, if given) in arrival order."""

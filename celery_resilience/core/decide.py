@@ -268,6 +268,16 @@ def _denied(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
         why = f"breaker {_quote(name)} half-open, probe in flight"
         # a probe's slot lasts as long as its body may run, but it mostly ends sooner
         wait = min(wait, breaker.lease) + min(rng.uniform(0.0, 0.5 * breaker.lease), room)
+    elif denial is Denial.THROTTLED and breaker is not None:
+        gate, name = "breaker", breaker.name
+        why = (
+            f"breaker {_quote(name)} sheds {answer.shed:.0%} of calls "
+            f"(the upstream accepts too few)"
+        )
+        # the share is worked out again at every call: come back within a bucket or so,
+        # less often the more often this task was deferred (1x, 2x, 4x)
+        backlog = 2 ** min(state.deferrals, 2)
+        wait = wait * backlog * rng.uniform(0.5, 1.5)
     elif denial is Denial.RATE_LIMITED and limiter is not None:
         gate, name = "rate_limit", limiter.name
         why = f"rate limit {_quote(name)} ({limiter.rate}) full, slot in {wait:.2f} s"
@@ -286,7 +296,7 @@ def _denied(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
     decision = _wait(
         attempt, wait=wait, now=answer.now, gate=gate, name=name, why=why, state=state
     )
-    if isinstance(decision, Wait) and gate == "breaker":
+    if isinstance(decision, Wait) and gate == "breaker" and denial is not Denial.THROTTLED:
         return replace(decision, breaker=name)
     return decision
 

@@ -49,6 +49,8 @@ class Denial(str, enum.Enum):
 
     BREAKER_OPEN = "breaker_open"
     BREAKER_HALF_OPEN = "breaker_half_open"
+    #: adaptive throttling shed this call: the upstream accepts too few of those sent
+    THROTTLED = "throttled"
     CONCURRENCY_FULL = "concurrency_full"
     RATE_LIMITED = "rate_limited"
     RUNNING = "running"  # the same attempt is running elsewhere (a redelivered message)
@@ -78,6 +80,9 @@ class GateAsk:
     breaker: CircuitBreaker | None = None
     #: How long a half-open probe holds its slot (None: the breaker's ``lease``).
     probe_lease: float | None = None
+    #: A number drawn uniformly from [0, 1): the call is shed when it falls below the
+    #: share the breaker's adaptive throttling sheds (None: never shed).
+    throttle_draw: float | None = None
     concurrency: ConcurrencyLimit | None = None
     concurrency_lease: float = 60.0
     concurrency_poll: float = 1.0
@@ -117,6 +122,8 @@ class GateAnswer:
     open_until: float = 0.0
     probe: bool = False
     slot: float | None = None
+    #: The share of calls adaptive throttling sheds (with ``denial`` THROTTLED).
+    shed: float = 0.0
     transitions: tuple[Transition, ...] = ()
     fallback: bool = False
 
@@ -194,6 +201,8 @@ class BreakerStatus:
     now: float
     exists: bool
     transitions: tuple[Transition, ...] = ()
+    #: The share of calls adaptive throttling sheds now (0 unless CLOSED).
+    shed: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,13 +51,21 @@ class CircuitBreaker:
     """A circuit breaker shared by every task (on every worker) that names it.
 
     CLOSED → OPEN when, within the last ``window`` seconds, at least ``minimum_calls``
-    outcomes were recorded and the share of transient failures is ≥ ``failure_rate``.
+    outcomes were recorded and the share of transient failures is ≥ ``failure_rate`` with
+    ``confidence`` (its lower Wilson score bound reaches ``failure_rate``; a window of
+    failures only needs no more than ``minimum_calls``): a few unlucky calls to an
+    upstream that fails now and then do not open it, an outage does at once.
     OPEN lasts ``open_for`` seconds, doubling on each consecutive re-open up to
     ``open_for_max`` (``None``: the same as ``open_for``, so it does not grow). Then
     HALF_OPEN lets ``half_open_calls`` probes through, cluster-wide; successful probes
     close the breaker, a failed probe re-opens it. A probe holds its slot for as long as
     its body may run (see :meth:`lease_for`), so that a slow probe still decides and no
     other probe goes meanwhile; a killed worker's probe slot comes back when it runs out.
+
+    While CLOSED, calls beyond ``throttle`` times those the upstream accepted over the
+    window are shed locally (deferred, never failed): adaptive throttling, so that a
+    degraded upstream gets about the work it can do and the retries do not swamp it.
+    ``None`` turns it off; see :mod:`celery_resilience.core.tripping`.
 
     The defaults are chosen by measurement (see the README): a 20 s outage costs the
     upstream about ten calls, and work resumes within seconds of recovery.
@@ -76,6 +84,8 @@ class CircuitBreaker:
     open_for_max: float | None = None
     half_open_calls: int = 1
     probe_lease: float | None = None
+    confidence: float = 0.95
+    throttle: float | None = 1.8
 
     def __post_init__(self) -> None:
         kind = "CircuitBreaker"
@@ -96,6 +106,16 @@ class CircuitBreaker:
         _check_positive(kind, "half_open_calls", self.half_open_calls, integer=True)
         if self.probe_lease is not None:
             _check_positive(kind, "probe_lease", self.probe_lease)
+        _check_positive(kind, "confidence", self.confidence)
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"{kind}: confidence must lie in [0.5, 1), got {self.confidence!r}")
+        if self.throttle is not None:
+            _check_positive(kind, "throttle", self.throttle)
+            if self.throttle < 1:
+                raise ValueError(
+                    f"{kind}: throttle must be >= 1 (calls sent per call accepted) or None, "
+                    f"got {self.throttle!r}"
+                )
 
     @property
     def max_open_for(self) -> float:

@@ -78,6 +78,8 @@ _BREAKER_KEYS = frozenset(
         "open_for_max",
         "half_open_calls",
         "probe_lease",
+        "confidence",
+        "throttle",
     }
 )
 _NESTED = frozenset({"backoff", "breaker", "rate_limit", "concurrency"})

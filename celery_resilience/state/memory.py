@@ -28,11 +28,14 @@ from celery_resilience.core.gates import (
     Transition,
 )
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.tripping import confidence_z, shed_share, trips
 from celery_resilience.state.redis import limiter_args
 
 __all__ = ["MemoryStore"]
 
 _WINDOW_BUCKETS = 10
+#: Adaptive throttling judges the last this many buckets of the window.
+THROTTLE_BUCKETS = 3
 #: The fallback forgets expired attempt leases once it holds this many.
 _SWEEP_AT = 10_000
 
@@ -51,6 +54,12 @@ class _Breaker:
     half_open_successes: int = 0
     window: dict[tuple[int, str], int] = field(default_factory=dict)
     probes: dict[str, float] = field(default_factory=dict)
+    shed: float = 0.0  # the share adaptive throttling sheds, as last stored ("tp")
+
+    def store_shed(self, new: float) -> None:
+        """Keep a new share when it changed enough (``store_shed`` in lib.lua)."""
+        if (new == 0) != (self.shed == 0) or abs(new - self.shed) > 0.01:
+            self.shed = float(f"{new:.4f}")
 
 
 @dataclass
@@ -79,10 +88,13 @@ class MemoryStore:
 
     def _totals(
         self, br: _Breaker, policy: CircuitBreaker, now: float, *, keep: bool = False
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, int, int]:
+        """Successes and failures of the window; requests and successes of its last
+        :data:`THROTTLE_BUCKETS` buckets (``window_totals`` in lib.lua)."""
         horizon = (now - policy.window) * 1000
         width = self._width_ms(policy)
-        succ = fail = 0
+        recent_from = now * 1000 - THROTTLE_BUCKETS * width
+        succ = fail = req = recent = 0
         for key in list(br.window):
             start, kind = key
             if start + width <= horizon:
@@ -90,9 +102,13 @@ class MemoryStore:
                     del br.window[key]
             elif kind == "s":
                 succ += br.window[key]
-            else:
+                if start + width > recent_from:
+                    recent += br.window[key]
+            elif kind == "f":
                 fail += br.window[key]
-        return succ, fail
+            elif start + width > recent_from:
+                req += br.window[key]
+        return succ, fail, req, recent
 
     def _add(
         self, br: _Breaker, policy: CircuitBreaker, now: float, kind: str, count: int = 1
@@ -146,6 +162,7 @@ class MemoryStore:
 
         state: BreakerState | None = None
         probe = False
+        asked = False
         br: _Breaker | None = None
         if ask.breaker is not None:
             policy = ask.breaker
@@ -173,6 +190,20 @@ class MemoryStore:
                         min(br.probes.values()) - now,
                         breaker_state=state,
                     )
+            elif state is BreakerState.CLOSED and policy.throttle is not None:
+                asked = True
+                if br.shed > 0:
+                    _, _, req, recent = self._totals(br, policy, now)
+                    share = shed_share(req + 1, recent, policy.throttle, policy.minimum_calls)
+                    br.store_shed(share)
+                    if ask.throttle_draw is not None and ask.throttle_draw < share:
+                        self._add(br, policy, now, "q")
+                        return deny(
+                            Denial.THROTTLED,
+                            policy.window / _WINDOW_BUCKETS,
+                            breaker_state=state,
+                            shed=share,
+                        )
 
         def undo() -> None:
             if probe and br is not None:
@@ -231,6 +262,8 @@ class MemoryStore:
             self._attempts[ask.attempt_key] = ("run", _stored(now + ask.attempt_lease))
             if len(self._attempts) > _SWEEP_AT:
                 self._attempts = {k: v for k, v in self._attempts.items() if now < v[1]}
+        if asked and br is not None and ask.breaker is not None:
+            self._add(br, ask.breaker, now, "q")
         return GateAnswer(
             allowed=True,
             now=now,
@@ -261,6 +294,7 @@ class MemoryStore:
                 br.changed_at = _stored(now)
                 br.half_open_successes = 0
                 br.probes.clear()
+                br.shed = 0.0
                 transitions.append(Transition(policy.name, old, BreakerState.OPEN, rate, calls))
 
             if br.state in (
@@ -272,16 +306,23 @@ class MemoryStore:
                     self._add(br, policy, now, "s", report.carried_successes)
                 if outcome != "neutral":
                     self._add(br, policy, now, "s" if outcome == "success" else "f")
-                succ, fail = self._totals(br, policy, now)
+                succ, fail, req, recent = self._totals(br, policy, now)
                 calls = succ + fail
                 rate = fail / calls if calls else 0.0
                 if (
                     br.state is BreakerState.CLOSED
                     and outcome == "failure"
-                    and calls >= policy.minimum_calls
-                    and rate >= policy.failure_rate
+                    and trips(
+                        fail,
+                        calls,
+                        failure_rate=policy.failure_rate,
+                        minimum_calls=policy.minimum_calls,
+                        z=confidence_z(policy.confidence),
+                    )
                 ):
                     open_(BreakerState.CLOSED, policy.open_for, rate, calls)
+                elif br.state is BreakerState.CLOSED:
+                    br.store_shed(shed_share(req, recent, policy.throttle, policy.minimum_calls))
             elif (
                 br.state is BreakerState.HALF_OPEN
                 and report.probe
@@ -300,6 +341,7 @@ class MemoryStore:
                         br.half_open_successes = 0
                         br.window.clear()
                         br.probes.clear()
+                        br.shed = 0.0
                         transitions.append(
                             Transition(
                                 policy.name, BreakerState.HALF_OPEN, BreakerState.CLOSED, 0.0, 0
@@ -356,11 +398,13 @@ class MemoryStore:
                 existed = True
                 if op == "reset":
                     br.window.clear()
+                    br.shed = 0.0
                     br.open_for = _stored(policy.open_for)
                     br.open_until = 0.0
-            succ, fail = self._totals(br, policy, now, keep=True)
+            succ, fail, req, recent = self._totals(br, policy, now, keep=True)
             br.probes = {h: t for h, t in br.probes.items() if t > _stored(now)}
             calls = succ + fail
+            shed = shed_share(req, recent, policy.throttle, policy.minimum_calls)
             return BreakerStatus(
                 name=policy.name,
                 state=br.state,
@@ -371,6 +415,7 @@ class MemoryStore:
                 open_for=br.open_for if br.open_for is not None else policy.open_for,
                 changed_at=br.changed_at,
                 probes=len(br.probes),
+                shed=shed if br.state is BreakerState.CLOSED else 0.0,
                 now=now,
                 exists=existed or calls > 0,
                 transitions=tuple(transitions),

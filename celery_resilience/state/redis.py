@@ -21,6 +21,7 @@ from celery_resilience.core.gates import (
     Transition,
 )
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.tripping import confidence_z
 from celery_resilience.state.connect import is_cluster
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.scripts import SCRIPT_NAMES, ScriptBook
@@ -64,6 +65,8 @@ def breaker_args(policy: CircuitBreaker) -> dict[str, Any]:
         "ofm": policy.max_open_for,
         "hoc": policy.half_open_calls,
         "lease": policy.lease,
+        "z": confidence_z(policy.confidence),
+        "k": policy.throttle or 0,
     }
 
 
@@ -180,6 +183,8 @@ class RedisStore:
             args["b"] = _breaker_args(ask.breaker)
             if ask.probe_lease is not None:
                 args["b"] = {**args["b"], "lease": ask.probe_lease}
+            if ask.throttle_draw is not None:
+                args["u"] = ask.throttle_draw
         if ask.concurrency is not None:
             args["c"] = {
                 "limit": ask.concurrency.limit,
@@ -209,6 +214,7 @@ class RedisStore:
             open_until=float(res["ou"]),
             probe=bool(res["probe"]),
             slot=float(res["slot"]) if res["slot"] is not False else None,
+            shed=float(res.get("shed", 0.0)),
             transitions=_transitions(ask.breaker, res.get("tr"), 0.0, 0),
         )
 
@@ -283,6 +289,7 @@ class RedisStore:
             probes=int(res["probes"]),
             now=_now(res),
             exists=bool(res["exists"]),
+            shed=float(res.get("shed", 0.0)),
             transitions=_transitions(policy, res.get("tr"), rate, calls),
         )
 
@@ -325,7 +332,8 @@ def _split_ask(ask: GateAsk) -> list[tuple[str, GateAsk]]:
         part = replace(bare, attempt_key=ask.attempt_key, attempt_lease=ask.attempt_lease)
         parts.append(("attempt", replace(part, attempt_owner=ask.attempt_owner)))
     if ask.breaker is not None:
-        parts.append(("breaker", replace(bare, breaker=ask.breaker, probe_lease=ask.probe_lease)))
+        part = replace(bare, breaker=ask.breaker, probe_lease=ask.probe_lease)
+        parts.append(("breaker", replace(part, throttle_draw=ask.throttle_draw)))
     if ask.concurrency is not None:
         parts.append(
             (

@@ -116,7 +116,10 @@ def guarded(self: Any, path: str) -> dict[str, Any]:
     bind=True,
     name="res.steady",
     max_retries=0,
-    breaker=CircuitBreaker("steady", minimum_calls=5, window=10.0, open_for=30.0),
+    # the plain share rule and no throttling: its test counts outcomes to the call
+    breaker=CircuitBreaker(
+        "steady", minimum_calls=5, window=10.0, open_for=30.0, confidence=0.5, throttle=None
+    ),
 )
 def steady(self: Any, path: str) -> dict[str, Any]:
     """Call the upstream behind the breaker 'steady' (10 s window); no retry."""

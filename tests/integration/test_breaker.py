@@ -155,7 +155,9 @@ def test_breaker_state_changed_is_sent_once_per_transition(outage, nodes):
 
 
 #: The breaker of res.steady (no retries), as the workers know it.
-STEADY = CircuitBreaker("steady", minimum_calls=5, window=10.0, open_for=30.0)
+STEADY = CircuitBreaker(
+    "steady", minimum_calls=5, window=10.0, open_for=30.0, confidence=0.5, throttle=None
+)
 
 
 @pytest.mark.integration

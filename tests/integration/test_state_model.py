@@ -15,7 +15,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from celery_resilience.core.gates import GateAnswer, GateAsk, OutcomeReport, RecordAnswer
+from celery_resilience.core.gates import (
+    BreakerState,
+    GateAnswer,
+    GateAsk,
+    OutcomeReport,
+    RecordAnswer,
+)
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.state.fallback import FallbackStore
 from celery_resilience.state.keys import KeySpace
@@ -67,6 +73,7 @@ class StoresAgree(RuleBasedStateMachine):
             local.probe,
         )
         assert _same_time(shared.wait, local.wait)
+        assert abs(shared.shed - local.shed) < 1e-9
         assert (shared.slot is None) == (local.slot is None)
         if shared.slot is not None and local.slot is not None:
             assert _same_time(shared.slot, local.slot)
@@ -82,6 +89,7 @@ class StoresAgree(RuleBasedStateMachine):
         lease=st.booleans(),
         use_slot=st.booleans(),
         max_wait=st.sampled_from([None, None, 0.04, 0.3]),
+        draw=st.sampled_from([None, 0.0, 0.3, 0.9]),
     )
     def gate(
         self,
@@ -92,6 +100,7 @@ class StoresAgree(RuleBasedStateMachine):
         lease: bool,
         use_slot: bool,
         max_wait: float | None,
+        draw: float | None,
     ) -> None:
         slot = self.slots.get(holder) if limiter and use_slot else None
         ask = GateAsk(
@@ -105,6 +114,7 @@ class StoresAgree(RuleBasedStateMachine):
             limiter_max_wait=max_wait,
             attempt_key=self._key(holder) if lease else None,
             attempt_lease=0.25,
+            throttle_draw=draw,
         )
         shared = self.redis.gate(ask)
         self.clock = shared.now
@@ -165,6 +175,7 @@ class StoresAgree(RuleBasedStateMachine):
             local.failures,
             local.probes,
         )
+        assert abs(shared.shed - local.shed) < 1e-9
         assert _same_time(shared.open_until, local.open_until)
 
     @rule(seconds=st.sampled_from([0.0, 0.01, 0.03, 0.06, 0.15]))
@@ -185,7 +196,8 @@ class StoresAgree(RuleBasedStateMachine):
 
 @pytest.mark.integration
 def test_redis_scripts_match_the_reference_model(redis_server):
-    """Breaker, limiter, concurrency and attempt leases behave alike in Redis and in memory."""
+    """Breaker (its confidence rule and adaptive throttling too), limiter, concurrency and
+    attempt leases behave alike in Redis and in memory."""
     StoresAgree.client = redis_server.client(3)
     machine = StoresAgree.TestCase
     machine.settings = settings(
@@ -220,3 +232,36 @@ def test_a_store_out_of_memory_falls_back_instead_of_failing(tmp_path):
             assert store.degraded
         finally:
             client.close()
+
+
+@pytest.mark.integration
+def test_redis_sheds_like_the_reference_model(redis_server):
+    """Adaptive throttling: the same calls and outcomes give the same share shed, and the
+    same draws the same calls shed, in Redis and in memory."""
+    client = redis_server.client(3)
+    redis = RedisStore(client, KeySpace(f"shed-{uuid.uuid4().hex[:12]}"))
+    clock = {"now": 0.0}
+    memory = MemoryStore(now=lambda: clock["now"])
+    breaker = CircuitBreaker("shed", minimum_calls=5, window=30.0)
+    shed = 0
+    try:
+        for i, outcome in enumerate(["success", "failure", "failure"] * 6):
+            ask = GateAsk(holder=f"t{i}", breaker=breaker, throttle_draw=(i % 10) / 10)
+            shared = redis.gate(ask)
+            clock["now"] = shared.now
+            local = memory.gate(ask)
+            assert (shared.allowed, shared.denial) == (local.allowed, local.denial)
+            assert abs(shared.shed - local.shed) < 1e-9
+            if not shared.allowed:
+                shed += 1
+                continue
+            report = OutcomeReport(holder=f"t{i}", breaker=breaker, breaker_outcome=outcome)  # type: ignore[arg-type]
+            clock["now"] = redis.record(report).now
+            memory.record(report)
+        shared_status, local_status = redis.breaker(breaker), memory.breaker(breaker)
+        assert shared_status.state is local_status.state is BreakerState.CLOSED
+        assert abs(shared_status.shed - local_status.shed) < 1e-9
+        assert shared_status.shed > 0
+        assert shed > 0
+    finally:
+        client.close()

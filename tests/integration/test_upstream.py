@@ -65,6 +65,34 @@ def test_phases_switch_on_time(upstream: Upstream, session: requests.Session):
     assert time.monotonic() - set_at >= 0.3
 
 
+def test_a_degraded_upstream_fails_a_seeded_share_of_calls_then_recovers(
+    upstream: Upstream, session: requests.Session
+):
+    """``degrade(share=...)`` fails that share of calls at random, the same calls for the
+    same seed, and answers 200 once its time is up."""
+
+    def run() -> list[int]:
+        upstream.degrade("/flaky", 0.5, share=0.4, seed=7)
+        return [session.get(f"{upstream.url}/flaky/{i}").status_code for i in range(200)]
+
+    first = run()
+    assert 0.3 < first.count(503) / len(first) < 0.5
+    assert run() == first
+    wait_until(lambda: session.get(f"{upstream.url}/flaky/x").status_code == 200, timeout=3)
+
+
+def test_an_overloaded_upstream_serves_its_capacity_and_sheds_the_rest(
+    upstream: Upstream, session: requests.Session
+):
+    """``degrade(capacity=n)`` answers at most n calls in any second; the rest get 503."""
+    upstream.degrade("/busy", 30.0, capacity=5)
+    statuses = [session.get(f"{upstream.url}/busy/{i}").status_code for i in range(12)]
+    assert statuses.count(200) == 5
+    assert statuses[:5] == [200] * 5
+    with pytest.raises(ValueError, match="capacity"):
+        upstream.degrade("/busy", 1.0, capacity=0)
+
+
 def test_retry_after_in_seconds(upstream: Upstream, session: requests.Session):
     """``retry_after`` sends whole seconds, rounded up."""
     upstream.script("/ra", [Response(429, retry_after=1.2)])

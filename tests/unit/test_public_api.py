@@ -45,6 +45,8 @@ def test_policy_signatures_are_as_documented():
         ("open_for_max", kw),
         ("half_open_calls", kw),
         ("probe_lease", kw),
+        ("confidence", kw),
+        ("throttle", kw),
     ]
     assert _params(celery_resilience.RateLimit) == [
         ("name", "POSITIONAL_OR_KEYWORD"),

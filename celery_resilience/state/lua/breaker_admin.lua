@@ -6,13 +6,14 @@
 --       status: read (an OPEN breaker whose time is up becomes HALF_OPEN, as at a gate)
 --       open:   FORCED_OPEN until reset; close: FORCED_CLOSED until reset;
 --       reset:  CLOSED with an empty window and the base open time
---   b   breaker {rate, min, win, of, ofm, hoc}
+--   b   breaker {rate, min, win, of, ofm, hoc, z, k}
 --   ttl seconds (optional): with open/close/reset, the state hash expires after this long
 --       (a name no task declares); a gate or record of the breaker removes the expiry
 -- Returns: JSON object
 --   now ({seconds, microseconds}), st, ou (open until, 0 unless open), of (current open
 --   time), ch (last change) (times as decimal strings),
---   rate, calls, failures, probes (live probe leases), tr (transitions: list of {old, new})
+--   rate, calls, failures, probes (live probe leases), shed (share of calls adaptive
+--   throttling sheds now), tr (transitions: list of {old, new})
 
 --!include lib.lua
 
@@ -37,7 +38,8 @@ elseif args.op == 'close' then
   redis.call('DEL', pkey)
   set_state('forced_closed')
 elseif args.op == 'reset' then
-  redis.call('HSET', skey, 'st', 'closed', 'ch', fmt(now), 'of', fmt(b.of), 'hs', 0, 'ou', 0)
+  redis.call('HSET', skey, 'st', 'closed', 'ch', fmt(now), 'of', fmt(b.of), 'hs', 0, 'ou', 0,
+             'tp', 0)
   redis.call('DEL', wkey, pkey)
   set_state('closed')
 end
@@ -47,7 +49,7 @@ if args.ttl and args.op ~= 'status' then
 end
 
 local ou, of, ch = unpack(redis.call('HMGET', skey, 'ou', 'of', 'ch'))
-local succ, fail = window_totals(wkey, b, now, true)
+local succ, fail, req, recent = window_totals(wkey, b, now, true)
 redis.call('ZREMRANGEBYSCORE', pkey, '-inf', fmt(now))
 res.st = st
 res.ou = (st == 'open') and (ou or 0) or 0
@@ -58,5 +60,6 @@ res.failures = fail
 res.rate = 0
 if res.calls > 0 then res.rate = fail / res.calls end
 res.probes = redis.call('ZCARD', pkey)
+res.shed = (st == 'closed') and shed_share(req, recent, b) or 0
 res.exists = redis.call('EXISTS', skey) == 1 or res.calls > 0
 return cjson.encode(res)

@@ -10,7 +10,9 @@
 --   attempt present:      attempt lease string
 -- ARGV[1]: JSON object
 --   h  holder: unique id of this attempt (task id and attempt number)
---   b  breaker {rate, min, win, of, ofm, hoc, lease}          (optional)
+--   b  breaker {rate, min, win, of, ofm, hoc, lease, z, k}    (optional)
+--   u  a number drawn uniformly from [0, 1): the call is shed when it falls below the
+--      share adaptive throttling sheds (optional: without it nothing is shed)
 --   c  concurrency {limit, lease, poll}                       (optional)
 --   l  limiter {T, tau, early, slack, slot?, max?, book?}: max = the longest wait worth
 --      booking (the task's deadline); beyond it no slot is booked; book = reserve a
@@ -21,12 +23,14 @@
 --   ok     true when the attempt may run
 --   now    Redis server time: {seconds, microseconds}
 --   wait   seconds to wait before asking again (when not ok)
---   why    "breaker_open" | "breaker_half_open" | "concurrency_full" | "rate_limited"
+--   why    "breaker_open" | "breaker_half_open" | "throttled" | "concurrency_full"
+--          | "rate_limited"
 --          | "running" | "done" | "retried" (when not ok; "retried": this attempt failed
 --          and its retry was being published when its worker stopped)
 --   st     breaker state after the call ("" without a breaker)
 --   ou     breaker open-until time, as a decimal string (0 unless open)
 --   probe  true when this attempt holds a half-open probe slot
+--   shed   the share of calls adaptive throttling sheds (why = "throttled")
 --   slot   booked rate-limit slot, Redis time as a decimal string (why = "rate_limited")
 --   tr     breaker transitions made by this call: list of {old, new}
 
@@ -58,11 +62,12 @@ if akey then
   end
 end
 
--- 2. Breaker.
+-- 2. Breaker (and its adaptive throttling).
+local asked = false
 if skey then
   local b = args.b
   claim_breaker(skey)
-  local st, ou = breaker_phase(skey, now, res.tr)
+  local st, ou, tp = breaker_phase(skey, now, res.tr)
   res.st = st
   if st == 'open' then
     res.ou = fmt(ou)
@@ -84,6 +89,21 @@ if skey then
       res.why = 'breaker_half_open'
       res.wait = math.max(tonumber(first[2]) - now, 0)
       return answer()
+    end
+  elseif st == 'closed' and (b.k or 0) > 0 then
+    -- adaptive throttling: count the call; while some are shed, work out afresh how many
+    asked = true
+    if tp > 0 then
+      local _, _, req, recent = window_totals(wkey, b, now)
+      local share = shed_share(req + 1, recent, b)
+      store_shed(skey, tp, share)
+      if args.u and args.u < share then
+        window_add(wkey, b, now, 'q')
+        res.why = 'throttled'
+        res.shed = share
+        res.wait = b.win / 10
+        return answer()
+      end
     end
   end
 end
@@ -174,9 +194,12 @@ if lkey then
   end
 end
 
--- 5. Granted: hold the attempt lease.
+-- 5. Granted: hold the attempt lease; count the call for adaptive throttling.
 if akey then
   set_lease(akey, 'run', now, args.a.lease, args.a.o)
+end
+if asked then
+  window_add(wkey, args.b, now, 'q')
 end
 res.ok = true
 return answer()

@@ -62,31 +62,64 @@ local function extend_ttl(key, seconds)
   end
 end
 
--- Breaker window: a hash of time buckets, fields "<bucket start ms>:s" and ":f".
--- Returns successes, failures within the last b.win seconds; drops older buckets unless
--- keep is true (a reader whose window may differ from the writers' must not prune).
+-- Breaker window: a hash of time buckets, fields "<bucket start ms>:s" (successes), ":f"
+-- (failures) and ":q" (calls asked while closed, sent or shed).
+-- Returns successes, failures within the last b.win seconds, and the requests and
+-- successes of its last THROTTLE_BUCKETS buckets (what adaptive throttling judges: an
+-- outage after a healthy spell must not be throttled on the successes before it); drops
+-- older buckets unless keep is true (a reader whose window may differ from the writers'
+-- must not prune).
+local THROTTLE_BUCKETS = 3
 local function window_totals(wkey, b, now, keep)
   local flat = redis.call('HGETALL', wkey)
-  local succ, fail = 0, 0
+  local succ, fail, req, recent = 0, 0, 0, 0
+  local width = b.win * 100
   local horizon = (now - b.win) * 1000
+  local recent_from = now * 1000 - THROTTLE_BUCKETS * width
   local stale = {}
   for i = 1, #flat, 2 do
     local field = flat[i]
     local sep = string.find(field, ':', 1, true)
     local start = tonumber(string.sub(field, 1, sep - 1))
-    local bucket_end = start + (b.win * 100)
-    if bucket_end <= horizon then
+    local kind = string.sub(field, sep + 1)
+    local n = tonumber(flat[i + 1])
+    if start + width <= horizon then
       stale[#stale + 1] = field
-    elseif string.sub(field, sep + 1) == 's' then
-      succ = succ + tonumber(flat[i + 1])
-    else
-      fail = fail + tonumber(flat[i + 1])
+    elseif kind == 's' then
+      succ = succ + n
+      if start + width > recent_from then recent = recent + n end
+    elseif kind == 'f' then
+      fail = fail + n
+    elseif start + width > recent_from then
+      req = req + n
     end
   end
   if #stale > 0 and not keep then
     redis.call('HDEL', wkey, unpack(stale))
   end
-  return succ, fail
+  return succ, fail, req, recent
+end
+
+-- Whether a closed breaker opens (celery_resilience.core.tripping.trips): at least
+-- b.min calls, and only failures, or a failure share whose lower Wilson bound at b.z
+-- reaches b.rate.
+local function trips(fail, calls, b)
+  if calls < b.min or calls <= 0 then return false end
+  if fail == calls then return true end
+  local share = fail / calls
+  local z = b.z or 0
+  if z <= 0 then return share >= b.rate end
+  local z2 = z * z
+  local centre = share + z2 / (2 * calls)
+  local spread = z * math.sqrt(share * (1 - share) / calls + z2 / (4 * calls * calls))
+  return (centre - spread) / (1 + z2 / calls) >= b.rate
+end
+
+-- The share of calls to shed (celery_resilience.core.tripping.shed_share).
+local function shed_share(req, succ, b)
+  local k = b.k or 0
+  if k <= 0 or succ <= 0 or req < math.max(b.min, 1) then return 0 end
+  return math.max(0, (req - k * succ) / (req + 1))
 end
 
 local function window_add(wkey, b, now, kind, count)
@@ -105,9 +138,10 @@ local function claim_breaker(skey)
   end
 end
 
--- Moves an OPEN breaker whose time is up to HALF_OPEN. Returns state, open_until.
+-- Moves an OPEN breaker whose time is up to HALF_OPEN. Returns state, open_until and
+-- the share of calls shed by adaptive throttling as last computed ("tp", 0 if none).
 local function breaker_phase(skey, now, transitions)
-  local st, ou = unpack(redis.call('HMGET', skey, 'st', 'ou'))
+  local st, ou, tp = unpack(redis.call('HMGET', skey, 'st', 'ou', 'tp'))
   st = st or 'closed'
   ou = tonumber(ou) or 0
   if st == 'open' and now >= ou then
@@ -115,5 +149,14 @@ local function breaker_phase(skey, now, transitions)
     transitions[#transitions + 1] = {'open', 'half_open'}
     st = 'half_open'
   end
-  return st, ou
+  return st, ou, tonumber(tp) or 0
+end
+
+-- Stores the share of calls to shed when it changed (by more than a point, or to or
+-- from 0), so that the gate reads it with the breaker's state and computes it afresh
+-- only while calls are being shed.
+local function store_shed(skey, old, new)
+  if (new == 0) ~= (old == 0) or math.abs(new - old) > 0.01 then
+    redis.call('HSET', skey, 'tp', string.format('%.4f', new))
+  end
 end

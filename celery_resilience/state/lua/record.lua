@@ -7,7 +7,7 @@
 --   attempt present:      attempt lease string (marked done)
 -- ARGV[1]: JSON object
 --   h  holder: the id the attempt used at the gate
---   b  breaker {rate, min, win, of, ofm, hoc, outcome = "success"|"failure"|"neutral",
+--   b  breaker {rate, min, win, of, ofm, hoc, z, k, outcome = "success"|"failure"|"neutral",
 --      probe = true|false, n = successes of earlier attempts of the caller's process,
 --      reported late, counted before the outcome (optional, default 0)}   (optional)
 --   c  concurrency {}                                               (optional)
@@ -34,7 +34,8 @@ local res = {now = ts, st = '', ou = 0, rate = 0, calls = 0, tr = {}}
 
 local function open_breaker(old, open_for)
   local ou = fmt(now + open_for)
-  redis.call('HSET', skey, 'st', 'open', 'ou', ou, 'of', fmt(open_for), 'ch', fmt(now), 'hs', 0)
+  redis.call('HSET', skey, 'st', 'open', 'ou', ou, 'of', fmt(open_for), 'ch', fmt(now), 'hs', 0,
+             'tp', 0)
   redis.call('DEL', pkey)
   res.tr[#res.tr + 1] = {old, 'open'}
   res.st = 'open'
@@ -44,7 +45,7 @@ end
 if skey then
   local b = args.b
   claim_breaker(skey)
-  local st = breaker_phase(skey, now, res.tr)
+  local st, _, tp = breaker_phase(skey, now, res.tr)
   res.st = st
   if st == 'closed' or st == 'forced_open' or st == 'forced_closed' then
     if b.n and b.n > 0 then
@@ -55,12 +56,13 @@ if skey then
     elseif b.outcome == 'failure' then
       window_add(wkey, b, now, 'f')
     end
-    local succ, fail = window_totals(wkey, b, now)
+    local succ, fail, req, recent = window_totals(wkey, b, now)
     res.calls = succ + fail
     if res.calls > 0 then res.rate = fail / res.calls end
-    if st == 'closed' and b.outcome == 'failure' and res.calls >= b.min
-        and res.rate >= b.rate then
+    if st == 'closed' and b.outcome == 'failure' and trips(fail, res.calls, b) then
       open_breaker('closed', b.of)
+    elseif st == 'closed' then
+      store_shed(skey, tp, shed_share(req, recent, b))
     end
   elseif st == 'half_open' and b.probe and redis.call('ZREM', pkey, holder) == 1 then
     -- only a live probe decides (a stale or foreign report does not)
@@ -70,7 +72,8 @@ if skey then
     elseif b.outcome == 'success' then
       local hs = redis.call('HINCRBY', skey, 'hs', 1)
       if hs >= b.hoc then
-        redis.call('HSET', skey, 'st', 'closed', 'ch', fmt(now), 'of', fmt(b.of), 'hs', 0)
+        redis.call('HSET', skey, 'st', 'closed', 'ch', fmt(now), 'of', fmt(b.of), 'hs', 0,
+                   'tp', 0)
         redis.call('DEL', wkey, pkey)
         res.tr[#res.tr + 1] = {'half_open', 'closed'}
         res.st = 'closed'
