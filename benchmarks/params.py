@@ -30,6 +30,9 @@ class Params:
     waiting_bulk_reps: int = 1
     reliability_tasks: int = 40
     reliability_refused: int = 4
+    degraded_rate: float = 50.0
+    degraded_send_seconds: float = 20.0
+    degraded_seconds: float = 25.0
 
 
 FULL = Params()
@@ -53,4 +56,7 @@ QUICK = Params(
     waiting_bulk_reps=1,
     reliability_tasks=12,
     reliability_refused=2,
+    degraded_rate=20.0,
+    degraded_send_seconds=8.0,
+    degraded_seconds=10.0,
 )

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 from benchmarks import profiling
+from benchmarks.degraded import run_degraded
 from benchmarks.errors import run_permanent, run_retry_after
 from benchmarks.outage import run_outage, run_sweep
 from benchmarks.overhead import run_overhead
@@ -46,6 +47,7 @@ SCENARIOS: dict[str, Callable[[Rig, Params], Outcome]] = {
     "sweep": run_sweep,
     "waiting": run_waiting,
     "reliability": run_reliability,
+    "degraded": run_degraded,
 }
 #: Scenarios that, run alone at full size, replace their own section of RESULTS.md.
 SPLICED = frozenset({"reliability"})

@@ -137,6 +137,7 @@ def render_status(data: dict[str, Any]) -> str:
             b["state"],
             f"{b['failure_rate']:.0%}",
             f"{b['failures']}/{b['calls']}",
+            f"{b.get('shed') or 0:.0%}",
             when(b["open_until"], now),
             _declared(b),
         ]
@@ -161,7 +162,7 @@ def render_status(data: dict[str, Any]) -> str:
             "",
             *_section(
                 "Breakers",
-                ["NAME", "STATE", "FAILURE RATE", "FAILED/CALLS", "OPEN UNTIL", "DECLARED"],
+                ["NAME", "STATE", "FAILURE RATE", "FAILED/CALLS", "SHED", "OPEN UNTIL", "DECLARED"],
                 breakers,
             ),
             *_section(
@@ -180,7 +181,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Breakers, limiters, the dead-letter count and the parked tasks.
 
     JSON: {"store": {"address", "prefix", "found"}, "breakers": [{"name", "state",
-    "failure_rate", "calls", "open_until", ...}], "limiters": [{"name", "rate", "wait",
+    "failure_rate", "calls", "shed", "open_until", ...}], "limiters": [{"name", "rate", "wait",
     "in_use", "paused_until", ...}], "dead_letters": {"count", ...}, "parked": {"count",
     "by_reason", "claimed", "oldest_due_in", ...}}. "found" is false when Redis holds
     nothing under the prefix (a wrong prefix or Redis, or no worker yet): the table then

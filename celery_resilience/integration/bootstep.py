@@ -224,6 +224,7 @@ class ResilienceStep(bootsteps.StartStopStep):
                     "state": status.state.value,
                     "failure_rate": round(status.failure_rate, 4),
                     "calls": status.calls,
+                    "shed": round(status.shed, 4),
                     "open_until": round(status.open_until, 1) if is_open else None,
                     "half_open_in": (
                         round(max(status.open_until - status.now, 0.0), 1) if is_open else None

@@ -128,6 +128,7 @@ def breaker_row(status: BreakerStatus, found: Declared) -> dict[str, Any]:
         "open_until": status.open_until if opened else None,
         "open_for": status.open_for,
         "probes": status.probes,
+        "shed": round(status.shed, 4),
         "changed_at": status.changed_at or None,
         "declared": status.name in found.breakers,
         "tasks": found.tasks_of("breaker", status.name),

@@ -62,7 +62,9 @@ def breaker_text(row: Mapping[str, Any]) -> str:
     half_open_in = row.get("half_open_in")
     if state == "open" and half_open_in is not None:
         words += f", half-open in {half_open_in:.1f} s"
-    return f"{words}; failure rate {row.get('failure_rate') or 0:.0%} over {row.get('calls')} calls"
+    text = f"{words}; failure rate {row.get('failure_rate') or 0:.0%} over {row.get('calls')} calls"
+    shed = row.get("shed") or 0
+    return f"{text}; shedding {shed:.0%} of calls" if shed > 0 else text
 
 
 def limiter_text(row: Mapping[str, Any], now: float | None) -> str:

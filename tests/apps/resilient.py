@@ -127,6 +127,19 @@ def steady(self: Any, path: str) -> dict[str, Any]:
 
 
 @resilient_task(
+    app=app,
+    bind=True,
+    name="res.degraded",
+    backoff=FAST,
+    max_retries=8,
+    breaker=CircuitBreaker("degraded"),
+)
+def degraded(self: Any, path: str) -> dict[str, Any]:
+    """Call the upstream behind a breaker with every default ('degraded')."""
+    return _call(self, path, "GET", 5.0, None)
+
+
+@resilient_task(
     app=app, bind=True, name="res.limited", backoff=FAST, limiter=RateLimit("api", "10/s")
 )
 def limited(self: Any, path: str) -> dict[str, Any]:
