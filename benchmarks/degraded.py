@@ -41,6 +41,7 @@ class Case:
     key: str
     title: str
     share: float = 0.0
+    #: calls a second the upstream serves, as a share of the rate tasks are sent at
     capacity: float | None = None
     #: how long the degradation lasts (None: the scenario's ``degraded_seconds``)
     seconds: float | None = None
@@ -49,7 +50,7 @@ class Case:
 CASES = (
     Case("partial40", "partial failure, 40 % of calls 503 at random", share=0.4),
     Case("partial80", "partial failure, 80 % of calls 503 at random", share=0.8),
-    Case("overload", "overload: 30 calls/s served, the rest 503 at once", capacity=30.0),
+    Case("overload", "overload: 60 % of the send rate served, the rest 503 at once", capacity=0.6),
     Case("outage", "full outage: every call 503 for 20 s", share=1.0, seconds=20.0),
 )
 
@@ -109,7 +110,8 @@ def measure_case(
     seconds = case.seconds if case.seconds is not None else params.degraded_seconds
     tasks = int(params.degraded_rate * params.degraded_send_seconds)
     t0 = time.time()
-    rig.upstream.degrade(prefix, seconds, share=case.share, capacity=case.capacity, seed=11)
+    capacity = None if case.capacity is None else case.capacity * params.degraded_rate
+    rig.upstream.degrade(prefix, seconds, share=case.share, capacity=capacity, seed=11)
     healed = t0 + seconds
     urls = [f"{rig.upstream.url}{prefix}/{i}" for i in range(tasks)]
     ids = _send_paced(rig, task, urls, queue=queue, rate=params.degraded_rate)
