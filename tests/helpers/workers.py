@@ -27,11 +27,13 @@ from celery.utils.nodenames import host_format
 
 from tests.helpers import REPO_ROOT
 from tests.helpers.celery_apps import ENV_BROKER
+from tests.helpers.polling import wait_until
 from tests.helpers.processes import (
     LoggedProcess,
     child_pids,
     has_exited,
     kill_group,
+    pid_alive,
     tail,
     wait_exited,
 )
@@ -149,6 +151,7 @@ class CeleryWorker(LoggedProcess):
         process = self._process
         if process is None:
             return
+        pool = self.child_pids() if process.returncode is None else []
         if process.returncode is None:
             self.terminate()
             wait_exited(process.pid, timeout)
@@ -156,6 +159,10 @@ class CeleryWorker(LoggedProcess):
             # kill it (if it hangs) and any pool child it left behind
             kill_group(process.pid)
         process.wait(10.0)
+        # a SIGKILLed pool process dies a moment after the signal, not with it
+        wait_until(
+            lambda: not [pid for pid in pool if pid_alive(pid)], timeout=10, what="the pool's exit"
+        )
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool at once (fault injection: a machine lost)."""
