@@ -20,9 +20,9 @@ raise (an exception in a receiver is logged by Celery and otherwise ignored).
   log-safe line), ``exc``, ``duration`` (seconds).
 - ``retry_scheduled``: ``task_id``, ``attempt`` (the one that failed), ``countdown``,
   ``verdict``, ``cause``, ``reason`` (the ledger line).
-- ``deferred``: ``task_id``, ``attempt``, ``gate`` (``"breaker"``, ``"rate_limit"``,
-  ``"concurrency"``, ``"attempt"``, ``"backend"``, ``"schedule"``), ``name`` (the policy's
-  name, or ``None``), ``countdown``, ``reason`` (the ledger line).
+- ``deferred``: ``task_id``, ``attempt``, ``gate`` (``"breaker"``, ``"retry_budget"``,
+  ``"rate_limit"``, ``"concurrency"``, ``"attempt"``, ``"backend"``, ``"schedule"``),
+  ``name`` (the policy's name, or ``None``), ``countdown``, ``reason`` (the ledger line).
 - ``gave_up``: ``task_id``, ``attempt``, ``reason`` (why, in words), ``exc`` (the last
   failure), ``history`` (the ledger lines, oldest first).
 - ``breaker_state_changed``: ``name``, ``old``, ``new`` (a ``BreakerState``),

@@ -128,6 +128,19 @@ def nothing_found(store: dict[str, Any]) -> str:
     )
 
 
+_BREAKER_COLUMNS = [
+    *("NAME", "STATE", "FAILURE RATE", "FAILED/CALLS", "SHED", "RETRIES", "OPEN UNTIL"),
+    "DECLARED",
+]
+
+
+def _retries(budget: object) -> str:
+    """A retry budget's use: "retries sent/allowed" ("-" for a breaker without one)."""
+    if not isinstance(budget, dict):
+        return "-"
+    return f"{budget['retries']}/{budget['allowed']:g}"
+
+
 def render_status(data: dict[str, Any]) -> str:
     """The status object as readable tables."""
     now = data["now"]
@@ -138,6 +151,7 @@ def render_status(data: dict[str, Any]) -> str:
             f"{b['failure_rate']:.0%}",
             f"{b['failures']}/{b['calls']}",
             f"{b.get('shed') or 0:.0%}",
+            _retries(b.get("retry_budget")),
             when(b["open_until"], now),
             _declared(b),
         ]
@@ -162,7 +176,7 @@ def render_status(data: dict[str, Any]) -> str:
             "",
             *_section(
                 "Breakers",
-                ["NAME", "STATE", "FAILURE RATE", "FAILED/CALLS", "SHED", "OPEN UNTIL", "DECLARED"],
+                _BREAKER_COLUMNS,
                 breakers,
             ),
             *_section(
@@ -181,11 +195,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Breakers, limiters, the dead-letter count and the parked tasks.
 
     JSON: {"store": {"address", "prefix", "found"}, "breakers": [{"name", "state",
-    "failure_rate", "calls", "shed", "open_until", ...}], "limiters": [{"name", "rate", "wait",
-    "in_use", "paused_until", ...}], "dead_letters": {"count", ...}, "parked": {"count",
-    "by_reason", "claimed", "oldest_due_in", ...}}. "found" is false when Redis holds
-    nothing under the prefix (a wrong prefix or Redis, or no worker yet): the table then
-    says so.
+    "failure_rate", "calls", "shed", "retry_budget", "open_until", ...}], "limiters":
+    [{"name", "rate", "wait", "in_use", "paused_until", ...}], "dead_letters": {"count",
+    ...}, "parked": {"count", "by_reason", "claimed", "oldest_due_in", ...}}. "found" is
+    false when Redis holds nothing under the prefix (a wrong prefix or Redis, or no worker
+    yet): the table then says so.
     """
     data, skipped = collect_status(session(ctx))
     if skipped:

@@ -53,6 +53,7 @@ from celery_resilience.core.gates import (
     RecordAnswer,
 )
 from celery_resilience.core.ledger import AttemptState, deferral_line, gave_up_message, retry_line
+from celery_resilience.core.limits import CircuitBreaker
 
 __all__ = [
     "EARLY",
@@ -236,6 +237,14 @@ def _breaker_words(answer: GateAnswer) -> str:
     return f"open, half-open in {answer.wait:.1f} s"
 
 
+def _budget_words(breaker: CircuitBreaker, answer: GateAnswer) -> str:
+    sent, allowed = answer.retries or (0, 0.0)
+    return (
+        f"retry budget of breaker {_quote(breaker.name)} spent "
+        f"({sent} retries in {breaker.window:g} s, {allowed:g} allowed)"
+    )
+
+
 def _denied(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
     """Defer the task (the default), or apply the breaker's ``on_open`` policy."""
     options, state = attempt.options, attempt.state
@@ -248,6 +257,8 @@ def _denied(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
             message = f"{why}; on_open='fail'; trace {attempt.trace_id}"
             return Refuse(why=why, message=message, state=state)
         return UseFallback(why=why)
+    if denial is Denial.RETRY_BUDGET and breaker is not None and breaker.retry_exhausted != "wait":
+        return _give_up(attempt, _budget_words(breaker, answer), None)
     wait = answer.wait
     # Jitter spreads the woken tasks, but must not push one past its deadline when the
     # gate itself would let it through in time.
@@ -278,6 +289,12 @@ def _denied(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
         # less often the more often this task was deferred (1x, 2x, 4x)
         backlog = 2 ** min(state.deferrals, 2)
         wait = wait * backlog * rng.uniform(0.5, 1.5)
+    elif denial is Denial.RETRY_BUDGET and breaker is not None:
+        gate, name = "retry_budget", breaker.name
+        why = _budget_words(breaker, answer)
+        # like a shed call: come back within a bucket or so, less often the longer it waits
+        backlog = 2 ** min(state.deferrals, 2)
+        wait = wait * backlog * rng.uniform(0.5, 1.5)
     elif denial is Denial.RATE_LIMITED and limiter is not None:
         gate, name = "rate_limit", limiter.name
         why = f"rate limit {_quote(name)} ({limiter.rate}) full, slot in {wait:.2f} s"
@@ -293,9 +310,7 @@ def _denied(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
         gate = "backend"
         why = "state store unreachable and resilience_fallback is 'defer'"
         wait *= rng.uniform(1.0, 1.5)
-    decision = _wait(
-        attempt, wait=wait, now=answer.now, gate=gate, name=name, why=why, state=state
-    )
+    decision = _wait(attempt, wait=wait, now=answer.now, gate=gate, name=name, why=why, state=state)
     if isinstance(decision, Wait) and gate == "breaker" and denial is not Denial.THROTTLED:
         return replace(decision, breaker=name)
     return decision

@@ -30,8 +30,9 @@ __all__ = [
 
 #: What made a task wait: a gate, a split wait ("schedule"), or a redelivered copy of an
 #: attempt seen before ("duplicate"). A retry after a failure has no gate.
-GateName = Literal["schedule", "breaker", "rate_limit", "concurrency", "backend", "duplicate"]
-
+GateName = Literal[
+    "schedule", "breaker", "retry_budget", "rate_limit", "concurrency", "backend", "duplicate"
+]
 
 
 class Jitter(Protocol):
@@ -39,7 +40,6 @@ class Jitter(Protocol):
 
     def uniform(self, a: float, b: float) -> float:
         """A number drawn uniformly from ``[a, b]``."""
-
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,8 @@ class Denial(str, enum.Enum):
     BREAKER_HALF_OPEN = "breaker_half_open"
     #: adaptive throttling shed this call: the upstream accepts too few of those sent
     THROTTLED = "throttled"
+    #: the breaker's retry budget is spent: too many retries for the first attempts sent
+    RETRY_BUDGET = "retry_budget"
     CONCURRENCY_FULL = "concurrency_full"
     RATE_LIMITED = "rate_limited"
     RUNNING = "running"  # the same attempt is running elsewhere (a redelivered message)
@@ -83,6 +85,8 @@ class GateAsk:
     #: A number drawn uniformly from [0, 1): the call is shed when it falls below the
     #: share the breaker's adaptive throttling sheds (None: never shed).
     throttle_draw: float | None = None
+    #: This attempt follows a failure: the breaker's retry budget, if any, must allow it.
+    retry: bool = False
     concurrency: ConcurrencyLimit | None = None
     concurrency_lease: float = 60.0
     concurrency_poll: float = 1.0
@@ -124,6 +128,9 @@ class GateAnswer:
     slot: float | None = None
     #: The share of calls adaptive throttling sheds (with ``denial`` THROTTLED).
     shed: float = 0.0
+    #: Retries sent within the breaker's window, and how many it allows (with ``denial``
+    #: RETRY_BUDGET).
+    retries: tuple[int, float] | None = None
     transitions: tuple[Transition, ...] = ()
     fallback: bool = False
 
@@ -203,6 +210,9 @@ class BreakerStatus:
     transitions: tuple[Transition, ...] = ()
     #: The share of calls adaptive throttling sheds now (0 unless CLOSED).
     shed: float = 0.0
+    #: First attempts and retries sent within the window (counted only with a retry budget).
+    first_attempts: int = 0
+    retries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,5 +225,3 @@ class LimiterStatus:
     in_use: int
     now: float
     exists: bool
-
-

@@ -12,15 +12,25 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import KW_ONLY, dataclass, field
+from typing import Literal
 
 from celery_resilience.core.validate import checked_number
 
-__all__ = ["BODY_LEASE", "CircuitBreaker", "ConcurrencyLimit", "RateLimit", "parse_rate"]
+__all__ = [
+    "BODY_LEASE",
+    "CircuitBreaker",
+    "ConcurrencyLimit",
+    "RateLimit",
+    "RetryExhausted",
+    "parse_rate",
+]
 
 #: Seconds a lease held while a body runs lasts when the task has no time limit.
 BODY_LEASE = 60.0
 
 _MAX_NAME = 200
+#: What a retry refused by a breaker's retry budget does.
+RetryExhausted = Literal["wait", "give_up"]
 _RATE_UNITS = {
     **dict.fromkeys(("s", "sec", "second", "seconds"), 1.0),
     **dict.fromkeys(("m", "min", "minute", "minutes"), 60.0),
@@ -67,6 +77,12 @@ class CircuitBreaker:
     degraded upstream gets about the work it can do and the retries do not swamp it.
     ``None`` turns it off; see :mod:`celery_resilience.core.tripping`.
 
+    ``retry_budget`` (off by default) bounds retries: while CLOSED, the retries sent over
+    the window may number at most ``retry_budget`` times the first attempts sent (0.2:
+    retries add at most 20 % to the upstream's load), or ``retry_floor`` a second, if
+    more. A retry beyond it waits, without spending ``max_retries`` (``retry_exhausted=
+    "wait"``, bounded by the task's deadline), or gives up (``"give_up"``).
+
     The defaults are chosen by measurement (see the README): a 20 s outage costs the
     upstream about ten calls, and work resumes within seconds of recovery.
 
@@ -86,6 +102,9 @@ class CircuitBreaker:
     probe_lease: float | None = None
     confidence: float = 0.95
     throttle: float | None = 1.8
+    retry_budget: float | None = None
+    retry_floor: float = 1.0
+    retry_exhausted: RetryExhausted = "wait"
 
     def __post_init__(self) -> None:
         kind = "CircuitBreaker"
@@ -116,6 +135,13 @@ class CircuitBreaker:
                     f"{kind}: throttle must be >= 1 (calls sent per call accepted) or None, "
                     f"got {self.throttle!r}"
                 )
+        if self.retry_budget is not None:
+            _check_positive(kind, "retry_budget", self.retry_budget)
+        checked_number(self.retry_floor, what=f"{kind}: retry_floor", strict=False)
+        if self.retry_exhausted not in ("wait", "give_up"):
+            raise ValueError(
+                f"{kind}: retry_exhausted must be 'wait' or 'give_up', got {self.retry_exhausted!r}"
+            )
 
     @property
     def max_open_for(self) -> float:

@@ -80,6 +80,9 @@ _BREAKER_KEYS = frozenset(
         "probe_lease",
         "confidence",
         "throttle",
+        "retry_budget",
+        "retry_floor",
+        "retry_exhausted",
     }
 )
 _NESTED = frozenset({"backoff", "breaker", "rate_limit", "concurrency"})

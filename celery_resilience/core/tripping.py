@@ -21,6 +21,11 @@ same rules; these are their reference, and what the tests check them against.
   degraded upstream still gets all the work it can do and not much more. An upstream
   that accepts nothing is down: that is the breaker's case, and nothing is shed (nor on
   fewer than ``minimum_calls`` requests).
+- **Retry budget.** Over the breaker's window, the retries its callers send may number
+  at most ``retry_budget`` times the first attempts they send, or ``retry_floor`` a
+  second times the window, whichever is more (a quiet upstream can still be retried).
+  A retry beyond that waits, or gives up: however flaky the upstream, retries add no more
+  than that share to its load (Envoy's and Finagle's retry budgets).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import functools
 import math
 from statistics import NormalDist
 
-__all__ = ["confidence_z", "failure_floor", "shed_share", "trips"]
+__all__ = ["confidence_z", "failure_floor", "retry_allowance", "shed_share", "trips"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -75,3 +80,9 @@ def shed_share(requests: int, accepts: int, throttle: float | None, minimum: int
     if throttle is None or accepts <= 0 or requests < max(minimum, 1):
         return 0.0
     return max(0.0, (requests - throttle * accepts) / (requests + 1))
+
+
+def retry_allowance(first_attempts: int, *, budget: float, floor: float, window: float) -> float:
+    """How many retries a window with ``first_attempts`` first attempts may hold: at
+    least ``floor`` a second over the ``window``, else ``budget`` per first attempt."""
+    return max(floor * window, budget * first_attempts)

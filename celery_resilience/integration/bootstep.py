@@ -44,6 +44,7 @@ from celery_resilience.integration.inspection import (
     declared,
     limiter_row,
     limiter_status,
+    retry_budget_row,
 )
 from celery_resilience.integration.parking import ParkingPlace, parking_place
 from celery_resilience.integration.releaser import Releaser
@@ -225,6 +226,7 @@ class ResilienceStep(bootsteps.StartStopStep):
                     "failure_rate": round(status.failure_rate, 4),
                     "calls": status.calls,
                     "shed": round(status.shed, 4),
+                    "retry_budget": retry_budget_row(status, policy),
                     "open_until": round(status.open_until, 1) if is_open else None,
                     "half_open_in": (
                         round(max(status.open_until - status.now, 0.0), 1) if is_open else None

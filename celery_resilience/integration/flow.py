@@ -224,6 +224,7 @@ class Flow:
             breaker=options.breaker,
             probe_lease=options.breaker.lease_for(self.time_limit) if options.breaker else None,
             throttle_draw=self.rng.uniform(0.0, 1.0) if options.breaker else None,
+            retry=state.failures > 0,
             concurrency=options.concurrency,
             concurrency_lease=self._concurrency_lease(),
             limiter=limiter,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from celery_resilience import signals
 from celery_resilience.core.gates import BreakerState, BreakerStatus, LimiterStatus
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.core.tripping import retry_allowance
 from celery_resilience.integration.task import resilient_tasks
 
 if TYPE_CHECKING:
@@ -86,9 +87,7 @@ def declared(app: Celery) -> Declared:
     return found
 
 
-def scan_names(
-    client: Client, keys: KeySpace, kinds: Iterable[str]
-) -> set[str]:
+def scan_names(client: Client, keys: KeySpace, kinds: Iterable[str]) -> set[str]:
     """Names of every breaker (or limiter...) of ``kinds`` that Redis holds keys for."""
     names: set[str] = set()
     for kind in kinds:
@@ -116,6 +115,25 @@ def breaker_status(store: RedisStore, policy: CircuitBreaker) -> BreakerStatus:
     return status
 
 
+def retry_budget_row(status: BreakerStatus, policy: CircuitBreaker | None) -> dict[str, Any] | None:
+    """A breaker's retry budget now, as a JSON object (None when it has none)."""
+    if policy is None or policy.retry_budget is None:
+        return None
+    allowed = retry_allowance(
+        status.first_attempts,
+        budget=policy.retry_budget,
+        floor=policy.retry_floor,
+        window=policy.window,
+    )
+    return {
+        "ratio": policy.retry_budget,
+        "floor": policy.retry_floor,
+        "first_attempts": status.first_attempts,
+        "retries": status.retries,
+        "allowed": round(allowed, 2),
+    }
+
+
 def breaker_row(status: BreakerStatus, found: Declared) -> dict[str, Any]:
     """A breaker as a JSON object (``state`` is one of the :class:`BreakerState` values)."""
     opened = status.state is BreakerState.OPEN and status.open_until > 0
@@ -129,6 +147,7 @@ def breaker_row(status: BreakerStatus, found: Declared) -> dict[str, Any]:
         "open_for": status.open_for,
         "probes": status.probes,
         "shed": round(status.shed, 4),
+        "retry_budget": retry_budget_row(status, found.breakers.get(status.name)),
         "changed_at": status.changed_at or None,
         "declared": status.name in found.breakers,
         "tasks": found.tasks_of("breaker", status.name),

@@ -64,7 +64,14 @@ def breaker_text(row: Mapping[str, Any]) -> str:
         words += f", half-open in {half_open_in:.1f} s"
     text = f"{words}; failure rate {row.get('failure_rate') or 0:.0%} over {row.get('calls')} calls"
     shed = row.get("shed") or 0
-    return f"{text}; shedding {shed:.0%} of calls" if shed > 0 else text
+    if shed > 0:
+        text += f"; shedding {shed:.0%} of calls"
+    budget = row.get("retry_budget")
+    if isinstance(budget, Mapping):
+        allowed = budget.get("allowed")
+        allowed = f"{allowed:g}" if isinstance(allowed, (int, float)) else "?"
+        text += f"; retries {budget.get('retries')} of {allowed} allowed in the window"
+    return text
 
 
 def limiter_text(row: Mapping[str, Any], now: float | None) -> str:

@@ -13,7 +13,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from celery_resilience.core import clock
 from celery_resilience.core.gates import (
@@ -28,7 +28,7 @@ from celery_resilience.core.gates import (
     Transition,
 )
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
-from celery_resilience.core.tripping import confidence_z, shed_share, trips
+from celery_resilience.core.tripping import confidence_z, retry_allowance, shed_share, trips
 from celery_resilience.state.redis import limiter_args
 
 __all__ = ["MemoryStore"]
@@ -62,6 +62,19 @@ class _Breaker:
             self.shed = float(f"{new:.4f}")
 
 
+class _Totals(NamedTuple):
+    """A breaker window's counts: successes and failures of the window; requests and
+    successes of its last :data:`THROTTLE_BUCKETS` buckets; first attempts and retries of
+    the window."""
+
+    succ: int
+    fail: int
+    req: int
+    recent: int
+    firsts: int
+    retries: int
+
+
 @dataclass
 class _Limiter:
     tat: float = 0.0  # bookings
@@ -88,13 +101,12 @@ class MemoryStore:
 
     def _totals(
         self, br: _Breaker, policy: CircuitBreaker, now: float, *, keep: bool = False
-    ) -> tuple[int, int, int, int]:
-        """Successes and failures of the window; requests and successes of its last
-        :data:`THROTTLE_BUCKETS` buckets (``window_totals`` in lib.lua)."""
+    ) -> _Totals:
+        """The window's counts (``window_totals`` in lib.lua)."""
         horizon = (now - policy.window) * 1000
         width = self._width_ms(policy)
         recent_from = now * 1000 - THROTTLE_BUCKETS * width
-        succ = fail = req = recent = 0
+        succ = fail = req = recent = firsts = retries = 0
         for key in list(br.window):
             start, kind = key
             if start + width <= horizon:
@@ -106,9 +118,13 @@ class MemoryStore:
                     recent += br.window[key]
             elif kind == "f":
                 fail += br.window[key]
+            elif kind == "a":
+                firsts += br.window[key]
+            elif kind == "r":
+                retries += br.window[key]
             elif start + width > recent_from:
                 req += br.window[key]
-        return succ, fail, req, recent
+        return _Totals(succ, fail, req, recent, firsts, retries)
 
     def _add(
         self, br: _Breaker, policy: CircuitBreaker, now: float, kind: str, count: int = 1
@@ -162,7 +178,7 @@ class MemoryStore:
 
         state: BreakerState | None = None
         probe = False
-        asked = False
+        asked = budgeted = False
         br: _Breaker | None = None
         if ask.breaker is not None:
             policy = ask.breaker
@@ -190,10 +206,29 @@ class MemoryStore:
                         min(br.probes.values()) - now,
                         breaker_state=state,
                     )
-            elif state is BreakerState.CLOSED and policy.throttle is not None:
-                asked = True
-                if br.shed > 0:
-                    _, _, req, recent = self._totals(br, policy, now)
+            elif state is BreakerState.CLOSED:
+                asked = policy.throttle is not None
+                budgeted = policy.retry_budget is not None
+                judged = budgeted and ask.retry
+                totals = (
+                    self._totals(br, policy, now) if judged or (asked and br.shed > 0) else None
+                )
+                if judged and totals is not None and policy.retry_budget is not None:
+                    allowed = retry_allowance(
+                        totals.firsts,
+                        budget=policy.retry_budget,
+                        floor=policy.retry_floor,
+                        window=policy.window,
+                    )
+                    if totals.retries >= allowed:
+                        return deny(
+                            Denial.RETRY_BUDGET,
+                            policy.window / _WINDOW_BUCKETS,
+                            breaker_state=state,
+                            retries=(totals.retries, allowed),
+                        )
+                if asked and totals is not None and br.shed > 0:
+                    req, recent = totals.req, totals.recent
                     share = shed_share(req + 1, recent, policy.throttle, policy.minimum_calls)
                     br.store_shed(share)
                     if ask.throttle_draw is not None and ask.throttle_draw < share:
@@ -264,6 +299,8 @@ class MemoryStore:
                 self._attempts = {k: v for k, v in self._attempts.items() if now < v[1]}
         if asked and br is not None and ask.breaker is not None:
             self._add(br, ask.breaker, now, "q")
+        if budgeted and br is not None and ask.breaker is not None:
+            self._add(br, ask.breaker, now, "r" if ask.retry else "a")
         return GateAnswer(
             allowed=True,
             now=now,
@@ -306,7 +343,7 @@ class MemoryStore:
                     self._add(br, policy, now, "s", report.carried_successes)
                 if outcome != "neutral":
                     self._add(br, policy, now, "s" if outcome == "success" else "f")
-                succ, fail, req, recent = self._totals(br, policy, now)
+                succ, fail, req, recent, _, _ = self._totals(br, policy, now)
                 calls = succ + fail
                 rate = fail / calls if calls else 0.0
                 if (
@@ -401,7 +438,7 @@ class MemoryStore:
                     br.shed = 0.0
                     br.open_for = _stored(policy.open_for)
                     br.open_until = 0.0
-            succ, fail, req, recent = self._totals(br, policy, now, keep=True)
+            succ, fail, req, recent, firsts, retries = self._totals(br, policy, now, keep=True)
             br.probes = {h: t for h, t in br.probes.items() if t > _stored(now)}
             calls = succ + fail
             shed = shed_share(req, recent, policy.throttle, policy.minimum_calls)
@@ -416,6 +453,8 @@ class MemoryStore:
                 changed_at=br.changed_at,
                 probes=len(br.probes),
                 shed=shed if br.state is BreakerState.CLOSED else 0.0,
+                first_attempts=firsts,
+                retries=retries,
                 now=now,
                 exists=existed or calls > 0,
                 transitions=tuple(transitions),

@@ -27,7 +27,6 @@ from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.scripts import SCRIPT_NAMES, ScriptBook
 
 if TYPE_CHECKING:
-
     from celery_resilience.state.connect import Client
 
 __all__ = ["RedisStore", "breaker_args", "limiter_args"]
@@ -57,7 +56,7 @@ def _limiter_args(policy: RateLimit) -> dict[str, Any]:
 
 def breaker_args(policy: CircuitBreaker) -> dict[str, Any]:
     """The breaker's parameters as the scripts read them."""
-    return {
+    args = {
         "rate": policy.failure_rate,
         "min": policy.minimum_calls,
         "win": policy.window,
@@ -68,6 +67,9 @@ def breaker_args(policy: CircuitBreaker) -> dict[str, Any]:
         "z": confidence_z(policy.confidence),
         "k": policy.throttle or 0,
     }
+    if policy.retry_budget is not None:
+        args["rb"], args["rf"] = policy.retry_budget, policy.retry_floor
+    return args
 
 
 def limiter_args(policy: RateLimit) -> dict[str, Any]:
@@ -185,6 +187,8 @@ class RedisStore:
                 args["b"] = {**args["b"], "lease": ask.probe_lease}
             if ask.throttle_draw is not None:
                 args["u"] = ask.throttle_draw
+            if ask.retry:
+                args["r"] = True
         if ask.concurrency is not None:
             args["c"] = {
                 "limit": ask.concurrency.limit,
@@ -215,6 +219,9 @@ class RedisStore:
             probe=bool(res["probe"]),
             slot=float(res["slot"]) if res["slot"] is not False else None,
             shed=float(res.get("shed", 0.0)),
+            retries=(int(res["retries"][0]), float(res["retries"][1]))
+            if res.get("retries")
+            else None,
             transitions=_transitions(ask.breaker, res.get("tr"), 0.0, 0),
         )
 
@@ -290,6 +297,8 @@ class RedisStore:
             now=_now(res),
             exists=bool(res["exists"]),
             shed=float(res.get("shed", 0.0)),
+            first_attempts=int(res.get("first_attempts", 0)),
+            retries=int(res.get("retries", 0)),
             transitions=_transitions(policy, res.get("tr"), rate, calls),
         )
 
@@ -333,7 +342,7 @@ def _split_ask(ask: GateAsk) -> list[tuple[str, GateAsk]]:
         parts.append(("attempt", replace(part, attempt_owner=ask.attempt_owner)))
     if ask.breaker is not None:
         part = replace(bare, breaker=ask.breaker, probe_lease=ask.probe_lease)
-        parts.append(("breaker", replace(part, throttle_draw=ask.throttle_draw)))
+        parts.append(("breaker", replace(part, throttle_draw=ask.throttle_draw, retry=ask.retry)))
     if ask.concurrency is not None:
         parts.append(
             (

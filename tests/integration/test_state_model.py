@@ -265,3 +265,37 @@ def test_redis_sheds_like_the_reference_model(redis_server):
         assert shed > 0
     finally:
         client.close()
+
+
+def test_redis_keeps_a_retry_budget_like_the_reference_model(redis_server):
+    """The retry budget: the same first attempts and retries get the same answers, and the
+    same counts, in Redis and in memory; a refusal says how many retries it allows."""
+    client = redis_server.client(3)
+    redis = RedisStore(client, KeySpace(f"budget-{uuid.uuid4().hex[:12]}"))
+    clock = {"now": 0.0}
+    memory = MemoryStore(now=lambda: clock["now"])
+    breaker = CircuitBreaker(
+        "budget", minimum_calls=1000, throttle=None, retry_budget=0.2, retry_floor=0.2
+    )
+    refused = 0
+    try:
+        for i in range(40):
+            ask = GateAsk(holder=f"t{i}", breaker=breaker, retry=i % 3 == 0)
+            shared = redis.gate(ask)
+            clock["now"] = shared.now
+            local = memory.gate(ask)
+            assert (shared.allowed, shared.denial) == (local.allowed, local.denial)
+            if shared.retries or local.retries:  # the answer carries 14 significant digits
+                assert shared.retries == pytest.approx(local.retries)
+            refused += not shared.allowed
+        shared_status, local_status = redis.breaker(breaker), memory.breaker(breaker)
+        assert (shared_status.first_attempts, shared_status.retries) == (
+            local_status.first_attempts,
+            local_status.retries,
+        )
+        assert shared_status.first_attempts == 26
+        # 14 retries asked; the window allows max(0.2 x 10 s, 0.2 x first attempts so far)
+        assert 0 < refused < 14
+        assert shared_status.retries == 14 - refused
+    finally:
+        client.close()

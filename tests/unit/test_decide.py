@@ -192,6 +192,30 @@ def test_concurrency_waiters_poll_less_often_the_longer_they_wait(deferrals, fac
     assert factor <= decision.countdown <= 1.5 * factor
 
 
+def test_a_retry_beyond_the_budget_waits_without_spending_a_retry():
+    """A retry the breaker's retry budget refuses is deferred (gate "retry_budget"), about
+    a bucket of the window, growing with the deferrals; the failures stay as they were."""
+    breaker = CircuitBreaker("pay", retry_budget=0.2)
+    state = AttemptState(failures=2, deferrals=1)
+    answer = no(Denial.RETRY_BUDGET, 1.0, breaker_state=BreakerState.CLOSED, retries=(4, 4.0))
+    decision = decide.after_gate(attempt(breaker=breaker, state=state), answer, rng())
+    assert isinstance(decision, decisions.Wait)
+    assert (decision.gate, decision.name, decision.breaker) == ("retry_budget", "pay", None)
+    assert 1.0 <= decision.countdown <= 3.0
+    assert (decision.state.failures, decision.state.deferrals) == (2, 2)
+    assert "retry budget of breaker 'pay' spent (4 retries in 10 s, 4 allowed)" in decision.line
+
+
+def test_a_retry_beyond_the_budget_gives_up_when_the_breaker_says_so():
+    breaker = CircuitBreaker("pay", retry_budget=0.2, retry_exhausted="give_up")
+    answer = no(Denial.RETRY_BUDGET, 1.0, breaker_state=BreakerState.CLOSED, retries=(4, 4.0))
+    decision = decide.after_gate(
+        attempt(breaker=breaker, state=AttemptState(failures=1)), answer, rng()
+    )
+    assert isinstance(decision, decisions.GiveUp)
+    assert decision.reason.startswith("retry budget of breaker 'pay' spent")
+
+
 def test_unreachable_store_in_defer_mode_defers():
     """Store down and resilience_fallback='defer': deferred by the wait, jittered."""
     decision = decide.after_gate(attempt(), no(Denial.BACKEND_DOWN, 2.0), rng())
@@ -388,7 +412,14 @@ def test_a_retry_due_while_the_breaker_is_open_waits_for_half_open():
 # -- properties -------------------------------------------------------------------------
 
 denials = st.sampled_from(
-    [Denial.BREAKER_OPEN, Denial.BREAKER_HALF_OPEN, Denial.RATE_LIMITED, Denial.CONCURRENCY_FULL]
+    [
+        Denial.BREAKER_OPEN,
+        Denial.BREAKER_HALF_OPEN,
+        Denial.THROTTLED,
+        Denial.RETRY_BUDGET,
+        Denial.RATE_LIMITED,
+        Denial.CONCURRENCY_FULL,
+    ]
 )
 
 

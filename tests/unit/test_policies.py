@@ -46,6 +46,16 @@ def test_a_full_policy_becomes_task_options():
     assert options["on_open"] == "fail"
 
 
+def test_a_policy_may_give_its_breaker_a_retry_budget():
+    raw = {"breaker": {"retry_budget": 0.2, "retry_floor": 0.5, "retry_exhausted": "give_up"}}
+    breaker = parse_policy("payments", raw)["breaker"]
+    assert (breaker.retry_budget, breaker.retry_floor, breaker.retry_exhausted) == (
+        0.2,
+        0.5,
+        "give_up",
+    )
+
+
 @pytest.mark.parametrize(
     ("raw", "words"),
     [
@@ -59,6 +69,7 @@ def test_a_full_policy_becomes_task_options():
         ({"backoff": {"knd": "fixed"}}, "backoff.knd"),
         ({"breaker": {"failure_rate": 2}}, "failure_rate"),
         ({"breaker": {"open_fr": 2}}, "breaker.open_fr"),
+        ({"breaker": {"retry_budget": 0}}, "retry_budget"),
         ({"rate_limit": "10/x"}, "rate_limit"),
         ({"rate_limit": {"rate": "5/s", "burst": 0}}, "burst"),
         ({"concurrency": 0}, "concurrency"),

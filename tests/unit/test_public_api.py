@@ -47,6 +47,9 @@ def test_policy_signatures_are_as_documented():
         ("probe_lease", kw),
         ("confidence", kw),
         ("throttle", kw),
+        ("retry_budget", kw),
+        ("retry_floor", kw),
+        ("retry_exhausted", kw),
     ]
     assert _params(celery_resilience.RateLimit) == [
         ("name", "POSITIONAL_OR_KEYWORD"),

@@ -72,6 +72,23 @@ def test_forced_and_half_open_breakers_say_so():
     assert rows["resilience: breaker 'b'"] == "half-open (probing); failure rate 50% over 4 calls"
 
 
+def test_a_breaker_says_what_it_sheds_and_how_much_retry_budget_it_spent():
+    breakers = {
+        "a": {
+            "state": "closed",
+            "failure_rate": 0.4,
+            "calls": 50,
+            "shed": 0.25,
+            "retry_budget": {"retries": 7, "allowed": 10.0},
+        },
+    }
+    rows = flat_rows(_section(breakers=breakers), NOW)
+    assert rows["resilience: breaker 'a'"] == (
+        "closed; failure rate 40% over 50 calls; shedding 25% of calls; "
+        "retries 7 of 10 allowed in the window"
+    )
+
+
 def test_a_down_store_and_an_active_fallback_stand_out():
     """Unreachable store and active fallback are in capitals, with the error and last time."""
     rows = flat_rows(
@@ -110,6 +127,4 @@ def test_a_pause_without_the_store_clock_reads_as_a_utc_time():
     limiters = {"crm": {"rate": "5/s", "wait": 0.0, "in_use": 0, "concurrency": None,
                         "paused_until": 1795674000.0}}  # fmt: skip
     rows = flat_rows(_section(breakers={}, limiters=limiters), None)
-    assert rows["resilience: limiter 'crm'"] == (
-        "5/s; no wait; paused until 2026-11-26 06:20:00Z"
-    )
+    assert rows["resilience: limiter 'crm'"] == ("5/s; no wait; paused until 2026-11-26 06:20:00Z")

@@ -1,4 +1,5 @@
-"""When a breaker trips and how much adaptive throttling sheds: the rules and the store."""
+"""When a breaker trips, how much adaptive throttling sheds and how many retries a retry
+budget allows: the rules and the store."""
 
 from __future__ import annotations
 
@@ -6,9 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celery_resilience import CircuitBreaker
+from celery_resilience import CircuitBreaker, RateLimit
 from celery_resilience.core.gates import BreakerState, Denial, GateAsk, OutcomeReport
-from celery_resilience.core.tripping import confidence_z, failure_floor, shed_share, trips
+from celery_resilience.core.tripping import (
+    confidence_z,
+    failure_floor,
+    retry_allowance,
+    shed_share,
+    trips,
+)
 from celery_resilience.state.memory import MemoryStore
 
 Z = confidence_z(0.95)
@@ -139,3 +146,80 @@ def test_without_throttle_nothing_is_shed():
         _call(store, breaker, f"t{i}", outcome)
     assert store.breaker(breaker).shed == 0.0
     assert store.gate(GateAsk(holder="x", breaker=breaker, throttle_draw=0.0)).allowed
+
+
+@given(
+    firsts=counts,
+    budget=st.floats(min_value=0.01, max_value=5.0),
+    floor=st.floats(min_value=0.0, max_value=50.0),
+    window=st.floats(min_value=0.5, max_value=600.0),
+)
+def test_the_retry_allowance_is_the_larger_of_floor_and_share(firsts, budget, floor, window):
+    allowed = retry_allowance(firsts, budget=budget, floor=floor, window=window)
+    assert allowed >= floor * window
+    assert allowed >= budget * firsts
+    assert allowed in (floor * window, budget * firsts)
+    assert retry_allowance(firsts + 1, budget=budget, floor=floor, window=window) >= allowed
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"retry_budget": 0}, "retry_budget"),
+        ({"retry_budget": -0.2}, "retry_budget"),
+        ({"retry_budget": 0.2, "retry_floor": -1}, "retry_floor"),
+        ({"retry_budget": 0.2, "retry_exhausted": "fail"}, "retry_exhausted"),
+    ],
+)
+def test_a_bad_retry_budget_is_refused(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        CircuitBreaker("x", **kwargs)
+
+
+def _budget_ask(breaker: CircuitBreaker, holder: str, *, retry: bool) -> GateAsk:
+    return GateAsk(holder=holder, breaker=breaker, retry=retry)
+
+
+def test_retries_beyond_the_budget_are_refused_until_first_attempts_earn_more():
+    clock = Clock()
+    store = MemoryStore(now=clock)
+    breaker = CircuitBreaker(
+        "budget", minimum_calls=1000, throttle=None, retry_budget=0.25, retry_floor=0.1
+    )
+    # the floor: 0.1 a second over 10 s = one retry however few the first attempts
+    assert store.gate(_budget_ask(breaker, "r0", retry=True)).allowed
+    refused = store.gate(_budget_ask(breaker, "r1", retry=True))
+    assert (refused.allowed, refused.denial, refused.retries) == (
+        False,
+        Denial.RETRY_BUDGET,
+        (1, 1.0),
+    )
+    assert refused.wait == pytest.approx(breaker.window / 10)
+    for i in range(8):  # 8 first attempts: 0.25 x 8 = 2 retries
+        assert store.gate(_budget_ask(breaker, f"f{i}", retry=False)).allowed
+    assert store.gate(_budget_ask(breaker, "r1", retry=True)).allowed
+    assert not store.gate(_budget_ask(breaker, "r2", retry=True)).allowed
+    status = store.breaker(breaker)
+    assert (status.first_attempts, status.retries) == (8, 2)
+    clock.now += breaker.window + 1  # the window moves on: the counts go with it
+    assert store.gate(_budget_ask(breaker, "r2", retry=True)).allowed
+
+
+def test_without_a_retry_budget_retries_are_neither_counted_nor_refused():
+    store = MemoryStore(now=Clock())
+    breaker = CircuitBreaker("free", minimum_calls=1000, throttle=None)
+    for i in range(20):
+        assert store.gate(_budget_ask(breaker, f"r{i}", retry=True)).allowed
+    status = store.breaker(breaker)
+    assert (status.first_attempts, status.retries) == (0, 0)
+
+
+def test_a_retry_refused_by_a_later_gate_is_not_counted():
+    store = MemoryStore(now=Clock())
+    breaker = CircuitBreaker("later", minimum_calls=1000, throttle=None, retry_budget=0.5)
+    limiter = RateLimit("later", "1/s")
+    assert store.gate(GateAsk(holder="a", breaker=breaker, limiter=limiter)).allowed
+    late = store.gate(GateAsk(holder="b", breaker=breaker, limiter=limiter, retry=True))
+    assert late.denial is Denial.RATE_LIMITED
+    status = store.breaker(breaker)
+    assert (status.first_attempts, status.retries) == (1, 0)

@@ -6,14 +6,15 @@
 --       status: read (an OPEN breaker whose time is up becomes HALF_OPEN, as at a gate)
 --       open:   FORCED_OPEN until reset; close: FORCED_CLOSED until reset;
 --       reset:  CLOSED with an empty window and the base open time
---   b   breaker {rate, min, win, of, ofm, hoc, z, k}
+--   b   breaker {rate, min, win, of, ofm, hoc, z, k, rb?, rf?}
 --   ttl seconds (optional): with open/close/reset, the state hash expires after this long
 --       (a name no task declares); a gate or record of the breaker removes the expiry
 -- Returns: JSON object
 --   now ({seconds, microseconds}), st, ou (open until, 0 unless open), of (current open
 --   time), ch (last change) (times as decimal strings),
 --   rate, calls, failures, probes (live probe leases), shed (share of calls adaptive
---   throttling sheds now), tr (transitions: list of {old, new})
+--   throttling sheds now), first_attempts and retries (sent in the window, counted with a
+--   retry budget), tr (transitions: list of {old, new})
 
 --!include lib.lua
 
@@ -49,7 +50,7 @@ if args.ttl and args.op ~= 'status' then
 end
 
 local ou, of, ch = unpack(redis.call('HMGET', skey, 'ou', 'of', 'ch'))
-local succ, fail, req, recent = window_totals(wkey, b, now, true)
+local succ, fail, req, recent, firsts, retries = window_totals(wkey, b, now, true)
 redis.call('ZREMRANGEBYSCORE', pkey, '-inf', fmt(now))
 res.st = st
 res.ou = (st == 'open') and (ou or 0) or 0
@@ -61,5 +62,7 @@ res.rate = 0
 if res.calls > 0 then res.rate = fail / res.calls end
 res.probes = redis.call('ZCARD', pkey)
 res.shed = (st == 'closed') and shed_share(req, recent, b) or 0
+res.first_attempts = firsts
+res.retries = retries
 res.exists = redis.call('EXISTS', skey) == 1 or res.calls > 0
 return cjson.encode(res)

@@ -10,9 +10,11 @@
 --   attempt present:      attempt lease string
 -- ARGV[1]: JSON object
 --   h  holder: unique id of this attempt (task id and attempt number)
---   b  breaker {rate, min, win, of, ofm, hoc, lease, z, k}    (optional)
+--   b  breaker {rate, min, win, of, ofm, hoc, lease, z, k, rb?, rf?}: rb, rf = the retry
+--      budget (retries per first attempt) and its floor (retries a second)   (optional)
 --   u  a number drawn uniformly from [0, 1): the call is shed when it falls below the
 --      share adaptive throttling sheds (optional: without it nothing is shed)
+--   r  true when the attempt is a retry (it follows a failure)  (optional)
 --   c  concurrency {limit, lease, poll}                       (optional)
 --   l  limiter {T, tau, early, slack, slot?, max?, book?}: max = the longest wait worth
 --      booking (the task's deadline); beyond it no slot is booked; book = reserve a
@@ -23,7 +25,8 @@
 --   ok     true when the attempt may run
 --   now    Redis server time: {seconds, microseconds}
 --   wait   seconds to wait before asking again (when not ok)
---   why    "breaker_open" | "breaker_half_open" | "throttled" | "concurrency_full"
+--   why    "breaker_open" | "breaker_half_open" | "throttled" | "retry_budget"
+--          | "concurrency_full"
 --          | "rate_limited"
 --          | "running" | "done" | "retried" (when not ok; "retried": this attempt failed
 --          and its retry was being published when its worker stopped)
@@ -31,6 +34,7 @@
 --   ou     breaker open-until time, as a decimal string (0 unless open)
 --   probe  true when this attempt holds a half-open probe slot
 --   shed   the share of calls adaptive throttling sheds (why = "throttled")
+--   retries  {retries sent in the window, retries it allows} (why = "retry_budget")
 --   slot   booked rate-limit slot, Redis time as a decimal string (why = "rate_limited")
 --   tr     breaker transitions made by this call: list of {old, new}
 
@@ -62,8 +66,8 @@ if akey then
   end
 end
 
--- 2. Breaker (and its adaptive throttling).
-local asked = false
+-- 2. Breaker (its adaptive throttling and its retry budget).
+local asked, budgeted = false, false
 if skey then
   local b = args.b
   claim_breaker(skey)
@@ -90,11 +94,26 @@ if skey then
       res.wait = math.max(tonumber(first[2]) - now, 0)
       return answer()
     end
-  elseif st == 'closed' and (b.k or 0) > 0 then
-    -- adaptive throttling: count the call; while some are shed, work out afresh how many
-    asked = true
-    if tp > 0 then
-      local _, _, req, recent = window_totals(wkey, b, now)
+  elseif st == 'closed' then
+    -- adaptive throttling: count the call; while some are shed, work out afresh how many.
+    -- The retry budget: count first attempts and retries; refuse a retry beyond it.
+    asked = (b.k or 0) > 0
+    budgeted = (b.rb or 0) > 0
+    local judged = budgeted and args.r
+    local _, _, req, recent, firsts, retries
+    if judged or (asked and tp > 0) then
+      _, _, req, recent, firsts, retries = window_totals(wkey, b, now)
+    end
+    if judged then
+      local allowed = retry_allowance(firsts, b)
+      if retries >= allowed then
+        res.why = 'retry_budget'
+        res.retries = {retries, allowed}
+        res.wait = b.win / 10
+        return answer()
+      end
+    end
+    if asked and tp > 0 then
       local share = shed_share(req + 1, recent, b)
       store_shed(skey, tp, share)
       if args.u and args.u < share then
@@ -194,12 +213,16 @@ if lkey then
   end
 end
 
--- 5. Granted: hold the attempt lease; count the call for adaptive throttling.
+-- 5. Granted: hold the attempt lease; count the call for adaptive throttling and for the
+--    retry budget.
 if akey then
   set_lease(akey, 'run', now, args.a.lease, args.a.o)
 end
 if asked then
   window_add(wkey, args.b, now, 'q')
+end
+if budgeted then
+  window_add(wkey, args.b, now, args.r and 'r' or 'a')
 end
 res.ok = true
 return answer()

@@ -63,16 +63,18 @@ local function extend_ttl(key, seconds)
 end
 
 -- Breaker window: a hash of time buckets, fields "<bucket start ms>:s" (successes), ":f"
--- (failures) and ":q" (calls asked while closed, sent or shed).
--- Returns successes, failures within the last b.win seconds, and the requests and
+-- (failures), ":q" (calls asked while closed, sent or shed), ":a" and ":r" (first
+-- attempts and retries sent while closed, counted with a retry budget).
+-- Returns successes, failures within the last b.win seconds, the requests and
 -- successes of its last THROTTLE_BUCKETS buckets (what adaptive throttling judges: an
--- outage after a healthy spell must not be throttled on the successes before it); drops
+-- outage after a healthy spell must not be throttled on the successes before it), and
+-- the first attempts and retries within the window; drops
 -- older buckets unless keep is true (a reader whose window may differ from the writers'
 -- must not prune).
 local THROTTLE_BUCKETS = 3
 local function window_totals(wkey, b, now, keep)
   local flat = redis.call('HGETALL', wkey)
-  local succ, fail, req, recent = 0, 0, 0, 0
+  local succ, fail, req, recent, firsts, retries = 0, 0, 0, 0, 0, 0
   local width = b.win * 100
   local horizon = (now - b.win) * 1000
   local recent_from = now * 1000 - THROTTLE_BUCKETS * width
@@ -90,6 +92,10 @@ local function window_totals(wkey, b, now, keep)
       if start + width > recent_from then recent = recent + n end
     elseif kind == 'f' then
       fail = fail + n
+    elseif kind == 'a' then
+      firsts = firsts + n
+    elseif kind == 'r' then
+      retries = retries + n
     elseif start + width > recent_from then
       req = req + n
     end
@@ -97,7 +103,7 @@ local function window_totals(wkey, b, now, keep)
   if #stale > 0 and not keep then
     redis.call('HDEL', wkey, unpack(stale))
   end
-  return succ, fail, req, recent
+  return succ, fail, req, recent, firsts, retries
 end
 
 -- Whether a closed breaker opens (celery_resilience.core.tripping.trips): at least
@@ -120,6 +126,12 @@ local function shed_share(req, succ, b)
   local k = b.k or 0
   if k <= 0 or succ <= 0 or req < math.max(b.min, 1) then return 0 end
   return math.max(0, (req - k * succ) / (req + 1))
+end
+
+-- How many retries a window with this many first attempts allows
+-- (celery_resilience.core.tripping.retry_allowance).
+local function retry_allowance(firsts, b)
+  return math.max(b.rf * b.win, b.rb * firsts)
 end
 
 local function window_add(wkey, b, now, kind, count)
