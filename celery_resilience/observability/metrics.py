@@ -9,8 +9,9 @@ process that runs tasks, before the pool forks)::
     celery_resilience_attempt_duration_seconds{task, verdict}   histogram (body ran)
     celery_resilience_retries_total{task}
     celery_resilience_retry_countdown_seconds{task}   histogram
-    celery_resilience_deferrals_total{task, reason}   breaker, rate_limit, concurrency,
-                                                      attempt, backend, schedule
+    celery_resilience_deferrals_total{task, reason}   breaker, retry_budget, rate_limit,
+                                                      concurrency, attempt, backend,
+                                                      schedule
     celery_resilience_deferral_wait_seconds{task, reason}       histogram
     celery_resilience_gave_up_total{task}
     celery_resilience_dead_letters_total{task, verdict}

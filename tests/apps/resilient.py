@@ -139,6 +139,41 @@ def degraded(self: Any, path: str) -> dict[str, Any]:
     return _call(self, path, "GET", 5.0, None)
 
 
+#: Never opens (its test counts retries, not outages); retries may add 25 % to the first
+#: attempts of its 4 s window, or 1 a second.
+RETRY_BUDGETED = CircuitBreaker(
+    "retry_budget", window=4.0, minimum_calls=10_000, throttle=None, retry_budget=0.25
+)
+
+
+@resilient_task(
+    app=app, bind=True, name="res.retry_budget", backoff=FAST, max_retries=1, breaker=RETRY_BUDGETED
+)
+def retry_budgeted(self: Any, path: str) -> dict[str, Any]:
+    """Call the upstream behind the breaker 'retry_budget' (a retry budget of 25 %); one retry."""
+    return _call(self, path, "GET", 5.0, None)
+
+
+@resilient_task(
+    app=app,
+    bind=True,
+    name="res.retry_budget_strict",
+    backoff=FAST,
+    max_retries=3,
+    breaker=CircuitBreaker(
+        "retry_budget_strict",
+        minimum_calls=10_000,
+        throttle=None,
+        retry_budget=0.1,
+        retry_floor=0.1,
+        retry_exhausted="give_up",
+    ),
+)
+def retry_budget_strict(self: Any, path: str) -> dict[str, Any]:
+    """Like res.retry_budget, but a retry beyond its budget (10 %, floor 0.1/s) gives up."""
+    return _call(self, path, "GET", 5.0, None)
+
+
 @resilient_task(
     app=app, bind=True, name="res.limited", backoff=FAST, limiter=RateLimit("api", "10/s")
 )
