@@ -83,6 +83,8 @@ _BREAKER_KEYS = frozenset(
     }
 )
 _NESTED = frozenset({"backoff", "breaker", "rate_limit", "concurrency"})
+#: Options of a limit that a named policy cannot set (a key is a function).
+_KEYED = frozenset({"key", "max_keys"})
 
 
 def _fail(policy: str, key: str, value: object, why: str) -> ValueError:
@@ -108,6 +110,14 @@ def _number(policy: str, key: str, value: object, *, allow_zero: bool = False) -
 def _mapping(policy: str, key: str, value: object, allowed: frozenset[str]) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise _fail(policy, key, value, "must be an object")
+    keyed = sorted(set(value) & _KEYED)
+    if keyed:
+        raise _fail(
+            policy,
+            f"{key}.{keyed[0]}",
+            value[keyed[0]],
+            "per-key limits take a key function: declare them in code, not in configuration",
+        )
     unknown = sorted(set(value) - allowed)
     if unknown:
         raise _fail(

@@ -124,8 +124,8 @@ class _Holder:
     def _reserve(self, req: Any) -> float:
         """Reserve a slot for ``req`` (seconds to hold it; 0: hand it over now)."""
         limiter = self.task.resilience_options().limiter
-        if limiter is None:
-            return 0.0
+        if limiter is None or limiter.key is not None:
+            return 0.0  # a keyed limit: its key comes from the body's args, at the gate
         mono = time.monotonic()
         if self.full_until.get(limiter.name, 0.0) <= mono and self._room(limiter, mono):
             return 0.0

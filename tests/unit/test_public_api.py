@@ -47,16 +47,25 @@ def test_policy_signatures_are_as_documented():
         ("probe_lease", kw),
         ("confidence", kw),
         ("throttle", kw),
+        ("key", kw),
+        ("max_keys", kw),
+        ("bound_key", kw),
     ]
     assert _params(celery_resilience.RateLimit) == [
         ("name", "POSITIONAL_OR_KEYWORD"),
         ("rate", "POSITIONAL_OR_KEYWORD"),
         ("burst", kw),
+        ("key", kw),
+        ("max_keys", kw),
+        ("bound_key", kw),
     ]
     assert _params(celery_resilience.ConcurrencyLimit) == [
         ("name", "POSITIONAL_OR_KEYWORD"),
         ("limit", "POSITIONAL_OR_KEYWORD"),
         ("lease", kw),
+        ("key", kw),
+        ("max_keys", kw),
+        ("bound_key", kw),
     ]
 
 
