@@ -1,0 +1,167 @@
+"""Per-key breakers and limits end to end: hostile keys against a real Redis, and a
+keyed breaker on real workers that opens for one tenant only.
+
+Tasks come from :mod:`tests.apps.resilient`: ``res.per_tenant`` (breaker 'tenants', one
+per ``tenant`` keyword, opening after three failures for 60 s).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from celery_resilience.core.gates import BreakerState, GateAsk, OutcomeReport
+from celery_resilience.core.keying import key_text
+from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.state.keys import KeySpace
+from celery_resilience.state.redis import RedisStore
+from example_project.upstream import Upstream
+from tests.helpers.cluster import client_for, module_env, running_nodes, wait_all
+from tests.helpers.inspection import run_cli
+from tests.helpers.polling import wait_until
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.workers import CeleryWorker
+
+pytestmark = pytest.mark.integration
+
+MAX_KEYS = 50
+#: Distinct hostile keys driven through the gate, a batch per pipeline-free loop.
+HOSTILE = 100_000
+
+
+def _raw_key(i: int) -> object:
+    """Key function results an attacker controls: long text, binary, markup, plain."""
+    kinds: list[object] = [
+        f"tenant-{i}",
+        b"\xff\x00{" + i.to_bytes(4, "big") + b"}\r\n",
+        "x" * 5000 + str(i),
+        f"<b>{i}</b> ../ %00 {{tag}}:*",
+    ]
+    return kinds[i % len(kinds)]
+
+
+def _tenant(args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
+    return kwargs["tenant"]
+
+
+def test_hostile_keys_keep_redis_bounded(redis_server: RedisServer):
+    """10^5 distinct keys (long, binary, markup) through a keyed breaker, rate limit and
+    concurrency limit with max_keys=50: no error, every key bounded and escaped, and
+    Redis holds at most the cap's worth of keys (3 breaker keys per live key plus one
+    per limit, the overflow states and the registries), far below one per key."""
+    client = redis_server.client(4)
+    prefix = f"hostile-{uuid.uuid4().hex[:8]}"
+    store = RedisStore(client, KeySpace(prefix))
+    breaker = CircuitBreaker("h", key=_tenant, max_keys=MAX_KEYS, minimum_calls=1000)
+    limiter = RateLimit("h", "1000000/s", key=_tenant, max_keys=MAX_KEYS)
+    pool = ConcurrencyLimit("h", 5, key=_tenant, max_keys=MAX_KEYS)
+    overflowed = 0
+    try:
+        for i in range(HOSTILE):
+            key = key_text(_tenant, (), {"tenant": _raw_key(i)})
+            assert len(key) <= 64
+            holder = f"t{i}"
+            if i % 25 == 0:  # the full gate now and then; the registry path every time
+                ask = GateAsk(
+                    holder=holder,
+                    breaker=breaker.bind(key),
+                    limiter=limiter.bind(key),
+                    concurrency=pool.bind(key),
+                    concurrency_lease=30.0,
+                )
+                answer = store.gate(ask)
+                overflowed += "b" in answer.overflow
+                store.record(
+                    OutcomeReport(holder=holder, breaker=ask.breaker, concurrency=ask.concurrency)
+                )
+            else:
+                answer = store.gate(GateAsk(holder=holder, limiter=limiter.bind(key)))
+            assert answer.denial is None or answer.allowed is False
+        keys = [k.decode() for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        bound = (3 + 1 + 1) * MAX_KEYS + 3 + 1 + 1 + 3 * 2
+        assert len(keys) <= bound, (len(keys), bound)
+        for kind in ("breaker", "limiter", "concurrency"):
+            status = store.keys_status(kind, "h")
+            assert status.live <= MAX_KEYS
+            assert status.overflow > 0
+        assert overflowed > 0
+        assert all(k.isprintable() and " " not in k and "\n" not in k for k in keys)
+    finally:
+        for k in client.scan_iter(match=f"{prefix}:*", count=1000):
+            client.delete(k)
+        client.close()
+
+
+# -- on real workers -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
+    """This module's worker environment; breaker transitions are counted in a list."""
+    env = module_env(redis_server, upstream_server.url)
+    env["RESILIENCE_TEST_TRANSITIONS"] = f"{env['RESILIENCE_TEST_PREFIX']}:transitions"
+    return env
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[CeleryWorker]]:
+    """One worker node of 2 processes."""
+    with running_nodes(env, tmp_path_factory.mktemp("workers"), nodes=1, concurrency=2) as w:
+        yield w
+
+
+def test_a_keyed_breaker_opens_for_one_tenant_only(
+    nodes, env, celery_client, upstream, redis_server
+):
+    """Tenant 'bad' sees its upstream fail: its breaker opens and its later tasks are not
+    sent; tenant 'good' behind the same declaration keeps calling, and every task of it
+    succeeds. The transition names the key; status shows both keys."""
+    run = uuid.uuid4().hex[:8]
+    upstream.script(f"/bad-{run}", [], then=503)
+    client = client_for(celery_client, env)
+    task = client.signature("res.per_tenant")
+    store = RedisStore(redis_server.client(2), KeySpace(env["RESILIENCE_TEST_PREFIX"]))
+    for i in range(3):
+        task.clone(args=(f"/bad-{run}/{i}",), kwargs={"tenant": "bad"}).delay()
+    wait_until(
+        lambda: store.keys_status("breaker", "tenants").open == 1,
+        timeout=60,
+        what="the failing tenant's breaker open",
+    )
+    later = [
+        task.clone(args=(f"/bad-{run}/x{i}",), kwargs={"tenant": "bad"}).delay() for i in range(3)
+    ]
+    good = [
+        task.clone(args=(f"/good-{run}/{i}",), kwargs={"tenant": "good"}).delay() for i in range(6)
+    ]
+    wait_all(good, timeout=60, what="the healthy tenant's tasks")
+    assert [r.state for r in good] == ["SUCCESS"] * 6
+    status = store.keys_status("breaker", "tenants")
+    assert status.live == 2
+    assert status.open == 1
+    sent_later = [r for r in upstream.requests() if r.path.startswith(f"/bad-{run}/x")]
+    assert sent_later == []  # the open breaker of 'bad' sent none of them
+    for r in later:
+        r.forget()
+    results = redis.Redis.from_url(env["RESILIENCE_TEST_BACKEND"])
+    noted = results.lrange(env["RESILIENCE_TEST_TRANSITIONS"], 0, -1)
+    results.close()
+    transitions = [json.loads(x) for x in noted]
+    assert {(t["name"], t.get("key"), t["new"]) for t in transitions} >= {
+        ("tenants", "bad", BreakerState.OPEN.value)
+    }
+    assert not any(t.get("key") == "good" for t in transitions)
+    shown = run_cli("status", "--json", env=env, app="tests.apps.resilient")
+    assert shown.returncode == 0, shown.stderr
+    row = next(b for b in json.loads(shown.stdout)["breakers"] if b["name"] == "tenants")
+    assert row["keys"]["live"] == 2
+    assert row["keys"]["open"] == 1
+    assert {t["key"] for t in row["keys"]["top"]} == {"bad", "good"}
+    store.client.close()
