@@ -21,7 +21,7 @@ from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, Rate
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Upstream
-from tests.helpers.cluster import client_for, module_env, running_nodes, wait_all
+from tests.helpers.cluster import client_for, running_nodes, transitions_env, wait_all
 from tests.helpers.inspection import run_cli
 from tests.helpers.polling import wait_until
 from tests.helpers.redis_server import RedisServer
@@ -103,9 +103,7 @@ def test_hostile_keys_keep_redis_bounded(redis_server: RedisServer):
 @pytest.fixture(scope="module")
 def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
     """This module's worker environment; breaker transitions are counted in a list."""
-    env = module_env(redis_server, upstream_server.url)
-    env["RESILIENCE_TEST_TRANSITIONS"] = f"{env['RESILIENCE_TEST_PREFIX']}:transitions"
-    return env
+    return transitions_env(redis_server, upstream_server.url)
 
 
 @pytest.fixture(scope="module")
