@@ -41,6 +41,9 @@ The whole table is checked at once: an unknown key, a wrong type or an impossibl
 raises ``ValueError`` naming the policy, the key and the value. Run-time overrides (see
 ``celery -A proj resilience policy``) use the same keys, dotted for nested ones
 (``breaker.open_for=30``), and are checked the same way before they are stored.
+
+Per-key limits (``key=``, ``max_keys=``) cannot be named here: a key is a function, so
+they are declared in code; a policy that sets either is refused with a clear error.
 """
 
 from __future__ import annotations
