@@ -348,3 +348,15 @@ def _tenant(args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
 def per_tenant(self: Any, path: str, *, tenant: str) -> dict[str, Any]:
     """Call the upstream behind one breaker per tenant ('tenants', keyed by ``tenant``)."""
     return _call(self, path, "GET", 5.0, None)
+
+
+@resilient_task(
+    app=app,
+    bind=True,
+    name="res.fair",
+    backoff=FAST,
+    limiter=RateLimit("fair", "10/s", key=_tenant),
+)
+def fair(self: Any, path: str, *, tenant: str) -> dict[str, Any]:
+    """Call the upstream through one 10/s rate limit per tenant ('fair', keyed)."""
+    return _call(self, path, "GET", 5.0, None)

@@ -21,7 +21,14 @@ from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, Rate
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
 from example_project.upstream import Upstream
-from tests.helpers.cluster import client_for, running_nodes, transitions_env, wait_all
+from tests.helpers.cluster import (
+    calls_under,
+    client_for,
+    note,
+    running_nodes,
+    transitions_env,
+    wait_all,
+)
 from tests.helpers.inspection import run_cli
 from tests.helpers.polling import wait_until
 from tests.helpers.redis_server import RedisServer
@@ -110,8 +117,8 @@ def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
 def nodes(
     env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[CeleryWorker]]:
-    """One worker node of 2 processes."""
-    with running_nodes(env, tmp_path_factory.mktemp("workers"), nodes=1, concurrency=2) as w:
+    """Two worker nodes of 2 processes each."""
+    with running_nodes(env, tmp_path_factory.mktemp("workers"), nodes=2, concurrency=2) as w:
         yield w
 
 
@@ -163,3 +170,46 @@ def test_a_keyed_breaker_opens_for_one_tenant_only(
     assert row["keys"]["open"] == 1
     assert {t["key"] for t in row["keys"]["top"]} == {"bad", "good"}
     store.client.close()
+
+
+#: Tasks of each tenant; the third sends ten times as many.
+FAIR_BACKLOG = {"a": 160, "b": 160, "c": 1600}
+#: The steady window measured: from 6 s after the first call (the first deferrals of the
+#: whole backlog are behind), for 8 s (every tenant still has work: a and b have 16 s).
+STEADY_FROM, STEADY_FOR = 6.0, 8.0
+
+
+def test_each_tenant_gets_its_own_rate(nodes, env, celery_client, upstream, request):
+    """Three tenants behind RateLimit('fair', '10/s', key=tenant) on 2 worker nodes, one
+    with ten times the backlog of the others: over a steady 8 s window each tenant's
+    calls reach the upstream at 10/s within 5 %: the busy tenant neither slows the others
+    nor gets more."""
+    run = uuid.uuid4().hex[:8]
+    client = client_for(celery_client, env)
+    task = client.signature("res.fair")
+    for i in range(max(FAIR_BACKLOG.values())):  # interleaved, as arrivals would be
+        for tenant, count in FAIR_BACKLOG.items():
+            if i < count:
+                task.clone(args=(f"/fair-{run}/{tenant}/{i}",), kwargs={"tenant": tenant}).delay()
+
+    def calls(tenant: str) -> list[float]:
+        return sorted(r.start for r in calls_under(upstream, f"/fair-{run}/{tenant}"))
+
+    first = wait_until(
+        lambda: min((calls(t) or [0.0])[0] for t in FAIR_BACKLOG) or None,
+        timeout=60,
+        what="a first call of every tenant",
+    )
+    start = first + STEADY_FROM
+    wait_until(
+        lambda: all(any(t >= start + STEADY_FOR for t in calls(x)) for x in FAIR_BACKLOG),
+        timeout=60,
+        what="every tenant called past the steady window",
+    )
+    rates = {
+        tenant: sum(1 for t in calls(tenant) if start <= t < start + STEADY_FOR) / STEADY_FOR
+        for tenant in FAIR_BACKLOG
+    }
+    client.control.purge()
+    note(request, **{f"rate_{tenant}": rate for tenant, rate in rates.items()})
+    assert all(abs(rate - 10.0) <= 0.5 for rate in rates.values()), rates
