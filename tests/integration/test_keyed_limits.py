@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 
+from celery_resilience.cli import render_status
 from celery_resilience.core.gates import BreakerState, GateAsk, OutcomeReport
 from celery_resilience.core.keying import key_text
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
@@ -165,10 +166,15 @@ def test_a_keyed_breaker_opens_for_one_tenant_only(
     assert not any(t.get("key") == "good" for t in transitions)
     shown = run_cli("status", "--json", env=env, app="tests.apps.resilient")
     assert shown.returncode == 0, shown.stderr
-    row = next(b for b in json.loads(shown.stdout)["breakers"] if b["name"] == "tenants")
+    data = json.loads(shown.stdout)
+    row = next(b for b in data["breakers"] if b["name"] == "tenants")
     assert row["keys"]["live"] == 2
     assert row["keys"]["open"] == 1
     assert {t["key"] for t in row["keys"]["top"]} == {"bad", "good"}
+    table = render_status(data).splitlines()
+    keys_at = next(i for i, line in enumerate(table) if line.startswith("Keys ("))
+    rows = [line.split() for line in table[keys_at + 2 :] if line.startswith("breaker ")]
+    assert [r[:5] for r in rows] == [["breaker", "tenants", "2/1000", "0", "1"]]
     store.client.close()
 
 
