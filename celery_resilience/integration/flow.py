@@ -106,7 +106,7 @@ class Done:
 
 def _log_transitions(transitions: tuple[Transition, ...]) -> None:
     for tr in transitions:
-        logger.warning("breaker %s: %s", shown(tr.name, tr.key), describe_transition(tr))
+        logger.warning("breaker %s: %s", shown(repr(tr.name), tr.key), describe_transition(tr))
     signals.send_transitions(transitions)
 
 

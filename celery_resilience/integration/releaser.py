@@ -220,7 +220,7 @@ class Releaser:
                 # reading may move an OPEN breaker whose time is up to HALF_OPEN: say so
                 for tr in status.transitions:
                     logger.warning(
-                        "breaker %s: %s", shown(tr.name, tr.key), describe_transition(tr)
+                        "breaker %s: %s", shown(repr(tr.name), tr.key), describe_transition(tr)
                     )
                 signals.send_transitions(status.transitions)
         return hold_back(entries, statuses, self._breakers, self._random, poll=self.poll)

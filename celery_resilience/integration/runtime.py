@@ -264,7 +264,7 @@ class Runtime:
 def _announce(transitions: tuple[Transition, ...]) -> None:
     """Log and signal the breaker transitions a late count of successes caused."""
     for tr in transitions:
-        logger.warning("breaker %s: %s", shown(tr.name, tr.key), describe_transition(tr))
+        logger.warning("breaker %s: %s", shown(repr(tr.name), tr.key), describe_transition(tr))
     signals.send_transitions(transitions)
 
 
