@@ -26,7 +26,8 @@ raise (an exception in a receiver is logged by Celery and otherwise ignored).
 - ``gave_up``: ``task_id``, ``attempt``, ``reason`` (why, in words), ``exc`` (the last
   failure), ``history`` (the ledger lines, oldest first).
 - ``breaker_state_changed``: ``name``, ``old``, ``new`` (a ``BreakerState``),
-  ``failure_rate``, ``calls`` (outcomes in the window).
+  ``failure_rate``, ``calls`` (outcomes in the window), ``key`` (a keyed breaker's key,
+  escaped; ``"~overflow"`` for its name's overflow state; ``None`` for an unkeyed one).
 - ``backend_fallback``: ``mode`` (``"allow"`` or ``"defer"``): an attempt was answered by
   the per-process fallback because Redis could not be reached (``sender``: the runtime's
   description of the store).
@@ -75,7 +76,7 @@ deferred = Signal(
 gave_up = Signal(name="gave_up", providing_args=["task_id", "attempt", "reason", "exc", "history"])
 breaker_state_changed = Signal(
     name="breaker_state_changed",
-    providing_args=["name", "old", "new", "failure_rate", "calls"],
+    providing_args=["name", "old", "new", "failure_rate", "calls", "key"],
 )
 backend_fallback = Signal(name="backend_fallback", providing_args=["mode"])
 
@@ -90,4 +91,5 @@ def send_transitions(transitions: Iterable[Transition]) -> None:
             new=tr.new,
             failure_rate=tr.failure_rate,
             calls=tr.calls,
+            key=tr.key,
         )

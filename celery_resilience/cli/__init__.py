@@ -41,6 +41,7 @@ from celery_resilience.integration.inspection import (
     breaker_row,
     breaker_status,
     declared,
+    keys_row,
     limiter_row,
     limiter_status,
     policy_for,
@@ -88,14 +89,25 @@ def collect_status(s: Session) -> tuple[dict[str, Any], list[str]]:
                 skipped.append(name)
                 continue
             status = breaker_status(s.store, policy)
-            if status.exists or name in found.breakers:
-                breakers.append(breaker_row(status, found))
+            keys = keys_row(s.store, "breaker", name, found.breakers.get(name))
+            if status.exists or name in found.breakers or keys is not None:
+                row = breaker_row(status, found)
+                if keys is not None:
+                    row["keys"] = keys
+                breakers.append(row)
         in_redis = scan_names(s.client, s.settings.keys, ["limiter", "concurrency"])
         stored = stored or bool(in_redis)
         for name in sorted(found.limiter_names | in_redis):
             status_l = limiter_status(s.store, name, found)
-            if status_l.exists or name in found.limiter_names:
-                limiters.append(limiter_row(status_l, found))
+            keys = keys_row(s.store, "limiter", name, found.rates.get(name))
+            pool_keys = keys_row(s.store, "concurrency", name, found.pools.get(name))
+            if status_l.exists or name in found.limiter_names or keys or pool_keys:
+                row = limiter_row(status_l, found)
+                if keys is not None:
+                    row["keys"] = keys
+                if pool_keys is not None:
+                    row["concurrency_keys"] = pool_keys
+                limiters.append(row)
         count = s.letters.count()
         now = s.now()
     parked_data = parked_status(s)
@@ -141,6 +153,33 @@ def _retries(budget: object) -> str:
     return f"{budget['retries']}/{budget['allowed']:g}"
 
 
+def _keys_rows(data: dict[str, Any]) -> list[list[str]]:
+    """One row per keyed breaker, rate limit and concurrency limit (keys escaped)."""
+    rows = []
+    for kind, section, field in (
+        ("breaker", "breakers", "keys"),
+        ("rate limit", "limiters", "keys"),
+        ("concurrency", "limiters", "concurrency_keys"),
+    ):
+        for item in data[section]:
+            keys = item.get(field)
+            if not keys:
+                continue
+            cap = f"/{keys['max_keys']}" if keys["max_keys"] else ""
+            busiest = ", ".join(f"{safe_token(t['key'])} ({t['uses']})" for t in keys["top"][:5])
+            rows.append(
+                [
+                    kind,
+                    safe_token(item["name"]),
+                    f"{keys['live']}{cap}",
+                    str(keys["overflow"]),
+                    str(keys["open"]) if "open" in keys else "-",
+                    busiest or "-",
+                ]
+            )
+    return rows
+
+
 def render_status(data: dict[str, Any]) -> str:
     """The status object as readable tables."""
     now = data["now"]
@@ -169,6 +208,7 @@ def render_status(data: dict[str, Any]) -> str:
         for x in data["limiters"]
     ]
     found = data["store"].get("found", True)
+    keyed = _keys_rows(data)
     return "\n".join(
         [
             f"State store {data['store']['address']} (prefix {data['store']['prefix']!r})",
@@ -181,6 +221,11 @@ def render_status(data: dict[str, Any]) -> str:
             ),
             *_section(
                 "Limiters", ["NAME", "RATE", "WAIT", "IN USE", "PAUSED UNTIL", "DECLARED"], limiters
+            ),
+            *(
+                _section("Keys", ["KIND", "NAME", "LIVE", "OVERFLOW", "OPEN", "BUSIEST"], keyed)
+                if keyed
+                else []
             ),
             *([render_parked(data["parked"])] if "parked" in data else []),
             f"Dead letters: {data['dead_letters']['count']}",

@@ -52,8 +52,9 @@ from celery_resilience.core.gates import (
     GateAnswer,
     RecordAnswer,
 )
+from celery_resilience.core.keying import shown
 from celery_resilience.core.ledger import AttemptState, deferral_line, gave_up_message, retry_line
-from celery_resilience.core.limits import CircuitBreaker
+from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 
 __all__ = [
     "EARLY",
@@ -99,6 +100,11 @@ _BREAKER_OUTCOME: dict[Verdict, BreakerOutcome] = {
 
 def _quote(name: str) -> str:
     return repr(name)
+
+
+def _label(policy: CircuitBreaker | RateLimit | ConcurrencyLimit) -> str:
+    """A policy's quoted name, and the key of a keyed one (escaped): ``'crm'[acme]``."""
+    return shown(_quote(policy.name), policy.bound_key)
 
 
 def _wait(
@@ -251,7 +257,7 @@ def _denied(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
     denial, breaker = answer.denial, options.breaker
     refused = denial in (Denial.BREAKER_OPEN, Denial.BREAKER_HALF_OPEN)
     if breaker is not None and refused and options.on_open != "defer":
-        why = f"breaker {_quote(breaker.name)} {_breaker_words(answer)}"
+        why = f"breaker {_label(breaker)} {_breaker_words(answer)}"
         if options.on_open == "fail":
             state = state.with_entry(f"#{state.attempt} refused: {why}")
             message = f"{why}; on_open='fail'; trace {attempt.trace_id}"
@@ -270,19 +276,19 @@ def _denied(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
     if denial is Denial.BREAKER_OPEN and breaker is not None:
         gate, name = "breaker", breaker.name
         if answer.breaker_state is BreakerState.FORCED_OPEN:
-            why = f"breaker {_quote(name)} forced open"
+            why = f"breaker {_label(breaker)} forced open"
         else:
-            why = f"breaker {_quote(name)} open, half-open in {wait:.1f} s"
+            why = f"breaker {_label(breaker)} open, half-open in {wait:.1f} s"
         wait += min(rng.uniform(0.0, breaker.open_for), room)
     elif denial is Denial.BREAKER_HALF_OPEN and breaker is not None:
         gate, name = "breaker", breaker.name
-        why = f"breaker {_quote(name)} half-open, probe in flight"
+        why = f"breaker {_label(breaker)} half-open, probe in flight"
         # a probe's slot lasts as long as its body may run, but it mostly ends sooner
         wait = min(wait, breaker.lease) + min(rng.uniform(0.0, 0.5 * breaker.lease), room)
     elif denial is Denial.THROTTLED and breaker is not None:
         gate, name = "breaker", breaker.name
         why = (
-            f"breaker {_quote(name)} sheds {answer.shed:.0%} of calls "
+            f"breaker {_label(breaker)} sheds {answer.shed:.0%} of calls "
             f"(the upstream accepts too few)"
         )
         # the share is worked out again at every call: come back within a bucket or so,
@@ -297,12 +303,12 @@ def _denied(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
         wait = wait * backlog * rng.uniform(0.5, 1.5)
     elif denial is Denial.RATE_LIMITED and limiter is not None:
         gate, name = "rate_limit", limiter.name
-        why = f"rate limit {_quote(name)} ({limiter.rate}) full, slot in {wait:.2f} s"
+        why = f"rate limit {_label(limiter)} ({limiter.rate}) full, slot in {wait:.2f} s"
         if answer.slot is not None:
             state = replace(state, slot=(limiter.name, answer.slot))
     elif denial is Denial.CONCURRENCY_FULL and pool is not None:
         gate, name = "concurrency", pool.name
-        why = f"concurrency {_quote(name)} full ({pool.limit} in flight)"
+        why = f"concurrency {_label(pool)} full ({pool.limit} in flight)"
         # a queue of waiters polls less often the longer it waits (1x, 2x, 4x)
         backlog = 2 ** min(state.deferrals, 2)
         wait = wait * backlog * rng.uniform(1.0, 1.5)

@@ -22,6 +22,7 @@ __all__ = [
     "Denial",
     "GateAnswer",
     "GateAsk",
+    "KeysStatus",
     "LimiterStatus",
     "OutcomeReport",
     "RecordAnswer",
@@ -72,6 +73,8 @@ class Transition:
     new: BreakerState
     failure_rate: float
     calls: int
+    #: The key (escaped) of a keyed breaker; ``~overflow`` for its overflow state.
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,8 @@ class GateAnswer:
     retries: tuple[int, float] | None = None
     transitions: tuple[Transition, ...] = ()
     fallback: bool = False
+    #: The keyed parts ("b", "c", "l") that shared their name's overflow state.
+    overflow: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,3 +230,22 @@ class LimiterStatus:
     in_use: int
     now: float
     exists: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeysStatus:
+    """The live keys of one keyed breaker or limit, as an operator sees them."""
+
+    kind: str
+    name: str
+    #: keys used within the idle time (each has its own state)
+    live: int
+    #: calls that shared the overflow state (their key found no room under ``max_keys``)
+    overflow: int
+    #: the busiest live keys (escaped): (key, uses, last use), busiest first
+    top: tuple[tuple[str, int, float], ...]
+    #: breakers: live keys whose breaker is open or forced open
+    open: int
+    #: breakers: the overflow state's breaker state (None: never used)
+    overflow_state: BreakerState | None
+    now: float

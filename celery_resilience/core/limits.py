@@ -3,7 +3,13 @@
 Each is a frozen value that only describes. The shared state it names lives in Redis
 under its ``name``, so every task (on every worker) that declares one of the same name
 shares one breaker, one limiter or one pool of slots. Each is checked when it is built: a
-bad value raises ``ValueError`` naming the field. (A *policy*, in this package, is a named
+bad value raises ``ValueError`` naming the field.
+
+Each takes ``key=``, a function of the task's ``(args, kwargs)``: one declaration then
+gives one shared state per key (tenant, host, API key), at most ``max_keys`` of them live
+per name; keys beyond that share one overflow state (see
+:mod:`celery_resilience.core.keying`). ``bound_key`` is set by the worker, per attempt.
+(A *policy*, in this package, is a named
 set of task options in configuration: see :mod:`celery_resilience.core.policies`.)
 """
 
@@ -11,10 +17,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import KW_ONLY, dataclass, field
-from typing import Literal
+from dataclasses import KW_ONLY, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
 
+from celery_resilience.core.keying import KEY_RE
 from celery_resilience.core.validate import checked_number
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from celery_resilience.core.keying import KeyFunction
 
 __all__ = [
     "BODY_LEASE",
@@ -49,6 +61,41 @@ def _check_name(kind: str, name: object) -> str:
     return name
 
 
+def _check_keyed(kind: str, policy: Any) -> None:
+    """``key`` callable or None; ``max_keys`` an int >= 1; ``bound_key`` only with a key."""
+    if policy.key is not None and not callable(policy.key):
+        raise ValueError(
+            f"{kind}: key must be a function of (args, kwargs), not {type(policy.key).__name__}"
+        )
+    max_keys = policy.max_keys
+    if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+        raise ValueError(f"{kind}: max_keys must be an int >= 1, got {max_keys!r}")
+    if policy.bound_key is not None and not (
+        isinstance(policy.bound_key, str)
+        and policy.key is not None
+        and KEY_RE.fullmatch(policy.bound_key)
+    ):
+        raise ValueError(f"{kind}: bound_key is set by the worker for a policy with a key")
+
+
+class _Keyed:
+    """What the three limits share about keys (see :mod:`celery_resilience.core.keying`)."""
+
+    __slots__ = ()
+    key: KeyFunction | None
+    bound_key: str | None
+
+    @property
+    def keyed(self) -> bool:
+        """True when the policy has one shared state per key."""
+        return self.key is not None
+
+    def bind(self, key: str) -> Self:
+        """This policy for one key's state (``key``: text from
+        :func:`~celery_resilience.core.keying.key_text`)."""
+        return replace(self, bound_key=key)  # type: ignore[type-var]  # a dataclass
+
+
 def _check_positive(kind: str, field_name: str, value: object, *, integer: bool = False) -> None:
     if integer:
         checked_number(value, what=f"{kind}: {field_name}", integer=True)
@@ -57,7 +104,7 @@ def _check_positive(kind: str, field_name: str, value: object, *, integer: bool 
 
 
 @dataclass(frozen=True, slots=True)
-class CircuitBreaker:
+class CircuitBreaker(_Keyed):
     """A circuit breaker shared by every task (on every worker) that names it.
 
     CLOSED → OPEN when, within the last ``window`` seconds, at least ``minimum_calls``
@@ -105,10 +152,14 @@ class CircuitBreaker:
     retry_budget: float | None = None
     retry_floor: float = 1.0
     retry_exhausted: RetryExhausted = "wait"
+    key: KeyFunction | None = None
+    max_keys: int = 1000
+    bound_key: str | None = None
 
     def __post_init__(self) -> None:
         kind = "CircuitBreaker"
         _check_name(kind, self.name)
+        _check_keyed(kind, self)
         _check_positive(kind, "failure_rate", self.failure_rate)
         if self.failure_rate > 1:
             raise ValueError(f"{kind}: failure_rate must lie in (0, 1], got {self.failure_rate!r}")
@@ -188,7 +239,7 @@ def parse_rate(rate: object) -> tuple[float, float]:
 
 
 @dataclass(frozen=True, slots=True)
-class RateLimit:
+class RateLimit(_Keyed):
     """A rate limit shared, exactly, by every task (on every worker) that names it.
 
     ``rate`` is written as Celery writes it: ``"50/s"``, ``"600/m"``, ``"1000/h"``,
@@ -205,11 +256,15 @@ class RateLimit:
     rate: str
     _: KW_ONLY
     burst: int | None = None
+    key: KeyFunction | None = None
+    max_keys: int = 1000
+    bound_key: str | None = None
     count: float = field(init=False, repr=False, compare=False)
     period: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_name("RateLimit", self.name)
+        _check_keyed("RateLimit", self)
         count, period = parse_rate(self.rate)
         object.__setattr__(self, "count", count)
         object.__setattr__(self, "period", period)
@@ -233,7 +288,7 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
-class ConcurrencyLimit:
+class ConcurrencyLimit(_Keyed):
     """At most ``limit`` task bodies in flight against ``name``, across the cluster.
 
     Each running body holds a slot, released on every outcome. A slot is a lease of
@@ -249,9 +304,13 @@ class ConcurrencyLimit:
     limit: int
     _: KW_ONLY
     lease: float | None = None
+    key: KeyFunction | None = None
+    max_keys: int = 1000
+    bound_key: str | None = None
 
     def __post_init__(self) -> None:
         _check_name("ConcurrencyLimit", self.name)
+        _check_keyed("ConcurrencyLimit", self)
         if isinstance(self.limit, bool) or not isinstance(self.limit, int):
             raise ValueError(  # noqa: TRY004 - one error type for every bad limit
                 f"ConcurrencyLimit: limit must be an int >= 1, not {type(self.limit).__name__}"

@@ -7,15 +7,23 @@ no per-call state ever lives on the shared task object.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from celery_resilience.core.backoff import DEFAULT_BACKOFF, check_backoff
 from celery_resilience.core.classify import Classifier
+from celery_resilience.core.keying import KeyFunctionError, key_text
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.core.validate import checked_number
 
-__all__ = ["DEFAULTS", "OPTION_NAMES", "TaskOptions", "check_options", "options_from"]
+__all__ = [
+    "DEFAULTS",
+    "OPTION_NAMES",
+    "TaskOptions",
+    "bind_keys",
+    "check_options",
+    "options_from",
+]
 
 #: Every resilience option a task accepts (as a decorator argument or class attribute).
 OPTION_NAMES = (
@@ -57,6 +65,30 @@ class TaskOptions:
 
 #: The default of every option, in one place (ResilientTask's attributes read it too).
 DEFAULTS = TaskOptions()
+
+
+def bind_keys(options: TaskOptions, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskOptions:
+    """``options`` with each keyed limit bound to this call's key (see
+    :mod:`celery_resilience.core.keying`); the same object when none has a key.
+
+    Raises :class:`~celery_resilience.core.keying.KeyFunctionError` when a key function
+    raises.
+    """
+    changes: dict[str, Any] = {}
+    for field_name, kind in (
+        ("breaker", "CircuitBreaker"),
+        ("limiter", "RateLimit"),
+        ("concurrency", "ConcurrencyLimit"),
+    ):
+        policy = getattr(options, field_name)
+        if policy is None or policy.key is None:
+            continue
+        try:
+            text = key_text(policy.key, args, kwargs)
+        except Exception as exc:
+            raise KeyFunctionError(kind, policy.name, exc) from exc
+        changes[field_name] = policy.bind(text)
+    return replace(options, **changes) if changes else options
 
 
 def _kind(value: object) -> str:

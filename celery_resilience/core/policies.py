@@ -41,6 +41,9 @@ The whole table is checked at once: an unknown key, a wrong type or an impossibl
 raises ``ValueError`` naming the policy, the key and the value. Run-time overrides (see
 ``celery -A proj resilience policy``) use the same keys, dotted for nested ones
 (``breaker.open_for=30``), and are checked the same way before they are stored.
+
+Per-key limits (``key=``, ``max_keys=``) cannot be named here: a key is a function, so
+they are declared in code; a policy that sets either is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ _BREAKER_KEYS = frozenset(
     }
 )
 _NESTED = frozenset({"backoff", "breaker", "rate_limit", "concurrency"})
+#: Options of a limit that a named policy cannot set (a key is a function).
+_KEYED = frozenset({"key", "max_keys"})
 
 
 def _fail(policy: str, key: str, value: object, why: str) -> ValueError:
@@ -111,6 +116,14 @@ def _number(policy: str, key: str, value: object, *, allow_zero: bool = False) -
 def _mapping(policy: str, key: str, value: object, allowed: frozenset[str]) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise _fail(policy, key, value, "must be an object")
+    keyed = sorted(set(value) & _KEYED)
+    if keyed:
+        raise _fail(
+            policy,
+            f"{key}.{keyed[0]}",
+            value[keyed[0]],
+            "per-key limits take a key function: declare them in code, not in configuration",
+        )
     unknown = sorted(set(value) - allowed)
     if unknown:
         raise _fail(

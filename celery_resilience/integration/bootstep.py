@@ -170,6 +170,7 @@ class ResilienceStep(bootsteps.StartStopStep):
         from celery_resilience.observability.metrics import (  # noqa: PLC0415 - optional
             set_breaker_state,
             set_fallback_active,
+            set_keys,
             set_limiter_wait,
             set_parked,
         )
@@ -179,7 +180,16 @@ class ResilienceStep(bootsteps.StartStopStep):
             store = self._shared()
             found = declared(self.app)
             for policy in found.breakers.values():
-                set_breaker_state(policy.name, breaker_status(store, policy).state)
+                if policy.key is None:
+                    set_breaker_state(policy.name, breaker_status(store, policy).state)
+            for kind, policies in (
+                ("breaker", found.breakers.values()),
+                ("limiter", found.rates.values()),
+                ("concurrency", found.pools.values()),
+            ):
+                for keyed in (p for p in policies if p.key is not None):
+                    ks = store.keys_status(kind, keyed.name)
+                    set_keys(kind, keyed.name, ks.live, ks.open if kind == "breaker" else None)
             for name in found.limiter_names:
                 status = limiter_status(store, name, found)
                 paused = max(status.paused_until - status.now, 0.0) if status.paused_until else 0.0

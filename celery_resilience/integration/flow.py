@@ -34,7 +34,9 @@ from celery_resilience.core.gates import (
     RecordAnswer,
     Transition,
 )
+from celery_resilience.core.keying import KeyFunctionError, shown
 from celery_resilience.core.limits import BODY_LEASE
+from celery_resilience.core.options import bind_keys
 from celery_resilience.integration.budget import Budget, bind_budget
 from celery_resilience.integration.letters import dead_letter
 from celery_resilience.integration.settings import deadline_header
@@ -104,7 +106,7 @@ class Done:
 
 def _log_transitions(transitions: tuple[Transition, ...]) -> None:
     for tr in transitions:
-        logger.warning("breaker %r: %s", tr.name, describe_transition(tr))
+        logger.warning("breaker %s: %s", shown(repr(tr.name), tr.key), describe_transition(tr))
     signals.send_transitions(transitions)
 
 
@@ -193,6 +195,7 @@ class Flow:
             trace_id=self.attempt.trace_id,
             span_id=self.span_id,
         )
+        self._bind_keys(args, kwargs)
         if self.state.not_before is not None:
             woken = decide.on_wake(self.attempt, self.gates.now())
             if woken is not None:
@@ -215,6 +218,20 @@ class Flow:
         if isinstance(decision, decisions.UseFallback):
             return self._fallback(decision, args, kwargs)
         return self._carry(decision, answer=answer)
+
+    def _bind_keys(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Bind keyed limits to this call's key; a key function that raises gives the
+        attempt up (FAILURE and a dead letter, never a retry: it would raise again)."""
+        try:
+            options = bind_keys(self.options, args, kwargs)
+        except KeyFunctionError as exc:
+            reason = "key_function_failed"
+            message = f"task {self.task.name}: {exc}"
+            self._give_up(
+                decisions.GiveUp(reason=reason, message=message, state=self.state), exc=exc.error
+            )
+        if options is not self.options:
+            self.attempt = decisions.Attempt(options, self.state, self.attempt.trace_id)
 
     def _ask(self) -> GateAnswer:
         options, state = self.options, self.state

@@ -31,6 +31,7 @@ __all__ = [
     "Declared",
     "breaker_row",
     "declared",
+    "keys_row",
     "limiter_row",
     "policy_for",
     "scan_names",
@@ -152,6 +153,33 @@ def breaker_row(status: BreakerStatus, found: Declared) -> dict[str, Any]:
         "declared": status.name in found.breakers,
         "tasks": found.tasks_of("breaker", status.name),
     }
+
+
+def keys_row(
+    store: RedisStore,
+    kind: str,
+    name: str,
+    policy: CircuitBreaker | RateLimit | ConcurrencyLimit | None,
+    *,
+    top: int = 10,
+) -> dict[str, Any] | None:
+    """The live keys of a keyed breaker or limit as a JSON object; None when ``policy``
+    has no key and Redis holds no live key for ``name``. ``kind``: "breaker", "limiter"
+    (rate limit) or "concurrency". Keys are shown escaped."""
+    status = store.keys_status(kind, name, top)
+    keyed = policy is not None and policy.key is not None
+    if not keyed and status.live == 0 and status.overflow == 0:
+        return None
+    row: dict[str, Any] = {
+        "live": status.live,
+        "max_keys": policy.max_keys if keyed and policy is not None else None,
+        "overflow": status.overflow,
+        "top": [{"key": k, "uses": n, "last_used": t} for k, n, t in status.top],
+    }
+    if kind == "breaker":
+        row["open"] = status.open
+        row["overflow_state"] = status.overflow_state.value if status.overflow_state else None
+    return row
 
 
 def limiter_status(store: RedisStore, name: str, found: Declared) -> LimiterStatus:

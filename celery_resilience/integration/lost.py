@@ -27,6 +27,8 @@ from celery.app.task import Context
 from celery.worker.request import Request
 
 from celery_resilience.core.gates import OutcomeReport
+from celery_resilience.core.keying import KeyFunctionError
+from celery_resilience.core.options import bind_keys
 from celery_resilience.integration.flow import holder_of
 from celery_resilience.integration.message import incoming_state, nonce_of
 from celery_resilience.integration.runtime import Runtime, runtime_for
@@ -86,11 +88,15 @@ def give_back(request: Request) -> bool:
 
 
 def _give_back_grants(rt: Runtime, request: Request, holder: str) -> None:
-    """Give back the half-open probe and the concurrency slot ``holder`` may hold."""
+    """Give back the half-open probe and the concurrency slot ``holder`` may hold (a keyed
+    breaker's or limit's: the key is found again from the task's arguments)."""
     options_of = getattr(request.task, "resilience_options", None)
     if not callable(options_of):
         return
-    options = options_of()
+    try:  # keyed limits: the grants are the key's, as the attempt's gate bound them
+        options = bind_keys(options_of(), tuple(request.args or ()), dict(request.kwargs or {}))
+    except KeyFunctionError:
+        return  # the attempt gave up before its gate: it holds nothing
     report = OutcomeReport(
         holder=holder, breaker=options.breaker, probe=True, concurrency=options.concurrency
     )

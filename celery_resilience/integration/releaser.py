@@ -24,6 +24,7 @@ from kombu.exceptions import OperationalError
 from celery_resilience import signals
 from celery_resilience.core import clock
 from celery_resilience.core.gates import BreakerState
+from celery_resilience.core.keying import shown
 from celery_resilience.integration.inspection import declared
 from celery_resilience.integration.parking import parking_place, publish
 from celery_resilience.integration.runtime import runtime_for
@@ -210,7 +211,7 @@ class Releaser:
         statuses: dict[str, BreakerStatus] = {}
         for name in names:
             policy = self._breakers.get(name)
-            if policy is not None:
+            if policy is not None and policy.key is None:  # a keyed one: its gate decides
                 try:
                     status = store.breaker(policy, "status")
                 except STORE_ERRORS:
@@ -218,7 +219,9 @@ class Releaser:
                 statuses[name] = status
                 # reading may move an OPEN breaker whose time is up to HALF_OPEN: say so
                 for tr in status.transitions:
-                    logger.warning("breaker %r: %s", tr.name, describe_transition(tr))
+                    logger.warning(
+                        "breaker %s: %s", shown(repr(tr.name), tr.key), describe_transition(tr)
+                    )
                 signals.send_transitions(status.transitions)
         return hold_back(entries, statuses, self._breakers, self._random, poll=self.poll)
 

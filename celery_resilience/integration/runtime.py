@@ -24,6 +24,7 @@ from celery_resilience.core.gates import (
     RecordAnswer,
     Transition,
 )
+from celery_resilience.core.keying import shown
 from celery_resilience.integration.named import PolicyBook
 from celery_resilience.integration.settings import Settings, read_settings
 from celery_resilience.observability import metrics
@@ -49,6 +50,9 @@ _PENDING_LETTERS = 1_000
 _LETTER_RETRY = 2.0
 #: Seconds an OPEN verdict is answered from memory before Redis is asked again.
 _OPEN_CACHE = 1.0
+#: Entries of the OPEN cache (one per breaker, or key of a keyed breaker) before the
+#: stale ones are dropped.
+_OPEN_CACHE_MAX = 4096
 
 
 class Runtime:
@@ -78,8 +82,8 @@ class Runtime:
         self.dead_letters = DeadLetters(
             self.client, self.settings.keys, self.settings.dead_letters_max
         )
-        #: breaker name -> (cache valid until, open until), both on the monotonic clock
-        self._open_until: dict[str, tuple[float, float]] = {}
+        #: (breaker name, key) -> (cache valid until, open until), on the monotonic clock
+        self._open_until: dict[tuple[str, str | None], tuple[float, float]] = {}
         self._offset = 0.0
         self._pending: deque[DeadLetter] = deque(maxlen=_PENDING_LETTERS)
         self._lock = threading.Lock()
@@ -117,7 +121,7 @@ class Runtime:
         (``cached``), so a long outage costs no Redis round trip per deferred task, while
         an operator's reset still reaches this process within a second."""
         if cached and ask.breaker is not None:
-            seen = self._open_until.get(ask.breaker.name)
+            seen = self._open_until.get((ask.breaker.name, ask.breaker.bound_key))
             mono = clock.monotonic()
             if seen is not None and mono < seen[0] and mono < seen[1]:
                 return GateAnswer(
@@ -141,11 +145,13 @@ class Runtime:
             and answer.denial is Denial.BREAKER_OPEN
             and answer.breaker_state is BreakerState.OPEN
         ):
-            self._remember_open(ask.breaker.name, answer.wait)
+            self._remember_open((ask.breaker.name, ask.breaker.bound_key), answer.wait)
         return answer
 
-    def _remember_open(self, name: str, wait: float) -> None:
+    def _remember_open(self, name: tuple[str, str | None], wait: float) -> None:
         mono = clock.monotonic()
+        if len(self._open_until) >= _OPEN_CACHE_MAX:  # many keys: keep the live entries
+            self._open_until = {k: v for k, v in self._open_until.items() if mono < v[0]}
         self._open_until[name] = (mono + _OPEN_CACHE, mono + wait)
 
     def record(self, report: OutcomeReport) -> RecordAnswer:
@@ -164,7 +170,10 @@ class Runtime:
         if report.limiter is not None and report.pause:
             metrics.count_limiter_pause(report.limiter.name)
         if report.breaker is not None and answer.breaker_state is BreakerState.OPEN:
-            self._remember_open(report.breaker.name, max(answer.open_until - answer.now, 0.0))
+            self._remember_open(
+                (report.breaker.name, report.breaker.bound_key),
+                max(answer.open_until - answer.now, 0.0),
+            )
         return answer
 
     # -- dead letters --------------------------------------------------------------------
@@ -255,7 +264,7 @@ class Runtime:
 def _announce(transitions: tuple[Transition, ...]) -> None:
     """Log and signal the breaker transitions a late count of successes caused."""
     for tr in transitions:
-        logger.warning("breaker %r: %s", tr.name, describe_transition(tr))
+        logger.warning("breaker %s: %s", shown(repr(tr.name), tr.key), describe_transition(tr))
     signals.send_transitions(transitions)
 
 

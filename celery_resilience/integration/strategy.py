@@ -42,6 +42,7 @@ from celery.worker.strategy import default
 
 from celery_resilience.core import headers as names
 from celery_resilience.core.gates import Denial, GateAsk
+from celery_resilience.core.keying import key_text
 from celery_resilience.core.ledger import AttemptState
 from celery_resilience.integration.message import booking_header
 from celery_resilience.integration.runtime import runtime_for
@@ -126,6 +127,12 @@ class _Holder:
         limiter = self.task.resilience_options().limiter
         if limiter is None:
             return 0.0
+        if limiter.key is not None:  # a keyed limit: the slot is the message's key's
+            try:
+                key = key_text(limiter.key, tuple(req.args or ()), dict(req.kwargs or {}))
+            except Exception:  # noqa: BLE001 - the attempt's own gate gives the task up
+                return 0.0
+            limiter = limiter.bind(key)
         mono = time.monotonic()
         if self.full_until.get(limiter.name, 0.0) <= mono and self._room(limiter, mono):
             return 0.0

@@ -123,6 +123,8 @@ class Metrics:
     backend_fallback_active: Gauge
     breaker_state: Gauge
     registry: CollectorRegistry | None
+    keys_live: Gauge | None = None
+    breaker_keys_open: Gauge | None = None
     parked: Gauge | None = None
     parked_claimed: Gauge | None = None
     parked_overdue: Gauge | None = None
@@ -192,8 +194,9 @@ def _on_fallback(**_: Any) -> None:
         _metrics.backend_fallbacks.inc()
 
 
-def _on_breaker(name: str = "", new: Any = None, **_: Any) -> None:
-    if isinstance(new, BreakerState):
+def _on_breaker(name: str = "", new: Any = None, key: str | None = None, **_: Any) -> None:
+    # one key of a keyed breaker is not the name's state (see set_breaker_keys_open)
+    if isinstance(new, BreakerState) and key is None:
         set_breaker_state(name, new)
 
 
@@ -317,6 +320,20 @@ def enable_metrics(
             **where,
         ),
         registry=registry,
+        keys_live=prom.Gauge(
+            "keys_live",
+            "Live keys of a keyed breaker or limit (kind: breaker, limiter, concurrency)",
+            ["kind", "name"],
+            multiprocess_mode="mostrecent",
+            **where,
+        ),
+        breaker_keys_open=prom.Gauge(
+            "breaker_keys_open",
+            "Live keys of a keyed circuit breaker whose breaker is open",
+            ["name"],
+            multiprocess_mode="mostrecent",
+            **where,
+        ),
         parked=prom.Gauge(
             "parked",
             "Tasks parked outside the workers until due (waiting or being published)",
@@ -360,6 +377,17 @@ def set_breaker_state(name: str, state: BreakerState) -> None:
     """Set the ``breaker_state`` gauge of ``name`` (nothing when metrics are off)."""
     if _metrics is not None:
         _metrics.breaker_state.labels(name).set(BREAKER_STATE_VALUES[state])
+
+
+def set_keys(kind: str, name: str, live: int, open_keys: int | None = None) -> None:
+    """Set ``keys_live`` of a keyed ``kind`` ("breaker", "limiter", "concurrency")
+    ``name``, and for a breaker ``breaker_keys_open`` (nothing when metrics are off)."""
+    if _metrics is None:
+        return
+    if _metrics.keys_live is not None:
+        _metrics.keys_live.labels(kind, name).set(live)
+    if open_keys is not None and _metrics.breaker_keys_open is not None:
+        _metrics.breaker_keys_open.labels(name).set(open_keys)
 
 
 def count_limiter_grant(name: str) -> None:

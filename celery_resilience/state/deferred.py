@@ -4,7 +4,7 @@ An attempt behind a breaker asks the gates before its body (one ``EVALSHA``) and
 report its outcome after it (a second one). The report of a plain success (no half-open
 probe, no concurrency slot, no limiter pause, no attempt lease) changes nothing anyone
 waits for: it adds one to the breaker's success count. So this process keeps those counts,
-one integer per breaker, and reports them together:
+one integer per breaker (per key of a keyed breaker), and reports them together:
 
 - on the next report that must go at once for the same breaker (a failure, a probe's
   outcome, a slot's release), in the same call: the failure rate that decides whether the
@@ -42,6 +42,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from celery_resilience.core.gates import OutcomeReport, RecordAnswer, Transition
+from celery_resilience.core.keying import shown
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,7 +77,8 @@ class DeferredSuccesses:
         self._on_transitions = on_transitions
         self._every = every
         self._lock = threading.Lock()
-        self._counts: dict[str, tuple[CircuitBreaker, int]] = {}
+        #: (breaker name, key of a keyed breaker) -> (breaker, successes held)
+        self._counts: dict[tuple[str, str | None], tuple[CircuitBreaker, int]] = {}
         self._due = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -84,8 +86,9 @@ class DeferredSuccesses:
     def add(self, breaker: CircuitBreaker) -> None:
         """Hold one success of ``breaker``."""
         with self._lock:
-            held = self._counts.get(breaker.name)
-            self._counts[breaker.name] = (breaker, held[1] + 1 if held else 1)
+            which = (breaker.name, breaker.bound_key)
+            held = self._counts.get(which)
+            self._counts[which] = (breaker, held[1] + 1 if held else 1)
             if held is None:
                 self._start()
                 self._due.set()
@@ -96,7 +99,7 @@ class DeferredSuccesses:
         if report.breaker is None:
             return report
         with self._lock:
-            held = self._counts.pop(report.breaker.name, None)
+            held = self._counts.pop((report.breaker.name, report.breaker.bound_key), None)
         if held is None:
             return report
         return replace(report, carried_successes=report.carried_successes + held[1])
@@ -121,9 +124,9 @@ class DeferredSuccesses:
                     self._on_transitions(answer.transitions)
             except Exception:  # a late count must never break a task or the thread
                 logger.warning(
-                    "celery-resilience: %d late successes of %r not counted",
+                    "celery-resilience: %d late successes of %s not counted",
                     n,
-                    breaker.name,
+                    shown(repr(breaker.name), breaker.bound_key),
                     exc_info=True,
                 )
 

@@ -9,23 +9,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PREFIX", "KeySpace", "ParkedKeys", "escape"]
+from celery_resilience.core.keying import KEY_RE, OVERFLOW, escape, unescape
+
+__all__ = ["DEFAULT_PREFIX", "KeySpace", "ParkedKeys", "escape", "unescape"]
 
 DEFAULT_PREFIX = "resilience"
-_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
-_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]*")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-
-
-def escape(name: str) -> str:
-    """Percent-encode everything but ``[A-Za-z0-9._-]``, so no name can forge a key.
-
-    >>> escape("payments"), escape("a{b}:c d")
-    ('payments', 'a%7Bb%7D%3Ac%20d')
-    """
-    if type(name) is str and _SAFE_NAME.fullmatch(name):
-        return name  # the usual case: nothing to encode
-    return "".join(chr(byte) if byte in _SAFE else f"%{byte:02X}" for byte in name.encode("utf-8"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +52,39 @@ class KeySpace:
                 f"got {self.prefix!r}"
             )
 
-    def breaker(self, name: str) -> tuple[str, str, str]:
-        """State hash, window hash, probes sorted set."""
-        base = f"{self.prefix}:breaker:{{{escape(name)}}}"
+    def breaker(self, name: str, key: str | None = None) -> tuple[str, str, str]:
+        """State hash, window hash, probes sorted set (of one key: see :meth:`keyed`)."""
+        base = self.keyed("breaker", name, key)
         return f"{base}:state", f"{base}:window", f"{base}:probes"
 
-    def limiter(self, name: str) -> str:
+    def limiter(self, name: str, key: str | None = None) -> str:
         """The rate limiter's hash (theoretical arrival time, pause)."""
-        return f"{self.prefix}:limiter:{{{escape(name)}}}"
+        return self.keyed("limiter", name, key)
 
-    def concurrency(self, name: str) -> str:
+    def concurrency(self, name: str, key: str | None = None) -> str:
         """The concurrency limit's sorted set of slot leases."""
-        return f"{self.prefix}:concurrency:{{{escape(name)}}}"
+        return self.keyed("concurrency", name, key)
+
+    def keyed(self, kind: str, name: str, key: str | None) -> str:
+        """The base of the state of ``name`` (``key`` None), of one of its keys, or of its
+        overflow state (``key`` :data:`OVERFLOW`). Keyed state shares the name's hash tag
+        and adds ``:key:<key>`` after it, where an unkeyed name has nothing or ``:state``
+        (the key is escaped text, see :mod:`celery_resilience.core.keying`): no key of
+        one name can be mistaken for another name or another key."""
+        base = f"{self.prefix}:{kind}:{{{escape(name)}}}"
+        if key is None:
+            return base
+        if key == OVERFLOW:
+            return f"{base}:overflow"
+        if not KEY_RE.fullmatch(key):
+            raise ValueError(f"not an escaped key: {key!r}")
+        return f"{base}:key:{key}"
+
+    def registry(self, kind: str, name: str) -> tuple[str, str]:
+        """The live keys of a keyed ``name`` (sorted set: key -> last use) and their use
+        counts (hash: key -> uses; ``~overflow`` -> uses of the overflow state)."""
+        base = f"{self.prefix}:{kind}:{{{escape(name)}}}"
+        return f"{base}:keys", f"{base}:uses"
 
     def attempt(self, task_id: str, attempt: int, nonce: str = "-") -> str:
         """The lease of one attempt of one publication of one task (``nonce`` tells two
@@ -116,17 +126,3 @@ class KeySpace:
             return None
         end = key.find("}", len(head))
         return None if end < 0 else unescape(key[len(head) : end])
-
-
-def unescape(escaped: str) -> str:
-    """Undo :func:`escape`."""
-    out = bytearray()
-    i = 0
-    while i < len(escaped):
-        if escaped[i] == "%" and i + 3 <= len(escaped):
-            out.append(int(escaped[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out += escaped[i].encode("utf-8")
-            i += 1
-    return out.decode("utf-8", errors="replace")

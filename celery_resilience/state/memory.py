@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Literal, NamedTuple, Union
 
 from celery_resilience.core import clock
 from celery_resilience.core.gates import (
@@ -27,6 +27,7 @@ from celery_resilience.core.gates import (
     RecordAnswer,
     Transition,
 )
+from celery_resilience.core.keying import IDLE_TTL, OVERFLOW
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.core.tripping import confidence_z, retry_allowance, shed_share, trips
 from celery_resilience.state.redis import limiter_args
@@ -38,6 +39,20 @@ _WINDOW_BUCKETS = 10
 THROTTLE_BUCKETS = 3
 #: The fallback forgets expired attempt leases once it holds this many.
 _SWEEP_AT = 10_000
+
+
+_KeyedPolicy = Union[CircuitBreaker, ConcurrencyLimit, RateLimit]  # noqa: UP007 - a runtime alias on 3.10
+
+
+def _parts_of(ask: GateAsk) -> dict[str, _KeyedPolicy | None]:
+    return {"breaker": ask.breaker, "concurrency": ask.concurrency, "limiter": ask.limiter}
+
+
+def _transition_key(breaker: CircuitBreaker | None, over: frozenset[str]) -> str | None:
+    """The key a breaker's transitions name (as ``_transitions`` in redis.py)."""
+    if breaker is None:
+        return None
+    return OVERFLOW if "b" in over else breaker.bound_key
 
 
 def _stored(value: float) -> float:
@@ -92,6 +107,73 @@ class MemoryStore:
         self._limiters: dict[str, _Limiter] = {}
         self._slots: dict[str, dict[str, float]] = {}
         self._attempts: dict[str, tuple[str, float]] = {}
+        #: (kind, name) -> live key -> last use; and -> key or OVERFLOW -> uses
+        self._registry: dict[tuple[str, str], dict[str, float]] = {}
+        self._uses: dict[tuple[str, str], tuple[float, dict[str, int]]] = {}
+        #: keyed breaker state -> last use (its idle TTL)
+        self._touched: dict[str, float] = {}
+
+    # -- per-key state, mirroring own_key and pick_keys in lib.lua -------------------------
+
+    def _own_key(self, kind: str, policy: _KeyedPolicy, now: float, *, at_gate: bool) -> bool:
+        name, key = policy.name, policy.bound_key
+        assert key is not None
+        live = self._registry.setdefault((kind, name), {})
+        stale = sorted((t, k) for k, t in live.items() if t < _stored(now - IDLE_TTL))[:100]
+        touched, uses = self._uses.get((kind, name), (0.0, {}))
+        if touched + IDLE_TTL <= now:
+            uses = {}
+        for _, old in stale:
+            del live[old]
+            uses.pop(old, None)
+            sid = f"{name}\0{old}"
+            window = getattr(policy, "window", 0.0)
+            if kind == "breaker" and self._touched.get(sid, now) + 2 * window <= now:
+                self._breakers.pop(sid, None)  # its window has expired too: nothing is left
+                self._touched.pop(sid, None)
+        own = key in live
+        if at_gate:
+            own = own or len(live) < policy.max_keys
+            if own:
+                live[key] = _stored(now)
+            counted = key if own else OVERFLOW
+            uses[counted] = uses.get(counted, 0) + 1
+            touched = now
+        elif own:
+            live[key] = _stored(now)
+        self._uses[(kind, name)] = (touched, uses)
+        return own
+
+    def _pick(
+        self, parts: dict[str, _KeyedPolicy | None], now: float, *, at_gate: bool
+    ) -> tuple[dict[str, str], frozenset[str]]:
+        """The state each part uses (its name, a key's or the overflow state's id) and
+        the parts that used the overflow state."""
+        ids: dict[str, str] = {}
+        over: set[str] = set()
+        for kind, policy in parts.items():
+            if policy is None:
+                continue
+            if policy.bound_key is None:
+                ids[kind] = policy.name
+                continue
+            if self._own_key(kind, policy, now, at_gate=at_gate):
+                ids[kind] = f"{policy.name}\0{policy.bound_key}"
+            else:
+                ids[kind] = f"{policy.name}\0{OVERFLOW}"
+                over.add(kind[0])
+            if kind == "breaker":
+                self._expire_breaker(ids[kind], now)
+        return ids, frozenset(over)
+
+    def _expire_breaker(self, sid: str, now: float) -> None:
+        """A keyed (or overflow) breaker's state lasts IDLE_TTL after its last use, as its
+        state hash in Redis; its window and probes expire on their own."""
+        old = self._breakers.get(sid)
+        touched = self._touched.get(sid)
+        if old is not None and touched is not None and touched + IDLE_TTL <= now:
+            self._breakers[sid] = _Breaker(window=old.window, probes=old.probes)
+        self._touched[sid] = now
 
     # -- helpers mirroring lib.lua -------------------------------------------------------
 
@@ -154,9 +236,17 @@ class MemoryStore:
     def gate(self, ask: GateAsk) -> GateAnswer:
         """Ask every gate of one attempt at once (the semantics of ``gate.lua``)."""
         with self._lock:
-            return self._gate(ask, self._now())
+            now = self._now()
+            ids, over = self._pick(_parts_of(ask), now, at_gate=True)
+            answer = self._gate(ask, now, ids)
+            key = _transition_key(ask.breaker, over)
+            return replace(
+                answer,
+                overflow=over,
+                transitions=tuple(replace(t, key=key) for t in answer.transitions),
+            )
 
-    def _gate(self, ask: GateAsk, now: float) -> GateAnswer:
+    def _gate(self, ask: GateAsk, now: float, ids: dict[str, str]) -> GateAnswer:
         transitions: list[Transition] = []
 
         def deny(denial: Denial, wait: float, **extra: object) -> GateAnswer:
@@ -182,7 +272,7 @@ class MemoryStore:
         br: _Breaker | None = None
         if ask.breaker is not None:
             policy = ask.breaker
-            br = self._breakers.setdefault(policy.name, _Breaker())
+            br = self._breakers.setdefault(ids["breaker"], _Breaker())
             self._phase(br, policy, now, transitions)
             state = br.state
             if state is BreakerState.OPEN:
@@ -246,7 +336,7 @@ class MemoryStore:
 
         slots: dict[str, float] | None = None
         if ask.concurrency is not None:
-            slots = self._slots.setdefault(ask.concurrency.name, {})
+            slots = self._slots.setdefault(ids["concurrency"], {})
             for holder in [h for h, t in slots.items() if t <= _stored(now)]:
                 del slots[holder]
             if ask.holder in slots or len(slots) < ask.concurrency.limit:
@@ -258,7 +348,7 @@ class MemoryStore:
 
         if ask.limiter is not None:
             args = limiter_args(ask.limiter)
-            lim = self._limiters.setdefault(ask.limiter.name, _Limiter())
+            lim = self._limiters.setdefault(ids["limiter"], _Limiter())
             granted = False
             slot: float | None = None
             wait = 0.0
@@ -312,15 +402,23 @@ class MemoryStore:
     def record(self, report: OutcomeReport) -> RecordAnswer:
         """Report one attempt's outcome (the semantics of ``record.lua``)."""
         with self._lock:
-            return self._record(report, self._now())
+            now = self._now()
+            limiter = report.limiter if report.pause is not None else None
+            parts = {"breaker": report.breaker, "concurrency": report.concurrency}
+            ids, over = self._pick({**parts, "limiter": limiter}, now, at_gate=False)
+            answer = self._record(report, now, ids)
+            key = _transition_key(report.breaker, over)
+            return replace(
+                answer, transitions=tuple(replace(t, key=key) for t in answer.transitions)
+            )
 
-    def _record(self, report: OutcomeReport, now: float) -> RecordAnswer:
+    def _record(self, report: OutcomeReport, now: float, ids: dict[str, str]) -> RecordAnswer:
         transitions: list[Transition] = []
         state: BreakerState | None = None
         open_until = 0.0
         if report.breaker is not None:
             policy = report.breaker
-            br = self._breakers.setdefault(policy.name, _Breaker())
+            br = self._breakers.setdefault(ids["breaker"], _Breaker())
             self._phase(br, policy, now, transitions)
             outcome = report.breaker_outcome
 
@@ -388,10 +486,10 @@ class MemoryStore:
             open_until = br.open_until if state is BreakerState.OPEN else 0.0
 
         if report.concurrency is not None:
-            self._slots.get(report.concurrency.name, {}).pop(report.holder, None)
+            self._slots.get(ids["concurrency"], {}).pop(report.holder, None)
         if report.limiter is not None and report.pause is not None:
             args = limiter_args(report.limiter)
-            lim = self._limiters.setdefault(report.limiter.name, _Limiter())
+            lim = self._limiters.setdefault(ids["limiter"], _Limiter())
             until = now + report.pause
             lim.tat = _stored(max(lim.tat, until + args["tau"]))
             lim.atat = _stored(max(lim.atat, until + args["tau"]))

@@ -15,11 +15,13 @@ from celery_resilience.core.gates import (
     Denial,
     GateAnswer,
     GateAsk,
+    KeysStatus,
     LimiterStatus,
     OutcomeReport,
     RecordAnswer,
     Transition,
 )
+from celery_resilience.core.keying import IDLE_TTL, OVERFLOW
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.core.tripping import confidence_z
 from celery_resilience.state.connect import is_cluster
@@ -131,11 +133,21 @@ class RedisStore:
     ) -> list[str]:
         keys: list[str] = []
         if breaker is not None:
-            keys.extend(self._breaker_keys(breaker.name))
-        if concurrency is not None:
-            keys.append(self._one_key("c", concurrency.name))
-        if limiter is not None:
-            keys.append(self._one_key("l", limiter.name))
+            if breaker.bound_key is None:
+                keys.extend(self._breaker_keys(breaker.name))
+            else:  # not cached: one entry per key would grow without bound
+                keys.extend(self.keys.breaker(breaker.name, breaker.bound_key))
+                keys.extend(self.keys.breaker(breaker.name, OVERFLOW))
+                keys.extend(self.keys.registry("breaker", breaker.name))
+        for kind, policy in (("concurrency", concurrency), ("limiter", limiter)):
+            if policy is None:
+                continue
+            if policy.bound_key is None:
+                keys.append(self._one_key(kind[0], policy.name))
+            else:
+                keys.append(self.keys.keyed(kind, policy.name, policy.bound_key))
+                keys.append(self.keys.keyed(kind, policy.name, OVERFLOW))
+                keys.extend(self.keys.registry(kind, policy.name))
         if attempt_key is not None:
             keys.append(attempt_key)
         return keys
@@ -207,6 +219,7 @@ class RedisStore:
             args["a"] = {"lease": ask.attempt_lease}
             if ask.attempt_owner is not None:
                 args["a"]["o"] = ask.attempt_owner
+        _add_keys(args, b=ask.breaker, c=ask.concurrency, l=ask.limiter)
         keys = self._parts(ask.breaker, ask.concurrency, ask.limiter, ask.attempt_key)
         res = self._run("gate", keys, args)
         return GateAnswer(
@@ -222,7 +235,8 @@ class RedisStore:
             retries=(int(res["retries"][0]), float(res["retries"][1]))
             if res.get("retries")
             else None,
-            transitions=_transitions(ask.breaker, res.get("tr"), 0.0, 0),
+            transitions=_transitions(ask.breaker, res.get("tr"), 0.0, 0, res.get("ov")),
+            overflow=_overflow(res.get("ov")),
         )
 
     def drop_lost_lease(self, attempt_key: str, owner: str) -> bool:
@@ -256,6 +270,7 @@ class RedisStore:
             args["l"] = {**_limiter_args(limiter), "pause": report.pause}
         if report.attempt_key is not None:
             args["a"] = {"ttl": report.mark_ttl, "mark": report.attempt_mark}
+        _add_keys(args, b=report.breaker, c=report.concurrency, l=limiter)
         keys = self._parts(report.breaker, report.concurrency, limiter, report.attempt_key)
         res = self._run("record", keys, args)
         return RecordAnswer(
@@ -263,7 +278,7 @@ class RedisStore:
             breaker_state=BreakerState(res["st"]) if res["st"] else None,
             open_until=float(res["ou"]),
             transitions=_transitions(
-                report.breaker, res.get("tr"), float(res["rate"]), int(res["calls"])
+                report.breaker, res.get("tr"), float(res["rate"]), int(res["calls"]), res.get("ov")
             ),
         )
 
@@ -321,14 +336,59 @@ class RedisStore:
             exists=bool(res["exists"]),
         )
 
+    def keys_status(self, kind: str, name: str, top: int = 10) -> KeysStatus:
+        """Read the live keys of the keyed breaker (``kind`` "breaker"), rate limit
+        ("limiter") or concurrency limit ("concurrency") ``name`` (see
+        ``lua/keys_status.lua``)."""
+        args: dict[str, Any] = {"idle": IDLE_TTL, "top": top}
+        if kind == "breaker":
+            args["bs"] = self.keys.keyed("breaker", name, None)
+        res = self._run("keys_status", list(self.keys.registry(kind, name)), args)
+        rows = res["top"] if isinstance(res["top"], list) else []
+        return KeysStatus(
+            kind=kind,
+            name=name,
+            live=int(res["live"]),
+            overflow=int(res["overflow"]),
+            top=tuple((str(k), int(n), float(t)) for k, n, t in rows),
+            open=int(res["open"]),
+            overflow_state=BreakerState(res["ovst"]) if res["ovst"] else None,
+            now=_now(res),
+        )
+
+
+def _add_keys(
+    args: dict[str, Any], **parts: CircuitBreaker | ConcurrencyLimit | RateLimit | None
+) -> None:
+    """Give each keyed part its key, ``max_keys`` and idle time (see ``own_key`` in
+    ``lua/lib.lua``); the part's KEYS follow from :meth:`RedisStore._parts`."""
+    for short, policy in parts.items():
+        if policy is not None and policy.bound_key is not None:
+            args[short] = {
+                **args[short],
+                "kk": policy.bound_key,
+                "mk": policy.max_keys,
+                "idle": IDLE_TTL,
+            }
+
+
+def _overflow(raw: object) -> frozenset[str]:
+    """The parts ("b", "c", "l") that used their name's overflow state."""
+    return frozenset(k for k, v in raw.items() if v) if isinstance(raw, dict) else frozenset()
+
 
 def _transitions(
-    breaker: CircuitBreaker | None, raw: object, rate: float, calls: int
+    breaker: CircuitBreaker | None,
+    raw: object,
+    rate: float,
+    calls: int,
+    over: object = None,
 ) -> tuple[Transition, ...]:
     if breaker is None or not isinstance(raw, list):
         return ()
+    key = OVERFLOW if "b" in _overflow(over) else breaker.bound_key
     return tuple(
-        Transition(breaker.name, BreakerState(old), BreakerState(new), rate, calls)
+        Transition(breaker.name, BreakerState(old), BreakerState(new), rate, calls, key)
         for old, new in raw
     )
 

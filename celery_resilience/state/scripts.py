@@ -20,6 +20,7 @@ SCRIPT_NAMES = (
     "attempt_lost",
     "breaker_admin",
     "limiter_status",
+    "keys_status",
     "policy_set",
 )
 #: The parked set's scripts (registered by :class:`celery_resilience.state.parked.ParkedSet`).

@@ -66,6 +66,8 @@ def _note_transition(sender: Any, name: str, old: Any, new: Any, **_: Any) -> No
     if client is None:
         client = _signal_clients[os.getpid()] = redis.Redis.from_url(os.environ[ENV_BACKEND])
     entry = {"pid": os.getpid(), "name": name, "old": old.value, "new": new.value}
+    if _.get("key") is not None:
+        entry["key"] = _["key"]
     client.rpush(key, json.dumps(entry))
 
 
@@ -364,3 +366,32 @@ def via_httpx(self: Any, path: str, method: str = "GET", kind: str = "sync") -> 
         resp = client.request(method, url, json={} if method == "POST" else None)
         resp.raise_for_status()
         return resp.status_code
+
+
+def _tenant(args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
+    return kwargs["tenant"]
+
+
+@resilient_task(
+    app=app,
+    bind=True,
+    name="res.per_tenant",
+    backoff=FAST,
+    max_retries=1,
+    breaker=CircuitBreaker("tenants", key=_tenant, minimum_calls=3, open_for=60.0),
+)
+def per_tenant(self: Any, path: str, *, tenant: str) -> dict[str, Any]:
+    """Call the upstream behind one breaker per tenant ('tenants', keyed by ``tenant``)."""
+    return _call(self, path, "GET", 5.0, None)
+
+
+@resilient_task(
+    app=app,
+    bind=True,
+    name="res.fair",
+    backoff=FAST,
+    limiter=RateLimit("fair", "10/s", key=_tenant),
+)
+def fair(self: Any, path: str, *, tenant: str) -> dict[str, Any]:
+    """Call the upstream through one 10/s rate limit per tenant ('fair', keyed)."""
+    return _call(self, path, "GET", 5.0, None)

@@ -51,6 +51,14 @@ def module_env(redis_server: RedisServer, upstream_url: str, **extra: str) -> di
     }
 
 
+def transitions_env(redis_server: RedisServer, upstream_url: str) -> dict[str, str]:
+    """:func:`module_env`, with breaker transitions counted in a list in the result
+    backend (``RESILIENCE_TEST_TRANSITIONS`` names it; see ``tests.apps.resilient``)."""
+    env = module_env(redis_server, upstream_url)
+    env["RESILIENCE_TEST_TRANSITIONS"] = f"{env['RESILIENCE_TEST_PREFIX']}:transitions"
+    return env
+
+
 def client_for(celery_client: Callable[..., Celery], env: dict[str, str]) -> Celery:
     """A client app (from the ``celery_client`` fixture) on the workers' broker and queue."""
     return celery_client(env[ENV_BROKER], env[ENV_BACKEND], env[ENV_QUEUE])

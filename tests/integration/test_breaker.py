@@ -31,6 +31,7 @@ from tests.helpers.cluster import (
     module_env,
     note,
     running_nodes,
+    transitions_env,
     wait_all,
 )
 from tests.helpers.polling import wait_until
@@ -47,9 +48,7 @@ GUARDED = CircuitBreaker("upstream", minimum_calls=5, open_for=2.0)
 @pytest.fixture(scope="module")
 def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
     """This module's worker environment; breaker transitions are counted in a list."""
-    env = module_env(redis_server, upstream_server.url)
-    env["RESILIENCE_TEST_TRANSITIONS"] = f"{env['RESILIENCE_TEST_PREFIX']}:transitions"
-    return env
+    return transitions_env(redis_server, upstream_server.url)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -42,6 +44,12 @@ BREAKER = CircuitBreaker(
 LIMITER = RateLimit("model", "20/s", burst=2)
 POOL = ConcurrencyLimit("model", 2)
 HOLDERS = [f"t{i}" for i in range(5)]
+#: Keys of the keyed machine: one more than its max_keys, so one of them overflows.
+KEYS = ["a", "b", "c"]
+
+
+def _by_key(args: tuple[object, ...], kwargs: dict[str, object]) -> object:
+    return kwargs["key"]
 
 
 def _same_time(a: float, b: float) -> bool:
@@ -52,6 +60,12 @@ class StoresAgree(RuleBasedStateMachine):
     """Redis and the in-process store, given the same steps at the same times, agree."""
 
     client = None  # set by the test
+    breaker_policy = BREAKER
+    limiter_policy = LIMITER
+    pool_policy = POOL
+
+    def _bound(self, policy: Any, key: str) -> Any:
+        return policy.bind(key) if policy.key is not None else policy
 
     @initialize()
     def start(self) -> None:
@@ -90,9 +104,11 @@ class StoresAgree(RuleBasedStateMachine):
         use_slot=st.booleans(),
         max_wait=st.sampled_from([None, None, 0.04, 0.3]),
         draw=st.sampled_from([None, 0.0, 0.3, 0.9]),
+        key=st.sampled_from(KEYS),
     )
     def gate(
         self,
+        key: str,
         holder: str,
         breaker: bool,
         limiter: bool,
@@ -105,11 +121,11 @@ class StoresAgree(RuleBasedStateMachine):
         slot = self.slots.get(holder) if limiter and use_slot else None
         ask = GateAsk(
             holder=holder,
-            breaker=BREAKER if breaker else None,
-            concurrency=POOL if pool else None,
+            breaker=self._bound(self.breaker_policy, key) if breaker else None,
+            concurrency=self._bound(self.pool_policy, key) if pool else None,
             concurrency_lease=0.3,
             concurrency_poll=0.2,
-            limiter=LIMITER if limiter else None,
+            limiter=self._bound(self.limiter_policy, key) if limiter else None,
             booked_slot=slot,
             limiter_max_wait=max_wait,
             attempt_key=self._key(holder) if lease else None,
@@ -120,6 +136,7 @@ class StoresAgree(RuleBasedStateMachine):
         self.clock = shared.now
         local = self.memory.gate(ask)
         self._check_gate(shared, local)
+        assert shared.overflow == local.overflow
         self.probes[holder] = shared.probe
         if shared.slot is not None:
             self.slots[holder] = shared.slot
@@ -131,9 +148,11 @@ class StoresAgree(RuleBasedStateMachine):
         pause=st.sampled_from([None, None, 0.1, 0.3]),
         lease=st.booleans(),
         mark=st.sampled_from(["done", "retried", "released"]),
+        key=st.sampled_from(KEYS),
     )
     def record(
         self,
+        key: str,
         holder: str,
         outcome: str,
         pool: bool,
@@ -143,11 +162,11 @@ class StoresAgree(RuleBasedStateMachine):
     ) -> None:
         report = OutcomeReport(
             holder=holder,
-            breaker=BREAKER,
+            breaker=self._bound(self.breaker_policy, key),
             breaker_outcome=outcome,  # type: ignore[arg-type]
             probe=self.probes.pop(holder, False),
-            concurrency=POOL if pool else None,
-            limiter=LIMITER,
+            concurrency=self._bound(self.pool_policy, key) if pool else None,
+            limiter=self._bound(self.limiter_policy, key),
             pause=pause,
             attempt_key=self._key(holder) if lease else None,
             mark_ttl=0.5,
@@ -158,8 +177,8 @@ class StoresAgree(RuleBasedStateMachine):
         local = self.memory.record(report)
         assert shared.breaker_state == local.breaker_state
         assert _same_time(shared.open_until, local.open_until)
-        assert [(t.old, t.new) for t in shared.transitions] == [
-            (t.old, t.new) for t in local.transitions
+        assert [(t.old, t.new, t.key) for t in shared.transitions] == [
+            (t.old, t.new, t.key) for t in local.transitions
         ]
         if lease and mark != "released":
             self.attempts[holder] += 1
@@ -194,12 +213,10 @@ class StoresAgree(RuleBasedStateMachine):
         assert shared.in_use == local.in_use
 
 
-@pytest.mark.integration
-def test_redis_scripts_match_the_reference_model(redis_server):
-    """Breaker (its confidence rule and adaptive throttling too), limiter, concurrency and
-    attempt leases behave alike in Redis and in memory."""
-    StoresAgree.client = redis_server.client(3)
-    machine = StoresAgree.TestCase
+def _run_machine(machine_class: type[StoresAgree], redis_server: RedisServer) -> None:
+    """Run one of the state machines against its own database of the test's Redis."""
+    machine_class.client = redis_server.client(3)
+    machine = machine_class.TestCase
     machine.settings = settings(
         max_examples=25,
         stateful_step_count=40,
@@ -209,7 +226,32 @@ def test_redis_scripts_match_the_reference_model(redis_server):
     try:
         machine().runTest()
     finally:
-        StoresAgree.client.close()
+        machine_class.client.close()
+
+
+@pytest.mark.integration
+def test_redis_scripts_match_the_reference_model(redis_server):
+    """Breaker (its confidence rule and adaptive throttling too), limiter, concurrency and
+    attempt leases behave alike in Redis and in memory."""
+    _run_machine(StoresAgree, redis_server)
+
+
+class KeyedStoresAgree(StoresAgree):
+    """The same, with every limit keyed (three keys, room for two: one overflows) and a
+    short idle time, so that keys leave the registry and come back."""
+
+    breaker_policy = replace(BREAKER, key=_by_key, max_keys=2)
+    limiter_policy = replace(LIMITER, key=_by_key, max_keys=2)
+    pool_policy = replace(POOL, key=_by_key, max_keys=2)
+
+
+@pytest.mark.integration
+def test_keyed_redis_scripts_match_the_reference_model(redis_server, monkeypatch):
+    """Keyed breakers and limits (own state, overflow state, idle keys pruned) behave
+    alike in Redis and in memory."""
+    monkeypatch.setattr("celery_resilience.state.redis.IDLE_TTL", 0.2)
+    monkeypatch.setattr("celery_resilience.state.memory.IDLE_TTL", 0.2)
+    _run_machine(KeyedStoresAgree, redis_server)
 
 
 @pytest.mark.integration

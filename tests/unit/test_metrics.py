@@ -18,6 +18,7 @@ from celery_resilience.observability.metrics import (
     disable_metrics,
     enable_metrics,
     set_fallback_active,
+    set_keys,
     set_limiter_wait,
 )
 from tests.helpers.metrics import samples as _samples
@@ -157,3 +158,27 @@ def test_without_prometheus_client_the_error_says_what_to_install(
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     with pytest.raises(ImportError, match=r"pip install celery-resilience\[prometheus\]"):
         enable_metrics()
+
+
+def test_keyed_names_have_their_gauges_and_a_key_does_not_set_the_name_state(
+    local_metrics: CollectorRegistry,
+):
+    """keys_live and breaker_keys_open are set per keyed name; a keyed breaker's
+    transition leaves breaker_state (the unkeyed name's) alone."""
+    set_keys("breaker", "tenants", 7, 2)
+    set_keys("limiter", "crm", 3)
+    signals.breaker_state_changed.send(
+        sender="tenants",
+        name="tenants",
+        old=BreakerState.CLOSED,
+        new=BreakerState.OPEN,
+        failure_rate=1.0,
+        calls=5,
+        key="acme",
+    )
+    got = _samples(local_metrics)
+    live = "celery_resilience_keys_live"
+    assert _value(got, live, kind="breaker", name="tenants") == 7
+    assert _value(got, live, kind="limiter", name="crm") == 3
+    assert _value(got, "celery_resilience_breaker_keys_open", name="tenants") == 2
+    assert ("celery_resilience_breaker_state", (("name", "tenants"),)) not in got

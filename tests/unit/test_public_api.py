@@ -50,16 +50,25 @@ def test_policy_signatures_are_as_documented():
         ("retry_budget", kw),
         ("retry_floor", kw),
         ("retry_exhausted", kw),
+        ("key", kw),
+        ("max_keys", kw),
+        ("bound_key", kw),
     ]
     assert _params(celery_resilience.RateLimit) == [
         ("name", "POSITIONAL_OR_KEYWORD"),
         ("rate", "POSITIONAL_OR_KEYWORD"),
         ("burst", kw),
+        ("key", kw),
+        ("max_keys", kw),
+        ("bound_key", kw),
     ]
     assert _params(celery_resilience.ConcurrencyLimit) == [
         ("name", "POSITIONAL_OR_KEYWORD"),
         ("limit", "POSITIONAL_OR_KEYWORD"),
         ("lease", kw),
+        ("key", kw),
+        ("max_keys", kw),
+        ("bound_key", kw),
     ]
 
 

@@ -21,6 +21,8 @@
 --      slot without granting it, even when there is room now (a message on arrival;
 --      its attempt is granted the slot later)                 (optional)
 --   a  attempt lease {lease, o?}: o names the process holding it (optional)
+--   b, c and l of a keyed limit also hold kk (the key, escaped), mk (max_keys) and idle
+--   (seconds a key's state outlives its last use); see own_key in lib.lua
 -- Returns: JSON object
 --   ok     true when the attempt may run
 --   now    Redis server time: {seconds, microseconds}
@@ -37,6 +39,7 @@
 --   retries  {retries sent in the window, retries it allows} (why = "retry_budget")
 --   slot   booked rate-limit slot, Redis time as a decimal string (why = "rate_limited")
 --   tr     breaker transitions made by this call: list of {old, new}
+--   ov     the keyed parts that used their name's overflow state: {b?, c?, l?} = true
 
 --!include lib.lua
 
@@ -44,14 +47,17 @@ local args = cjson.decode(ARGV[1])
 local now, ts = now_seconds()
 local holder = args.h
 local p = part_keys(args)
-local skey, wkey, pkey = p.state, p.window, p.probes
-local ckey, lkey, akey = p.slots, p.limiter, p.attempt
-
 local res = {ok = false, now = ts, wait = 0, why = '', st = '', ou = 0, probe = false,
              slot = false, tr = {}}
 local function answer()
+  expire_keyed(p)
   return cjson.encode(res)
 end
+
+-- Keyed parts: the key's own state, or the overflow state (counted as a use either way).
+res.ov = pick_keys(p, now, true)
+local skey, wkey, pkey = p.state, p.window, p.probes
+local ckey, lkey, akey = p.slots, p.limiter, p.attempt
 
 -- 1. Attempt lease: the same attempt never runs twice at once, nor again once done.
 if akey then
@@ -70,7 +76,7 @@ end
 local asked, budgeted = false, false
 if skey then
   local b = args.b
-  claim_breaker(skey)
+  if not p.kb then claim_breaker(skey) end
   local st, ou, tp = breaker_phase(skey, now, res.tr)
   res.st = st
   if st == 'open' then

@@ -11,12 +11,26 @@ local function now_seconds()
 end
 
 -- The keys of the parts present in an operation's arguments, in the order of KEYS:
--- breaker (state, window, probes), concurrency slots, limiter, attempt lease.
+-- breaker (state, window, probes), concurrency slots, limiter, attempt lease. A keyed
+-- part (its arguments hold "kk", the key) is followed by its name's overflow state
+-- (breaker: three keys, else one), its registry of live keys (sorted set: key -> last
+-- use) and its use counts (hash: key -> uses, "~overflow" -> uses of the overflow state).
 local function part_keys(args)
   local k, p = 1, {}
-  if args.b then p.state, p.window, p.probes = KEYS[k], KEYS[k + 1], KEYS[k + 2]; k = k + 3 end
-  if args.c then p.slots = KEYS[k]; k = k + 1 end
-  if args.l then p.limiter = KEYS[k]; k = k + 1 end
+  local function keyed(part, n)
+    if not (part and part.kk) then return nil end
+    local over = {}
+    for i = 1, n do over[i] = KEYS[k + i - 1] end
+    local reg = {over = over, reg = KEYS[k + n], uses = KEYS[k + n + 1], part = part}
+    k = k + n + 2
+    return reg
+  end
+  if args.b then
+    p.state, p.window, p.probes = KEYS[k], KEYS[k + 1], KEYS[k + 2]; k = k + 3
+    p.kb = keyed(args.b, 3)
+  end
+  if args.c then p.slots = KEYS[k]; k = k + 1; p.kc = keyed(args.c, 1) end
+  if args.l then p.limiter = KEYS[k]; k = k + 1; p.kl = keyed(args.l, 1) end
   if args.a then p.attempt = KEYS[k] end
   return p
 end
@@ -171,4 +185,57 @@ local function store_shed(skey, old, new)
   if (new == 0) ~= (old == 0) or math.abs(new - old) > 0.01 then
     redis.call('HSET', skey, 'tp', string.format('%.4f', new))
   end
+end
+
+-- Per-key state. A key has its own state while it is among the name's live keys, at most
+-- part.mk of them; a key that finds no room shares the name's overflow state. A gate
+-- (at_gate) registers a new key when there is room and counts the use; a record only
+-- looks. Members idle for part.idle seconds leave the registry (at most 100 per call).
+-- Returns true when the key has its own state.
+local OVERFLOW = '~overflow'
+local function own_key(kp, now, at_gate)
+  local part = kp.part
+  local stale = redis.call('ZRANGEBYSCORE', kp.reg, '-inf', '(' .. fmt(now - part.idle),
+                           'LIMIT', 0, 100)
+  if #stale > 0 then
+    redis.call('ZREM', kp.reg, unpack(stale))
+    redis.call('HDEL', kp.uses, unpack(stale))
+  end
+  local own = redis.call('ZSCORE', kp.reg, part.kk) ~= false
+  if at_gate then
+    if not own and redis.call('ZCARD', kp.reg) < part.mk then own = true end
+    if own then redis.call('ZADD', kp.reg, fmt(now), part.kk) end
+    redis.call('HINCRBY', kp.uses, own and part.kk or OVERFLOW, 1)
+    pexpire_seconds(kp.reg, part.idle)
+    pexpire_seconds(kp.uses, part.idle)
+  elseif own then
+    redis.call('ZADD', kp.reg, 'XX', fmt(now), part.kk)
+    pexpire_seconds(kp.reg, part.idle)
+  end
+  return own
+end
+
+-- Points each keyed part of p at the key's own state or at the overflow state. Returns
+-- the parts that use the overflow state: {b = true, c = true, l = true}.
+local function pick_keys(p, now, at_gate)
+  local over = {}
+  if p.kb and not own_key(p.kb, now, at_gate) then
+    p.state, p.window, p.probes = p.kb.over[1], p.kb.over[2], p.kb.over[3]
+    over.b = true
+  end
+  if p.kc and not own_key(p.kc, now, at_gate) then
+    p.slots = p.kc.over[1]
+    over.c = true
+  end
+  if p.kl and not own_key(p.kl, now, at_gate) then
+    p.limiter = p.kl.over[1]
+    over.l = true
+  end
+  return over
+end
+
+-- A keyed breaker's state hash lives part.idle seconds after its last use (its window
+-- and probes expire on their own).
+local function expire_keyed(p)
+  if p.kb then pexpire_seconds(p.state, p.kb.part.idle) end
 end

@@ -20,6 +20,8 @@
 --   ou   breaker open-until time, as a decimal string (0 unless open)
 --   rate failure ratio in the window, calls: outcomes in the window
 --   tr   breaker transitions made by this call: list of {old, new}
+--   ov   the keyed parts that used their name's overflow state: {b?, c?, l?} = true
+-- Keyed parts carry kk, mk and idle as in gate.lua, followed by the same extra KEYS.
 
 --!include lib.lua
 
@@ -27,10 +29,11 @@ local args = cjson.decode(ARGV[1])
 local now, ts = now_seconds()
 local holder = args.h
 local p = part_keys(args)
+local res = {now = ts, st = '', ou = 0, rate = 0, calls = 0, tr = {}}
+-- keyed parts: the state the gate gave the key (its own while it is live, else overflow)
+res.ov = pick_keys(p, now, false)
 local skey, wkey, pkey = p.state, p.window, p.probes
 local ckey, lkey, akey = p.slots, p.limiter, p.attempt
-
-local res = {now = ts, st = '', ou = 0, rate = 0, calls = 0, tr = {}}
 
 local function open_breaker(old, open_for)
   local ou = fmt(now + open_for)
@@ -44,7 +47,7 @@ end
 
 if skey then
   local b = args.b
-  claim_breaker(skey)
+  if not p.kb then claim_breaker(skey) end
   local st, _, tp = breaker_phase(skey, now, res.tr)
   res.st = st
   if st == 'closed' or st == 'forced_open' or st == 'forced_closed' then
@@ -105,4 +108,5 @@ elseif akey then
   set_lease(akey, args.a.mark, now, args.a.ttl)
 end
 
+expire_keyed(p)
 return cjson.encode(res)
