@@ -119,10 +119,12 @@ class CircuitBreaker(_Keyed):
     its body may run (see :meth:`lease_for`), so that a slow probe still decides and no
     other probe goes meanwhile; a killed worker's probe slot comes back when it runs out.
 
-    While CLOSED, calls beyond ``throttle`` times those the upstream accepted over the
-    window are shed locally (deferred, never failed): adaptive throttling, so that a
-    degraded upstream gets about the work it can do and the retries do not swamp it.
-    ``None`` turns it off; see :mod:`celery_resilience.core.tripping`.
+    While CLOSED, calls beyond a sending ratio times those the upstream accepted lately
+    are shed locally (deferred, never failed): adaptive throttling, so that a degraded
+    upstream gets about the work it can do and the retries do not swamp it. The ratio is
+    ``throttle`` while the upstream's accepts grow with the calls sent, and comes down
+    toward 1 when they do not (it is at capacity; then a mixed window does not open the
+    breaker either). ``None`` turns it off; see :mod:`celery_resilience.core.tripping`.
 
     ``retry_budget`` (off by default) bounds retries: while CLOSED, the retries sent over
     the window may number at most ``retry_budget`` times the first attempts sent (0.2:

@@ -13,19 +13,31 @@ same rules; these are their reference, and what the tests check them against.
   an outage is cut off as fast as ever.
 - **Adaptive throttling.** Over the last three tenths of the window (recent enough that
   an outage after a healthy spell is not throttled on the successes before it), the
-  callers of an upstream make ``requests`` calls and ``accepts`` of them succeed. With
-  ``throttle`` K, the share of calls shed locally is
-  ``max(0, (requests - K * accepts) / (requests + 1))`` (client-side throttling, as in
-  Google's SRE book): nothing is shed while at least one call in K succeeds, and beyond
-  that calls are sent at about K times the rate the upstream accepts them, so that a
-  degraded upstream still gets all the work it can do and not much more. An upstream
-  that accepts nothing is down: that is the breaker's case, and nothing is shed (nor on
-  fewer than ``minimum_calls`` requests).
-- **Retry budget.** Over the breaker's window, the retries its callers send may number
-  at most ``retry_budget`` times the first attempts they send, or ``retry_floor`` a
-  second times the window, whichever is more (a quiet upstream can still be retried).
-  A retry beyond that waits, or gives up: however flaky the upstream, retries add no more
-  than that share to its load (Envoy's and Finagle's retry budgets).
+  callers of an upstream make ``requests`` calls and ``accepts`` of them succeed. With a
+  sending ratio R, the share of calls shed locally is
+  ``max(0, (requests - R * accepts) / (requests + 1))`` (client-side throttling, as in
+  Google's SRE book): calls are sent at about R times the rate the upstream accepts
+  them, so that a degraded upstream still gets all the work it can do and not much more.
+  An upstream that accepts nothing is down: that is the breaker's case, and nothing is
+  shed (nor on fewer than ``minimum_calls`` requests, nor while fewer than one call in
+  twenty accepted is refused: the share shrinks in proportion, so that a recovered
+  upstream gets the waiting work back at once).
+- **Finding the upstream's capacity.** No one ratio suits both kinds of degradation: an
+  upstream failing 40 % of calls at random needs 1.67 calls per call accepted to finish
+  the work, while to an overloaded one every call beyond its capacity is a wasted call.
+  What tells them apart is whether accepts grow with the calls sent. So the throttle
+  probes, as BBR probes a link's bandwidth: in the window's buckets of odd number it sends
+  up to ``1 + (R - 1) * 1.5`` per call accepted, in even ones ``1 + (R - 1) * 0.5``, and
+  compares what each accepted. The marginal acceptance (accepted per extra call sent)
+  over the mean acceptance places R between ``throttle`` K (accepts grow in proportion:
+  random failures) and ``1 + (K - 1) * 0.3`` (accepts do not grow: capacity); a prior of
+  a few calls' worth keeps it at K until the evidence says otherwise.
+- **Held closed at capacity.** While the throttle is on, a window of mixed outcomes whose
+  failure share is under two thirds does not open the breaker until the probe has seen
+  three buckets of each kind and found that accepts grow with the calls sent: at capacity
+  the throttle holds the failures to about ``R - 1`` per success, and an open breaker
+  would only waste what the upstream can serve. An outage (no success in the throttle's
+  horizon), or a larger failure share, is judged as always.
 """
 
 from __future__ import annotations
@@ -33,8 +45,48 @@ from __future__ import annotations
 import functools
 import math
 from statistics import NormalDist
+from typing import NamedTuple
 
-__all__ = ["confidence_z", "failure_floor", "retry_allowance", "shed_share", "trips"]
+__all__ = [
+    "Probe",
+    "confidence_z",
+    "excess_share",
+    "failure_floor",
+    "held_closed",
+    "probe_ratio",
+    "retry_allowance",
+    "sending_ratio",
+    "shed_share",
+    "trips",
+]
+
+#: How far the probe's buckets send above (odd) and below (even) the sending ratio's excess.
+PROBE_SPREAD = 0.5
+#: The least share of the throttle's excess (R - 1) the sending ratio keeps: at capacity.
+CAPACITY_FLOOR = 0.3
+#: Calls' worth of evidence the probe assumes before it has any.
+PROBE_PRIOR = 6
+#: Below this share of the throttle's excess the probe finds the upstream at capacity.
+AT_CAPACITY = 0.6
+#: Finished buckets of each kind the probe needs before it may let the breaker open.
+EVIDENCE_BUCKETS = 3
+#: A failure share from which the breaker is never held closed.
+HELD_SHARE = 2 / 3
+#: Calls refused per call accepted below which nothing needs bounding (less is shed).
+QUIET = 0.05
+
+
+class Probe(NamedTuple):
+    """Calls sent (successes and failures) and accepted in the window's finished buckets
+    of odd and of even number, and how many such buckets there are of each since the
+    first that holds a call."""
+
+    sent_odd: int = 0
+    accepted_odd: int = 0
+    sent_even: int = 0
+    accepted_even: int = 0
+    odd_buckets: int = 0
+    even_buckets: int = 0
 
 
 @functools.lru_cache(maxsize=64)
@@ -68,18 +120,78 @@ def trips(failures: int, calls: int, *, failure_rate: float, minimum_calls: int,
     return failures == calls or failure_floor(failures, calls, z) >= failure_rate
 
 
-def shed_share(requests: int, accepts: int, throttle: float | None, minimum: int) -> float:
-    """The share of calls to shed, given the window's requests and accepts: 0 when
-    ``throttle`` is None (no throttling), with fewer than ``minimum`` requests (too few to
-    judge), or when the upstream accepted none (an outage: the breaker's to cut off, and
-    shedding would only slow its opening and, after it, the recovery).
+def shed_share(requests: int, accepts: int, refused: int, ratio: float, minimum: int) -> float:
+    """The share of calls to shed at ``ratio`` calls sent per call accepted, given the
+    horizon's requests (sent or shed), accepts and calls sent but not accepted
+    (``refused``: failures, 429s): 0 when ``ratio`` is 0 (no throttling), with
+    fewer than ``minimum`` requests (too few to judge), or when the upstream accepted none
+    (an outage: the breaker's to cut off, and shedding would only slow its opening and,
+    after it, the recovery); scaled down while fewer than ``QUIET`` calls per accept are
+    refused.
 
-    >>> shed_share(100, 60, 1.8, 5), round(shed_share(100, 30, 1.8, 5), 3)
+    >>> shed_share(100, 60, 40, 1.8, 5), round(shed_share(100, 30, 70, 1.8, 5), 3)
     (0.0, 0.455)
     """
-    if throttle is None or accepts <= 0 or requests < max(minimum, 1):
+    if ratio <= 0 or accepts <= 0 or requests < max(minimum, 1):
         return 0.0
-    return max(0.0, (requests - throttle * accepts) / (requests + 1))
+    share = max(0.0, (requests - ratio * accepts) / (requests + 1))
+    return share * min(1.0, refused / (QUIET * accepts))
+
+
+def excess_share(probe: Probe, guess: float) -> float:
+    """The sending ratio's share of the throttle's excess, from ``CAPACITY_FLOOR`` (the
+    probe's busier buckets got no more accepted: capacity) to 1 (they got more in
+    proportion: random failures); ``guess`` is the share assumed without evidence."""
+    odd, even = probe.odd_buckets, probe.even_buckets
+    if odd <= 0 or even <= 0 or probe.accepted_odd + probe.accepted_even <= 0:
+        return guess
+    so, ao = probe.sent_odd / odd, probe.accepted_odd / odd
+    se, ae = probe.sent_even / even, probe.accepted_even / even
+    per = (odd + even) / 2
+    mean = (ao + ae) / (so + se)
+    more, gained = (so - se) * per, (ao - ae) * per
+    if more < 0:
+        more, gained = -more, -gained
+    marginal = (gained + mean * guess * PROBE_PRIOR) / (more + PROBE_PRIOR)
+    return min(1.0, max(CAPACITY_FLOOR, marginal / mean))
+
+
+def sending_ratio(probe: Probe, throttle: float | None) -> float:
+    """Calls to send per call accepted: ``throttle`` while the probe finds that accepts
+    grow with the calls sent (and until it has evidence), down to
+    ``1 + (throttle - 1) * CAPACITY_FLOOR`` while they do not; 0 without throttling.
+
+    >>> round(sending_ratio(Probe(300, 180, 200, 120, 5, 5), 1.8), 2)  # 60 % accepted
+    1.8
+    >>> round(sending_ratio(Probe(300, 150, 200, 150, 5, 5), 1.8), 2)  # 30/s at most
+    1.24
+    """
+    if throttle is None:
+        return 0.0
+    if throttle <= 1:
+        return throttle
+    return 1 + (throttle - 1) * excess_share(probe, 1.0)
+
+
+def probe_ratio(ratio: float, odd: bool) -> float:
+    """The ratio a bucket of odd (more) or even (fewer) number sends at."""
+    if ratio <= 1:
+        return ratio
+    return 1 + (ratio - 1) * (1 + PROBE_SPREAD if odd else 1 - PROBE_SPREAD)
+
+
+def held_closed(
+    failures: int, calls: int, recent_accepts: int, probe: Probe, throttle: float | None
+) -> bool:
+    """Whether a breaker whose window trips stays closed, the upstream being (as far as
+    the probe can tell yet) at capacity: see the module's notes."""
+    if throttle is None or throttle <= 1 or recent_accepts <= 0:
+        return False
+    if failures >= HELD_SHARE * calls:
+        return False
+    if min(probe.odd_buckets, probe.even_buckets) < EVIDENCE_BUCKETS:
+        return True
+    return excess_share(probe, CAPACITY_FLOOR) < AT_CAPACITY
 
 
 def retry_allowance(first_attempts: int, *, budget: float, floor: float, window: float) -> float:

@@ -29,7 +29,16 @@ from celery_resilience.core.gates import (
 )
 from celery_resilience.core.keying import IDLE_TTL, OVERFLOW
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
-from celery_resilience.core.tripping import confidence_z, retry_allowance, shed_share, trips
+from celery_resilience.core.tripping import (
+    Probe,
+    confidence_z,
+    held_closed,
+    probe_ratio,
+    retry_allowance,
+    sending_ratio,
+    shed_share,
+    trips,
+)
 from celery_resilience.state.redis import limiter_args
 
 __all__ = ["MemoryStore"]
@@ -39,6 +48,11 @@ _WINDOW_BUCKETS = 10
 THROTTLE_BUCKETS = 3
 #: The fallback forgets expired attempt leases once it holds this many.
 _SWEEP_AT = 10_000
+
+
+def _odd_index(index: float) -> bool:
+    """Whether a bucket's number (its start over its width, near a whole number) is odd."""
+    return math.floor(index + 0.5) % 2 == 1
 
 
 _KeyedPolicy = Union[CircuitBreaker, ConcurrencyLimit, RateLimit]  # noqa: UP007 - a runtime alias on 3.10
@@ -80,7 +94,7 @@ class _Breaker:
 class _Totals(NamedTuple):
     """A breaker window's counts: successes and failures of the window; requests and
     successes of its last :data:`THROTTLE_BUCKETS` buckets; first attempts and retries of
-    the window."""
+    the window; the throttle's probe; calls of the last buckets sent and not accepted."""
 
     succ: int
     fail: int
@@ -88,6 +102,8 @@ class _Totals(NamedTuple):
     recent: int
     firsts: int
     retries: int
+    probe: Probe
+    rejected: int
 
 
 @dataclass
@@ -178,6 +194,10 @@ class MemoryStore:
     # -- helpers mirroring lib.lua -------------------------------------------------------
 
     @staticmethod
+    def _odd_now(policy: CircuitBreaker, now: float) -> bool:
+        return math.floor(now * 1000 / (policy.window * 100)) % 2 == 1
+
+    @staticmethod
     def _width_ms(policy: CircuitBreaker) -> float:
         return policy.window * (1000 / _WINDOW_BUCKETS)
 
@@ -188,25 +208,45 @@ class MemoryStore:
         horizon = (now - policy.window) * 1000
         width = self._width_ms(policy)
         recent_from = now * 1000 - THROTTLE_BUCKETS * width
-        succ = fail = req = recent = firsts = retries = 0
+        current = math.floor(now * 1000 / width) * width
+        first = current
+        probe = [0, 0, 0, 0]
+        succ = fail = req = recent = firsts = retries = sent = 0
         for key in list(br.window):
             start, kind = key
+            n = br.window[key]
             if start + width <= horizon:
                 if not keep:
                     del br.window[key]
-            elif kind == "s":
-                succ += br.window[key]
-                if start + width > recent_from:
-                    recent += br.window[key]
-            elif kind == "f":
-                fail += br.window[key]
+            elif kind in ("s", "f"):
+                if kind == "s":
+                    succ += n
+                    recent += n if start + width > recent_from else 0
+                else:
+                    fail += n
+                if start < current:
+                    first = min(first, start)
+                    at = 0 if _odd_index(start / width) else 2
+                    probe[at] += n
+                    probe[at + 1] += n if kind == "s" else 0
             elif kind == "a":
-                firsts += br.window[key]
+                firsts += n
             elif kind == "r":
-                retries += br.window[key]
+                retries += n
             elif start + width > recent_from:
-                req += br.window[key]
-        return _Totals(succ, fail, req, recent, firsts, retries)
+                req += n
+                sent += n if kind == "q" else 0
+        finished = math.floor((current - first) / width + 0.5)
+        half = finished // 2
+        odd = even = half
+        if finished % 2 == 1:
+            if _odd_index(first / width):
+                odd += 1
+            else:
+                even += 1
+        found = Probe(probe[0], probe[1], probe[2], probe[3], odd, even)
+        rejected = max(0, sent - recent)
+        return _Totals(succ, fail, req, recent, firsts, retries, found, rejected)
 
     def _add(
         self, br: _Breaker, policy: CircuitBreaker, now: float, kind: str, count: int = 1
@@ -318,11 +358,14 @@ class MemoryStore:
                             retries=(totals.retries, allowed),
                         )
                 if asked and totals is not None and br.shed > 0:
-                    req, recent = totals.req, totals.recent
-                    share = shed_share(req + 1, recent, policy.throttle, policy.minimum_calls)
-                    br.store_shed(share)
+                    counts = (totals.req + 1, totals.recent, totals.rejected)
+                    ratio = sending_ratio(totals.probe, policy.throttle)
+                    lowest = probe_ratio(ratio, odd=False)
+                    br.store_shed(shed_share(*counts, lowest, policy.minimum_calls))
+                    here = probe_ratio(ratio, self._odd_now(policy, now))
+                    share = shed_share(*counts, here, policy.minimum_calls)
                     if ask.throttle_draw is not None and ask.throttle_draw < share:
-                        self._add(br, policy, now, "q")
+                        self._add(br, policy, now, "x")
                         return deny(
                             Denial.THROTTLED,
                             policy.window / _WINDOW_BUCKETS,
@@ -441,7 +484,7 @@ class MemoryStore:
                     self._add(br, policy, now, "s", report.carried_successes)
                 if outcome != "neutral":
                     self._add(br, policy, now, "s" if outcome == "success" else "f")
-                succ, fail, req, recent, _, _ = self._totals(br, policy, now)
+                succ, fail, req, recent, _, _, probe, rejected = self._totals(br, policy, now)
                 calls = succ + fail
                 rate = fail / calls if calls else 0.0
                 if (
@@ -454,10 +497,12 @@ class MemoryStore:
                         minimum_calls=policy.minimum_calls,
                         z=confidence_z(policy.confidence),
                     )
+                    and not held_closed(fail, calls, recent, probe, policy.throttle)
                 ):
                     open_(BreakerState.CLOSED, policy.open_for, rate, calls)
                 elif br.state is BreakerState.CLOSED:
-                    br.store_shed(shed_share(req, recent, policy.throttle, policy.minimum_calls))
+                    lowest = probe_ratio(sending_ratio(probe, policy.throttle), odd=False)
+                    br.store_shed(shed_share(req, recent, rejected, lowest, policy.minimum_calls))
             elif (
                 br.state is BreakerState.HALF_OPEN
                 and report.probe
@@ -536,10 +581,13 @@ class MemoryStore:
                     br.shed = 0.0
                     br.open_for = _stored(policy.open_for)
                     br.open_until = 0.0
-            succ, fail, req, recent, firsts, retries = self._totals(br, policy, now, keep=True)
+            succ, fail, req, recent, firsts, retries, probe, rejected = self._totals(
+                br, policy, now, keep=True
+            )
             br.probes = {h: t for h, t in br.probes.items() if t > _stored(now)}
             calls = succ + fail
-            shed = shed_share(req, recent, policy.throttle, policy.minimum_calls)
+            ratio = sending_ratio(probe, policy.throttle)
+            shed = shed_share(req, recent, rejected, ratio, policy.minimum_calls)
             return BreakerStatus(
                 name=policy.name,
                 state=br.state,

@@ -10,9 +10,15 @@ from hypothesis import strategies as st
 from celery_resilience import CircuitBreaker, RateLimit
 from celery_resilience.core.gates import BreakerState, Denial, GateAsk, OutcomeReport
 from celery_resilience.core.tripping import (
+    CAPACITY_FLOOR,
+    PROBE_SPREAD,
+    Probe,
     confidence_z,
     failure_floor,
+    held_closed,
+    probe_ratio,
     retry_allowance,
+    sending_ratio,
     shed_share,
     trips,
 )
@@ -68,24 +74,106 @@ def test_confidence_one_half_is_the_plain_share_rule():
 @given(
     requests=st.integers(0, 10_000),
     accepts=st.integers(0, 10_000),
+    failures=st.integers(0, 10_000),
     k=st.floats(1.0, 4.0),
     minimum=st.integers(1, 20),
 )
 def test_the_shed_share_is_a_share_and_zero_while_enough_calls_succeed(
-    requests, accepts, k, minimum
+    requests, accepts, failures, k, minimum
 ):
-    share = shed_share(requests, accepts, k, minimum)
+    share = shed_share(requests, accepts, failures, k, minimum)
     assert 0.0 <= share < 1.0
-    if k * accepts >= requests or accepts == 0 or requests < minimum:
+    if k * accepts >= requests or accepts == 0 or requests < minimum or failures == 0:
         assert share == 0.0
-    assert shed_share(requests, accepts, None, minimum) == 0.0
+    assert shed_share(requests, accepts, failures, 0.0, minimum) == 0.0
+    loud = shed_share(requests, accepts, max(failures, accepts), k, minimum)
+    assert share <= loud  # fewer failures never shed more
 
 
 def test_an_overloaded_upstream_is_sent_about_k_times_what_it_accepts():
     """At the fixed point, requests R with accepts A: R * (1 - shed) = K * A (about)."""
     requests, accepts = 1000, 300
-    sent = requests * (1 - shed_share(requests, accepts, 1.8, 5))
+    sent = requests * (1 - shed_share(requests, accepts, 100, 1.8, 5))
     assert sent == pytest.approx(1.8 * accepts, rel=0.01)
+
+
+def test_a_recovered_upstream_is_sent_the_waiting_work_at_once():
+    """Many requests (shed tasks asking again), every call sent accepted: nothing is shed;
+    one failure in a hundred sheds a fifth of what one in twenty would."""
+    assert shed_share(1000, 100, 0, 1.24, 5) == 0.0
+    assert shed_share(1000, 100, 1, 1.24, 5) == pytest.approx(shed_share(1000, 100, 5, 1.24, 5) / 5)
+
+
+FLOOR = 1 + 0.8 * CAPACITY_FLOOR  # the sending ratio at capacity, with throttle=1.8
+
+
+def _random(sent_odd: int, sent_even: int, share: float, buckets: int = 5) -> Probe:
+    """A probe of an upstream accepting ``share`` of calls whatever the load."""
+    return Probe(sent_odd, round(sent_odd * share), sent_even, round(sent_even * share),
+                 buckets, buckets)  # fmt: skip
+
+
+def _capacity(sent_odd: int, sent_even: int, capacity: int, buckets: int = 5) -> Probe:
+    """A probe of an upstream accepting ``capacity`` calls a bucket at most."""
+    return Probe(sent_odd, min(sent_odd, capacity * buckets), sent_even,
+                 min(sent_even, capacity * buckets), buckets, buckets)  # fmt: skip
+
+
+def test_random_failures_keep_the_throttle_and_capacity_brings_it_down():
+    assert sending_ratio(_random(330, 210, 0.6), 1.8) == pytest.approx(1.8, abs=0.02)
+    assert sending_ratio(_random(330, 210, 0.2), 1.8) == pytest.approx(1.8, abs=0.02)
+    assert sending_ratio(_capacity(330, 210, 30), 1.8) == pytest.approx(FLOOR)
+    assert not held_closed(300, 540, 100, _random(330, 210, 0.6), 1.8)
+    assert held_closed(300, 540, 100, _capacity(330, 210, 30), 1.8)
+
+
+def test_without_evidence_the_throttle_sends_as_configured_and_holds_the_breaker():
+    for probe in (Probe(), Probe(50, 30, 0, 0, 1, 0), Probe(50, 0, 40, 0, 1, 1)):
+        assert sending_ratio(probe, 1.8) == pytest.approx(1.8)
+        assert held_closed(30, 50, 10, probe, 1.8)
+    assert held_closed(30, 50, 10, _random(330, 210, 0.6, buckets=2), 1.8)  # too few buckets
+    assert sending_ratio(Probe(), None) == 0.0
+    assert sending_ratio(Probe(), 1.0) == 1.0
+
+
+def test_the_breaker_is_held_closed_only_while_the_throttle_can_pace_the_upstream():
+    capacity = _capacity(330, 210, 30)
+    assert not held_closed(300, 540, 100, capacity, None)  # no throttle
+    assert not held_closed(300, 540, 0, capacity, 1.8)  # no success lately: an outage
+    assert not held_closed(400, 540, 100, capacity, 1.8)  # three failures in four
+
+
+def test_the_probe_weighs_buckets_not_sums():
+    """Three odd buckets and two even ones at the same load and acceptance: no evidence
+    of capacity, whatever the sums say."""
+    probe = Probe(150, 90, 100, 60, 3, 2)
+    assert sending_ratio(probe, 1.8) == pytest.approx(1.8)
+
+
+sent = st.integers(0, 5_000)
+
+
+@given(
+    so=sent, se=sent, ao=sent, ae=sent,
+    odd=st.integers(0, 10), even=st.integers(0, 10), k=st.floats(1.0, 4.0),
+)  # fmt: skip
+def test_the_sending_ratio_lies_between_the_floor_and_the_throttle(so, se, ao, ae, odd, even, k):
+    probe = Probe(so, min(ao, so), se, min(ae, se), odd, even)
+    ratio = sending_ratio(probe, k)
+    assert 1 + (k - 1) * CAPACITY_FLOOR - 1e-9 <= ratio <= k + 1e-9
+    assert probe_ratio(ratio, odd=True) >= ratio >= probe_ratio(ratio, odd=False) >= 1.0
+    assert probe_ratio(ratio, odd=True) - ratio == pytest.approx(
+        (ratio - 1) * PROBE_SPREAD, abs=1e-9
+    )
+
+
+@given(extra=st.integers(1, 200), share=st.floats(0.05, 1.0))
+def test_accepts_that_grow_with_sends_never_lower_the_ratio(extra, share):
+    """Of two probes alike but for what the busier buckets got accepted, the one whose
+    accepts grew more keeps the higher ratio."""
+    flat = Probe(200 + extra, 120, 200, 120, 5, 5)
+    grown = Probe(200 + extra, 120 + round(extra * share), 200, 120, 5, 5)
+    assert sending_ratio(grown, 1.8) >= sending_ratio(flat, 1.8) - 1e-12
 
 
 @pytest.mark.parametrize("kwargs", [{"confidence": 1.0}, {"confidence": 0.4}, {"throttle": 0.5}])
@@ -119,7 +207,7 @@ def test_the_store_sheds_calls_when_too_few_are_accepted_and_stays_closed():
         _call(store, breaker, f"t{i}", outcome)
     status = store.breaker(breaker)
     assert status.state is BreakerState.CLOSED  # 8 failures of 12: not clearly above 0.5
-    assert status.shed == pytest.approx((12 - 1.8 * 4) / 13)
+    assert status.shed == pytest.approx((12 - 1.8 * 4) / 13)  # no evidence: as configured
     shed = store.gate(GateAsk(holder="x", breaker=breaker, throttle_draw=0.1))
     assert (shed.allowed, shed.denial) == (False, Denial.THROTTLED)
     assert shed.wait == pytest.approx(breaker.window / 10)
@@ -135,6 +223,59 @@ def test_an_outage_is_not_throttled_but_cut_off_by_the_breaker():
         clock.now += 0.1
         _call(store, breaker, f"t{i}", "failure")
     assert store.breaker(breaker).state is BreakerState.OPEN
+
+
+def _buckets(store, breaker, clock, plan, tag):
+    """One bucket (a tenth of the window) per (sent, accepted) pair, the failures first
+    and the successes spread among them; the breaker's state after each bucket."""
+    states = []
+    for b, (sent, accepted) in enumerate(plan):
+        start = clock.now
+        outcomes = ["failure"] * (sent - accepted)
+        for j in range(accepted):
+            outcomes.insert(j * 2 % (len(outcomes) + 1), "success")
+        for i, outcome in enumerate(outcomes):
+            clock.now = start + (i + 0.5) * breaker.window / 10 / len(outcomes)
+            store.record(OutcomeReport(holder=f"{tag}{b}.{i}", breaker=breaker,
+                                       breaker_outcome=outcome))  # fmt: skip
+        clock.now = start + breaker.window / 10
+        states.append(store.breaker(breaker).state)
+    return states
+
+
+def test_an_upstream_at_capacity_is_throttled_not_cut_off():
+    """60 % of calls fail in every pair of buckets, the busier bucket of each pair getting
+    no more accepted than the quieter: at capacity, the breaker stays closed, however
+    clear the share (under two thirds); once no call succeeds for the throttle's horizon,
+    it opens."""
+    clock = Clock()
+    clock.now = 1000.0  # a bucket boundary, an even bucket first
+    store = MemoryStore(now=clock)
+    breaker = CircuitBreaker("overloaded")
+    states = _buckets(store, breaker, clock, [(25, 15), (50, 15)] * 4, "o")
+    assert set(states) == {BreakerState.CLOSED}
+    status = store.breaker(breaker)
+    assert trips(status.failures, status.calls, failure_rate=0.5, minimum_calls=5, z=Z)
+    assert _buckets(store, breaker, clock, [(20, 0)] * 4, "d")[-1] is BreakerState.OPEN
+
+
+def test_an_upstream_failing_at_random_as_often_opens_the_breaker():
+    """The same 60 % failing, but the busier buckets get twice as many accepted: the
+    failures do not come from the load, and the breaker opens."""
+    clock = Clock()
+    clock.now = 1000.0
+    store = MemoryStore(now=clock)
+    breaker = CircuitBreaker("flaky")
+    states = _buckets(store, breaker, clock, [(25, 10), (50, 20)] * 4, "r")
+    assert BreakerState.OPEN in states
+
+
+def test_three_failures_in_four_open_the_breaker_before_any_evidence():
+    clock = Clock()
+    clock.now = 1000.0
+    store = MemoryStore(now=clock)
+    breaker = CircuitBreaker("failing")
+    assert _buckets(store, breaker, clock, [(40, 10)], "f") == [BreakerState.OPEN]
 
 
 def test_without_throttle_nothing_is_shed():

@@ -50,7 +50,8 @@ if args.ttl and args.op ~= 'status' then
 end
 
 local ou, of, ch = unpack(redis.call('HMGET', skey, 'ou', 'of', 'ch'))
-local succ, fail, req, recent, firsts, retries = window_totals(wkey, b, now, true)
+local succ, fail, req, recent, firsts, retries, probe, rejected =
+  window_totals(wkey, b, now, true)
 redis.call('ZREMRANGEBYSCORE', pkey, '-inf', fmt(now))
 res.st = st
 res.ou = (st == 'open') and (ou or 0) or 0
@@ -61,7 +62,7 @@ res.failures = fail
 res.rate = 0
 if res.calls > 0 then res.rate = fail / res.calls end
 res.probes = redis.call('ZCARD', pkey)
-res.shed = (st == 'closed') and shed_share(req, recent, b) or 0
+res.shed = (st == 'closed') and shed_share(req, recent, rejected, sending_ratio(probe, b), b) or 0
 res.first_attempts = firsts
 res.retries = retries
 res.exists = redis.call('EXISTS', skey) == 1 or res.calls > 0

@@ -106,9 +106,9 @@ if skey then
     asked = (b.k or 0) > 0
     budgeted = (b.rb or 0) > 0
     local judged = budgeted and args.r
-    local _, _, req, recent, firsts, retries
+    local _, _, req, recent, firsts, retries, probe, rejected
     if judged or (asked and tp > 0) then
-      _, _, req, recent, firsts, retries = window_totals(wkey, b, now)
+      _, _, req, recent, firsts, retries, probe, rejected = window_totals(wkey, b, now)
     end
     if judged then
       local allowed = retry_allowance(firsts, b)
@@ -120,10 +120,11 @@ if skey then
       end
     end
     if asked and tp > 0 then
-      local share = shed_share(req + 1, recent, b)
-      store_shed(skey, tp, share)
+      local ratio = sending_ratio(probe, b)
+      store_shed(skey, tp, shed_share(req + 1, recent, rejected, probe_ratio(ratio, false), b))
+      local share = shed_share(req + 1, recent, rejected, probe_ratio(ratio, odd_now(now, b)), b)
       if args.u and args.u < share then
-        window_add(wkey, b, now, 'q')
+        window_add(wkey, b, now, 'x')
         res.why = 'throttled'
         res.shed = share
         res.wait = b.win / 10

@@ -77,21 +77,33 @@ local function extend_ttl(key, seconds)
 end
 
 -- Breaker window: a hash of time buckets, fields "<bucket start ms>:s" (successes), ":f"
--- (failures), ":q" (calls asked while closed, sent or shed), ":a" and ":r" (first
+-- (failures), ":q" and ":x" (calls sent and shed while closed), ":a" and ":r" (first
 -- attempts and retries sent while closed, counted with a retry budget).
--- Returns successes, failures within the last b.win seconds, the requests and
--- successes of its last THROTTLE_BUCKETS buckets (what adaptive throttling judges: an
--- outage after a healthy spell must not be throttled on the successes before it), and
--- the first attempts and retries within the window; drops
+-- Returns successes, failures within the last b.win seconds, the requests (sent or
+-- shed) and successes of its last THROTTLE_BUCKETS buckets (what adaptive throttling
+-- judges: an outage after a healthy spell must not be throttled on the successes before
+-- it), the
+-- first attempts and retries within the window, and the throttle's probe: calls sent
+-- (successes and failures) and accepted in the window's finished buckets of odd number,
+-- the same of even number, and how many finished buckets of each there are since the
+-- first that holds a call {so, ao, se, ae, no, ne}, and the calls of those last buckets
+-- sent and not accepted; drops
 -- older buckets unless keep is true (a reader whose window may differ from the writers'
 -- must not prune).
 local THROTTLE_BUCKETS = 3
+-- Whether a bucket's number (its start over its width, near a whole number) is odd.
+local function odd_index(index)
+  return math.floor(index + 0.5) % 2 == 1
+end
+
 local function window_totals(wkey, b, now, keep)
   local flat = redis.call('HGETALL', wkey)
-  local succ, fail, req, recent, firsts, retries = 0, 0, 0, 0, 0, 0
+  local succ, fail, req, recent, firsts, retries, sent = 0, 0, 0, 0, 0, 0, 0
   local width = b.win * 100
   local horizon = (now - b.win) * 1000
   local recent_from = now * 1000 - THROTTLE_BUCKETS * width
+  local current = math.floor(now * 1000 / width) * width
+  local probe, first = {0, 0, 0, 0, 0, 0}, current
   local stale = {}
   for i = 1, #flat, 2 do
     local field = flat[i]
@@ -101,23 +113,39 @@ local function window_totals(wkey, b, now, keep)
     local n = tonumber(flat[i + 1])
     if start + width <= horizon then
       stale[#stale + 1] = field
-    elseif kind == 's' then
-      succ = succ + n
-      if start + width > recent_from then recent = recent + n end
-    elseif kind == 'f' then
-      fail = fail + n
+    elseif kind == 's' or kind == 'f' then
+      if kind == 's' then
+        succ = succ + n
+        if start + width > recent_from then recent = recent + n end
+      else
+        fail = fail + n
+      end
+      if start < current then
+        first = math.min(first, start)
+        local at = odd_index(start / width) and 1 or 3
+        probe[at] = probe[at] + n
+        if kind == 's' then probe[at + 1] = probe[at + 1] + n end
+      end
     elseif kind == 'a' then
       firsts = firsts + n
     elseif kind == 'r' then
       retries = retries + n
     elseif start + width > recent_from then
       req = req + n
+      if kind == 'q' then sent = sent + n end
     end
   end
   if #stale > 0 and not keep then
     redis.call('HDEL', wkey, unpack(stale))
   end
-  return succ, fail, req, recent, firsts, retries
+  local finished = math.floor((current - first) / width + 0.5)
+  local half = math.floor(finished / 2)
+  probe[5], probe[6] = half, half
+  if finished % 2 == 1 then
+    local at = odd_index(first / width) and 5 or 6
+    probe[at] = half + 1
+  end
+  return succ, fail, req, recent, firsts, retries, probe, math.max(0, sent - recent)
 end
 
 -- Whether a closed breaker opens (celery_resilience.core.tripping.trips): at least
@@ -135,11 +163,63 @@ local function trips(fail, calls, b)
   return (centre - spread) / (1 + z2 / calls) >= b.rate
 end
 
--- The share of calls to shed (celery_resilience.core.tripping.shed_share).
-local function shed_share(req, succ, b)
-  local k = b.k or 0
+-- The share of calls to shed when k calls may be sent per call accepted, given the
+-- requests, accepts and calls sent but not accepted of the throttle's horizon
+-- (celery_resilience.core.tripping.shed_share).
+local QUIET = 0.05
+local function shed_share(req, succ, fail, k, b)
   if k <= 0 or succ <= 0 or req < math.max(b.min, 1) then return 0 end
-  return math.max(0, (req - k * succ) / (req + 1))
+  local share = math.max(0, (req - k * succ) / (req + 1))
+  share = share * math.min(1, fail / (QUIET * succ))
+  return share
+end
+
+-- Adaptive throttling's probe (celery_resilience.core.tripping): how many calls to send
+-- per call accepted, b.k while the upstream's accepts grow with the calls sent (it fails
+-- at random), down to 1 + (b.k - 1) * CAPACITY_FLOOR while they do not (it is at
+-- capacity); buckets of odd number send more than that, even ones less, which is what
+-- tells the two apart.
+local PROBE_SPREAD, CAPACITY_FLOOR, PROBE_PRIOR = 0.5, 0.3, 6
+local AT_CAPACITY, EVIDENCE_BUCKETS, HELD_SHARE = 0.6, 3, 2 / 3
+
+-- The sending ratio's share of b.k's excess; guess: the share assumed without evidence.
+local function excess_share(probe, guess)
+  local odd, even = probe[5], probe[6]
+  if odd <= 0 or even <= 0 or probe[2] + probe[4] <= 0 then return guess end
+  local so, ao, se, ae = probe[1] / odd, probe[2] / odd, probe[3] / even, probe[4] / even
+  local per = (odd + even) / 2
+  local mean = (ao + ae) / (so + se)
+  local more, gained = (so - se) * per, (ao - ae) * per
+  if more < 0 then more, gained = -more, -gained end
+  local marginal = (gained + mean * guess * PROBE_PRIOR) / (more + PROBE_PRIOR)
+  return math.min(1, math.max(CAPACITY_FLOOR, marginal / mean))
+end
+
+local function sending_ratio(probe, b)
+  local k = b.k or 0
+  if k <= 1 then return k end
+  return 1 + (k - 1) * excess_share(probe, 1)
+end
+
+-- Whether a closed breaker that trips on its window's counts is held closed: the
+-- throttle is on, the window is mixed (its horizon holds successes), the failure share is
+-- below HELD_SHARE, and the probe has not found, over EVIDENCE_BUCKETS buckets of each
+-- kind, that accepts grow with the calls sent: an upstream at capacity is the throttle's
+-- to pace, not the breaker's to cut off.
+local function held_closed(fail, calls, recent, probe, b)
+  if (b.k or 0) <= 1 or recent <= 0 or fail >= HELD_SHARE * calls then return false end
+  if math.min(probe[5], probe[6]) < EVIDENCE_BUCKETS then return true end
+  return excess_share(probe, CAPACITY_FLOOR) < AT_CAPACITY
+end
+
+local function probe_ratio(ratio, odd)
+  if ratio <= 1 then return ratio end
+  return 1 + (ratio - 1) * (odd and (1 + PROBE_SPREAD) or (1 - PROBE_SPREAD))
+end
+
+-- Whether now falls in a bucket of odd number.
+local function odd_now(now, b)
+  return math.floor(now * 1000 / (b.win * 100)) % 2 == 1
 end
 
 -- How many retries a window with this many first attempts allows
