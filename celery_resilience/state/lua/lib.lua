@@ -82,12 +82,11 @@ end
 -- Returns successes, failures within the last b.win seconds, the requests (sent or
 -- shed) and successes of its last THROTTLE_BUCKETS buckets (what adaptive throttling
 -- judges: an outage after a healthy spell must not be throttled on the successes before
--- it), the
--- first attempts and retries within the window, and the throttle's probe: calls sent
--- (successes and failures) and accepted in the window's finished buckets of odd number,
--- the same of even number, and how many finished buckets of each there are since the
--- first that holds a call {so, ao, se, ae, no, ne}, and the calls of those last buckets
--- sent and not accepted; drops
+-- it), the first attempts and retries within the window, the throttle's probe, and the
+-- calls of the last THROTTLE_BUCKETS buckets sent and not accepted. The probe is
+-- {so, ao, se, ae, no, ne}: calls sent (successes and failures) and accepted in the
+-- window's finished buckets of odd number, the same of even number, and how many
+-- finished buckets of each kind there are since the first that holds a call. Drops
 -- older buckets unless keep is true (a reader whose window may differ from the writers'
 -- must not prune).
 local THROTTLE_BUCKETS = 3
@@ -167,11 +166,10 @@ end
 -- requests, accepts and calls sent but not accepted of the throttle's horizon
 -- (celery_resilience.core.tripping.shed_share).
 local QUIET = 0.05
-local function shed_share(req, succ, fail, k, b)
+local function shed_share(req, succ, refused, k, b)
   if k <= 0 or succ <= 0 or req < math.max(b.min, 1) then return 0 end
   local share = math.max(0, (req - k * succ) / (req + 1))
-  share = share * math.min(1, fail / (QUIET * succ))
-  return share
+  return share * math.min(1, refused / (QUIET * succ))
 end
 
 -- Adaptive throttling's probe (celery_resilience.core.tripping): how many calls to send
