@@ -1,4 +1,4 @@
-"""Scenario 6, a degraded upstream: partial failure, overload and outage.
+"""Scenario 6, a degraded upstream: partial failure, overload and outage; three tenants.
 
 Tasks are sent at a steady rate (50/s for 20 s at full size) to 2 nodes x 2 prefork
 processes per side, while the upstream is degraded for a while (25 s), then healthy:
@@ -11,7 +11,8 @@ processes per side, while the upstream is degraded for a while (25 s), then heal
 Both sides use their defaults: plain Celery's ``autoretry_for`` with jittered backoff
 and 8 retries, celery-resilience's default ``CircuitBreaker("upstream")`` and 8 retries.
 Measured at the upstream: calls per task, 2xx a second during the degradation (goodput),
-tasks done during it, the time until the last task is done, tasks lost.
+tasks done during it, the time until the last task is done, tasks lost. Then the
+three-tenant case of :mod:`benchmarks.tenants`: per-tenant rates against one busy tenant.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from benchmarks.measure import success_times
 from benchmarks.params import Params
 from benchmarks.report import Outcome, Row, fmt
 from benchmarks.rig import SIDES, Rig
+from benchmarks.tenants import RATE, TENANTS, TenantsRun, measure_tenants
 
 __all__ = ["Case", "DegradedRun", "run_degraded"]
 
@@ -189,6 +191,17 @@ def run_degraded(rig: Rig, params: Params) -> Outcome:
         rows.extend(_rows(case, runs["plain"], runs["resilient"]))
         data[case.key] = {k: {**asdict(v), "calls_per_task": v.calls_per_task,
                               "goodput": v.goodput} for k, v in runs.items()}  # fmt: skip
+    tenants: dict[str, TenantsRun] = {}
+    for key, task in (("plain", plain.call_limited), ("resilient", resilient.call_tenant)):
+        rig.reset()
+        queue = f"degraded.tenants.{key}"
+        with rig.nodes(SIDES[key], queue, count=NODES, concurrency=CONCURRENCY):
+            tenants[key] = measure_tenants(
+                rig, task, prefix=f"/degraded/tenants/{key}", queue=queue, params=params
+            )
+        print(f"  tenants {key}: {tenants[key]}", flush=True)
+    rows.extend(_tenant_rows(tenants["plain"], tenants["resilient"]))
+    data["tenants"] = {k: asdict(v) for k, v in tenants.items()}
     tasks = int(params.degraded_rate * params.degraded_send_seconds)
     notes = [
         f"Degraded upstream: {tasks} tasks sent at {params.degraded_rate:g}/s over "
@@ -197,8 +210,28 @@ def run_degraded(rig: Rig, params: Params) -> Outcome:
         f"{params.degraded_seconds:g} s (the outage: 20 s), then healthy. "
         + "; ".join(c.title for c in CASES)
         + '. Both sides with their defaults (resilient: `CircuitBreaker("upstream")`).',
+        f"Three tenants: a and b send {params.tenant_tasks} tasks each, c ten times as "
+        f'many, interleaved, to a healthy upstream; plain Celery\'s `rate_limit="10/s"` '
+        f"(per worker node, all tenants together) against "
+        f'`RateLimit("tenant", "10/s", key=tenant)` (per tenant, across the cluster); '
+        f"each tenant's calls a second over a steady window, and when a and b were done.",
     ]
     return Outcome("degraded", rows, notes, data)
+
+
+def _tenant_rows(p: TenantsRun, r: TenantsRun) -> list[Row]:
+    def rates(run: TenantsRun) -> str:
+        return " / ".join(fmt(run.rates[t]) for t in TENANTS)
+
+    fair = all(abs(rate - RATE) <= 0.05 * RATE for rate in r.rates.values())
+    return [
+        Row("6 tenants", "calls a second of a / b / c (c: 10x the backlog)", rates(p), rates(r),
+            target="10 ± 5 % each", met=fair),
+        Row("6 tenants", "sent → a and b done", fmt(p.small_done, unit=" s"),
+            fmt(r.small_done, unit=" s")),
+        Row("6 tenants", "tasks of a and b lost", str(p.lost_small), str(r.lost_small),
+            target="0", met=r.lost_small == 0),
+    ]  # fmt: skip
 
 
 def _summary(run: DegradedRun) -> str:

@@ -33,6 +33,7 @@ class Params:
     degraded_rate: float = 50.0
     degraded_send_seconds: float = 20.0
     degraded_seconds: float = 25.0
+    tenant_tasks: int = 80
 
 
 FULL = Params()
@@ -59,4 +60,5 @@ QUICK = Params(
     degraded_rate=20.0,
     degraded_send_seconds=8.0,
     degraded_seconds=10.0,
+    tenant_tasks=30,
 )

@@ -17,6 +17,7 @@ __all__ = [
     "call_bulk",
     "call_limited",
     "call_ra",
+    "call_tenant",
     "noop",
     "noop_gated",
     "sweep_label",
@@ -93,6 +94,19 @@ def call_bulk(self: ResilientTask, url: str) -> int:
 )  # fmt: skip
 def call_ra(self: ResilientTask, url: str) -> int:
     """GET ``url`` behind a breaker and a limiter (a 429's Retry-After pauses the limiter)."""
+    return _get(self, url)
+
+
+def _tenant(args: tuple[object, ...], kwargs: dict[str, object]) -> object:
+    return args[1]
+
+
+@resilient_task(
+    app=app, bind=True, name="bench.resilient.call_tenant",
+    limiter=RateLimit("tenant", "10/s", key=_tenant), max_retries=8,
+)  # fmt: skip
+def call_tenant(self: ResilientTask, url: str, tenant: str) -> int:
+    """GET ``url`` at most 10 times a second per tenant, across the cluster."""
     return _get(self, url)
 
 
