@@ -9,7 +9,8 @@ point                             answers
 :func:`on_wake`                   ``None`` (go on), :class:`Wait` (a split wait is not over),
                                   or :class:`GiveUp` (the deadline would pass meanwhile)
 :func:`before_gate`               ``None`` (ask the gates), or :class:`GiveUp` (deadline passed)
-:func:`after_gate`                :class:`Run`, :class:`Wait` (deferred), :class:`GiveUp`,
+:func:`after_gate`                :class:`Run`, :class:`WaitInPlace` (a rate-limit slot a
+                                  moment away), :class:`Wait` (deferred), :class:`GiveUp`,
                                   :class:`Refuse`, :class:`UseFallback` or :class:`Duplicate`
 :func:`plan_failure`              a :class:`FailurePlan`: retry after a countdown, or not
 :func:`after_failure`             :class:`Wait` (a retry), :class:`FailNow` or :class:`GiveUp`
@@ -42,6 +43,7 @@ from celery_resilience.core.decisions import (
     Run,
     UseFallback,
     Wait,
+    WaitInPlace,
 )
 from celery_resilience.core.errors import deadline_spent
 from celery_resilience.core.gates import (
@@ -58,6 +60,7 @@ from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, Rate
 
 __all__ = [
     "EARLY",
+    "IN_PLACE",
     "REPUBLISH",
     "RUNNING_POLL",
     "after_failure",
@@ -72,6 +75,9 @@ __all__ = [
 
 #: A task woken this early (seconds) before its time is let through rather than re-queued.
 EARLY = 0.05
+#: The longest rate-limit wait taken where the attempt is (a :class:`WaitInPlace`) rather
+#: than through the broker, whose deferred message would queue behind the whole backlog.
+IN_PLACE = 0.5
 #: Countdown of a retry published again by a redelivered copy of its failed attempt.
 REPUBLISH = 0.5
 #: How long a copy of an attempt running elsewhere first waits before it looks again
@@ -177,13 +183,20 @@ def before_gate(attempt: Attempt, now: float) -> GiveUp | None:
 
 
 def after_gate(
-    attempt: Attempt, answer: GateAnswer, rng: Jitter, *, republish_lost_retry: bool = True
+    attempt: Attempt,
+    answer: GateAnswer,
+    rng: Jitter,
+    *,
+    republish_lost_retry: bool = True,
+    may_wait_in_place: bool = True,
 ) -> Decision:
     """What the gates' answer means for this attempt.
 
     ``republish_lost_retry``: whether a copy that finds its attempt failed and retried
     publishes that retry again (a copy its worker left behind may be the only one that
     can); False for a second publication of the same message, whose first copy did.
+    ``may_wait_in_place``: whether a rate-limit slot at most :data:`IN_PLACE` seconds away is
+    waited for where the attempt is (False once it has waited so: the next wait is deferred).
     """
     options, state = attempt.options, attempt.state
     if answer.denial is Denial.DONE or (
@@ -232,7 +245,7 @@ def after_gate(
         return _give_up(attempt, f"deadline of {options.deadline:g} s passed", None)
     if answer.allowed:
         return Run(state=attempt.state, probe=answer.probe)
-    return _denied(attempt, answer, rng)
+    return _denied(attempt, answer, rng, may_wait_in_place=may_wait_in_place)
 
 
 def _breaker_words(answer: GateAnswer) -> str:
@@ -251,7 +264,9 @@ def _budget_words(breaker: CircuitBreaker, answer: GateAnswer) -> str:
     )
 
 
-def _denied(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
+def _denied(
+    attempt: Attempt, answer: GateAnswer, rng: Jitter, *, may_wait_in_place: bool
+) -> Decision:
     """Defer the task (the default), or apply the breaker's ``on_open`` policy."""
     options, state = attempt.options, attempt.state
     denial, breaker = answer.denial, options.breaker
@@ -306,6 +321,8 @@ def _denied(attempt: Attempt, answer: GateAnswer, rng: Jitter) -> Decision:
         why = f"rate limit {_label(limiter)} ({limiter.rate}) full, slot in {wait:.2f} s"
         if answer.slot is not None:
             state = replace(state, slot=(limiter.name, answer.slot))
+            if may_wait_in_place and wait <= IN_PLACE and (remaining is None or wait < remaining):
+                return WaitInPlace(seconds=max(wait, _MIN_DEFERRAL), state=state)
     elif denial is Denial.CONCURRENCY_FULL and pool is not None:
         gate, name = "concurrency", pool.name
         why = f"concurrency {_label(pool)} full ({pool.limit} in flight)"

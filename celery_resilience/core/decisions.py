@@ -26,6 +26,7 @@ __all__ = [
     "Run",
     "UseFallback",
     "Wait",
+    "WaitInPlace",
 ]
 
 #: What made a task wait: a gate, a split wait ("schedule"), or a redelivered copy of an
@@ -68,6 +69,19 @@ class Run:
 
     state: AttemptState
     probe: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WaitInPlace:
+    """Wait ``seconds`` where the attempt is, then ask the gates once more.
+
+    For a rate-limit slot so near that sending the task back through the broker would
+    cost more than the wait: a deferred message goes to the back of its queue, behind
+    whatever backlog is there. ``state`` holds the booked slot the next ask claims.
+    """
+
+    seconds: float
+    state: AttemptState
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +157,7 @@ class Duplicate:
     """A redelivered copy of an attempt that already finished: ignore it."""
 
 
-Decision = Run | Wait | GiveUp | FailNow | Refuse | UseFallback | Duplicate
+Decision = Run | WaitInPlace | Wait | GiveUp | FailNow | Refuse | UseFallback | Duplicate
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,6 +94,10 @@ class EagerGates:
         """Ask the in-memory gates."""
         return self.store.gate(ask)
 
+    def wait_in_place(self, seconds: float) -> None:
+        """A moment's wait is skipped on the clock like any other."""
+        self.skip(seconds)
+
     def record(self, report: OutcomeReport) -> RecordAnswer:
         """Report to the in-memory gates."""
         return self.store.record(report)

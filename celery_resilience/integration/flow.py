@@ -73,6 +73,10 @@ class Gates(Protocol):
         """Ask every gate of one attempt."""
         ...
 
+    def wait_in_place(self, seconds: float) -> None:
+        """Wait a moment where the attempt is (a :class:`~decisions.WaitInPlace`)."""
+        ...
+
     def record(self, report: OutcomeReport) -> RecordAnswer:
         """Report one attempt's outcome."""
         ...
@@ -204,6 +208,22 @@ class Flow:
         expired = decide.before_gate(self.attempt, self.gates.estimated_now())
         if expired is not None:
             return self._carry(expired, answer=None)
+        answer, decision = self._gates(may_wait_in_place=True)
+        if isinstance(decision, decisions.WaitInPlace):  # a slot a moment away: wait, ask again
+            logger.debug("attempt %d: rate-limit slot in %.3f s, waited here",
+                         self.state.attempt, decision.seconds)  # fmt: skip
+            self._set_state(decision.state)
+            self.gates.wait_in_place(decision.seconds)
+            answer, decision = self._gates(may_wait_in_place=False)
+        if isinstance(decision, decisions.Run):
+            self._set_state(decision.state)
+            return self._body(args, kwargs, answer)
+        if isinstance(decision, decisions.UseFallback):
+            return self._fallback(decision, args, kwargs)
+        return self._carry(decision, answer=answer)
+
+    def _gates(self, *, may_wait_in_place: bool) -> tuple[GateAnswer, decisions.Decision]:
+        """Ask the gates, and what their answer means."""
         answer = self._ask()
         _log_transitions(answer.transitions)
         decision = decide.after_gate(
@@ -211,13 +231,9 @@ class Flow:
             answer,
             self.rng,
             republish_lost_retry=self.lease.republish_lost_retry if self.lease else True,
+            may_wait_in_place=may_wait_in_place,
         )
-        if isinstance(decision, decisions.Run):
-            self._set_state(decision.state)
-            return self._body(args, kwargs, answer)
-        if isinstance(decision, decisions.UseFallback):
-            return self._fallback(decision, args, kwargs)
-        return self._carry(decision, answer=answer)
+        return answer, decision
 
     def _bind_keys(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Bind keyed limits to this call's key; a key function that raises gives the

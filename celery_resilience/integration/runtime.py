@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -147,6 +148,11 @@ class Runtime:
         ):
             self._remember_open((ask.breaker.name, ask.breaker.bound_key), answer.wait)
         return answer
+
+    def wait_in_place(self, seconds: float) -> None:
+        """A rate-limit slot a moment away is waited for here (at most
+        :data:`~celery_resilience.core.decide.IN_PLACE` seconds)."""
+        time.sleep(seconds)
 
     def _remember_open(self, name: tuple[str, str | None], wait: float) -> None:
         mono = clock.monotonic()

@@ -189,7 +189,8 @@ def test_each_tenant_gets_its_own_rate(nodes, env, celery_client, upstream, requ
     """Three tenants behind RateLimit('fair', '10/s', key=tenant) on 2 worker nodes, one
     with ten times the backlog of the others: over a steady 8 s window each tenant's
     calls reach the upstream at 10/s within 5 %: the busy tenant neither slows the others
-    nor gets more."""
+    nor gets more, and every task of the others is done at their own rate, none left
+    behind the busy tenant's backlog."""
     run = uuid.uuid4().hex[:8]
     client = client_for(celery_client, env)
     task = client.signature("res.fair")
@@ -212,10 +213,22 @@ def test_each_tenant_gets_its_own_rate(nodes, env, celery_client, upstream, requ
         timeout=60,
         what="every tenant called past the steady window",
     )
+    small = ("a", "b")
+    wait_until(
+        lambda: all(len(calls(t)) >= FAIR_BACKLOG[t] for t in small),
+        timeout=90,
+        what="every task of a and b called",
+    )
     rates = {
         tenant: sum(1 for t in calls(tenant) if start <= t < start + STEADY_FOR) / STEADY_FOR
         for tenant in FAIR_BACKLOG
     }
+    busy = calls("c")
     client.control.purge()
     note(request, **{f"rate_{tenant}": rate for tenant, rate in rates.items()})
     assert all(abs(rate - 10.0) <= 0.5 for rate in rates.values()), rates
+    # no task of a or b waits behind c's backlog (a deferral goes to the back of the
+    # queue): the last of them is called about when c has made as many calls, not after
+    last_small = max(max(calls(t)) for t in small)
+    busy_before = sum(1 for t in busy if t < last_small)
+    assert busy_before <= FAIR_BACKLOG["a"] + 40, (busy_before, last_small - first)

@@ -173,12 +173,58 @@ def test_a_probe_holds_its_slot_for_its_whole_body(breaker, time_limit, lease):
 
 def test_rate_limit_defers_by_the_exact_wait_and_books_the_slot():
     """No room: deferred by exactly the wait, the booked slot carried to the next attempt."""
-    answer = no(Denial.RATE_LIMITED, 0.3, slot=NOW + 0.3)
+    answer = no(Denial.RATE_LIMITED, 0.8, slot=NOW + 0.8)
     decision = decide.after_gate(attempt(limiter=LIMIT), answer, rng())
     assert isinstance(decision, decisions.Wait)
-    assert decision.countdown == pytest.approx(0.3)
-    assert decision.state.slot == ("pay", NOW + 0.3)
+    assert decision.countdown == pytest.approx(0.8)
+    assert decision.state.slot == ("pay", NOW + 0.8)
     assert decision.gate == "rate_limit"
+
+
+def test_a_slot_a_moment_away_is_waited_for_in_place_once():
+    """A booked slot at most IN_PLACE away: a WaitInPlace (no deferral counted, the slot kept
+    for the next ask); asked again without pausing, the same wait is a deferral."""
+    answer = no(Denial.RATE_LIMITED, 0.1, slot=NOW + 0.1)
+    decision = decide.after_gate(attempt(limiter=LIMIT), answer, rng())
+    assert isinstance(decision, decisions.WaitInPlace)
+    assert decision.seconds == pytest.approx(0.1)
+    assert decision.state.slot == ("pay", NOW + 0.1)
+    assert decision.state.deferrals == 0
+    again = decide.after_gate(attempt(limiter=LIMIT), answer, rng(), may_wait_in_place=False)
+    assert isinstance(again, decisions.Wait)
+    assert again.state.deferrals == 1
+
+
+@pytest.mark.parametrize(
+    ("wait", "slot", "deadline", "kind"),
+    [
+        (decide.IN_PLACE, True, None, decisions.WaitInPlace),
+        (decide.IN_PLACE + 0.01, True, None, decisions.Wait),  # too far: through the broker
+        (0.1, False, None, decisions.Wait),  # nothing booked (the task could not wait)
+        (0.1, True, 0.05, decisions.GiveUp),  # the deadline comes first
+    ],
+)
+def test_only_a_booked_slot_within_reach_is_waited_for_in_place(wait, slot, deadline, kind):
+    """Pausing is for a booked slot within IN_PLACE seconds and before the deadline."""
+    state = AttemptState(started=NOW)
+    fields = {"slot": NOW + wait} if slot else {}
+    answer = no(Denial.RATE_LIMITED, wait, **fields)
+    subject = attempt(limiter=LIMIT, deadline=deadline, state=state)
+    decision = decide.after_gate(subject, answer, rng())
+    assert isinstance(decision, kind)
+
+
+@given(wait=st.floats(0.0, 5.0), deferrals=st.integers(0, 5))
+def test_a_wait_in_place_never_outlasts_in_place(wait, deferrals):
+    """Whatever the wait, one taken in place lasts at most IN_PLACE seconds; others defer."""
+    state = AttemptState(deferrals=deferrals)
+    answer = no(Denial.RATE_LIMITED, wait, slot=NOW + wait)
+    decision = decide.after_gate(attempt(limiter=LIMIT, state=state), answer, rng())
+    if isinstance(decision, decisions.WaitInPlace):
+        assert decision.seconds <= decide.IN_PLACE
+    else:
+        assert isinstance(decision, decisions.Wait)
+        assert wait > decide.IN_PLACE
 
 
 @pytest.mark.parametrize(("deferrals", "factor"), [(0, 1), (1, 2), (2, 4), (7, 4)])
@@ -435,14 +481,15 @@ denials = st.sampled_from(
 def test_a_deferral_never_spends_a_retry_nor_outlives_the_deadline(
     denial, wait, failures, deferrals, elapsed, deadline, seed
 ):
-    """Whatever a gate answers: a deferral keeps the failures, adds one deferral, waits at
-    least 10 ms, and never past the deadline; else the task gives up."""
+    """Whatever a gate answers (once a wait in place is spent): a deferral keeps the
+    failures, adds one deferral, waits at least 10 ms, and never past the deadline; else
+    the task gives up."""
     state = AttemptState(failures=failures, deferrals=deferrals, started=NOW - elapsed)
     subject = attempt(
         breaker=BREAKER, limiter=LIMIT, concurrency=POOL, deadline=deadline, state=state
     )
     answer = no(denial, wait, breaker_state=BreakerState.OPEN, slot=NOW + wait)
-    decision = decide.after_gate(subject, answer, random.Random(seed))
+    decision = decide.after_gate(subject, answer, random.Random(seed), may_wait_in_place=False)
     remaining = subject.remaining(NOW)
     if remaining is not None and remaining <= 0:
         assert isinstance(decision, decisions.GiveUp)
