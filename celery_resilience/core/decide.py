@@ -61,6 +61,7 @@ from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, Rate
 __all__ = [
     "EARLY",
     "IN_PLACE",
+    "IN_PLACE_SLOTS",
     "REPUBLISH",
     "RUNNING_POLL",
     "after_failure",
@@ -76,8 +77,11 @@ __all__ = [
 #: A task woken this early (seconds) before its time is let through rather than re-queued.
 EARLY = 0.05
 #: The longest rate-limit wait taken where the attempt is (a :class:`WaitInPlace`) rather
-#: than through the broker, whose deferred message would queue behind the whole backlog.
+#: than through the broker, whose deferred message would queue behind the whole backlog;
+#: and at most :data:`IN_PLACE_SLOTS` of the limit's intervals, so that only a few of one
+#: limit's tasks wait in pool processes at a time (slots are an interval apart).
 IN_PLACE = 0.5
+IN_PLACE_SLOTS = 5
 #: Countdown of a retry published again by a redelivered copy of its failed attempt.
 REPUBLISH = 0.5
 #: How long a copy of an attempt running elsewhere first waits before it looks again
@@ -195,8 +199,9 @@ def after_gate(
     ``republish_lost_retry``: whether a copy that finds its attempt failed and retried
     publishes that retry again (a copy its worker left behind may be the only one that
     can); False for a second publication of the same message, whose first copy did.
-    ``may_wait_in_place``: whether a rate-limit slot at most :data:`IN_PLACE` seconds away is
-    waited for where the attempt is (False once it has waited so: the next wait is deferred).
+    ``may_wait_in_place``: whether a booked rate-limit slot at most :data:`IN_PLACE` seconds
+    (and :data:`IN_PLACE_SLOTS` intervals of the limit) away is waited for where the attempt
+    is; False once it has waited so: the next wait is deferred.
     """
     options, state = attempt.options, attempt.state
     if answer.denial is Denial.DONE or (
@@ -321,7 +326,8 @@ def _denied(
         why = f"rate limit {_label(limiter)} ({limiter.rate}) full, slot in {wait:.2f} s"
         if answer.slot is not None:
             state = replace(state, slot=(limiter.name, answer.slot))
-            if may_wait_in_place and wait <= IN_PLACE and (remaining is None or wait < remaining):
+            reach = min(IN_PLACE, IN_PLACE_SLOTS * limiter.interval)
+            if may_wait_in_place and wait <= reach and (remaining is None or wait < remaining):
                 return WaitInPlace(seconds=max(wait, _MIN_DEFERRAL), state=state)
     elif denial is Denial.CONCURRENCY_FULL and pool is not None:
         gate, name = "concurrency", pool.name

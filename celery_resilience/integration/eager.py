@@ -94,7 +94,7 @@ class EagerGates:
         """Ask the in-memory gates."""
         return self.store.gate(ask)
 
-    def wait_in_place(self, seconds: float) -> None:
+    def wait_in_place(self, seconds: float, limiter: str) -> None:
         """A moment's wait is skipped on the clock like any other."""
         self.skip(seconds)
 

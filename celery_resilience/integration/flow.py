@@ -73,8 +73,9 @@ class Gates(Protocol):
         """Ask every gate of one attempt."""
         ...
 
-    def wait_in_place(self, seconds: float) -> None:
-        """Wait a moment where the attempt is (a :class:`~decisions.WaitInPlace`)."""
+    def wait_in_place(self, seconds: float, limiter: str) -> None:
+        """Wait a moment where the attempt is, for a slot of the rate limit ``limiter``
+        (a :class:`~decisions.WaitInPlace`)."""
         ...
 
     def record(self, report: OutcomeReport) -> RecordAnswer:
@@ -213,7 +214,8 @@ class Flow:
             logger.debug("attempt %d: rate-limit slot in %.3f s, waited here",
                          self.state.attempt, decision.seconds)  # fmt: skip
             self._set_state(decision.state)
-            self.gates.wait_in_place(decision.seconds)
+            limiter = self.options.limiter
+            self.gates.wait_in_place(decision.seconds, limiter.name if limiter else "")
             answer, decision = self._gates(may_wait_in_place=False)
         if isinstance(decision, decisions.Run):
             self._set_state(decision.state)

@@ -149,9 +149,10 @@ class Runtime:
             self._remember_open((ask.breaker.name, ask.breaker.bound_key), answer.wait)
         return answer
 
-    def wait_in_place(self, seconds: float) -> None:
-        """A rate-limit slot a moment away is waited for here (at most
+    def wait_in_place(self, seconds: float, limiter: str) -> None:
+        """A booked rate-limit slot a moment away is waited for here (at most
         :data:`~celery_resilience.core.decide.IN_PLACE` seconds)."""
+        metrics.count_limiter_in_place(limiter, seconds)
         time.sleep(seconds)
 
     def _remember_open(self, name: tuple[str, str | None], wait: float) -> None:

@@ -17,6 +17,9 @@ process that runs tasks, before the pool forks)::
     celery_resilience_dead_letters_total{task, verdict}
     celery_resilience_limiter_grants_total{name}      calls a rate limiter let through
     celery_resilience_limiter_pauses_total{name}      pauses from a 429's Retry-After
+    celery_resilience_limiter_in_place_seconds_total{name}
+                                                      pool seconds spent waiting for a
+                                                      booked slot a moment away
     celery_resilience_limiter_wait_seconds{name}      gauge: a new call's wait now
     celery_resilience_backend_fallbacks_total
     celery_resilience_backend_fallback_active         gauge: 1 while the store fails
@@ -64,6 +67,7 @@ __all__ = [
     "Metrics",
     "count_dead_letter",
     "count_limiter_grant",
+    "count_limiter_in_place",
     "count_limiter_pause",
     "disable_metrics",
     "enable_metrics",
@@ -118,6 +122,7 @@ class Metrics:
     dead_letters: Counter
     limiter_grants: Counter
     limiter_pauses: Counter
+    limiter_in_place: Counter
     limiter_wait: Gauge
     backend_fallbacks: Counter
     backend_fallback_active: Gauge
@@ -294,6 +299,12 @@ def enable_metrics(
             ["name"],
             **where,
         ),
+        limiter_in_place=prom.Counter(
+            "limiter_in_place_seconds",
+            "Seconds pool processes waited for a booked rate-limit slot a moment away",
+            ["name"],
+            **where,
+        ),
         limiter_wait=prom.Gauge(
             "limiter_wait_seconds",
             "How long a new call would wait for its rate limiter now (pause included)",
@@ -400,6 +411,13 @@ def count_limiter_pause(name: str) -> None:
     """Count a pause of the rate limiter ``name`` (a 429 with ``Retry-After``)."""
     if _metrics is not None:
         _metrics.limiter_pauses.labels(name).inc()
+
+
+def count_limiter_in_place(name: str, seconds: float) -> None:
+    """Count ``seconds`` that a pool process waited for a slot of the rate limiter
+    ``name`` (a booked slot a moment away, waited for in place)."""
+    if _metrics is not None:
+        _metrics.limiter_in_place.labels(name).inc(seconds)
 
 
 def set_limiter_wait(name: str, seconds: float) -> None:

@@ -214,17 +214,24 @@ def test_only_a_booked_slot_within_reach_is_waited_for_in_place(wait, slot, dead
     assert isinstance(decision, kind)
 
 
-@given(wait=st.floats(0.0, 5.0), deferrals=st.integers(0, 5))
-def test_a_wait_in_place_never_outlasts_in_place(wait, deferrals):
-    """Whatever the wait, one taken in place lasts at most IN_PLACE seconds; others defer."""
+@given(
+    wait=st.floats(0.0, 5.0),
+    deferrals=st.integers(0, 5),
+    rate=st.sampled_from(["1/s", "2/s", "10/s", "100/s", "1000/m"]),
+)
+def test_a_wait_in_place_never_outlasts_in_place(wait, deferrals, rate):
+    """Whatever the wait, one taken in place lasts at most IN_PLACE seconds and
+    IN_PLACE_SLOTS of the limit's intervals; longer ones defer."""
+    limit = RateLimit("pay", rate)
+    reach = min(decide.IN_PLACE, decide.IN_PLACE_SLOTS * limit.interval)
     state = AttemptState(deferrals=deferrals)
     answer = no(Denial.RATE_LIMITED, wait, slot=NOW + wait)
-    decision = decide.after_gate(attempt(limiter=LIMIT, state=state), answer, rng())
+    decision = decide.after_gate(attempt(limiter=limit, state=state), answer, rng())
     if isinstance(decision, decisions.WaitInPlace):
-        assert decision.seconds <= decide.IN_PLACE
+        assert decision.seconds <= reach
     else:
         assert isinstance(decision, decisions.Wait)
-        assert wait > decide.IN_PLACE
+        assert wait > reach
 
 
 @pytest.mark.parametrize(("deferrals", "factor"), [(0, 1), (1, 2), (2, 4), (7, 4)])

@@ -14,6 +14,7 @@ from celery_resilience.core.gates import BreakerState
 from celery_resilience.observability.metrics import (
     count_dead_letter,
     count_limiter_grant,
+    count_limiter_in_place,
     count_limiter_pause,
     disable_metrics,
     enable_metrics,
@@ -85,8 +86,8 @@ def test_signals_feed_the_counters_and_the_gauge(local_metrics: CollectorRegistr
 def test_histograms_keep_the_shape_and_the_runtime_counts_feed_their_metrics(
     local_metrics: CollectorRegistry,
 ):
-    """Durations, countdowns and waits land in histogram buckets; grants, pauses, dead
-    letters, limiter waits and the fallback flag move their own metrics."""
+    """Durations, countdowns and waits land in histogram buckets; grants, pauses, waits in
+    place, dead letters, limiter waits and the fallback flag move their own metrics."""
     task = _Task()
     signals.attempt_succeeded.send(sender=task, task_id="t", attempt=1, duration=0.03)
     signals.attempt_failed.send(
@@ -105,6 +106,8 @@ def test_histograms_keep_the_shape_and_the_runtime_counts_feed_their_metrics(
     count_limiter_grant("api")
     count_limiter_grant("api")
     count_limiter_pause("api")
+    count_limiter_in_place("api", 0.25)
+    count_limiter_in_place("api", 0.5)
     set_limiter_wait("api", 1.5)
     count_dead_letter("shop.charge", "permanent")
     set_fallback_active(True)
@@ -122,6 +125,7 @@ def test_histograms_keep_the_shape_and_the_runtime_counts_feed_their_metrics(
     assert _value(got, f"{wait}_count", task="shop.charge", reason="rate_limit") == 1
     assert _value(got, "celery_resilience_limiter_grants_total", name="api") == 2
     assert _value(got, "celery_resilience_limiter_pauses_total", name="api") == 1
+    assert _value(got, "celery_resilience_limiter_in_place_seconds_total", name="api") == 0.75
     assert _value(got, "celery_resilience_limiter_wait_seconds", name="api") == 1.5
     assert (
         _value(got, "celery_resilience_dead_letters_total", task="shop.charge", verdict="permanent")
