@@ -1,12 +1,12 @@
 """The Grafana dashboard and the Prometheus alert rules ask only for what the exporter has.
 
 A real prefork worker with metrics on runs tasks that succeed, retry, fail for good, give
-up, wait for a rate limiter, pause it with a 429 and meet an open breaker; its ``/metrics``
-is scraped, and every metric name and label that a dashboard panel, a template variable
-or an alert rule uses must be there (and every metric the exporter has must be shown
-somewhere). ``promtool`` checks the rules, runs their unit tests and parses every
-dashboard query, where it exists (``.ci/promtool`` fetches it; otherwise those checks are
-skipped with the reason).
+up, wait for a rate limiter (deferred, and in place), pause it with a 429 and meet an
+open breaker; its ``/metrics`` is scraped, and every metric name and label that a
+dashboard panel, a template variable or an alert rule uses must be there (and every
+metric the exporter has must be shown somewhere). ``promtool`` checks the rules, runs
+their unit tests and parses every dashboard query, where it exists (``.ci/promtool``
+fetches it; otherwise those checks are skipped with the reason).
 """
 
 from __future__ import annotations
@@ -162,6 +162,13 @@ def scraped(rig: tuple[Rig, int], upstream_server: Upstream) -> Exposed:
         client.send_task("inspect.outage", args=[f"{u}/outage/{i}"])
     for result in finishing:
         result.get(timeout=90, propagate=False)
+    # two tasks due at the same moment (an ETA skips the consumer's reservation): one is
+    # granted, the other's slot is an interval away and is waited for in place
+    due = [
+        client.send_task("res.limited", args=[f"{u}/limited/due{i}"], countdown=1) for i in (1, 2)
+    ]
+    for result in due:
+        result.get(timeout=30, propagate=False)
     url = f"http://127.0.0.1:{port}/metrics"
 
     def page() -> Exposed:
@@ -170,7 +177,11 @@ def scraped(rig: tuple[Rig, int], upstream_server: Upstream) -> Exposed:
     def complete() -> Exposed | None:
         found = page()
         deferred = found.get(f"{PREFIX}deferrals_total", {}).get("reason", set())
-        gauges = (f"{PREFIX}limiter_wait_seconds", f"{PREFIX}backend_fallback_active")
+        gauges = (
+            f"{PREFIX}limiter_wait_seconds",
+            f"{PREFIX}backend_fallback_active",
+            f"{PREFIX}limiter_in_place_seconds_total",
+        )
         ready = {"breaker", "rate_limit"} <= deferred and all(g in found for g in gauges)
         return found if ready else None
 
@@ -263,13 +274,14 @@ def test_every_exposed_metric_is_on_the_dashboard(scraped: Exposed):
 @pytest.mark.integration
 def test_the_worker_exposed_each_kind_of_outcome(scraped: Exposed):
     """The run was rich enough to mean something: every verdict, a give-up, dead letters,
-    a limiter grant and pause, and the breaker gauge."""
+    a limiter grant, pause and wait in place, and the breaker gauge."""
     verdicts = scraped[f"{PREFIX}attempts_total"]["verdict"]
     assert {"success", "transient", "permanent", "rate_limited", "deferred"} <= verdicts
     assert "res.call3" in scraped[f"{PREFIX}gave_up_total"]["task"]
     assert {"permanent", "transient"} <= scraped[f"{PREFIX}dead_letters_total"]["verdict"]
     assert "api" in scraped[f"{PREFIX}limiter_grants_total"]["name"]
     assert "api" in scraped[f"{PREFIX}limiter_pauses_total"]["name"]
+    assert "api" in scraped[f"{PREFIX}limiter_in_place_seconds_total"]["name"]
     assert "inspect-outage" in scraped[f"{PREFIX}breaker_state"]["name"]
     assert "le" in scraped[f"{PREFIX}retry_countdown_seconds_bucket"]
 
