@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from celery import Celery
 from celery.result import AsyncResult
 
+from celery_resilience.state.redis import SLOT_SLACK
 from example_project.upstream import RequestRecord, Upstream
 from tests.helpers.celery_apps import ENV_BACKEND, ENV_BROKER, ENV_QUEUE, app_env
 from tests.helpers.polling import wait_until
@@ -135,6 +136,18 @@ def windows(times: Sequence[float], width: float = 1.0) -> int:
             end += 1
         best = max(best, end - start_index)
     return best
+
+
+def least_span(calls: int, interval: float) -> float:
+    """The least time from the first to the last of ``calls`` calls let through by a rate
+    limit of one call per ``interval``, as the upstream sees them.
+
+    The limiter spaces its grants by ``interval`` but lets one come up to ``SLOT_SLACK`` of
+    an interval early (arrival jitter costs no slot), so the grants span at least
+    ``calls - 1 - SLOT_SLACK`` intervals; one interval more is left for the calls' own
+    start (the first call of a process opens its connection).
+    """
+    return (calls - 2 - SLOT_SLACK) * interval
 
 
 def note(request: pytest.FixtureRequest, **figures: object) -> None:
