@@ -229,7 +229,9 @@ def test_a_skewed_worker_clock_changes_no_timing(
     assert all(r.get(timeout=60)["status"] == 200 for r in results)
     starts = sorted(r.start for r in upstream.requests(limited))
     assert starts[-1] - starts[0] >= least_span(30, 0.1)
-    assert max(sum(1 for s in starts if t <= s < t + 1.0) for t in starts) <= 11
+    # at most 11 grants in any second (10/s and the limiter's slack), one more at the
+    # upstream for the calls' own start jitter; a skewed clock would burst far past it
+    assert max(sum(1 for s in starts if t <= s < t + 1.0) for t in starts) <= 12
 
     down = f"/{unique}/down"
     upstream.phases(down, [(4.0, 503), (None, 200)])
