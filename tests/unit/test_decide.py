@@ -183,7 +183,7 @@ def test_rate_limit_defers_by_the_exact_wait_and_books_the_slot():
 
 def test_a_slot_a_moment_away_is_waited_for_in_place_once():
     """A booked slot at most IN_PLACE away: a WaitInPlace (no deferral counted, the slot kept
-    for the next ask); asked again without pausing, the same wait is a deferral."""
+    for the next ask); asked again once it has waited so, the same wait is a deferral."""
     answer = no(Denial.RATE_LIMITED, 0.1, slot=NOW + 0.1)
     decision = decide.after_gate(attempt(limiter=LIMIT), answer, rng())
     assert isinstance(decision, decisions.WaitInPlace)
@@ -205,7 +205,8 @@ def test_a_slot_a_moment_away_is_waited_for_in_place_once():
     ],
 )
 def test_only_a_booked_slot_within_reach_is_waited_for_in_place(wait, slot, deadline, kind):
-    """Pausing is for a booked slot within IN_PLACE seconds and before the deadline."""
+    """Waiting in place is for a booked slot within IN_PLACE seconds and before the
+    deadline."""
     state = AttemptState(started=NOW)
     fields = {"slot": NOW + wait} if slot else {}
     answer = no(Denial.RATE_LIMITED, wait, **fields)
