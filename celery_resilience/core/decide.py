@@ -328,7 +328,8 @@ def _denied(
             state = replace(state, slot=(limiter.name, answer.slot))
             reach = min(IN_PLACE, IN_PLACE_SLOTS * limiter.interval)
             if may_wait_in_place and wait <= reach and (remaining is None or wait < remaining):
-                return WaitInPlace(seconds=max(wait, _MIN_DEFERRAL), state=state)
+                seconds = max(wait, _MIN_DEFERRAL)
+                return WaitInPlace(seconds=seconds, limiter=limiter.name, state=state)
     elif denial is Denial.CONCURRENCY_FULL and pool is not None:
         gate, name = "concurrency", pool.name
         why = f"concurrency {_label(pool)} full ({pool.limit} in flight)"

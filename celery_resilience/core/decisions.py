@@ -77,10 +77,12 @@ class WaitInPlace:
 
     For a rate-limit slot so near that sending the task back through the broker would
     cost more than the wait: a deferred message goes to the back of its queue, behind
-    whatever backlog is there. ``state`` holds the booked slot the next ask claims.
+    whatever backlog is there. ``limiter`` names the rate limit; ``state`` holds the
+    booked slot the next ask claims.
     """
 
     seconds: float
+    limiter: str
     state: AttemptState
 
 

@@ -214,8 +214,7 @@ class Flow:
             logger.debug("attempt %d: rate-limit slot in %.3f s, waited here",
                          self.state.attempt, decision.seconds)  # fmt: skip
             self._set_state(decision.state)
-            limiter = self.options.limiter
-            self.gates.wait_in_place(decision.seconds, limiter.name if limiter else "")
+            self.gates.wait_in_place(decision.seconds, decision.limiter)
             answer, decision = self._gates(may_wait_in_place=False)
         if isinstance(decision, decisions.Run):
             self._set_state(decision.state)

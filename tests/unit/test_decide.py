@@ -188,6 +188,7 @@ def test_a_slot_a_moment_away_is_waited_for_in_place_once():
     decision = decide.after_gate(attempt(limiter=LIMIT), answer, rng())
     assert isinstance(decision, decisions.WaitInPlace)
     assert decision.seconds == pytest.approx(0.1)
+    assert decision.limiter == "pay"
     assert decision.state.slot == ("pay", NOW + 0.1)
     assert decision.state.deferrals == 0
     again = decide.after_gate(attempt(limiter=LIMIT), answer, rng(), may_wait_in_place=False)
