@@ -105,6 +105,9 @@ class GateAsk:
     attempt_lease: float = 60.0
     #: Who holds the attempt lease (a process a worker can tell is dead), if named.
     attempt_owner: str | None = None
+    #: Grants wanted ahead, for this process to hand out itself
+    #: (:mod:`celery_resilience.core.ahead`).
+    ahead: int = 0
 
     @property
     def empty(self) -> bool:
@@ -138,6 +141,10 @@ class GateAnswer:
     fallback: bool = False
     #: The keyed parts ("b", "c", "l") that shared their name's overflow state.
     overflow: frozenset[str] = frozenset()
+    #: Grants ahead (when ``allowed``): the store time from which each may be used.
+    ahead: tuple[float, ...] = ()
+    #: The store time after which the grants ahead are void.
+    ahead_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +165,9 @@ class OutcomeReport:
     #: Successes of earlier attempts of this process on the same breaker, not reported
     #: yet (see :attr:`deferrable`): counted in the window before this outcome.
     carried_successes: int = 0
+    #: Calls this process sent on grants ahead, not counted yet by the breaker's adaptive
+    #: throttling: counted as sent before this outcome.
+    carried_sent: int = 0
 
     @property
     def deferrable(self) -> bool:

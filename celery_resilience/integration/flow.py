@@ -45,7 +45,6 @@ from celery_resilience.observability.logs import format_outcome
 from celery_resilience.observability.redaction import redact_exception
 
 if TYPE_CHECKING:
-
     from celery.app.task import Context
 
     from celery_resilience.core.ledger import AttemptState
@@ -393,9 +392,7 @@ class Flow:
             cause=failure.cause,
             reason=decision.line,
         )
-        self._log_outcome(
-            logging.WARNING, "failed", failure=failure, countdown=decision.countdown
-        )
+        self._log_outcome(logging.WARNING, "failed", failure=failure, countdown=decision.countdown)
         return decision
 
     # -- a gate said no, or the task ends ----------------------------------------------

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery_resilience import signals
 from celery_resilience.core import clock
+from celery_resilience.core.ahead import may_ask_ahead
 from celery_resilience.core.gates import (
     BreakerState,
     Denial,
@@ -26,6 +27,7 @@ from celery_resilience.core.gates import (
     Transition,
 )
 from celery_resilience.core.keying import shown
+from celery_resilience.integration.grants_ahead import GrantsAhead
 from celery_resilience.integration.named import PolicyBook
 from celery_resilience.integration.settings import Settings, read_settings
 from celery_resilience.observability import metrics
@@ -93,6 +95,8 @@ class Runtime:
         #: a plain success's report, counted late with others (each breaker's count goes
         #: in a call of its own, so a Redis Cluster's slots are kept too)
         self.successes = DeferredSuccesses(self.store.record, on_transitions=_announce)
+        #: grants ahead this process holds (:mod:`celery_resilience.core.ahead`)
+        self.ahead = GrantsAhead()
 
     # -- time ----------------------------------------------------------------------------
 
@@ -135,10 +139,16 @@ class Runtime:
                 )
         if ask.empty:
             return GateAnswer(allowed=True, now=self.estimated_now())
+        if may_ask_ahead(ask) and not self.store.degraded:
+            wait = self.ahead.take(ask)
+            if wait is not None:
+                return self._granted_ahead(ask, wait)
+            ask = replace(ask, ahead=self.ahead.wanted(ask))
         answer = self.store.gate(ask)
         if not answer.fallback:
             self._learn_time(answer.now)
             self._flush_letters()
+            self.ahead.keep(ask, answer)
         if answer.allowed and ask.limiter is not None:
             metrics.count_limiter_grant(ask.limiter.name)
         if (
@@ -148,6 +158,21 @@ class Runtime:
         ):
             self._remember_open((ask.breaker.name, ask.breaker.bound_key), answer.wait)
         return answer
+
+    def _granted_ahead(self, ask: GateAsk, wait: float) -> GateAnswer:
+        """An attempt granted ahead by an earlier gate call (no round trip): waits for
+        its limit's spacing, and counts the call for the breaker's adaptive throttling."""
+        if ask.limiter is not None:
+            if wait > 0:
+                self.wait_in_place(wait, ask.limiter.name)
+            metrics.count_limiter_grant(ask.limiter.name)
+        if ask.breaker is not None and ask.breaker.throttle:
+            self.successes.add(ask.breaker, sent=True)
+        return GateAnswer(
+            allowed=True,
+            now=self.estimated_now(),
+            breaker_state=BreakerState.CLOSED if ask.breaker is not None else None,
+        )
 
     def wait_in_place(self, seconds: float, limiter: str) -> None:
         """A booked rate-limit slot a moment away is waited for here (at most
@@ -170,7 +195,11 @@ class Runtime:
             if report.deferrable and not self.store.degraded:
                 self.successes.add(report.breaker)
                 return RecordAnswer(now=self.estimated_now())
+            if report.breaker_outcome == "failure":
+                self.ahead.drop(breaker=report.breaker.name)
             report = self.successes.take(report)
+        if report.limiter is not None and report.pause:
+            self.ahead.drop(limiter=report.limiter.name)
         answer = self.store.record(report)
         if not answer.fallback:
             self._learn_time(answer.now)

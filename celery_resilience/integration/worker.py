@@ -185,9 +185,7 @@ def _reschedule(
     ceiling = task.max_retries
     counted = state.failures if ceiling is None else min(state.failures, ceiling)
     reason = RetryScheduled(wait.line) if wait.retry else Deferred(wait.line)
-    if _park(
-        task, request, rt, wait, headers=headers, args=args, kwargs=kwargs, retries=counted
-    ):
+    if _park(task, request, rt, wait, headers=headers, args=args, kwargs=kwargs, retries=counted):
         # Published again by a releaser when due: end this attempt as Celery's RETRY.
         _sent(rt, wait, lease, Retry(exc=reason, when=wait.countdown))  # type: ignore[arg-type]  # a float is a Real
     cap = rt.settings.countdown_cap
@@ -247,8 +245,7 @@ def _publish(
     def refused(exc: Reject, intervals: Iterator[float], tries: int) -> float:
         pause = next(intervals)
         logger.warning(
-            "celery-resilience: the broker refused the %s (%s); offered again in %.1f s "
-            "(%d of %d)",
+            "celery-resilience: the broker refused the %s (%s); offered again in %.1f s (%d of %d)",
             what,
             _refusal(exc),
             pause,

@@ -21,6 +21,8 @@ rate look a little higher, so it may open that much sooner, never later. A succe
 while the breaker opens is not counted (as a success reported after it opened never was).
 A process killed (``SIGKILL``, out of memory) loses the successes it held: at most 0.1 s
 worth, which again only makes the rate look higher. Memory is one counter per breaker.
+The calls sent on grants ahead (:mod:`celery_resilience.core.ahead`), which the gate did
+not see, are held and reported the same way, for the breaker's adaptive throttling.
 A flush that fails goes to the per-process fallback like any other store error; nothing
 raises into a task.
 
@@ -77,24 +79,31 @@ class DeferredSuccesses:
         self._on_transitions = on_transitions
         self._every = every
         self._lock = threading.Lock()
-        #: (breaker name, key of a keyed breaker) -> (breaker, successes held)
-        self._counts: dict[tuple[str, str | None], tuple[CircuitBreaker, int]] = {}
+        #: (breaker name, key of a keyed breaker) -> (breaker, successes held, calls sent
+        #: on grants ahead held)
+        self._counts: dict[tuple[str, str | None], tuple[CircuitBreaker, int, int]] = {}
         self._due = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
 
-    def add(self, breaker: CircuitBreaker) -> None:
-        """Hold one success of ``breaker``."""
+    def add(self, breaker: CircuitBreaker, *, sent: bool = False) -> None:
+        """Hold one success of ``breaker`` (``sent``: one call sent on a grant ahead,
+        for its adaptive throttling)."""
         with self._lock:
             which = (breaker.name, breaker.bound_key)
             held = self._counts.get(which)
-            self._counts[which] = (breaker, held[1] + 1 if held else 1)
+            successes, calls = (held[1], held[2]) if held else (0, 0)
+            if sent:
+                calls += 1
+            else:
+                successes += 1
+            self._counts[which] = (breaker, successes, calls)
             if held is None:
                 self._start()
                 self._due.set()
 
     def take(self, report: OutcomeReport) -> OutcomeReport:
-        """``report`` carrying the successes held for its breaker (they leave the store
+        """``report`` carrying the counts held for its breaker (they leave the store
         with it)."""
         if report.breaker is None:
             return report
@@ -102,21 +111,29 @@ class DeferredSuccesses:
             held = self._counts.pop((report.breaker.name, report.breaker.bound_key), None)
         if held is None:
             return report
-        return replace(report, carried_successes=report.carried_successes + held[1])
+        return replace(
+            report,
+            carried_successes=report.carried_successes + held[1],
+            carried_sent=report.carried_sent + held[2],
+        )
 
     @property
     def held(self) -> int:
         """Successes held now, over every breaker."""
         with self._lock:
-            return sum(n for _, n in self._counts.values())
+            return sum(n for _, n, _ in self._counts.values())
 
     def flush(self) -> None:
         """Report every held success now (one call per breaker); never raises."""
         with self._lock:
             counts, self._counts = self._counts, {}
-        for breaker, n in counts.values():
+        for breaker, n, sent in counts.values():
             report = OutcomeReport(
-                holder="-", breaker=breaker, breaker_outcome="neutral", carried_successes=n
+                holder="-",
+                breaker=breaker,
+                breaker_outcome="neutral",
+                carried_successes=n,
+                carried_sent=sent,
             )
             try:
                 answer = self._record(report)
@@ -124,8 +141,9 @@ class DeferredSuccesses:
                     self._on_transitions(answer.transitions)
             except Exception:  # a late count must never break a task or the thread
                 logger.warning(
-                    "celery-resilience: %d late successes of %s not counted",
+                    "celery-resilience: %d late successes and %d calls sent of %s not counted",
                     n,
+                    sent,
                     shown(repr(breaker.name), breaker.bound_key),
                     exc_info=True,
                 )

@@ -482,6 +482,8 @@ class MemoryStore:
             ):
                 if report.carried_successes > 0:
                     self._add(br, policy, now, "s", report.carried_successes)
+                if report.carried_sent > 0 and br.state is BreakerState.CLOSED and policy.throttle:
+                    self._add(br, policy, now, "q", report.carried_sent)
                 if outcome != "neutral":
                     self._add(br, policy, now, "s" if outcome == "success" else "f")
                 succ, fail, req, recent, _, _, probe, rejected = self._totals(br, policy, now)

@@ -133,12 +133,12 @@ def _entry(
 class ParkedSet:
     """The parked set of one key prefix, in one Redis (see the module docstring)::
 
-        parked = ParkedSet(client, KeySpace("resilience"))
-        entry = parked.park(task_name="shop.charge", task_id=tid, reason="backoff",
-                            delay=90.0, message=message)
-        for entry in parked.claim_due(limit=100, lease=30.0):   # in the releaser
-            publish(entry)
-            parked.done(entry.id)
+    parked = ParkedSet(client, KeySpace("resilience"))
+    entry = parked.park(task_name="shop.charge", task_id=tid, reason="backoff",
+                        delay=90.0, message=message)
+    for entry in parked.claim_due(limit=100, lease=30.0):   # in the releaser
+        publish(entry)
+        parked.done(entry.id)
     """
 
     def __init__(self, client: Client, keys: KeySpace) -> None:

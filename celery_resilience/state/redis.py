@@ -215,6 +215,8 @@ class RedisStore:
                 args["l"]["max"] = ask.limiter_max_wait
             if ask.limiter_book:
                 args["l"]["book"] = True
+        if ask.ahead > 0:
+            args["x"] = ask.ahead
         if ask.attempt_key is not None:
             args["a"] = {"lease": ask.attempt_lease}
             if ask.attempt_owner is not None:
@@ -237,6 +239,8 @@ class RedisStore:
             else None,
             transitions=_transitions(ask.breaker, res.get("tr"), 0.0, 0, res.get("ov")),
             overflow=_overflow(res.get("ov")),
+            ahead=tuple(float(t) for t in res.get("ah") or ()),
+            ahead_until=float(res.get("au", 0.0)),
         )
 
     def drop_lost_lease(self, attempt_key: str, owner: str) -> bool:
@@ -263,6 +267,8 @@ class RedisStore:
             }
             if report.carried_successes:
                 args["b"]["n"] = report.carried_successes
+            if report.carried_sent:
+                args["b"]["q"] = report.carried_sent
         if report.concurrency is not None:
             args["c"] = {}
         limiter = report.limiter if report.pause is not None else None
@@ -443,6 +449,7 @@ def _split_report(report: OutcomeReport) -> list[OutcomeReport]:
                 breaker_outcome=report.breaker_outcome,
                 probe=report.probe,
                 carried_successes=report.carried_successes,
+                carried_sent=report.carried_sent,
             )
         )
     if report.concurrency is not None:

@@ -73,7 +73,5 @@ class ScriptBook:
             with self._lock:
                 found = self._scripts.get(name)
                 if found is None:
-                    found = self._scripts[name] = self._client.register_script(
-                        script_source(name)
-                    )
+                    found = self._scripts[name] = self._client.register_script(script_source(name))
         return found

@@ -246,6 +246,17 @@ def both(self: Any, path: str) -> dict[str, Any]:
 
 @resilient_task(
     app=app,
+    name="res.busy",
+    breaker=CircuitBreaker("busy"),
+    limiter=RateLimit("busy", "100000/s", burst=1000),
+)
+def busy(n: int) -> int:
+    """Return ``n`` at once, behind the breaker 'busy' and a limit far above the load."""
+    return n
+
+
+@resilient_task(
+    app=app,
     bind=True,
     name="res.solo",
     backoff=FAST,

@@ -9,8 +9,12 @@ workers at its own broker, result backend, upstream and queue::
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from celery import Celery
+
+if TYPE_CHECKING:
+    from tests.helpers.redis_server import RedisServer
 
 ENV_BROKER = "RESILIENCE_TEST_BROKER"
 ENV_BACKEND = "RESILIENCE_TEST_BACKEND"
@@ -51,3 +55,12 @@ def app_from_env(main: str) -> Celery:
 def app_env(*, broker: str, backend: str, upstream: str, queue: str) -> dict[str, str]:
     """Return the environment that :func:`app_from_env` reads, for a worker process."""
     return {ENV_BROKER: broker, ENV_BACKEND: backend, ENV_UPSTREAM: upstream, ENV_QUEUE: queue}
+
+
+def state_app(redis_server: RedisServer, name: str) -> Celery:
+    """An app (not current) whose library state lives in ``redis_server``'s db 3, under
+    the key prefix ``name``: for tests that drive a process's runtime directly."""
+    app = make_app(name, broker=redis_server.url(0), backend=None, queue=name, set_as_current=False)
+    app.conf.resilience_backend_url = redis_server.url(3)
+    app.conf.resilience_key_prefix = name
+    return app

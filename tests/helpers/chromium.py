@@ -30,9 +30,7 @@ FLAGS = [
 def find_chromium() -> str | None:
     """The path of a Chromium: ``$CHROMIUM``, else ``chromium`` or ``chromium-browser``."""
     return (
-        os.environ.get("CHROMIUM")
-        or shutil.which("chromium")
-        or shutil.which("chromium-browser")
+        os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     )
 
 

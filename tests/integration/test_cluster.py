@@ -297,13 +297,9 @@ def test_a_cluster_with_a_primary_gone_falls_back_instead_of_raising(tmp_path: P
             if i == 120:
                 nodes.stop()
             breaker = breakers[i % len(breakers)]
-            answer = store.gate(
-                GateAsk(holder=f"h{i}", breaker=breaker, limiter=limiter)
-            )
+            answer = store.gate(GateAsk(holder=f"h{i}", breaker=breaker, limiter=limiter))
             assert answer.allowed
-            store.record(
-                OutcomeReport(holder=f"h{i}", breaker=breaker, breaker_outcome="success")
-            )
+            store.record(OutcomeReport(holder=f"h{i}", breaker=breaker, breaker_outcome="success"))
         client.close()
     finally:
         nodes.stop()

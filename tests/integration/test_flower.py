@@ -260,9 +260,7 @@ def test_the_worker_page_shows_named_rows(rig: tuple[Rig, FlowerProcess], odd_pi
     assert "&lt;b&gt;x&lt;/b&gt;" in html
 
 
-def test_a_browser_shows_the_rows(
-    rig: tuple[Rig, FlowerProcess], odd_pinned: None, tmp_path: Path
-):
+def test_a_browser_shows_the_rows(rig: tuple[Rig, FlowerProcess], odd_pinned: None, tmp_path: Path):
     """Headless Chromium renders the worker page with the Other tab open and the rows in it."""
     chromium = find_chromium()
     if chromium is None:

@@ -25,7 +25,7 @@ from celery_resilience.state.deferred import DeferredSuccesses
 from celery_resilience.state.fallback import FallbackStore
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore
-from tests.helpers.celery_apps import make_app
+from tests.helpers.celery_apps import state_app
 from tests.helpers.polling import wait_until
 from tests.helpers.processes import free_port
 from tests.helpers.redis_server import RedisServer
@@ -151,12 +151,7 @@ def test_scripts_come_back_after_the_server_forgets_them(store, unique):
 def test_a_stopping_pool_process_reports_what_it_holds(redis_server, unique):
     """``worker_process_shutdown`` (sent in a prefork pool process as it exits) reports
     the successes the process's runtime still holds, before the thread would."""
-    app = make_app(
-        f"late-{unique}", broker=redis_server.url(0), backend=None, queue=unique,
-        set_as_current=False,
-    )  # fmt: skip
-    app.conf.resilience_backend_url = redis_server.url(3)
-    app.conf.resilience_key_prefix = f"late-{unique}"
+    app = state_app(redis_server, f"late-{unique}")
     rt = runtime_for(app)
     rt.successes = DeferredSuccesses(rt.store.record, every=3600.0)
     breaker = CircuitBreaker(f"shutdown-{unique}")

@@ -66,9 +66,9 @@ def test_a_long_retry_after_is_parked_not_held(
 
     results = [client.send_task("res.call", args=[path]) for path in paths]
 
-    assert wait_all(results, timeout=90, what="20 tasks told to come back in 8 s") == [
-        "SUCCESS"
-    ] * 20
+    assert (
+        wait_all(results, timeout=90, what="20 tasks told to come back in 8 s") == ["SUCCESS"] * 20
+    )
     seen = deliveries([node], "res.call", {r.id for r in results})
     note(request, deliveries_per_task=sum(seen.values()) / 20)
     assert set(seen.values()) == {2}

@@ -88,9 +88,7 @@ def test_the_clock_stands_still_until_moved(resilience_app, resilience_clock):
         resilience_clock.advance(-1)
 
 
-def test_a_rate_limit_defers_the_second_call_by_the_exact_wait(
-    resilience_app, resilience_attempts
-):
+def test_a_rate_limit_defers_the_second_call_by_the_exact_wait(resilience_app, resilience_attempts):
     """1/s: the second call at the same instant waits one second, no jitter."""
     limited = _task(resilience_app, "t.limited", [], limiter=RateLimit("crm", "1/s"))
     limited.delay()

@@ -146,8 +146,7 @@ def test_the_plugin_applies_nothing_unasked(user_suite: pytest.Pytester):
 def test_importing_the_package_does_not_import_pytest():
     """pytest is optional: only the plugin module imports it."""
     code = (
-        "import sys, celery_resilience, celery_resilience.testing; "
-        "print('pytest' in sys.modules)"
+        "import sys, celery_resilience, celery_resilience.testing; print('pytest' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60

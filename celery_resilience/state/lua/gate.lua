@@ -21,6 +21,8 @@
 --      slot without granting it, even when there is room now (a message on arrival;
 --      its attempt is granted the slot later)                 (optional)
 --   a  attempt lease {lease, o?}: o names the process holding it (optional)
+--   x  grants wanted ahead: how many more the caller's process may hand out itself
+--      within AHEAD_FOR seconds (optional; see "Grants ahead" below)
 --   b, c and l of a keyed limit also hold kk (the key, escaped), mk (max_keys) and idle
 --   (seconds a key's state outlives its last use); see own_key in lib.lua
 -- Returns: JSON object
@@ -40,6 +42,9 @@
 --   slot   booked rate-limit slot, Redis time as a decimal string (why = "rate_limited")
 --   tr     breaker transitions made by this call: list of {old, new}
 --   ov     the keyed parts that used their name's overflow state: {b?, c?, l?} = true
+--   ah     grants ahead (when ok and x was given): for each, the Redis time from which it
+--          may be used, as a decimal string; empty when none is granted
+--   au     the Redis time, as a decimal string, after which the grants ahead are void
 
 --!include lib.lua
 
@@ -58,6 +63,16 @@ end
 res.ov = pick_keys(p, now, true)
 local skey, wkey, pkey = p.state, p.window, p.probes
 local ckey, lkey, akey = p.slots, p.limiter, p.attempt
+
+-- Grants ahead: an attempt granted by a closed breaker that sheds nothing, and by a rate
+-- limit of at least 1 / AHEAD_INTERVAL calls a second that nobody has booked ahead on,
+-- may take up to x more grants for its process to hand out within AHEAD_FOR seconds,
+-- each at the spacing the limit would have given it. Beyond the limit's burst, they put
+-- the next booking off by at most AHEAD_SLOTS intervals (less than the wait in place's
+-- reach, IN_PLACE_SLOTS in celery_resilience.core.decide). Nothing with a lease of its
+-- own (probe, concurrency slot, attempt lease), a retry budget or a key gets any.
+local AHEAD_FOR, AHEAD_INTERVAL, AHEAD_SLOTS = 0.1, 0.01, 4
+local ahead_ok = (args.x or 0) > 0 and not akey and not ckey and not p.kb and not p.kl
 
 -- 1. Attempt lease: the same attempt never runs twice at once, nor again once done.
 if akey then
@@ -89,6 +104,7 @@ if skey then
     res.wait = b.of
     return answer()
   elseif st == 'half_open' then
+    ahead_ok = false
     redis.call('ZREMRANGEBYSCORE', pkey, '-inf', fmt(now))
     if redis.call('ZCARD', pkey) < b.hoc then
       redis.call('ZADD', pkey, fmt(now + b.lease), holder)
@@ -101,6 +117,7 @@ if skey then
       return answer()
     end
   elseif st == 'closed' then
+    ahead_ok = ahead_ok and tp <= 0 and not ((b.rb or 0) > 0)
     -- adaptive throttling: count the call; while some are shed, work out afresh how many.
     -- The retry budget: count first attempts and retries; refuse a retry beyond it.
     asked = (b.k or 0) > 0
@@ -188,7 +205,9 @@ if lkey then
       res.wait = spaced_at - now
     end
   end
+  local ahead = {}
   if not granted and not res.slot then
+    local idle = tat <= now and now >= pu
     local t = math.max(tat, now)
     local allow_at = math.max(t - l.tau, spaced_at)
     if now >= allow_at then
@@ -198,6 +217,15 @@ if lkey then
         granted = true
       end
       tat = t + l.T
+      if ahead_ok and idle and l.T <= AHEAD_INTERVAL and not l.book then
+        -- the spacing each grant ahead would have had, had its attempt asked now
+        local next_at = math.max(atat, now) + l.T - l.tau - l.slack
+        while #ahead < args.x and next_at + #ahead * l.T <= now + AHEAD_FOR
+            and tat + #ahead * l.T - l.tau <= now + AHEAD_SLOTS * l.T do
+          ahead[#ahead + 1] = fmt(math.max(next_at + #ahead * l.T, now))
+        end
+        tat = tat + #ahead * l.T
+      end
     elseif l.max and allow_at - now > l.max then
       res.wait = allow_at - now  -- the task cannot wait that long: nothing is booked
     else
@@ -208,8 +236,11 @@ if lkey then
     redis.call('HSET', lkey, 'tat', fmt(tat))
   end
   if granted then
-    atat = math.max(atat, now) + l.T
+    atat = math.max(atat, now) + (1 + #ahead) * l.T
     redis.call('HSET', lkey, 'atat', fmt(atat))
+  end
+  if #ahead > 0 then
+    res.ah, res.au = ahead, fmt(now + AHEAD_FOR)
   end
   pexpire_seconds(lkey, math.max(tat, atat, pu) - now + l.T + 1)
   if not granted then
@@ -230,6 +261,10 @@ if asked then
 end
 if budgeted then
   window_add(wkey, args.b, now, args.r and 'r' or 'a')
+end
+if ahead_ok and not lkey then  -- a breaker alone: the grants ahead may be used at once
+  res.ah, res.au = {}, fmt(now + AHEAD_FOR)
+  for i = 1, args.x do res.ah[i] = fmt(now) end
 end
 res.ok = true
 return answer()

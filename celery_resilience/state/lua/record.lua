@@ -9,7 +9,9 @@
 --   h  holder: the id the attempt used at the gate
 --   b  breaker {rate, min, win, of, ofm, hoc, z, k, outcome = "success"|"failure"|"neutral",
 --      probe = true|false, n = successes of earlier attempts of the caller's process,
---      reported late, counted before the outcome (optional, default 0)}   (optional)
+--      reported late, counted before the outcome (optional, default 0), q = calls this
+--      process sent on grants ahead (gate.lua), counted as sent while the breaker is
+--      closed (optional, default 0)}   (optional)
 --   c  concurrency {}                                               (optional)
 --   l  limiter {T, tau, pause = seconds}                            (optional)
 --   a  attempt {ttl, mark}: mark = "done" (finished), "retried" (failed; its retry is
@@ -53,6 +55,9 @@ if skey then
   if st == 'closed' or st == 'forced_open' or st == 'forced_closed' then
     if b.n and b.n > 0 then
       window_add(wkey, b, now, 's', b.n)
+    end
+    if b.q and b.q > 0 and st == 'closed' and (b.k or 0) > 0 then
+      window_add(wkey, b, now, 'q', b.q)
     end
     if b.outcome == 'success' then
       window_add(wkey, b, now, 's')

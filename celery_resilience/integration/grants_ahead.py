@@ -1,0 +1,84 @@
+"""The grants ahead one process holds, and its demand (see :mod:`celery_resilience.core.ahead`)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from celery_resilience.core import clock
+from celery_resilience.core.ahead import AHEAD_FOR, Ahead, Demand
+from celery_resilience.core.gates import GateAnswer, GateAsk
+from celery_resilience.core.limits import CircuitBreaker, RateLimit
+
+__all__ = ["GrantsAhead"]
+
+_Pair = tuple[CircuitBreaker | None, RateLimit | None]
+
+#: Pairs of gates remembered before the idle ones are dropped.
+_MOST_PAIRS = 256
+
+
+class GrantsAhead:
+    """Grants ahead held by this process, per pair of breaker and rate limit, and how
+    many attempts it makes behind each pair. Thread-safe; a forked child starts empty."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[_Pair, Ahead] = {}
+        self._demand: dict[_Pair, Demand] = {}
+        self._pid = os.getpid()
+
+    def take(self, ask: GateAsk) -> float | None:
+        """Count one attempt of ``ask``'s gates; hand it a grant ahead if one is held:
+        the seconds to wait before it may be used, or None when none is usable."""
+        pair, now = (ask.breaker, ask.limiter), clock.monotonic()
+        with self._lock:
+            self._own(now)
+            self._demand[pair] = self._demand.get(pair, Demand()).count(now)
+            held = self._held.pop(pair, None)
+            got = held.take(now) if held is not None else None
+            if got is None:
+                return None
+            wait, rest = got
+            if rest.slots:
+                self._held[pair] = rest
+            return wait
+
+    def wanted(self, ask: GateAsk) -> int:
+        """How many grants ahead to ask for with ``ask``."""
+        with self._lock:
+            demand = self._demand.get((ask.breaker, ask.limiter))
+            return demand.wanted if demand is not None else 0
+
+    def keep(self, ask: GateAsk, answer: GateAnswer) -> None:
+        """Hold the grants ahead of ``answer`` (store times moved to this process's clock:
+        the reply came after the store read its clock, so none is early)."""
+        if not answer.ahead:
+            return
+        shift = clock.monotonic() - answer.now
+        ahead = Ahead(tuple(t + shift for t in answer.ahead), answer.ahead_until + shift)
+        with self._lock:
+            self._held[(ask.breaker, ask.limiter)] = ahead
+
+    def drop(self, *, breaker: str | None = None, limiter: str | None = None) -> None:
+        """Void what is held behind the breaker or the rate limit of that name (it failed,
+        or was told to pause)."""
+        with self._lock:
+            for pair in list(self._held):
+                b, lim = pair
+                if (b is not None and b.name == breaker) or (
+                    lim is not None and lim.name == limiter
+                ):
+                    del self._held[pair]
+
+    def _own(self, now: float) -> None:
+        """Forget a parent's grants after a fork, and pairs idle for a while. Lock held."""
+        pid = os.getpid()
+        if pid != self._pid:
+            self._pid = pid
+            self._held.clear()
+            self._demand.clear()
+        if len(self._demand) > _MOST_PAIRS:
+            old = now - 2 * AHEAD_FOR
+            self._demand = {p: d for p, d in self._demand.items() if d.start > old}
+            self._held = {p: a for p, a in self._held.items() if a.until > now}

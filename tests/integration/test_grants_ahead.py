@@ -1,0 +1,240 @@
+"""Grants ahead against a real Redis: what ``gate.lua`` hands a busy process, that the
+grants keep the rate limit's spacing, that nothing holding a lease, a key or a shedding
+breaker gets any, and what a process's runtime does with them (no round trip while it
+holds some, none kept after a failure, every call counted by the breaker's throttle).
+
+And with a real worker node: a busy pool process asks the gates for many attempts at once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from celery_resilience.core.ahead import AHEAD_FOR, MOST_AHEAD
+from celery_resilience.core.gates import GateAsk, OutcomeReport
+from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
+from celery_resilience.integration.runtime import Runtime, runtime_for
+from celery_resilience.state.deferred import DeferredSuccesses
+from celery_resilience.state.keys import KeySpace
+from celery_resilience.state.redis import RedisStore, limiter_args
+from example_project.upstream import Upstream
+from tests.helpers.celery_apps import state_app
+from tests.helpers.cluster import module_env, note, wait_all
+from tests.helpers.monitor import CommandLog, script_sha
+from tests.helpers.redis_server import HOST, RedisServer
+
+pytestmark = pytest.mark.integration
+
+FAST = RateLimit("fast", "100000/s", burst=1000)
+
+
+@pytest.fixture(scope="module")
+def env(redis_server: RedisServer, upstream_server: Upstream) -> dict[str, str]:
+    """The workers' environment with the default duplicate guard (an attempt lease only for
+    ``acks_late`` tasks): an attempt that holds a lease is never granted ahead."""
+    return module_env(redis_server, upstream_server.url, RESILIENCE_TEST_GUARD="acks_late")
+
+
+@pytest.fixture
+def store(redis_server: RedisServer, unique: str) -> Iterator[RedisStore]:
+    client = redis_server.client(3)
+    yield RedisStore(client, KeySpace(f"ahead-{unique}"))
+    client.close()
+
+
+@pytest.fixture
+def runtime(redis_server: RedisServer, unique: str) -> Iterator[Runtime]:
+    app = state_app(redis_server, f"ahead-{unique}")
+    rt = runtime_for(app)
+    rt.successes = DeferredSuccesses(rt.store.record, every=3600.0)
+    yield rt
+    rt.client.close()
+    app.close()
+
+
+def _scripts_run(client: object) -> int:
+    stats = client.info("commandstats")  # type: ignore[attr-defined]
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def _ask(unique: str, **parts: object) -> GateAsk:
+    return GateAsk(holder=f"{unique}:1", **parts)  # type: ignore[arg-type]
+
+
+def test_a_busy_process_is_given_grants_ahead(store, unique):
+    """A closed breaker and a limit with room: the gate grants the attempt and as many
+    more as asked, usable within AHEAD_FOR seconds."""
+    breaker = CircuitBreaker(f"b-{unique}")
+    limiter = RateLimit(f"l-{unique}", "100000/s", burst=100)
+    answer = store.gate(_ask(unique, breaker=breaker, limiter=limiter, ahead=10))
+    assert answer.allowed
+    assert len(answer.ahead) == 10
+    assert answer.ahead_until == pytest.approx(answer.now + AHEAD_FOR, abs=1e-5)
+    assert all(answer.now <= t < answer.ahead_until for t in answer.ahead)
+
+    alone = store.gate(_ask(unique, breaker=breaker, ahead=MOST_AHEAD))
+    assert alone.allowed
+    assert len(alone.ahead) == MOST_AHEAD
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "most"),
+    [("200/s", None, 3), ("1000/s", None, 4), ("1000/s", 10, 13)],
+)
+def test_grants_ahead_put_the_next_booking_off_by_at_most_four_intervals(
+    store, unique, rate, burst, most
+):
+    """Beyond the burst, a process's grants ahead delay the next attempt of anyone else by
+    at most four of the limit's intervals: within the reach of a wait in place."""
+    limiter = RateLimit(f"l-{unique}", rate, burst=burst)
+    answer = store.gate(_ask(unique, limiter=limiter, ahead=MOST_AHEAD))
+    other = store.gate(GateAsk(holder=f"{unique}:2", limiter=limiter))
+    assert answer.allowed
+    assert len(answer.ahead) <= most
+    assert len(answer.ahead) >= 3
+    assert not other.allowed
+    assert other.wait <= 5 * limiter.interval
+
+
+@pytest.mark.parametrize(("rate", "burst"), [("500/s", None), ("2000/s", 20)])
+def test_grants_ahead_keep_the_limits_spacing(store, unique, rate, burst):
+    """Two processes race on one limit for 0.4 s, one taking grants ahead: with each grant
+    ahead used at the earliest moment it allows, no window holds more grants than the limit
+    allows any window (rate x length + burst, with the limiter's documented slack)."""
+    limiter = RateLimit(f"l-{unique}", rate, burst=burst)
+    args = limiter_args(limiter)
+    used: list[float] = []
+    given = 0
+    end = time.monotonic() + 0.4
+    while time.monotonic() < end:
+        busy = store.gate(GateAsk(holder=f"{unique}:a", limiter=limiter, ahead=MOST_AHEAD))
+        if busy.allowed:
+            used.append(busy.now)
+            used.extend(busy.ahead)
+            given += len(busy.ahead)
+        other = store.gate(GateAsk(holder=f"{unique}:b", limiter=limiter))
+        if other.allowed:
+            used.append(other.now)
+    assert given > 0
+    used.sort()
+    for length in (limiter.interval, 10 * limiter.interval, 0.1):
+        most = math.floor((length + args["tau"] + args["slack"]) / args["T"]) + 1
+        worst = max(
+            sum(1 for t in used[i:] if t < start + length - 1e-6) for i, start in enumerate(used)
+        )
+        assert worst <= most, (length, worst, most)
+
+
+def test_nothing_with_a_lease_a_key_or_a_slow_limit_gets_grants_ahead(store, unique):
+    breaker = CircuitBreaker(f"b-{unique}")
+    slow = RateLimit(f"slow-{unique}", "99/s", burst=50)
+    assert not store.gate(_ask(unique, limiter=slow, ahead=8)).ahead
+    slots = ConcurrencyLimit(f"c-{unique}", 5)
+    assert store.gate(_ask(unique, breaker=breaker, concurrency=slots, ahead=8)).allowed
+    assert not store.gate(_ask(unique, breaker=breaker, concurrency=slots, ahead=8)).ahead
+    leased = _ask(unique, breaker=breaker, attempt_key=f"ahead-{unique}:attempt:1", ahead=8)
+    assert not store.gate(leased).ahead
+    keyed = CircuitBreaker(f"k-{unique}", key=lambda a, k: "x").bind("acme")
+    answer = store.gate(_ask(unique, breaker=keyed, ahead=8))
+    assert answer.allowed
+    assert not answer.ahead
+
+
+def test_a_limit_booked_ahead_by_others_gives_none(store, unique):
+    limiter = RateLimit(f"l-{unique}", "200/s")
+    assert store.gate(GateAsk(holder=f"{unique}:1", limiter=limiter)).allowed
+    booked = store.gate(GateAsk(holder=f"{unique}:2", limiter=limiter))
+    assert not booked.allowed
+    assert booked.slot is not None
+    time.sleep(max(booked.slot - booked.now, 0.0) + 0.001)  # the slot is due: granted
+    answer = store.gate(
+        GateAsk(holder=f"{unique}:2", limiter=limiter, booked_slot=booked.slot, ahead=8)
+    )
+    assert answer.allowed
+    assert not answer.ahead
+
+
+def test_a_breaker_that_sheds_or_probes_gives_none(store, unique):
+    """Adaptive throttling at work (calls sent far beyond those accepted), or a half-open
+    breaker: every call is asked for."""
+    shedding = CircuitBreaker(f"shed-{unique}")
+    store.record(OutcomeReport(holder="-", breaker=shedding, carried_successes=3, carried_sent=40))
+    assert store.breaker(shedding).shed > 0
+    answer = store.gate(_ask(unique, breaker=shedding, throttle_draw=0.999, ahead=8))
+    assert answer.allowed
+    assert not answer.ahead
+
+    probing = CircuitBreaker(f"probe-{unique}", minimum_calls=2, open_for=0.05)
+    for _ in range(2):
+        store.record(OutcomeReport(holder="-", breaker=probing, breaker_outcome="failure"))
+    time.sleep(0.06)
+    probe = store.gate(_ask(unique, breaker=probing, ahead=8))
+    assert probe.allowed
+    assert probe.probe
+    assert not probe.ahead
+
+
+def test_a_runtime_holding_grants_asks_redis_again_only_when_they_run_out(runtime, unique):
+    breaker = CircuitBreaker(f"b-{unique}")
+    ask = GateAsk(holder=f"{unique}:1", breaker=breaker, limiter=FAST, throttle_draw=0.5)
+    assert runtime.gate(ask).allowed  # the scripts loaded, the demand counted
+    before = _scripts_run(runtime.client)
+    for _ in range(200):
+        assert runtime.gate(ask).allowed
+    calls = _scripts_run(runtime.client) - before
+    assert calls <= 200 / 5
+
+
+def test_a_failure_voids_the_grants_the_process_holds(runtime, unique):
+    breaker = CircuitBreaker(f"b-{unique}")
+    ask = GateAsk(holder=f"{unique}:1", breaker=breaker, limiter=FAST)
+    for _ in range(10):
+        runtime.gate(ask)
+    before = _scripts_run(runtime.client)
+    assert runtime.gate(ask).allowed
+    assert _scripts_run(runtime.client) == before  # handed out from what it holds
+
+    runtime.record(OutcomeReport(holder=f"{unique}:1", breaker=breaker, breaker_outcome="failure"))
+    before = _scripts_run(runtime.client)
+    assert runtime.gate(ask).allowed
+    assert _scripts_run(runtime.client) == before + 1  # asked Redis again
+
+
+def test_every_call_sent_on_a_grant_ahead_is_counted_by_the_throttle(runtime, unique):
+    """The gate counts the calls it grants; the process counts those it hands out itself
+    and reports them with its held successes: the window counts every call once."""
+    breaker = CircuitBreaker(f"b-{unique}")
+    ask = GateAsk(holder=f"{unique}:1", breaker=breaker, throttle_draw=0.5)
+    for _ in range(150):
+        assert runtime.gate(ask).allowed
+    runtime.successes.flush()
+    window = runtime.shared.keys.breaker(breaker.name)[1]
+    counted = runtime.client.hgetall(window)
+    sent = sum(int(v) for k, v in counted.items() if k.decode().endswith(":q"))
+    assert sent == 150
+
+
+def test_a_busy_pool_process_asks_the_gates_for_many_attempts_at_once(
+    worker, client, redis_server, request
+):
+    """400 quick tasks behind a breaker and a limit far above their rate, on one node of 2
+    prefork processes: each busy process is handed grants ahead, so the gate script runs for
+    far fewer attempts than one each (it ran once per attempt before), and every task
+    succeeds once."""
+    with CommandLog(HOST, redis_server.port) as log:
+        results = [client.send_task("res.busy", args=[i]) for i in range(400)]
+        states = wait_all(results, timeout=90, what="400 quick gated tasks")
+        gates = [
+            c
+            for c in log.commands(db=2, containing="limiter:{busy}")
+            if c.sha == script_sha("gate")
+        ]
+
+    assert states == ["SUCCESS"] * 400
+    assert [r.result for r in results] == list(range(400))
+    note(request, gate_calls_per_task=round(len(gates) / 400, 3))
+    assert len(gates) < 400 / 2
