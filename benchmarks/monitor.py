@@ -32,7 +32,9 @@ class ClientCommands:
         self.scripts: Counter[str] = Counter()
         self._sentinel = f"bench-monitor-stop-{uuid.uuid4().hex}"
         self._ready = threading.Event()
-        self._client = redis.Redis.from_url(url)
+        # no read timeout (redis-py's connections time out a read after 5 s by default):
+        # a quiet server, as when gated attempts are granted ahead, is not a lost monitor
+        self._client = redis.Redis.from_url(url, socket_timeout=None)
         self._thread = threading.Thread(target=self._watch, name="monitor", daemon=True)
 
     def _watch(self) -> None:

@@ -16,9 +16,9 @@ nothing is lost by it:
 - the attempt holds nothing of its own (half-open probe, concurrency slot, attempt
   lease) and no part is keyed.
 
-A process asks for as many as it made attempts in the last :data:`AHEAD_FOR` seconds,
-so a process that stops using them leaves at most that many unused (a rate limit loses
-them for that moment).
+A process asks for as many as it made attempts in the last :data:`AHEAD_FOR` seconds (at
+most ``resilience_grants_ahead``, :data:`MOST_AHEAD` by default), so a process that stops
+using them leaves at most that many unused (a rate limit loses them for that moment).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ __all__ = ["AHEAD_FOR", "MOST_AHEAD", "Ahead", "Demand", "may_ask_ahead"]
 
 #: Seconds a grant ahead stays usable (the same in ``gate.lua``).
 AHEAD_FOR = 0.1
-#: The most grants ahead one call asks for.
+#: The most grants ahead one call asks for, by default (``resilience_grants_ahead``).
 MOST_AHEAD = 32
 
 
@@ -86,9 +86,8 @@ class Demand:
         previous = self.current if now - self.start < 2 * AHEAD_FOR else 0
         return Demand(now, 1, previous)
 
-    @property
-    def wanted(self) -> int:
+    def wanted(self, most: int = MOST_AHEAD) -> int:
         """How many grants ahead to ask for: as many as the attempts of the last
-        :data:`AHEAD_FOR` seconds, at most :data:`MOST_AHEAD`; none to a process that
-        made no other attempt in that time."""
-        return min(MOST_AHEAD, max(self.previous, self.current - 1))
+        :data:`AHEAD_FOR` seconds, at most ``most``; none to a process that made no
+        other attempt in that time."""
+        return min(most, max(self.previous, self.current - 1))

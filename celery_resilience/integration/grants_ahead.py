@@ -6,7 +6,7 @@ import os
 import threading
 
 from celery_resilience.core import clock
-from celery_resilience.core.ahead import AHEAD_FOR, Ahead, Demand
+from celery_resilience.core.ahead import AHEAD_FOR, MOST_AHEAD, Ahead, Demand
 from celery_resilience.core.gates import GateAnswer, GateAsk
 from celery_resilience.core.limits import CircuitBreaker, RateLimit
 
@@ -20,9 +20,11 @@ _MOST_PAIRS = 256
 
 class GrantsAhead:
     """Grants ahead held by this process, per pair of breaker and rate limit, and how
-    many attempts it makes behind each pair. Thread-safe; a forked child starts empty."""
+    many attempts it makes behind each pair; it asks for ``most`` at most (0: none).
+    Thread-safe; a forked child starts empty."""
 
-    def __init__(self) -> None:
+    def __init__(self, most: int = MOST_AHEAD) -> None:
+        self.most = most
         self._lock = threading.Lock()
         self._held: dict[_Pair, Ahead] = {}
         self._demand: dict[_Pair, Demand] = {}
@@ -48,7 +50,7 @@ class GrantsAhead:
         """How many grants ahead to ask for with ``ask``."""
         with self._lock:
             demand = self._demand.get((ask.breaker, ask.limiter))
-            return demand.wanted if demand is not None else 0
+            return demand.wanted(self.most) if demand is not None else 0
 
     def keep(self, ask: GateAsk, answer: GateAnswer) -> None:
         """Hold the grants ahead of ``answer`` (store times moved to this process's clock:

@@ -96,7 +96,7 @@ class Runtime:
         #: in a call of its own, so a Redis Cluster's slots are kept too)
         self.successes = DeferredSuccesses(self.store.record, on_transitions=_announce)
         #: grants ahead this process holds (:mod:`celery_resilience.core.ahead`)
-        self.ahead = GrantsAhead()
+        self.ahead = GrantsAhead(self.settings.grants_ahead)
 
     # -- time ----------------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class Runtime:
                 )
         if ask.empty:
             return GateAnswer(allowed=True, now=self.estimated_now())
-        if may_ask_ahead(ask) and not self.store.degraded:
+        if self.ahead.most and may_ask_ahead(ask) and not self.store.degraded:
             wait = self.ahead.take(ask)
             if wait is not None:
                 return self._granted_ahead(ask, wait)

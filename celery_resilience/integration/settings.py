@@ -50,6 +50,11 @@ setting                         meaning (default)
                                 with a rate limit until the slot it reserved for it on
                                 arrival (``5.0``; ``0``: reserve nothing on arrival). See
                                 :mod:`celery_resilience.integration.strategy`.
+``resilience_grants_ahead``     The most grants a busy worker process is given ahead, with
+                                the grant of one gated attempt, to hand to its next
+                                attempts within 0.1 s without asking Redis (see
+                                :mod:`celery_resilience.core.ahead`); ``0``: every gated
+                                attempt asks Redis. An int from 0 to 1000. (``32``)
 ``resilience_park_after``       Waits longer than this many seconds are parked outside the
                                 workers (in the Redis broker, or in a state store that
                                 writes an append-only file) and published again when due,
@@ -77,6 +82,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from kombu.utils.url import maybe_sanitize_url
 
+from celery_resilience.core.ahead import MOST_AHEAD
 from celery_resilience.core.errors import ResilienceConfigError
 from celery_resilience.core.validate import checked_number
 from celery_resilience.state.connect import SCHEMES
@@ -164,6 +170,8 @@ class Settings:
     duplicate_guard: DuplicateGuard = "acks_late"
     #: The longest a consumer holds a message for the slot it reserved on arrival.
     hold_max: float = 5.0
+    #: The most grants ahead a process asks for at once; 0: none.
+    grants_ahead: int = MOST_AHEAD
     #: RabbitMQ's consumer_timeout (seconds) when the broker is AMQP, else None.
     consumer_timeout: float | None = None
     #: Waits longer than this (seconds) are parked; 0: parking off.
@@ -333,6 +341,11 @@ def read_settings(app: Celery) -> Settings:
         raise ResilienceConfigError(
             f"resilience_dead_letters_max must be an int >= 1, got {dead_max!r}"
         )
+    ahead = conf.get("resilience_grants_ahead", MOST_AHEAD)
+    if isinstance(ahead, bool) or not isinstance(ahead, int) or not 0 <= ahead <= 1000:
+        raise ResilienceConfigError(
+            f"resilience_grants_ahead must be an int from 0 to 1000, got {ahead!r}"
+        )
     # checked whatever the broker, so that a bad value never waits for a move to RabbitMQ
     _number(conf, "resilience_consumer_timeout", DEFAULT_CONSUMER_TIMEOUT)
     try:
@@ -351,6 +364,7 @@ def read_settings(app: Celery) -> Settings:
         ssl=dict(ssl) if ssl else None,
         duplicate_guard="always" if guard == "always" else "acks_late",
         hold_max=_number(conf, "resilience_hold_max", 5.0, zero=True),
+        grants_ahead=ahead,
         consumer_timeout=amqp_consumer_timeout(app),
         park_after=_number(conf, "resilience_park_after", 5.0, zero=True),
         park_lease=_number(conf, "resilience_park_lease", 30.0),

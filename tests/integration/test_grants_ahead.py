@@ -189,6 +189,20 @@ def test_a_runtime_holding_grants_asks_redis_again_only_when_they_run_out(runtim
     assert calls <= 200 / 5
 
 
+def test_grants_ahead_set_to_zero_asks_redis_for_every_attempt(redis_server, unique):
+    app = state_app(redis_server, f"ahead-off-{unique}")
+    app.conf.resilience_grants_ahead = 0
+    rt = runtime_for(app)
+    ask = GateAsk(holder=f"{unique}:1", breaker=CircuitBreaker(f"b-{unique}"), limiter=FAST)
+    assert rt.gate(ask).allowed
+    before = _scripts_run(rt.client)
+    for _ in range(50):
+        assert rt.gate(ask).allowed
+    assert _scripts_run(rt.client) - before == 50
+    rt.client.close()
+    app.close()
+
+
 def test_a_failure_voids_the_grants_the_process_holds(runtime, unique):
     breaker = CircuitBreaker(f"b-{unique}")
     ask = GateAsk(holder=f"{unique}:1", breaker=breaker, limiter=FAST)

@@ -91,23 +91,32 @@ def test_a_grant_ahead_is_never_used_early_nor_late(slots, now):
 
 
 def test_a_lone_attempt_asks_for_none():
-    assert Demand().count(5.0).wanted == 0
+    assert Demand().count(5.0).wanted() == 0
 
 
 def test_a_busy_process_asks_for_what_it_used_in_the_last_span():
     demand = Demand()
     for i in range(10):
         demand = demand.count(5.0 + i * AHEAD_FOR / 10)
-    assert demand.wanted == 9
+    assert demand.wanted() == 9
     demand = demand.count(5.0 + AHEAD_FOR)  # the next span: the last one's 10 count
-    assert demand.wanted == 10
+    assert demand.wanted() == 10
+
+
+def test_a_process_asks_for_no_more_than_its_setting():
+    demand = Demand()
+    for i in range(50):
+        demand = demand.count(5.0 + i * 0.001)
+    assert demand.wanted() == MOST_AHEAD
+    assert demand.wanted(8) == 8
+    assert demand.wanted(0) == 0
 
 
 def test_an_idle_spell_forgets_the_demand():
     demand = Demand()
     for i in range(20):
         demand = demand.count(5.0 + i * 0.001)
-    assert demand.count(5.0 + 3 * AHEAD_FOR).wanted == 0
+    assert demand.count(5.0 + 3 * AHEAD_FOR).wanted() == 0
 
 
 @given(st.lists(st.floats(0, 2.0), min_size=1, max_size=300).map(sorted))
@@ -116,4 +125,4 @@ def test_demand_never_asks_for_more_than_recent_attempts_nor_the_cap(times):
     for i, now in enumerate(times):
         demand = demand.count(now)
         recent = sum(1 for t in times[: i + 1] if t > now - 3 * AHEAD_FOR)
-        assert 0 <= demand.wanted <= min(MOST_AHEAD, recent - 1)
+        assert 0 <= demand.wanted() <= min(MOST_AHEAD, recent - 1)

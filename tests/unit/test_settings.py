@@ -69,6 +69,10 @@ def test_no_redis_anywhere_is_a_clear_error_without_passwords(make):
         ({"resilience_key_prefix": "a b{c}"}, "resilience_key_prefix"),
         ({"resilience_attempt_lease": 0}, "resilience_attempt_lease"),
         ({"resilience_dead_letters_max": 0}, "resilience_dead_letters_max"),
+        ({"resilience_grants_ahead": -1}, "resilience_grants_ahead"),
+        ({"resilience_grants_ahead": 1001}, "resilience_grants_ahead"),
+        ({"resilience_grants_ahead": 2.5}, "resilience_grants_ahead"),
+        ({"resilience_grants_ahead": True}, "resilience_grants_ahead"),
         ({"resilience_backend_url": "memcached://x"}, "Redis URL"),
         ({"resilience_consumer_timeout": 0}, "resilience_consumer_timeout"),
         ({"resilience_consumer_timeout": -5}, "resilience_consumer_timeout"),
@@ -88,6 +92,13 @@ def test_bad_settings_are_named(make, conf, words):
     app = make(broker_url="redis://b:6379/0", **conf)
     with pytest.raises(ResilienceConfigError, match=words):
         read_settings(app)
+
+
+def test_grants_ahead_is_read(make):
+    """resilience_grants_ahead: 32 by default; 0 turns grants ahead off."""
+    assert read_settings(make(broker_url="redis://b:6379/0")).grants_ahead == 32
+    app = make(broker_url="redis://b:6379/0", resilience_grants_ahead=0)
+    assert read_settings(app).grants_ahead == 0
 
 
 def test_deadline_header_is_read(make):
