@@ -8,11 +8,13 @@ import threading
 from celery_resilience.core import clock
 from celery_resilience.core.ahead import AHEAD_FOR, MOST_AHEAD, Ahead, Demand
 from celery_resilience.core.gates import GateAnswer, GateAsk
-from celery_resilience.core.limits import CircuitBreaker, RateLimit
 
 __all__ = ["GrantsAhead"]
 
-_Pair = tuple[CircuitBreaker | None, RateLimit | None]
+#: The names of an attempt's breaker and rate limit (cheaper to hash than the policies;
+#: grants held when a policy's override changes are used for 0.1 s at most, as a grant
+#: just made under the old one would be).
+_Pair = tuple[str | None, str | None]
 
 #: Pairs of gates remembered before the idle ones are dropped.
 _MOST_PAIRS = 256
@@ -33,7 +35,7 @@ class GrantsAhead:
     def take(self, ask: GateAsk) -> float | None:
         """Count one attempt of ``ask``'s gates; hand it a grant ahead if one is held:
         the seconds to wait before it may be used, or None when none is usable."""
-        pair, now = (ask.breaker, ask.limiter), clock.monotonic()
+        pair, now = _pair(ask), clock.monotonic()
         with self._lock:
             self._own(now)
             self._demand[pair] = self._demand.get(pair, Demand()).count(now)
@@ -49,7 +51,7 @@ class GrantsAhead:
     def wanted(self, ask: GateAsk) -> int:
         """How many grants ahead to ask for with ``ask``."""
         with self._lock:
-            demand = self._demand.get((ask.breaker, ask.limiter))
+            demand = self._demand.get(_pair(ask))
             return demand.wanted(self.most) if demand is not None else 0
 
     def keep(self, ask: GateAsk, answer: GateAnswer) -> None:
@@ -60,16 +62,15 @@ class GrantsAhead:
         shift = clock.monotonic() - answer.now
         ahead = Ahead(tuple(t + shift for t in answer.ahead), answer.ahead_until + shift)
         with self._lock:
-            self._held[(ask.breaker, ask.limiter)] = ahead
+            self._held[_pair(ask)] = ahead
 
     def drop(self, *, breaker: str | None = None, limiter: str | None = None) -> None:
         """Void what is held behind the breaker or the rate limit of that name (it failed,
         or was told to pause)."""
         with self._lock:
             for pair in list(self._held):
-                b, lim = pair
-                if (b is not None and b.name == breaker) or (
-                    lim is not None and lim.name == limiter
+                if (breaker is not None and pair[0] == breaker) or (
+                    limiter is not None and pair[1] == limiter
                 ):
                     del self._held[pair]
 
@@ -84,3 +85,11 @@ class GrantsAhead:
             old = now - 2 * AHEAD_FOR
             self._demand = {p: d for p, d in self._demand.items() if d.start > old}
             self._held = {p: a for p, a in self._held.items() if a.until > now}
+
+
+def _pair(ask: GateAsk) -> _Pair:
+    breaker, limiter = ask.breaker, ask.limiter
+    return (
+        breaker.name if breaker is not None else None,
+        limiter.name if limiter is not None else None,
+    )
