@@ -64,6 +64,12 @@ class Runtime:
     def __init__(self, app: Celery, settings: Settings | None = None) -> None:
         self.app = app
         self.settings = settings or read_settings(app)
+        #: the app's (hard, soft) time limits, read once: Celery's configuration lookup
+        #: costs more than the rest of reading a task's limits
+        self.time_limits: tuple[float | None, float | None] = (
+            app.conf.task_time_limit,
+            app.conf.task_soft_time_limit,
+        )
         self.client = connect(
             self.settings.backend_url,
             timeout=self.settings.redis_timeout,

@@ -52,11 +52,19 @@ __all__ = ["release_held", "run_in_worker", "time_limit_of"]
 logger = get_task_logger("celery_resilience")
 
 
-def time_limit_of(task: ResilientTask, request: Context) -> float | None:
-    """The longest time limit (hard or soft) of this message, task or app, if any."""
-    hard, soft = request.timelimit or (None, None)
-    hard = hard or task.time_limit or task.app.conf.task_time_limit
-    soft = soft or task.soft_time_limit or task.app.conf.task_soft_time_limit
+def time_limit_of(
+    task: ResilientTask,
+    request: Context,
+    app_limits: tuple[float | None, float | None] | None = None,
+) -> float | None:
+    """The longest time limit (hard or soft) of this message, task or app, if any;
+    ``app_limits`` are the app's (hard, soft), when already read from its configuration."""
+    asked_hard, asked_soft = request.timelimit or (None, None)
+    if app_limits is None:
+        conf = task.app.conf
+        app_limits = (conf.task_time_limit, conf.task_soft_time_limit)
+    hard = asked_hard or task.time_limit or app_limits[0]
+    soft = asked_soft or task.soft_time_limit or app_limits[1]
     limits = [float(x) for x in (hard, soft) if x]
     return max(limits) if limits else None
 
@@ -307,7 +315,7 @@ def run_in_worker(
     state = incoming_state(headers)
     trace = incoming_trace(headers)
     rt = runtime_for(task.app)
-    time_limit = time_limit_of(task, request)
+    time_limit = time_limit_of(task, request, rt.time_limits)
 
     lease = _lease(task, request, rt, state.attempt, time_limit)
 
