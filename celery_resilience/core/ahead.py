@@ -10,9 +10,11 @@ nothing is lost by it:
   budget); its verdict is then at most :data:`AHEAD_FOR` seconds old when a grant ahead
   is used, as a success counted late is (a failure of this process voids what it holds);
 - the rate limit allows at least 100 calls a second (below that a round trip per call
-  costs nothing worth saving) and nobody has booked a slot ahead on it; each grant ahead
-  is usable from the moment the limit's spacing would have granted it, so no window of
-  the limit ever holds more than it would have;
+  costs nothing worth saving), has a burst above 1 and nobody has booked a slot ahead on
+  it; grants ahead come out of its burst and are usable at once: while they are held,
+  the burst left to everyone else is smaller by them, and once void they count as calls
+  made at the last moment they could be used, so no window of the limit ever holds more
+  calls than its rate and burst allow, however late a process uses them;
 - the attempt holds nothing of its own (half-open probe, concurrency slot, attempt
   lease) and no part is keyed.
 

@@ -54,13 +54,16 @@ class GrantsAhead:
             demand = self._demand.get(_pair(ask))
             return demand.wanted(self.most) if demand is not None else 0
 
-    def keep(self, ask: GateAsk, answer: GateAnswer) -> None:
-        """Hold the grants ahead of ``answer`` (store times moved to this process's clock:
-        the reply came after the store read its clock, so none is early)."""
+    def keep(self, ask: GateAsk, answer: GateAnswer, *, sent_at: float) -> None:
+        """Hold the grants ahead of ``answer``, asked for at ``sent_at`` (this process's
+        clock). Store times are moved to this clock so that no grant is early and none
+        outlives its end: the store read its clock after the ask was sent and before the
+        reply came, so the start of each is placed by the reply and the end by the ask."""
         if not answer.ahead:
             return
-        shift = clock.monotonic() - answer.now
-        ahead = Ahead(tuple(t + shift for t in answer.ahead), answer.ahead_until + shift)
+        late = clock.monotonic() - answer.now
+        until = answer.ahead_until - answer.now + sent_at
+        ahead = Ahead(tuple(t + late for t in answer.ahead), until)
         with self._lock:
             self._held[_pair(ask)] = ahead
 

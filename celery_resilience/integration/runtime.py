@@ -150,11 +150,12 @@ class Runtime:
             if wait is not None:
                 return self._granted_ahead(ask, wait)
             ask = replace(ask, ahead=self.ahead.wanted(ask))
+        sent_at = clock.monotonic()
         answer = self.store.gate(ask)
         if not answer.fallback:
+            self.ahead.keep(ask, answer, sent_at=sent_at)
             self._learn_time(answer.now)
             self._flush_letters()
-            self.ahead.keep(ask, answer)
         if answer.allowed and ask.limiter is not None:
             metrics.count_limiter_grant(ask.limiter.name)
         if (

@@ -327,11 +327,11 @@ class RedisStore:
         self, policy: RateLimit | None, concurrency: ConcurrencyLimit | None, name: str
     ) -> LimiterStatus:
         """Read a rate limiter and the concurrency limit of the same name."""
-        tau = limiter_args(policy)["tau"] if policy is not None else 0.0
+        spacing = limiter_args(policy) if policy is not None else {"tau": 0.0, "T": 0.0}
         res = self._run(
             "limiter_status",
             [self.keys.limiter(name), self.keys.concurrency(name)],
-            {"tau": tau},
+            {"tau": spacing["tau"], "T": spacing["T"]},
         )
         return LimiterStatus(
             name=name,

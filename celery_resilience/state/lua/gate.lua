@@ -66,12 +66,15 @@ local ckey, lkey, akey = p.slots, p.limiter, p.attempt
 
 -- Grants ahead: an attempt granted by a closed breaker that sheds nothing, and by a rate
 -- limit of at least 1 / AHEAD_INTERVAL calls a second that nobody has booked ahead on,
--- may take up to x more grants for its process to hand out within AHEAD_FOR seconds,
--- each at the spacing the limit would have given it. Beyond the limit's burst, they put
--- the next booking off by at most AHEAD_SLOTS intervals (less than the wait in place's
--- reach, IN_PLACE_SLOTS in celery_resilience.core.decide). Nothing with a lease of its
--- own (probe, concurrency slot, attempt lease), a retry budget or a key gets any.
-local AHEAD_FOR, AHEAD_INTERVAL, AHEAD_SLOTS = 0.1, 0.01, 4
+-- may take up to x more grants for its process to hand out within AHEAD_FOR seconds.
+-- A breaker alone gives them freely. A rate limit gives them out of its burst only, and
+-- keeps them as lots (k1/e1, k2/e2 in its hash: calls, and when they are void): while a
+-- lot is held the burst left to everyone else is smaller by its calls, and once void its
+-- calls count as made at its end, the latest any of them can have been made. So however
+-- late a process uses what it holds, no window of the limit holds more calls than its
+-- rate and burst allow. Nothing with a lease of its own (probe, concurrency slot,
+-- attempt lease), a retry budget or a key gets any.
+local AHEAD_FOR, AHEAD_INTERVAL = 0.1, 0.01
 local ahead_ok = (args.x or 0) > 0 and not akey and not ckey and not p.kb and not p.kl
 
 -- 1. Attempt lease: the same attempt never runs twice at once, nor again once done.
@@ -94,6 +97,7 @@ if skey then
   if not p.kb then claim_breaker(skey) end
   local st, ou, tp = breaker_phase(skey, now, res.tr)
   res.st = st
+  if st ~= 'closed' then ahead_ok = false end
   if st == 'open' then
     res.ou = fmt(ou)
     res.why = 'breaker_open'
@@ -184,14 +188,28 @@ end
 --    more than burst + 1 grants.
 if lkey then
   local l = args.l
-  local tat, atat, pu = unpack(redis.call('HMGET', lkey, 'tat', 'atat', 'pu'))
+  local tat, atat, pu, k1, e1, k2, e2 = unpack(redis.call(
+    'HMGET', lkey, 'tat', 'atat', 'pu', 'k1', 'e1', 'k2', 'e2'))
   tat = tonumber(tat) or 0
   atat = tonumber(atat) or 0
   pu = tonumber(pu) or 0
+  -- the lots of grants ahead (older first); a void one counts as calls made at its end
+  local lots = {{tonumber(k1) or 0, tonumber(e1) or 0}, {tonumber(k2) or 0, tonumber(e2) or 0}}
+  local lots_changed = false
+  for _, lot in ipairs(lots) do
+    if lot[1] > 0 and now >= lot[2] then
+      tat = math.max(tat, lot[2]) + lot[1] * l.T
+      atat = math.max(atat, lot[2]) + lot[1] * l.T
+      lot[1], lot[2] = 0, 0
+      lots_changed = true
+    end
+  end
+  -- the burst tolerance left to everyone while lots are held
+  local tau = l.tau - (lots[1][1] + lots[2][1]) * l.T
   -- the earliest moment the next grant may happen: GCRA over grants, with a slack below
   -- one interval for arrival jitter (no window of length L ever holds more than
   -- floor((L + tau + slack) / T) + 1 grants: rate x L + burst)
-  local spaced_at = atat - l.tau - l.slack
+  local spaced_at = atat - tau - l.slack
   local granted = false
   local slot = tonumber(l.slot)
   if slot and now >= pu then  -- a pause (429) voids the bookings made before it
@@ -207,9 +225,9 @@ if lkey then
   end
   local ahead = {}
   if not granted and not res.slot then
-    local idle = tat <= now and now >= pu
+    local idle = tat <= now and atat <= now and now >= pu
     local t = math.max(tat, now)
-    local allow_at = math.max(t - l.tau, spaced_at)
+    local allow_at = math.max(t - tau, spaced_at)
     if now >= allow_at then
       if l.book then  -- a reservation: the slot is now, granted when the attempt comes
         res.slot = fmt(now)
@@ -218,31 +236,47 @@ if lkey then
       end
       tat = t + l.T
       if ahead_ok and idle and l.T <= AHEAD_INTERVAL and not l.book then
-        -- the spacing each grant ahead would have had, had its attempt asked now
-        local next_at = math.max(atat, now) + l.T - l.tau - l.slack
-        while #ahead < args.x and next_at + #ahead * l.T <= now + AHEAD_FOR
-            and tat + #ahead * l.T - l.tau <= now + AHEAD_SLOTS * l.T do
-          ahead[#ahead + 1] = fmt(math.max(next_at + #ahead * l.T, now))
+        -- out of the burst this attempt leaves: a lot, usable at once until its end
+        local n = math.min(args.x, math.floor(tau / l.T + 1e-9))
+        if n > 0 then
+          local older, newer = lots[1], lots[2]
+          local until_ = now + AHEAD_FOR
+          if newer[1] > 0 and newer[2] - now >= AHEAD_FOR / 2 then
+            newer[1] = newer[1] + n  -- a young lot: the grants join it and end with it
+            until_ = newer[2]
+          else
+            if newer[1] > 0 then  -- the held lots become one, void at the later end
+              older[1], older[2] = older[1] + newer[1], newer[2]
+            end
+            newer[1], newer[2] = n, until_
+          end
+          lots_changed = true
+          for i = 1, n do ahead[i] = fmt(now) end
+          res.au = fmt(until_)
         end
-        tat = tat + #ahead * l.T
       end
     elseif l.max and allow_at - now > l.max then
       res.wait = allow_at - now  -- the task cannot wait that long: nothing is booked
     else
       res.slot = fmt(allow_at)
       res.wait = allow_at - now
-      tat = math.max(t, allow_at + l.tau) + l.T
+      tat = math.max(t, allow_at + tau) + l.T
     end
     redis.call('HSET', lkey, 'tat', fmt(tat))
   end
   if granted then
-    atat = math.max(atat, now) + (1 + #ahead) * l.T
+    atat = math.max(atat, now) + l.T
     redis.call('HSET', lkey, 'atat', fmt(atat))
   end
-  if #ahead > 0 then
-    res.ah, res.au = ahead, fmt(now + AHEAD_FOR)
+  if lots_changed then
+    redis.call('HSET', lkey, 'tat', fmt(tat), 'atat', fmt(atat),
+               'k1', lots[1][1], 'e1', fmt(lots[1][2]), 'k2', lots[2][1], 'e2', fmt(lots[2][2]))
   end
-  pexpire_seconds(lkey, math.max(tat, atat, pu) - now + l.T + 1)
+  if #ahead > 0 then
+    res.ah = ahead
+  end
+  local held_until = math.max(lots[1][2], lots[2][2]) + (lots[1][1] + lots[2][1]) * l.T
+  pexpire_seconds(lkey, math.max(tat, atat, pu, held_until) - now + l.T + 1)
   if not granted then
     undo_breaker()
     if took_slot then redis.call('ZREM', ckey, holder) end
