@@ -108,7 +108,6 @@ if skey then
     res.wait = b.of
     return answer()
   elseif st == 'half_open' then
-    ahead_ok = false
     redis.call('ZREMRANGEBYSCORE', pkey, '-inf', fmt(now))
     if redis.call('ZCARD', pkey) < b.hoc then
       redis.call('ZADD', pkey, fmt(now + b.lease), holder)
@@ -193,17 +192,9 @@ if lkey then
   tat = tonumber(tat) or 0
   atat = tonumber(atat) or 0
   pu = tonumber(pu) or 0
-  -- the lots of grants ahead (older first); a void one counts as calls made at its end
-  local lots = {{tonumber(k1) or 0, tonumber(e1) or 0}, {tonumber(k2) or 0, tonumber(e2) or 0}}
-  local lots_changed = false
-  for _, lot in ipairs(lots) do
-    if lot[1] > 0 and now >= lot[2] then
-      tat = math.max(tat, lot[2]) + lot[1] * l.T
-      atat = math.max(atat, lot[2]) + lot[1] * l.T
-      lot[1], lot[2] = 0, 0
-      lots_changed = true
-    end
-  end
+  local lots, frontiers = limiter_lots(k1, e1, k2, e2), {tat, atat}
+  local lots_changed = settle_lots(lots, now, l.T, frontiers)
+  tat, atat = frontiers[1], frontiers[2]
   -- the burst tolerance left to everyone while lots are held
   local tau = l.tau - (lots[1][1] + lots[2][1]) * l.T
   -- the earliest moment the next grant may happen: GCRA over grants, with a slack below

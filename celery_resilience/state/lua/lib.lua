@@ -67,6 +67,25 @@ local function pexpire_seconds(key, seconds)
   redis.call('PEXPIRE', key, math.max(1, math.ceil(seconds * 1000)))
 end
 
+-- The lots of grants ahead a rate limit holds (see gate.lua), older first: {calls, end}.
+local function limiter_lots(k1, e1, k2, e2)
+  return {{tonumber(k1) or 0, tonumber(e1) or 0}, {tonumber(k2) or 0, tonumber(e2) or 0}}
+end
+
+-- Settle the lots void at `now`: their calls count as made at their end, so each of the
+-- limit's frontiers (tat, atat) moves on by them. True when one was settled.
+local function settle_lots(lots, now, T, frontiers)
+  local settled = false
+  for _, lot in ipairs(lots) do
+    if lot[1] > 0 and now >= lot[2] then
+      for i, f in ipairs(frontiers) do frontiers[i] = math.max(f, lot[2]) + lot[1] * T end
+      lot[1], lot[2] = 0, 0
+      settled = true
+    end
+  end
+  return settled
+end
+
 -- Like pexpire_seconds, but never shortens a longer time to live (a key shared by
 -- holders with different leases must outlive the longest of them).
 local function extend_ttl(key, seconds)

@@ -15,14 +15,10 @@ local tat, pu, k1, e1, k2, e2 = unpack(redis.call('HMGET', KEYS[1], 'tat', 'pu',
 tat = tonumber(tat) or 0
 pu = tonumber(pu) or 0
 -- grants ahead still held take their calls out of the burst (void ones count as made)
-local held = 0
-for _, lot in ipairs({{tonumber(k1) or 0, tonumber(e1) or 0}, {tonumber(k2) or 0, tonumber(e2) or 0}}) do
-  if lot[1] > 0 and now < lot[2] then
-    held = held + lot[1]
-  elseif lot[1] > 0 then
-    tat = math.max(tat, lot[2]) + lot[1] * args.T
-  end
-end
+local lots, frontiers = limiter_lots(k1, e1, k2, e2), {tat}
+settle_lots(lots, now, args.T, frontiers)
+tat = frontiers[1]
+local held = lots[1][1] + lots[2][1]
 local in_use = redis.call('ZCOUNT', KEYS[2], '(' .. fmt(now), '+inf')
 return cjson.encode({
   now = ts,
