@@ -244,8 +244,9 @@ def after_gate(
             failure=failure,
             quiet=True,
         )
-    started = state.started if state.started is not None else answer.now
-    attempt = replace(attempt, state=replace(state, started=started, slot=None))
+    if state.started is None or state.slot is not None:  # the first attempt, or a slot claimed
+        started = state.started if state.started is not None else answer.now
+        attempt = Attempt(options, replace(state, started=started, slot=None), attempt.trace_id)
     if attempt.deadline_passed(answer.now):
         return _give_up(attempt, f"deadline of {options.deadline:g} s passed", None)
     if answer.allowed:

@@ -68,13 +68,14 @@ def run_traced(
     failure, redacted; Celery's ``Ignore``/``Reject``/``Retry``). ``hold`` receives the
     attempt's context when it ends.
     """
+    task_id = safe_token(request.id)
     with attempt_span(
-        task.name, trace, {"celery.task_id": safe_token(request.id), "attempt": state.attempt}
+        task.name, trace, {"celery.task_id": task_id, "attempt": state.attempt}
     ) as span:
         info = AttemptInfo(
             trace_id=trace.trace_id,
             span_id=span.span_id,
-            task_id=safe_token(request.id),
+            task_id=task_id,
             task_name=safe_token(task.name),
             attempt=state.attempt,
         )

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from celery.app.task import Context
 
     from celery_resilience.core.ledger import AttemptState
+    from celery_resilience.core.limits import RateLimit
     from celery_resilience.core.options import TaskOptions
     from celery_resilience.integration.task import ResilientTask
     from celery_resilience.state.deadletters import DeadLetter
@@ -251,6 +252,8 @@ class Flow:
 
     def _ask(self) -> GateAnswer:
         options, state = self.options, self.state
+        if self._ungated(options.limiter):  # nothing to ask: no ask built
+            return GateAnswer(allowed=True, now=self.gates.estimated_now())
         slot, limiter = state.slot, options.limiter
         ask = GateAsk(
             holder=self.holder,
@@ -269,6 +272,18 @@ class Flow:
         )
         # With on_open other than "defer", a refusal is final: ask the store, not a cache.
         return self.gates.gate(ask, cached=options.on_open == "defer")
+
+    def _ungated(self, limiter: RateLimit | None) -> bool:
+        """Whether an ask (``limiter``: the task's) or a report (``limiter``: the task's if
+        the report pauses it) has nothing for the gates: no breaker, concurrency limit,
+        rate limit or attempt lease."""
+        options = self.options
+        return (
+            options.breaker is None
+            and options.concurrency is None
+            and limiter is None
+            and self.lease is None
+        )
 
     def _concurrency_lease(self) -> float:
         policy = self.options.concurrency
@@ -292,6 +307,8 @@ class Flow:
         pause: float | None = None,
         mark: AttemptMark = "done",
     ) -> RecordAnswer:
+        if self._ungated(self.options.limiter if pause is not None else None):
+            return RecordAnswer(now=self.gates.estimated_now())
         report = OutcomeReport(
             holder=self.holder,
             breaker=self.options.breaker,

@@ -16,14 +16,16 @@ the outbound ``traceparent`` and the exported span agree::
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from celery_resilience.observability.redaction import format_exception, redact
 from celery_resilience.observability.tracing import TraceContext, new_span_id
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from opentelemetry.trace import Span, TracerProvider
     from opentelemetry.util.types import AttributeValue
 
@@ -121,14 +123,13 @@ def otel_parent() -> TraceContext | None:
     )
 
 
-@contextmanager
 def attempt_span(
     name: str,
     ctx: TraceContext,
     attributes: Mapping[str, object] | None = None,
     *,
     tracer_provider: TracerProvider | None = None,
-) -> Iterator[SpanHandle]:
+) -> AbstractContextManager[SpanHandle]:
     """Run the block as one attempt's span, child of ``ctx`` (the message's context).
 
     The span is current inside the block (instrumented calls become its children) and
@@ -136,53 +137,96 @@ def attempt_span(
     traceback redacted, and sets the status to error. ``tracer_provider`` defaults to
     the global one. Without OpenTelemetry, yields a handle with a fresh span ID.
     """
-    try:
-        _importable()
-        # one module, its names read from it: a from-import of eight names costs each
-        # attempt more than all the rest of this function without an SDK
-        from opentelemetry import trace  # noqa: PLC0415 - optional dependency
-    except ImportError:
-        _note_missing()
-        handle = SpanHandle(ctx, new_span_id(), span=None, recording=False)
-        for key, value in (attributes or {}).items():
+    return _AttemptSpan(name, ctx, attributes, tracer_provider)
+
+
+class _AttemptSpan:
+    """The context manager :func:`attempt_span` returns (a class, not a generator: it is
+    entered once per attempt, and a generator's machinery costs more than its work)."""
+
+    __slots__ = ("_attributes", "_ctx", "_handle", "_name", "_provider", "_span", "_token")
+
+    def __init__(
+        self,
+        name: str,
+        ctx: TraceContext,
+        attributes: Mapping[str, object] | None,
+        provider: TracerProvider | None,
+    ) -> None:
+        self._name = name
+        self._ctx = ctx
+        self._attributes = attributes
+        self._provider = provider
+        self._span: Span | None = None
+        self._token: object = None
+
+    def __enter__(self) -> SpanHandle:
+        handle = self._handle = self._start()
+        for key, value in (self._attributes or {}).items():
             handle.set(key, value)
-        yield handle
-        return
+        return handle
 
-    flags = trace.TraceFlags(trace.TraceFlags.SAMPLED if ctx.sampled else trace.TraceFlags.DEFAULT)
-    trace_id = int(ctx.trace_id, 16)
-    provider = tracer_provider or trace.get_tracer_provider()
-    span: Span | None = None
-    # the API's own providers (no SDK configured) record nothing: no span to start then
-    if not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
-        parent = trace.NonRecordingSpan(
-            trace.SpanContext(trace_id, int(ctx.span_id, 16), is_remote=True, trace_flags=flags)
-        )
-        tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=provider)
-        span = tracer.start_span(
-            name, context=trace.set_span_in_context(parent), kind=trace.SpanKind.CONSUMER
-        )
-    own = span.get_span_context() if span is not None else None
-    if span is not None and own is not None and span.is_recording() and own.trace_id == trace_id:
-        handle = SpanHandle(ctx, format(own.span_id, "016x"), span=span, recording=True)
-    else:
-        # No provider (the API's no-op tracer would hand back the parent) or not sampled:
-        # make the attempt's own context current, so its children still hang under it.
-        if span is not None:
-            span.end()
-        span_id = new_span_id()
-        span = trace.NonRecordingSpan(trace.SpanContext(trace_id, int(span_id, 16), False, flags))
-        handle = SpanHandle(ctx, span_id, span=None, recording=False)
-    for key, value in (attributes or {}).items():
-        handle.set(key, value)
-
-    with trace.use_span(
-        span, end_on_exit=True, record_exception=False, set_status_on_exception=False
-    ):
+    def _start(self) -> SpanHandle:
+        ctx = self._ctx
         try:
-            yield handle
-        except Exception as exc:
-            if handle.recording:
+            _importable()
+            # one module, its names read from it: a from-import of eight names costs each
+            # attempt more than all the rest of this function without an SDK
+            from opentelemetry import context, trace  # noqa: PLC0415 - optional dependency
+        except ImportError:
+            _note_missing()
+            return SpanHandle(ctx, new_span_id(), span=None, recording=False)
+        flags = trace.TraceFlags(
+            trace.TraceFlags.SAMPLED if ctx.sampled else trace.TraceFlags.DEFAULT
+        )
+        trace_id = int(ctx.trace_id, 16)
+        provider = self._provider or trace.get_tracer_provider()
+        span: Span | None = None
+        # the API's own providers (no SDK configured) record nothing: no span to start then
+        if not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+            parent = trace.NonRecordingSpan(
+                trace.SpanContext(trace_id, int(ctx.span_id, 16), is_remote=True, trace_flags=flags)
+            )
+            tracer = trace.get_tracer(_INSTRUMENTATION, tracer_provider=provider)
+            span = tracer.start_span(
+                self._name, context=trace.set_span_in_context(parent), kind=trace.SpanKind.CONSUMER
+            )
+        own = span.get_span_context() if span is not None else None
+        if (
+            span is not None
+            and own is not None
+            and span.is_recording()
+            and own.trace_id == trace_id
+        ):
+            handle = SpanHandle(ctx, format(own.span_id, "016x"), span=span, recording=True)
+        else:
+            # No provider (the API's no-op tracer would hand back the parent) or not
+            # sampled: make the attempt's own context current, so its children still hang
+            # under it.
+            if span is not None:
+                span.end()
+            span_id = new_span_id()
+            span = trace.NonRecordingSpan(
+                trace.SpanContext(trace_id, int(span_id, 16), False, flags)
+            )
+            handle = SpanHandle(ctx, span_id, span=None, recording=False)
+        self._span = span
+        self._token = context.attach(trace.set_span_in_context(span))
+        return handle
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        span = self._span
+        if span is None:  # no OpenTelemetry
+            return
+        try:
+            if isinstance(exc, Exception) and self._handle.recording:
+                from opentelemetry import trace  # noqa: PLC0415 - optional dependency
+
                 details = format_exception(exc)
                 message = redact(str(exc))
                 span.record_exception(
@@ -192,4 +236,8 @@ def attempt_span(
                 span.set_status(
                     trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {message}")
                 )
-            raise
+        finally:
+            from opentelemetry import context  # noqa: PLC0415 - optional dependency
+
+            context.detach(self._token)  # type: ignore[arg-type]
+            span.end()
