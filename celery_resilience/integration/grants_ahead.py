@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
-from celery_resilience.core import clock
+from celery_resilience.core import clock, process
 from celery_resilience.core.ahead import AHEAD_FOR, MOST_AHEAD, Ahead, Demand
 from celery_resilience.core.gates import GateAnswer, GateAsk
 
@@ -30,7 +29,7 @@ class GrantsAhead:
         self._lock = threading.Lock()
         self._held: dict[_Pair, Ahead] = {}
         self._demand: dict[_Pair, Demand] = {}
-        self._pid = os.getpid()
+        self._pid = process.pid()
 
     def take(self, ask: GateAsk) -> float | None:
         """Count one attempt of ``ask``'s gates; hand it a grant ahead if one is held:
@@ -79,7 +78,7 @@ class GrantsAhead:
 
     def _own(self, now: float) -> None:
         """Forget a parent's grants after a fork, and pairs idle for a while. Lock held."""
-        pid = os.getpid()
+        pid = process.pid()
         if pid != self._pid:
             self._pid = pid
             self._held.clear()

@@ -7,7 +7,6 @@ fork: connections are never shared across processes).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -15,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from celery_resilience import signals
-from celery_resilience.core import clock
+from celery_resilience.core import clock, process
 from celery_resilience.core.ahead import may_ask_ahead
 from celery_resilience.core.gates import (
     BreakerState,
@@ -314,7 +313,7 @@ def _announce(transitions: tuple[Transition, ...]) -> None:
 def flush_held() -> None:
     """What every runtime of this process holds, reported or stored (a process that
     stops): see :meth:`Runtime.flush`."""
-    pid = os.getpid()
+    pid = process.pid()
     for owner, rt in list(_runtimes.values()):
         if owner == pid:
             rt.flush()
@@ -349,7 +348,7 @@ _runtimes_lock = threading.Lock()
 
 def runtime_for(app: Celery) -> Runtime:
     """The runtime of ``app`` in this process (a fresh one after a fork)."""
-    pid = os.getpid()
+    pid = process.pid()
     key = id(app)
     found = _runtimes.get(key)
     if found is not None and found[0] == pid:

@@ -26,10 +26,11 @@ import contextvars
 import hashlib
 import itertools
 import re
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from celery_resilience.core.process import random_bits
 
 __all__ = [
     "TRACEPARENT_HEADER",
@@ -78,14 +79,14 @@ def _traceparent(trace_id: str, span_id: str, *, sampled: bool) -> str:
 def new_span_id() -> str:
     """Return a fresh random span ID: 16 lowercase hex digits, never all zeros."""
     while True:
-        span_id = secrets.token_hex(8)
+        span_id = f"{random_bits(64):016x}"
         if span_id != _ZERO_SPAN_ID:
             return span_id
 
 
 def _new_trace_id() -> str:
     while True:
-        trace_id = secrets.token_hex(16)
+        trace_id = f"{random_bits(128):032x}"
         if trace_id != _ZERO_TRACE_ID:
             return trace_id
 

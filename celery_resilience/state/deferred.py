@@ -37,12 +37,12 @@ per attempt). On Redis Cluster each breaker's count is one call in that breaker'
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from celery_resilience.core import process
 from celery_resilience.core.gates import OutcomeReport, RecordAnswer, Transition
 from celery_resilience.core.keying import shown
 
@@ -150,7 +150,7 @@ class DeferredSuccesses:
 
     def _start(self) -> None:
         """Start the flushing thread in this process (again after a fork). Lock held."""
-        pid = os.getpid()
+        pid = process.pid()
         if self._thread is not None and self._pid == pid and self._thread.is_alive():
             return
         self._pid = pid
