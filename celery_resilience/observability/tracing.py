@@ -150,7 +150,12 @@ def parse_traceparent(value: object) -> TraceContext | None:
         return None
     if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
         return None
-    return TraceContext(trace_id, span_id, sampled=bool(int(flags, 16) & 1))
+    # checked above as the constructor would check them: built without a second look
+    ctx = object.__new__(TraceContext)
+    object.__setattr__(ctx, "trace_id", trace_id)
+    object.__setattr__(ctx, "span_id", span_id)
+    object.__setattr__(ctx, "sampled", bool(int(flags, 16) & 1))
+    return ctx
 
 
 def _escape_char(char: str, *, keep_space: bool) -> str:
