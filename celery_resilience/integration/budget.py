@@ -11,8 +11,8 @@ by the body sees it only when run in ``contextvars.copy_context()``.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from celery_resilience.core.budget import remaining_budget
@@ -50,12 +50,23 @@ def current_budget() -> Budget | None:
     return _budget.get()
 
 
-@contextmanager
-def bind_budget(budget: Budget | None) -> Iterator[Budget | None]:
+def bind_budget(budget: Budget | None) -> AbstractContextManager[Budget | None]:
     """Bind ``budget`` for the block (``None`` unbinds an outer one: a task without a
     deadline run eagerly inside one with a deadline is not bound by the outer's)."""
-    token = _budget.set(budget)
-    try:
-        yield budget
-    finally:
-        _budget.reset(token)
+    return _Binding(budget)
+
+
+class _Binding:
+    """What :func:`bind_budget` returns (a class, not a generator: entered per attempt)."""
+
+    __slots__ = ("_token", "_value")
+
+    def __init__(self, budget: Budget | None) -> None:
+        self._value = budget
+
+    def __enter__(self) -> Budget | None:
+        self._token = _budget.set(self._value)
+        return self._value
+
+    def __exit__(self, *_: object) -> None:
+        _budget.reset(self._token)

@@ -26,8 +26,7 @@ import contextvars
 import hashlib
 import itertools
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from celery_resilience.core.process import random_bits
@@ -276,8 +275,7 @@ def current_attempt() -> AttemptInfo | None:
     return _attempt.get()
 
 
-@contextmanager
-def bind_attempt(info: AttemptInfo) -> Iterator[AttemptInfo]:
+def bind_attempt(info: AttemptInfo) -> AbstractContextManager[AttemptInfo]:
     """Bind ``info`` as the current attempt for the block, with a fresh call counter.
 
     On exit (also by exception) the previous attempt, if any, is bound again together
@@ -288,13 +286,25 @@ def bind_attempt(info: AttemptInfo) -> Iterator[AttemptInfo]:
     """
     if not isinstance(info, AttemptInfo):
         raise TypeError(f"bind_attempt() takes an AttemptInfo, not {type(info).__name__}")
-    attempt_token = _attempt.set(info)
-    calls_token = _unsafe_calls.set(itertools.count(1))
-    try:
-        yield info
-    finally:
-        _unsafe_calls.reset(calls_token)
-        _attempt.reset(attempt_token)
+    return _Binding(info)
+
+
+class _Binding:
+    """What :func:`bind_attempt` returns (a class, not a generator: entered per attempt)."""
+
+    __slots__ = ("_attempt_token", "_calls_token", "_info")
+
+    def __init__(self, info: AttemptInfo) -> None:
+        self._info = info
+
+    def __enter__(self) -> AttemptInfo:
+        self._attempt_token = _attempt.set(self._info)
+        self._calls_token = _unsafe_calls.set(itertools.count(1))
+        return self._info
+
+    def __exit__(self, *_: object) -> None:
+        _unsafe_calls.reset(self._calls_token)
+        _attempt.reset(self._attempt_token)
 
 
 def hold_attempt(info: AttemptInfo) -> contextvars.Token[AttemptInfo | None]:
