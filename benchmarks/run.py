@@ -7,6 +7,7 @@
     python -m benchmarks --only outage,rate   # some scenarios (printed only)
     python -m benchmarks --only reliability   # the faults -> its section of RESULTS.md
     python -m benchmarks profile              # py-spy over the overhead scenario
+    python -m benchmarks compare A B          # the overhead scenario at two revisions
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from benchmarks import profiling
+from benchmarks import compare, profiling
 from benchmarks.degraded import run_degraded
 from benchmarks.errors import run_permanent, run_retry_after
 from benchmarks.outage import run_outage, run_sweep
@@ -93,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["profile"]:
         return profiling.main(argv[1:])
+    if argv[:1] == ["compare"]:
+        return compare.main(argv[1:])
     args = _parse(argv)
     params = QUICK if args.quick else FULL
     out = args.out
