@@ -161,12 +161,6 @@ class _AttemptSpan:
         self._token: object = None
 
     def __enter__(self) -> SpanHandle:
-        handle = self._handle = self._start()
-        for key, value in (self._attributes or {}).items():
-            handle.set(key, value)
-        return handle
-
-    def _start(self) -> SpanHandle:
         ctx = self._ctx
         try:
             _importable()
@@ -175,7 +169,9 @@ class _AttemptSpan:
             from opentelemetry import context, trace  # noqa: PLC0415 - optional dependency
         except ImportError:
             _note_missing()
-            return SpanHandle(ctx, new_span_id(), span=None, recording=False)
+            handle = self._handle = SpanHandle(ctx, new_span_id(), span=None, recording=False)
+            self._set_attributes(handle)
+            return handle
         flags = trace.TraceFlags(
             trace.TraceFlags.SAMPLED if ctx.sampled else trace.TraceFlags.DEFAULT
         )
@@ -210,9 +206,19 @@ class _AttemptSpan:
                 trace.SpanContext(trace_id, int(span_id, 16), False, flags)
             )
             handle = SpanHandle(ctx, span_id, span=None, recording=False)
+        self._handle = handle
+        try:
+            self._set_attributes(handle)
+        except BaseException:
+            span.end()
+            raise
         self._span = span
         self._token = context.attach(trace.set_span_in_context(span))
         return handle
+
+    def _set_attributes(self, handle: SpanHandle) -> None:
+        for key, value in (self._attributes or {}).items():
+            handle.set(key, value)
 
     def __exit__(
         self,

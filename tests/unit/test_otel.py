@@ -109,6 +109,23 @@ def test_span_is_current_inside_the_attempt(provider):
     assert otel_parent() is None
 
 
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_an_attribute_that_fails_leaves_no_span_open_or_current(provider, exporter):
+    """An attribute whose text cannot be made ends the span at once, and the context
+    before the block stays current."""
+    with (
+        pytest.raises(RuntimeError),
+        attempt_span("shop.charge", MESSAGE, {"odd": _Unprintable()}, tracer_provider=provider),
+    ):
+        pass
+    assert otel_parent() is None
+    assert [s.name for s in exporter.get_finished_spans()] == ["shop.charge"]
+
+
 def test_unsampled_message_records_nothing(provider, exporter):
     """A message whose trace is not sampled gets no exported span, but a fresh span ID."""
     unsampled = TraceContext(MESSAGE.trace_id, MESSAGE.span_id, sampled=False)
