@@ -1,9 +1,12 @@
 """This process's ID and fresh random IDs, read without a system call per attempt.
 
-Both are kept right across ``os.fork`` (Celery's prefork pool forks with it): a child
-learns its own ID, and its random IDs start from fresh entropy, so two pool processes
-never hand out the same sequence. The generator is this module's own: a task that
-seeds :mod:`random` for its own reasons does not make trace IDs repeat.
+Both are kept right across ``os.fork`` by an at-fork hook (Celery's prefork pool,
+multiprocessing and gunicorn fork with it): a child learns its own ID, and its random
+IDs start from fresh entropy, so two pool processes never hand out the same sequence.
+A server that forks its workers from C without running Python's at-fork hooks (uWSGI
+without ``lazy-apps`` or ``py-call-osafterfork``) leaves them, as it leaves :mod:`random`,
+with their parent's values. The generator is this module's own: a task that seeds
+:mod:`random` for its own reasons does not make span IDs repeat.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ def _forked() -> None:
     _random.seed()
 
 
-os.register_at_fork(after_in_child=_forked)
+if hasattr(os, "register_at_fork"):  # no fork, nothing to renew, where it is missing
+    os.register_at_fork(after_in_child=_forked)
 
 
 def pid() -> int:

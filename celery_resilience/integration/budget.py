@@ -59,12 +59,16 @@ def bind_budget(budget: Budget | None) -> AbstractContextManager[Budget | None]:
 class _Binding:
     """What :func:`bind_budget` returns (a class, not a generator: entered per attempt)."""
 
-    __slots__ = ("_token", "_value")
+    __slots__ = ("_entered", "_token", "_value")
 
     def __init__(self, budget: Budget | None) -> None:
         self._value = budget
+        self._entered = False
 
     def __enter__(self) -> Budget | None:
+        if self._entered:  # as a generator's: one block per call
+            raise RuntimeError("bind_budget() is entered once; call it again for another")
+        self._entered = True
         self._token = _budget.set(self._value)
         return self._value
 

@@ -144,7 +144,9 @@ class _AttemptSpan:
     """The context manager :func:`attempt_span` returns (a class, not a generator: it is
     entered once per attempt, and a generator's machinery costs more than its work)."""
 
-    __slots__ = ("_attributes", "_ctx", "_handle", "_name", "_provider", "_span", "_token")
+    __slots__ = (
+        "_attributes", "_ctx", "_entered", "_handle", "_name", "_provider", "_span", "_token",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -159,8 +161,12 @@ class _AttemptSpan:
         self._provider = provider
         self._span: Span | None = None
         self._token: object = None
+        self._entered = False
 
     def __enter__(self) -> SpanHandle:
+        if self._entered:  # as a generator's: one block per call
+            raise RuntimeError("attempt_span() is entered once; call it again for another")
+        self._entered = True
         ctx = self._ctx
         try:
             _importable()

@@ -26,6 +26,7 @@ import contextvars
 import hashlib
 import itertools
 import re
+import secrets
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -85,7 +86,8 @@ def new_span_id() -> str:
 
 def _new_trace_id() -> str:
     while True:
-        trace_id = f"{random_bits(128):032x}"
+        # from the OS's entropy: once per trace, and unique whatever forked the process
+        trace_id = secrets.token_hex(16)
         if trace_id != _ZERO_TRACE_ID:
             return trace_id
 
@@ -292,12 +294,16 @@ def bind_attempt(info: AttemptInfo) -> AbstractContextManager[AttemptInfo]:
 class _Binding:
     """What :func:`bind_attempt` returns (a class, not a generator: entered per attempt)."""
 
-    __slots__ = ("_attempt_token", "_calls_token", "_info")
+    __slots__ = ("_attempt_token", "_calls_token", "_entered", "_info")
 
     def __init__(self, info: AttemptInfo) -> None:
         self._info = info
+        self._entered = False
 
     def __enter__(self) -> AttemptInfo:
+        if self._entered:  # as a generator's: one block per call
+            raise RuntimeError("bind_attempt() is entered once; call it again for another")
+        self._entered = True
         self._attempt_token = _attempt.set(self._info)
         self._calls_token = _unsafe_calls.set(itertools.count(1))
         return self._info

@@ -24,7 +24,7 @@ from celery_resilience.core.errors import DeadlineSpent, ResilienceConfigError, 
 from celery_resilience.core.gates import RecordAnswer
 from celery_resilience.core.ledger import AttemptState
 from celery_resilience.core.options import TaskOptions
-from celery_resilience.integration.budget import Budget, bind_budget
+from celery_resilience.integration.budget import Budget, bind_budget, current_budget
 from celery_resilience.integration.eager import eager_gates
 from celery_resilience.integration.http import DEFAULT_TIMEOUT, ResilientSession
 from celery_resilience.integration.settings import deadline_header
@@ -137,6 +137,17 @@ def test_session_cuts_both_timeouts_to_what_is_left(session):
         session.get("http://upstream.invalid/", timeout=1.5)
     session.get("http://upstream.invalid/")
     assert recording.timeouts == [(2.0, 2.0), (0.5, 2.0), 1.5, DEFAULT_TIMEOUT]
+
+
+def test_one_budget_binding_is_entered_once():
+    """A second entry of the same binding is refused; the first still unbinds on exit."""
+    budget = _budget(2.0)
+    binding = bind_budget(budget)
+    with binding:
+        with pytest.raises(RuntimeError, match="entered once"), binding:
+            pass
+        assert current_budget() is budget
+    assert current_budget() is None
 
 
 @given(

@@ -109,6 +109,17 @@ def test_span_is_current_inside_the_attempt(provider):
     assert otel_parent() is None
 
 
+def test_one_span_is_entered_once(provider, exporter):
+    """A second entry of the same span is refused; the first still ends and detaches."""
+    span = attempt_span("shop.charge", MESSAGE, {}, tracer_provider=provider)
+    with span as handle:
+        with pytest.raises(RuntimeError, match="entered once"), span:
+            pass
+        assert otel_parent() == handle.context
+    assert otel_parent() is None
+    assert [s.name for s in exporter.get_finished_spans()] == ["shop.charge"]
+
+
 class _Unprintable:
     def __str__(self) -> str:
         raise RuntimeError("no text")

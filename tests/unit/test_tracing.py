@@ -293,6 +293,18 @@ def test_bind_attempt_sets_and_restores():
     assert current_attempt() is None
 
 
+def test_one_binding_is_entered_once():
+    """As with a generator context manager, a second entry of the same binding is refused
+    before it binds anything, and the first still unbinds on its exit."""
+    info = attempt()
+    binding = bind_attempt(info)
+    with binding:
+        with pytest.raises(RuntimeError, match="entered once"), binding:
+            pass
+        assert current_attempt() is info
+    assert current_attempt() is None
+
+
 def test_bind_attempt_nests():
     """An inner attempt (an eager task) shadows the outer one, which returns after it."""
     outer, inner = attempt("outer"), attempt("inner")
