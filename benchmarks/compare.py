@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -70,13 +71,20 @@ def _session(tree: Path, reps: int, tasks: int, workdir: Path) -> list[dict[str,
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
+def _measured(run: dict[str, Any]) -> bool:
+    """Whether a drain was measured (a queue that never passed both marks gives NaN)."""
+    return all(math.isfinite(run[key]) and run[key] > 0 for key in ("rate", "cpu_ms"))
+
+
 def _summary(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Per-run ratios to the same session's and repetition's plain run, and ms by process."""
+    """Per-run ratios to the same session's and repetition's plain run, and ms by process;
+    a run not measured, or whose plain run was not, is left out (and counted)."""
     plain = {(r["session"], r["rep"]): r for r in runs if r["variant"] == "plain"}
     rows: dict[str, list[float]] = defaultdict(list)
     for r in runs:
         base = plain.get((r["session"], r["rep"]))
-        if base is None:
+        if base is None or not _measured(base) or not _measured(r):
+            rows[f"{r['variant']}: runs left out"].append(1.0)
             continue
         name = str(r["variant"])
         if name != "plain":
@@ -115,6 +123,9 @@ def main(argv: Sequence[str]) -> int:
     for key in trees:
         print(f"\n{key}: {commits[key][:12]}")
         for name, values in _summary(runs[key]).items():
+            if name.endswith("runs left out"):
+                print(f"  {name:40s} {len(values)}")
+                continue
             print(f"  {name:40s} {statistics.median(values):6.3f} "
                   f"[{min(values):.3f}-{max(values):.3f}]")  # fmt: skip
     return 0
