@@ -14,17 +14,14 @@ same rules; these are their reference, and what the tests check them against.
 - **Adaptive throttling.** Over the last three tenths of the window (recent enough that
   an outage after a healthy spell is not throttled on the successes before it), the
   callers of an upstream make ``requests`` calls and ``accepts`` of them succeed. With a
-  sending ratio R, calls beyond ``R * accepts`` are the excess: while there is one, the
-  throttle is on (``shed_share``, client-side throttling as in Google's SRE book), and
-  calls are sent at about R times the rate the upstream accepts them, so that a degraded
-  upstream still gets all the work it can do and not much more. The sends are paced
-  over each tenth (``paced_share``): a tenth may send R times the calls the horizon's
-  accept rate gives it for the time it has run, ``max(0, (here - R * due) / (here +
-  1))`` of its ``here`` requests shed, so that the room a quieter tenth left is not sent
-  all at once by the next. An upstream that accepts nothing is down: that is the
-  breaker's case, and nothing is shed (nor on fewer than ``minimum_calls`` requests, nor
-  while fewer than one call in twenty accepted is refused: the share shrinks in
-  proportion, so that a recovered upstream gets the waiting work back at once).
+  sending ratio R, the share of calls shed locally is
+  ``max(0, (requests - R * accepts) / (requests + 1))`` (client-side throttling, as in
+  Google's SRE book): calls are sent at about R times the rate the upstream accepts
+  them, so that a degraded upstream still gets all the work it can do and not much more.
+  An upstream that accepts nothing is down: that is the breaker's case, and nothing is
+  shed (nor on fewer than ``minimum_calls`` requests, nor while fewer than one call in
+  twenty accepted is refused: the share shrinks in proportion, so that a recovered
+  upstream gets the waiting work back at once).
 - **Finding the upstream's capacity.** No one ratio suits both kinds of degradation: an
   upstream failing 40 % of calls at random needs 1.67 calls per call accepted to finish
   the work, while to an overloaded one every call beyond its capacity is a wasted call.
@@ -56,7 +53,6 @@ __all__ = [
     "excess_share",
     "failure_floor",
     "held_closed",
-    "paced_share",
     "probe_ratio",
     "retry_allowance",
     "sending_ratio",
@@ -136,32 +132,9 @@ def shed_share(requests: int, accepts: int, refused: int, ratio: float, minimum:
     >>> shed_share(100, 60, 40, 1.8, 5), round(shed_share(100, 30, 70, 1.8, 5), 3)
     (0.0, 0.455)
     """
-    return paced_share(requests, accepts, refused, ratio, minimum, here=requests, elapsed=1.0)
-
-
-def paced_share(
-    requests: int,
-    accepts: int,
-    refused: int,
-    ratio: float,
-    minimum: int,
-    *,
-    here: int,
-    elapsed: float,
-) -> float:
-    """The share of calls to shed now in a tenth of the window that has run for
-    ``elapsed`` of the horizon's time (the tenth's share of the span over which the
-    horizon's ``accepts`` were counted) and holds ``here`` requests, sent or shed (with
-    the one asking): the tenth may send ``ratio`` times the calls the horizon's accept
-    rate gives it so far; :func:`shed_share` is the whole horizon's case (``here`` all
-    its requests, ``elapsed`` 1), and the same cases shed nothing.
-
-    >>> round(paced_share(100, 30, 70, 1.8, 5, here=5, elapsed=0.05), 3)
-    0.383
-    """
     if ratio <= 0 or accepts <= 0 or requests < max(minimum, 1):
         return 0.0
-    share = max(0.0, (here - ratio * accepts * elapsed) / (here + 1))
+    share = max(0.0, (requests - ratio * accepts) / (requests + 1))
     return share * min(1.0, refused / (QUIET * accepts))
 
 

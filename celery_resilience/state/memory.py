@@ -33,7 +33,6 @@ from celery_resilience.core.tripping import (
     Probe,
     confidence_z,
     held_closed,
-    paced_share,
     probe_ratio,
     retry_allowance,
     sending_ratio,
@@ -95,9 +94,7 @@ class _Breaker:
 class _Totals(NamedTuple):
     """A breaker window's counts: successes and failures of the window; requests and
     successes of its last :data:`THROTTLE_BUCKETS` buckets; first attempts and retries of
-    the window; the throttle's probe; calls of the last buckets sent and not accepted;
-    requests of the current bucket, and how long it has run as a share of the span of
-    the last buckets and it."""
+    the window; the throttle's probe; calls of the last buckets sent and not accepted."""
 
     succ: int
     fail: int
@@ -107,8 +104,6 @@ class _Totals(NamedTuple):
     retries: int
     probe: Probe
     rejected: int
-    here: int
-    elapsed: float
 
 
 @dataclass
@@ -216,7 +211,7 @@ class MemoryStore:
         current = math.floor(now * 1000 / width) * width
         first = current
         probe = [0, 0, 0, 0]
-        succ = fail = req = recent = firsts = retries = sent = here = 0
+        succ = fail = req = recent = firsts = retries = sent = 0
         for key in list(br.window):
             start, kind = key
             n = br.window[key]
@@ -241,7 +236,6 @@ class MemoryStore:
             elif start + width > recent_from:
                 req += n
                 sent += n if kind == "q" else 0
-                here += n if start == current else 0
         finished = math.floor((current - first) / width + 0.5)
         half = finished // 2
         odd = even = half
@@ -252,9 +246,7 @@ class MemoryStore:
                 even += 1
         found = Probe(probe[0], probe[1], probe[2], probe[3], odd, even)
         rejected = max(0, sent - recent)
-        ran = now * 1000 - current
-        elapsed = ran / (THROTTLE_BUCKETS * width + ran)
-        return _Totals(succ, fail, req, recent, firsts, retries, found, rejected, here, elapsed)
+        return _Totals(succ, fail, req, recent, firsts, retries, found, rejected)
 
     def _add(
         self, br: _Breaker, policy: CircuitBreaker, now: float, kind: str, count: int = 1
@@ -370,13 +362,8 @@ class MemoryStore:
                     ratio = sending_ratio(totals.probe, policy.throttle)
                     lowest = probe_ratio(ratio, odd=False)
                     br.store_shed(shed_share(*counts, lowest, policy.minimum_calls))
-                    share = paced_share(
-                        *counts,
-                        probe_ratio(ratio, self._odd_now(policy, now)),
-                        policy.minimum_calls,
-                        here=totals.here + 1,
-                        elapsed=totals.elapsed,
-                    )
+                    here = probe_ratio(ratio, self._odd_now(policy, now))
+                    share = shed_share(*counts, here, policy.minimum_calls)
                     if ask.throttle_draw is not None and ask.throttle_draw < share:
                         self._add(br, policy, now, "x")
                         return deny(
@@ -499,7 +486,7 @@ class MemoryStore:
                     self._add(br, policy, now, "q", report.carried_sent)
                 if outcome != "neutral":
                     self._add(br, policy, now, "s" if outcome == "success" else "f")
-                succ, fail, req, recent, _, _, probe, rejected, _, _ = self._totals(br, policy, now)
+                succ, fail, req, recent, _, _, probe, rejected = self._totals(br, policy, now)
                 calls = succ + fail
                 rate = fail / calls if calls else 0.0
                 if (
@@ -596,7 +583,7 @@ class MemoryStore:
                     br.shed = 0.0
                     br.open_for = _stored(policy.open_for)
                     br.open_until = 0.0
-            succ, fail, req, recent, firsts, retries, probe, rejected, _, _ = self._totals(
+            succ, fail, req, recent, firsts, retries, probe, rejected = self._totals(
                 br, policy, now, keep=True
             )
             br.probes = {h: t for h, t in br.probes.items() if t > _stored(now)}

@@ -16,7 +16,6 @@ from celery_resilience.core.tripping import (
     confidence_z,
     failure_floor,
     held_closed,
-    paced_share,
     probe_ratio,
     retry_allowance,
     sending_ratio,
@@ -89,43 +88,6 @@ def test_the_shed_share_is_a_share_and_zero_while_enough_calls_succeed(
     assert shed_share(requests, accepts, failures, 0.0, minimum) == 0.0
     loud = shed_share(requests, accepts, max(failures, accepts), k, minimum)
     assert share <= loud  # fewer failures never shed more
-
-
-@given(
-    requests=st.integers(0, 10_000),
-    accepts=st.integers(0, 10_000),
-    failures=st.integers(0, 10_000),
-    k=st.floats(1.0, 4.0),
-    here=st.integers(1, 500),
-    elapsed=st.floats(0.0, 1.0),
-)
-def test_a_tenth_sheds_less_the_longer_it_has_run_and_more_the_more_it_is_asked(
-    requests, accepts, failures, k, here, elapsed
-):
-    share = paced_share(requests, accepts, failures, k, 5, here=here, elapsed=elapsed)
-    assert 0.0 <= share < 1.0
-    later = paced_share(requests, accepts, failures, k, 5, here=here, elapsed=min(1.0, elapsed * 2))
-    busier = paced_share(requests, accepts, failures, k, 5, here=here + 1, elapsed=elapsed)
-    assert later <= share <= busier
-    whole = paced_share(requests, accepts, failures, k, 5, here=requests, elapsed=1.0)
-    assert whole == shed_share(requests, accepts, failures, k, 5)
-    if shed_share(requests, accepts, failures, k, 5) == 0 and (accepts == 0 or failures == 0):
-        assert share == 0.0  # off, down or quiet: nothing is paced either
-
-
-def test_a_tenth_sends_its_ratio_of_the_accept_rate_paced_over_it():
-    """Requests arriving evenly are sent at the ratio times the accept rate, whatever
-    the horizon left unsent, and not all at the tenth's start."""
-    k, arriving = 1.36, 80  # 30 accepted a second, 80 asking in this tenth
-    sent, early = 0.0, 0.0
-    for i in range(1, arriving + 1):
-        ran = i / arriving  # seconds into a 1 s tenth
-        accepts = 90 + round(30 * ran)  # the 3 s before it, and it so far
-        share = paced_share(500, accepts, 40, k, 5, here=i, elapsed=ran / (3 + ran))
-        sent += 1 - share
-        early += 1 - share if ran <= 0.25 else 0
-    assert sent == pytest.approx(k * 30, rel=0.08)  # about 41 of the 80 asked
-    assert early == pytest.approx(k * 30 / 4, abs=2)  # a quarter in: 10 of the 20 asked
 
 
 def test_an_overloaded_upstream_is_sent_about_k_times_what_it_accepts():
@@ -212,29 +174,6 @@ def test_accepts_that_grow_with_sends_never_lower_the_ratio(extra, share):
     flat = Probe(200 + extra, 120, 200, 120, 5, 5)
     grown = Probe(200 + extra, 120 + round(extra * share), 200, 120, 5, 5)
     assert sending_ratio(grown, 1.8) >= sending_ratio(flat, 1.8) - 1e-12
-
-
-def test_a_busier_bucket_paces_its_sends_instead_of_spending_the_room_left_at_once():
-    """An even bucket sent 1.5 calls per call accepted (no evidence yet: the throttle's
-    1.8, even buckets 1.4, odd ones 2.2). At the start of the odd bucket after it, the
-    horizon has room for 2.2 * 10 - 16 calls, but the bucket has run for too short a time
-    to send them: its first call is shed; later in it, a call goes."""
-    clock = Clock()
-    clock.now = 1000.0  # an even bucket
-    store = MemoryStore(now=clock)
-    breaker = CircuitBreaker("paced", minimum_calls=5)
-    for i, outcome in enumerate(["success", "success", "failure"] * 5):
-        clock.now += 0.05
-        _call(store, breaker, f"e{i}", outcome)
-    assert shed_share(15, 10, 5, 1.4, 5) > 0  # the throttle is on (at the even ratio)
-    clock.now = 1001.05  # 50 ms into the odd bucket: 15 sent and 10 accepted in 3.05 s
-    first = store.gate(GateAsk(holder="o0", breaker=breaker, throttle_draw=0.0))
-    assert (first.allowed, first.denial) == (False, Denial.THROTTLED)
-    due = 2.2 * 10 * 0.05 / 3.05
-    assert first.shed == pytest.approx((1 - due) / 2)
-    assert shed_share(16, 10, 5, 2.2, 5) == 0  # the horizon alone would have sent it
-    clock.now = 1001.9  # 0.9 s in: 2.2 * 10 * 0.9 / 3.9 = 5 calls due, 1 asked
-    assert store.gate(GateAsk(holder="o1", breaker=breaker, throttle_draw=0.0)).allowed
 
 
 @pytest.mark.parametrize("kwargs", [{"confidence": 1.0}, {"confidence": 0.4}, {"throttle": 0.5}])

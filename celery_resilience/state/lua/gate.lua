@@ -126,10 +126,9 @@ if skey then
     asked = (b.k or 0) > 0
     budgeted = (b.rb or 0) > 0
     local judged = budgeted and args.r
-    local _, req, recent, firsts, retries, probe, rejected, here, elapsed
+    local _, _, req, recent, firsts, retries, probe, rejected
     if judged or (asked and tp > 0) then
-      _, _, req, recent, firsts, retries, probe, rejected, here, elapsed =
-        window_totals(wkey, b, now)
+      _, _, req, recent, firsts, retries, probe, rejected = window_totals(wkey, b, now)
     end
     if judged then
       local allowed = retry_allowance(firsts, b)
@@ -143,8 +142,7 @@ if skey then
     if asked and tp > 0 then
       local ratio = sending_ratio(probe, b)
       store_shed(skey, tp, shed_share(req + 1, recent, rejected, probe_ratio(ratio, false), b))
-      local k = probe_ratio(ratio, odd_now(now, b))
-      local share = paced_share(req + 1, recent, rejected, k, b, here + 1, elapsed)
+      local share = shed_share(req + 1, recent, rejected, probe_ratio(ratio, odd_now(now, b)), b)
       if args.u and args.u < share then
         window_add(wkey, b, now, 'x')
         res.why = 'throttled'

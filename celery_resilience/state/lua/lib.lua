@@ -101,10 +101,8 @@ end
 -- Returns successes, failures within the last b.win seconds, the requests (sent or
 -- shed) and successes of its last THROTTLE_BUCKETS buckets (what adaptive throttling
 -- judges: an outage after a healthy spell must not be throttled on the successes before
--- it), the first attempts and retries within the window, the throttle's probe, the
--- calls of the last THROTTLE_BUCKETS buckets sent and not accepted, the requests of the
--- current bucket, and how long it has run as a share of the span of those buckets and
--- it. The probe is
+-- it), the first attempts and retries within the window, the throttle's probe, and the
+-- calls of the last THROTTLE_BUCKETS buckets sent and not accepted. The probe is
 -- {so, ao, se, ae, no, ne}: calls sent (successes and failures) and accepted in the
 -- window's finished buckets of odd number, the same of even number, and how many
 -- finished buckets of each kind there are since the first that holds a call. Drops
@@ -118,7 +116,7 @@ end
 
 local function window_totals(wkey, b, now, keep)
   local flat = redis.call('HGETALL', wkey)
-  local succ, fail, req, recent, firsts, retries, sent, here = 0, 0, 0, 0, 0, 0, 0, 0
+  local succ, fail, req, recent, firsts, retries, sent = 0, 0, 0, 0, 0, 0, 0
   local width = b.win * 100
   local horizon = (now - b.win) * 1000
   local recent_from = now * 1000 - THROTTLE_BUCKETS * width
@@ -153,7 +151,6 @@ local function window_totals(wkey, b, now, keep)
     elseif start + width > recent_from then
       req = req + n
       if kind == 'q' then sent = sent + n end
-      if start == current then here = here + n end
     end
   end
   if #stale > 0 and not keep then
@@ -166,9 +163,7 @@ local function window_totals(wkey, b, now, keep)
     local at = odd_index(first / width) and 5 or 6
     probe[at] = half + 1
   end
-  local ran = now * 1000 - current
-  return succ, fail, req, recent, firsts, retries, probe, math.max(0, sent - recent),
-    here, ran / (THROTTLE_BUCKETS * width + ran)
+  return succ, fail, req, recent, firsts, retries, probe, math.max(0, sent - recent)
 end
 
 -- Whether a closed breaker opens (celery_resilience.core.tripping.trips): at least
@@ -186,20 +181,14 @@ local function trips(fail, calls, b)
   return (centre - spread) / (1 + z2 / calls) >= b.rate
 end
 
--- The share of calls to shed now when k calls may be sent per call accepted, given the
--- requests, accepts and calls sent but not accepted of the throttle's horizon, and the
--- current bucket's requests and share of the horizon's time: the bucket sends k times
--- the accepts the horizon's rate gives it (celery_resilience.core.tripping.paced_share).
--- shed_share is the whole horizon's case.
+-- The share of calls to shed when k calls may be sent per call accepted, given the
+-- requests, accepts and calls sent but not accepted of the throttle's horizon
+-- (celery_resilience.core.tripping.shed_share).
 local QUIET = 0.05
-local function paced_share(req, succ, refused, k, b, here, elapsed)
-  if k <= 0 or succ <= 0 or req < math.max(b.min, 1) then return 0 end
-  local share = math.max(0, (here - k * succ * elapsed) / (here + 1))
-  return share * math.min(1, refused / (QUIET * succ))
-end
-
 local function shed_share(req, succ, refused, k, b)
-  return paced_share(req, succ, refused, k, b, req, 1)
+  if k <= 0 or succ <= 0 or req < math.max(b.min, 1) then return 0 end
+  local share = math.max(0, (req - k * succ) / (req + 1))
+  return share * math.min(1, refused / (QUIET * succ))
 end
 
 -- Adaptive throttling's probe (celery_resilience.core.tripping): how many calls to send
