@@ -276,18 +276,37 @@ def test_a_store_out_of_memory_falls_back_instead_of_failing(tmp_path):
             client.close()
 
 
+def _next_bucket(client: Any, window: float) -> None:
+    """Wait (bounded) until the Redis clock is in the next tenth of ``window``."""
+    width = window / 10
+
+    def bucket() -> int:
+        sec, usec = client.time()
+        return int((sec + usec / 1_000_000) // width)
+
+    start, deadline = bucket(), time.monotonic() + 5 * width + 1
+    while bucket() == start:
+        assert time.monotonic() < deadline, "the Redis clock did not move"
+        time.sleep(width / 20)
+
+
 @pytest.mark.integration
-def test_redis_sheds_like_the_reference_model(redis_server):
+@pytest.mark.parametrize(("window", "rounds"), [(30.0, 6), (0.5, 24)])
+def test_redis_sheds_like_the_reference_model(redis_server, window, rounds):
     """Adaptive throttling: the same calls and outcomes give the same share shed, and the
-    same draws the same calls shed, in Redis and in memory."""
+    same draws the same calls shed, in Redis and in memory; in one tenth of the window,
+    and over many (each round of three calls, with a short window, in a tenth of its
+    own: the probe's odd and even ratios, and buckets leaving the horizon)."""
     client = redis_server.client(3)
     redis = RedisStore(client, KeySpace(f"shed-{uuid.uuid4().hex[:12]}"))
     clock = {"now": 0.0}
     memory = MemoryStore(now=lambda: clock["now"])
-    breaker = CircuitBreaker("shed", minimum_calls=5, window=30.0)
+    breaker = CircuitBreaker("shed", minimum_calls=5, window=window)
     shed = 0
     try:
-        for i, outcome in enumerate(["success", "failure", "failure"] * 6):
+        for i, outcome in enumerate(["success", "failure", "failure"] * rounds):
+            if window < 1 and i % 3 == 0:
+                _next_bucket(client, window)
             ask = GateAsk(holder=f"t{i}", breaker=breaker, throttle_draw=(i % 10) / 10)
             shared = redis.gate(ask)
             clock["now"] = shared.now
