@@ -28,7 +28,7 @@ from benchmarks.report import Outcome, Row, fmt
 from benchmarks.rig import SIDES, Rig
 from benchmarks.tenants import RATE, TENANTS, TenantsRun, measure_tenants
 
-__all__ = ["Case", "DegradedRun", "run_degraded"]
+__all__ = ["Case", "DegradedRun", "run_degraded", "targets_met"]
 
 NODES, CONCURRENCY = 2, 2
 #: How long after the last task was sent a side may take to finish (plain Celery's
@@ -171,6 +171,12 @@ def _rows(case: Case, p: DegradedRun, r: DegradedRun) -> list[Row]:
             lost,
         ]  # fmt: skip
     return [per_task, during, goodput, drain, lost]
+
+
+def targets_met(case: Case, run: DegradedRun) -> bool:
+    """Whether the resilient side's ``run`` of ``case`` meets every target the scenario
+    sets for it."""
+    return all(row.met is not False for row in _rows(case, run, run))
 
 
 def run_degraded(rig: Rig, params: Params) -> Outcome:

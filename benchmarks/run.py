@@ -8,6 +8,7 @@
     python -m benchmarks --only reliability   # the faults -> its section of RESULTS.md
     python -m benchmarks profile              # py-spy over the overhead scenario
     python -m benchmarks compare A B          # the overhead scenario at two revisions
+    python -m benchmarks case overload        # one degraded case, resilient side, N runs
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from benchmarks import compare, profiling
+from benchmarks import case, compare, profiling
 from benchmarks.degraded import run_degraded
 from benchmarks.errors import run_permanent, run_retry_after
 from benchmarks.outage import run_outage, run_sweep
@@ -96,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return profiling.main(argv[1:])
     if argv[:1] == ["compare"]:
         return compare.main(argv[1:])
+    if argv[:1] == ["case"]:
+        return case.main(argv[1:])
     args = _parse(argv)
     params = QUICK if args.quick else FULL
     out = args.out
