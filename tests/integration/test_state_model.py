@@ -320,10 +320,12 @@ def test_redis_sheds_like_the_reference_model(redis_server, window, rounds):
             clock["now"] = redis.record(report).now
             memory.record(report)
         shared_status, local_status = redis.breaker(breaker), memory.breaker(breaker)
-        assert shared_status.state is local_status.state is BreakerState.CLOSED
+        assert shared_status.state is local_status.state
         assert abs(shared_status.shed - local_status.shed) < 1e-9
-        assert shared_status.shed > 0
         assert shed > 0
+        if window > 1:  # all in one tenth: closed, and shedding
+            assert shared_status.state is BreakerState.CLOSED
+            assert shared_status.shed > 0
     finally:
         client.close()
 
