@@ -93,6 +93,8 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmarks; 0 when every chosen scenario ran (whatever its figures)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # a stopped run leaves the way every run does: its workers and servers stopped
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     if argv[:1] == ["profile"]:
         return profiling.main(argv[1:])
     if argv[:1] == ["compare"]:
@@ -107,7 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     spliced = (
         out is None and not args.quick and len(args.chosen) == 1 and (args.chosen[0] in SPLICED)
     )
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     stamp = dt.datetime.now(dt.timezone.utc)
     workdir = HERE / "runs" / stamp.strftime("%Y%m%dT%H%M%SZ")
     load_before = load_average()
