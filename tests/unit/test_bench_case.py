@@ -22,7 +22,7 @@ def test_a_run_meets_the_overload_case_only_within_every_target():
     assert not targets_met(OVERLOAD, replace(RUN, succeeded=999, unfinished=1))  # one lost
 
 
-def test_the_tenths_keep_the_most_each_field_reached_and_name_their_parity():
+def test_each_tenth_is_told_with_its_parity_sends_accepts_and_sheds():
     tenths = _Tenths(None, "window")  # type: ignore[arg-type]
     tenths.seen = {"1000:s": 30, "1000:f": 15, "1000:x": 4, "2000:s": 20, "2000:q": 20}
     first, second = tenths.lines()
