@@ -32,26 +32,24 @@ from benchmarks.degraded import (
     NODES,
     DegradedRun,
     measure_case,
+    summary,
     targets_met,
 )
 from benchmarks.params import FULL
 from benchmarks.rig import SIDES, Rig
-from celery_resilience import CircuitBreaker
 from celery_resilience.state.keys import DEFAULT_PREFIX, KeySpace
 
 __all__ = ["main"]
 
 HERE = Path(__file__).resolve().parent
-#: The breaker every degraded case's resilient task uses, with its defaults.
-BREAKER = CircuitBreaker("upstream")
 
 
 class _Tenths:
     """The breaker window's counts per tenth, as the largest value each field reached
     (a tenth is pruned once it leaves the window)."""
 
-    def __init__(self, client: redis.Redis, key: str) -> None:
-        self.client, self.key = client, key
+    def __init__(self, client: redis.Redis, key: str, window: float) -> None:
+        self.client, self.key, self.width = client, key, 1000 * window / 10
         self.seen: dict[str, int] = {}
         self.stopped = threading.Event()
 
@@ -69,11 +67,10 @@ class _Tenths:
         if not tenths:
             return ["  (no breaker window seen)"]
         first, out = min(tenths), []
-        width = 1000 * BREAKER.window / 10
         for start in sorted(tenths):
             c = tenths[start]
             sent, ok = c.get("s", 0) + c.get("f", 0), c.get("s", 0)
-            parity = "odd " if round(start / width) % 2 else "even"
+            parity = "odd " if round(start / self.width) % 2 else "even"
             out.append(
                 f"  {(start - first) / 1000:5.1f} s {parity} sent {sent:3} accepted {ok:3} "
                 f"failed {c.get('f', 0):3} shed {c.get('x', 0):3} "
@@ -83,8 +80,8 @@ class _Tenths:
 
 
 @contextmanager
-def _watching(client: redis.Redis, key: str, on: bool) -> Iterator[_Tenths]:
-    tenths = _Tenths(client, key)
+def _watching(client: redis.Redis, key: str, window: float, on: bool) -> Iterator[_Tenths]:
+    tenths = _Tenths(client, key, window)
     thread = threading.Thread(target=tenths.poll, daemon=True) if on else None
     if thread is not None:
         thread.start()
@@ -94,14 +91,6 @@ def _watching(client: redis.Redis, key: str, on: bool) -> Iterator[_Tenths]:
         tenths.stopped.set()
         if thread is not None:
             thread.join(timeout=5)
-
-
-def _line(i: int, run: DegradedRun) -> str:
-    return (
-        f"run {i}: {run.calls_per_task:.3f} calls per task, goodput {run.goodput:.1f}/s, "
-        f"{run.done_during} done during, {run.calls_during} calls during, "
-        f"last done {run.last_after_heal:.1f} s after healing, {run.lost} lost"
-    )
 
 
 def _spread(values: Sequence[float], digits: int = 3) -> str:
@@ -121,6 +110,10 @@ def main(argv: Sequence[str]) -> int:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     workdir = HERE / "runs" / f"case-{case.key}-{stamp}"
     keys = KeySpace(resilient.app.conf.get("resilience_key_prefix") or DEFAULT_PREFIX)
+    breaker = resilient.call.resilience_options(overrides=False).breaker
+    if breaker is None:
+        raise RuntimeError("the degraded cases' resilient task has no breaker")
+    window_key = keys.breaker(breaker.name)[1]
     runs: list[DegradedRun] = []
     with Rig(workdir) as rig:
         for i in range(args.runs):
@@ -128,14 +121,14 @@ def main(argv: Sequence[str]) -> int:
             queue = f"case.{case.key}.{i}"
             with (
                 rig.nodes(SIDES["resilient"], queue, count=NODES, concurrency=CONCURRENCY),
-                _watching(rig.state_client, keys.breaker(BREAKER.name)[1], args.tenths) as seen,
+                _watching(rig.state_client, window_key, breaker.window, args.tenths) as seen,
             ):
                 run = measure_case(
                     rig, resilient.call, case, prefix=f"/case/{case.key}/{i}", queue=queue,
                     params=FULL,
                 )  # fmt: skip
             runs.append(run)
-            print(_line(i, run), flush=True)
+            print(f"run {i}: {summary(run)}", flush=True)
             if args.tenths:
                 print("\n".join(seen.lines()), flush=True)
     met = sum(targets_met(case, run) for run in runs)

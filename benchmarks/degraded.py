@@ -28,7 +28,7 @@ from benchmarks.report import Outcome, Row, fmt
 from benchmarks.rig import SIDES, Rig
 from benchmarks.tenants import RATE, TENANTS, TenantsRun, measure_tenants
 
-__all__ = ["Case", "DegradedRun", "run_degraded", "targets_met"]
+__all__ = ["Case", "DegradedRun", "run_degraded", "summary", "targets_met"]
 
 NODES, CONCURRENCY = 2, 2
 #: How long after the last task was sent a side may take to finish (plain Celery's
@@ -193,7 +193,7 @@ def run_degraded(rig: Rig, params: Params) -> Outcome:
                     rig, task, case, prefix=f"/degraded/{case.key}/{key}", queue=queue,
                     params=params,
                 )  # fmt: skip
-            print(f"  {case.key} {key}: {_summary(runs[key])}", flush=True)
+            print(f"  {case.key} {key}: {summary(runs[key])}", flush=True)
         rows.extend(_rows(case, runs["plain"], runs["resilient"]))
         data[case.key] = {k: {**asdict(v), "calls_per_task": v.calls_per_task,
                               "goodput": v.goodput} for k, v in runs.items()}  # fmt: skip
@@ -240,8 +240,10 @@ def _tenant_rows(p: TenantsRun, r: TenantsRun) -> list[Row]:
     ]  # fmt: skip
 
 
-def _summary(run: DegradedRun) -> str:
+def summary(run: DegradedRun) -> str:
+    """One side's run of a case, in a line."""
     return (
-        f"{run.calls_per_task:.2f} calls/task, {run.done_during} done during, goodput "
-        f"{run.goodput:.1f}/s, last {run.last_done:.1f} s, lost {run.lost}"
+        f"{run.calls_per_task:.3f} calls/task, {run.done_during} done during, goodput "
+        f"{run.goodput:.1f}/s, {run.calls_during} calls during, last {run.last_done:.1f} s "
+        f"({run.last_after_heal:.1f} s after healing), lost {run.lost}"
     )

@@ -23,10 +23,10 @@ def test_a_run_meets_the_overload_case_only_within_every_target():
 
 
 def test_each_tenth_is_told_with_its_parity_sends_accepts_and_sheds():
-    tenths = _Tenths(None, "window")  # type: ignore[arg-type]
+    tenths = _Tenths(None, "window", 10.0)  # type: ignore[arg-type]
     tenths.seen = {"1000:s": 30, "1000:f": 15, "1000:x": 4, "2000:s": 20, "2000:q": 20}
     first, second = tenths.lines()
     assert first.split() == ["0.0", "s", "odd", "sent", "45", "accepted", "30", "failed", "15",
                              "shed", "4", "sent/accepted", "1.50"]  # fmt: skip
     assert second.split()[:5] == ["1.0", "s", "even", "sent", "20"]
-    assert _Tenths(None, "window").lines() == ["  (no breaker window seen)"]  # type: ignore[arg-type]
+    assert _Tenths(None, "window", 10.0).lines() == ["  (no breaker window seen)"]  # type: ignore[arg-type]
