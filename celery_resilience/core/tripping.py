@@ -32,6 +32,14 @@ same rules; these are their reference, and what the tests check them against.
   over the mean acceptance places R between ``throttle`` K (accepts grow in proportion:
   random failures) and ``1 + (K - 1) * 0.3`` (accepts do not grow: capacity); a prior of
   a few calls' worth keeps it at K until the evidence says otherwise.
+- **Requests at capacity.** Shed calls come back, so an upstream at capacity sees its
+  requests grow; counted over the horizon they lag, and the calls sent now overshoot R
+  times the accepts. So at capacity the throttle judges as many requests as the horizon
+  would hold at the rate of its last bucket and the current one (``judged_requests``).
+  While accepts grow with the calls sent it keeps the horizon's count, whose lag lets a
+  surge of waiting calls through to an upstream failing at random (paced, its sends
+  could grow only by R times the share accepted per horizon: 1.08 at 40 % failing). In
+  between, in proportion to the sending ratio.
 - **Held closed at capacity.** While the throttle is on, a window of mixed outcomes whose
   failure share is under two thirds does not open the breaker until the probe has seen
   three buckets of each kind and found that accepts grow with the calls sent: at capacity
@@ -53,6 +61,7 @@ __all__ = [
     "excess_share",
     "failure_floor",
     "held_closed",
+    "judged_requests",
     "probe_ratio",
     "retry_allowance",
     "sending_ratio",
@@ -120,7 +129,7 @@ def trips(failures: int, calls: int, *, failure_rate: float, minimum_calls: int,
     return failures == calls or failure_floor(failures, calls, z) >= failure_rate
 
 
-def shed_share(requests: int, accepts: int, refused: int, ratio: float, minimum: int) -> float:
+def shed_share(requests: float, accepts: int, refused: int, ratio: float, minimum: int) -> float:
     """The share of calls to shed at ``ratio`` calls sent per call accepted, given the
     horizon's requests (sent or shed), accepts and calls sent but not accepted
     (``refused``: failures, 429s): 0 when ``ratio`` is 0 (no throttling), with
@@ -171,6 +180,24 @@ def sending_ratio(probe: Probe, throttle: float | None) -> float:
     if throttle <= 1:
         return throttle
     return 1 + (throttle - 1) * excess_share(probe, 1.0)
+
+
+def judged_requests(
+    requests: float, at_recent_rate: float, ratio: float, throttle: float | None
+) -> float:
+    """The requests the throttle judges: the horizon's count (``requests``) while the
+    sending ratio is ``throttle`` (accepts grow with the calls sent), as many as the
+    recent request rate gives over the horizon (``at_recent_rate``) while the ratio is at
+    the capacity floor, and in proportion between.
+
+    >>> judged_requests(300, 450, 1.8, 1.8), judged_requests(300, 450, 1.24, 1.8)
+    (300.0, 450.0)
+    """
+    if throttle is None or throttle <= 1:
+        return float(requests)
+    excess = (ratio - 1) / (throttle - 1)
+    weight = min(1.0, max(0.0, (1 - excess) / (1 - CAPACITY_FLOOR)))
+    return requests + (at_recent_rate - requests) * weight
 
 
 def probe_ratio(ratio: float, odd: bool) -> float:

@@ -33,6 +33,7 @@ from celery_resilience.core.tripping import (
     Probe,
     confidence_z,
     held_closed,
+    judged_requests,
     probe_ratio,
     retry_allowance,
     sending_ratio,
@@ -94,7 +95,8 @@ class _Breaker:
 class _Totals(NamedTuple):
     """A breaker window's counts: successes and failures of the window; requests and
     successes of its last :data:`THROTTLE_BUCKETS` buckets; first attempts and retries of
-    the window; the throttle's probe; calls of the last buckets sent and not accepted."""
+    the window; the throttle's probe; calls of the last buckets sent and not accepted; the
+    requests those buckets would hold at the rate of the last one and the current one."""
 
     succ: int
     fail: int
@@ -104,6 +106,7 @@ class _Totals(NamedTuple):
     retries: int
     probe: Probe
     rejected: int
+    at_recent_rate: float
 
 
 @dataclass
@@ -211,7 +214,7 @@ class MemoryStore:
         current = math.floor(now * 1000 / width) * width
         first = current
         probe = [0, 0, 0, 0]
-        succ = fail = req = recent = firsts = retries = sent = 0
+        succ = fail = req = recent = firsts = retries = sent = fresh = 0
         for key in list(br.window):
             start, kind = key
             n = br.window[key]
@@ -235,6 +238,7 @@ class MemoryStore:
                 retries += n
             elif start + width > recent_from:
                 req += n
+                fresh += n if start >= current - width else 0
                 sent += n if kind == "q" else 0
         finished = math.floor((current - first) / width + 0.5)
         half = finished // 2
@@ -246,7 +250,9 @@ class MemoryStore:
                 even += 1
         found = Probe(probe[0], probe[1], probe[2], probe[3], odd, even)
         rejected = max(0, sent - recent)
-        return _Totals(succ, fail, req, recent, firsts, retries, found, rejected)
+        elapsed = now * 1000 - current
+        at_rate = fresh * (THROTTLE_BUCKETS * width + elapsed) / (width + elapsed)
+        return _Totals(succ, fail, req, recent, firsts, retries, found, rejected, at_rate)
 
     def _add(
         self, br: _Breaker, policy: CircuitBreaker, now: float, kind: str, count: int = 1
@@ -358,8 +364,9 @@ class MemoryStore:
                             retries=(totals.retries, allowed),
                         )
                 if asked and totals is not None and br.shed > 0:
-                    counts = (totals.req + 1, totals.recent, totals.rejected)
                     ratio = sending_ratio(totals.probe, policy.throttle)
+                    req = judged_requests(totals.req, totals.at_recent_rate, ratio, policy.throttle)
+                    counts = (req + 1, totals.recent, totals.rejected)
                     lowest = probe_ratio(ratio, odd=False)
                     br.store_shed(shed_share(*counts, lowest, policy.minimum_calls))
                     here = probe_ratio(ratio, self._odd_now(policy, now))
@@ -486,7 +493,9 @@ class MemoryStore:
                     self._add(br, policy, now, "q", report.carried_sent)
                 if outcome != "neutral":
                     self._add(br, policy, now, "s" if outcome == "success" else "f")
-                succ, fail, req, recent, _, _, probe, rejected = self._totals(br, policy, now)
+                succ, fail, req, recent, _, _, probe, rejected, at_rate = self._totals(
+                    br, policy, now
+                )
                 calls = succ + fail
                 rate = fail / calls if calls else 0.0
                 if (
@@ -503,8 +512,12 @@ class MemoryStore:
                 ):
                     open_(BreakerState.CLOSED, policy.open_for, rate, calls)
                 elif br.state is BreakerState.CLOSED:
-                    lowest = probe_ratio(sending_ratio(probe, policy.throttle), odd=False)
-                    br.store_shed(shed_share(req, recent, rejected, lowest, policy.minimum_calls))
+                    ratio = sending_ratio(probe, policy.throttle)
+                    judged = judged_requests(req, at_rate, ratio, policy.throttle)
+                    lowest = probe_ratio(ratio, odd=False)
+                    br.store_shed(
+                        shed_share(judged, recent, rejected, lowest, policy.minimum_calls)
+                    )
             elif (
                 br.state is BreakerState.HALF_OPEN
                 and report.probe
@@ -583,13 +596,14 @@ class MemoryStore:
                     br.shed = 0.0
                     br.open_for = _stored(policy.open_for)
                     br.open_until = 0.0
-            succ, fail, req, recent, firsts, retries, probe, rejected = self._totals(
+            succ, fail, req, recent, firsts, retries, probe, rejected, at_rate = self._totals(
                 br, policy, now, keep=True
             )
             br.probes = {h: t for h, t in br.probes.items() if t > _stored(now)}
             calls = succ + fail
             ratio = sending_ratio(probe, policy.throttle)
-            shed = shed_share(req, recent, rejected, ratio, policy.minimum_calls)
+            judged = judged_requests(req, at_rate, ratio, policy.throttle)
+            shed = shed_share(judged, recent, rejected, ratio, policy.minimum_calls)
             return BreakerStatus(
                 name=policy.name,
                 state=br.state,

@@ -290,22 +290,33 @@ def _next_bucket(client: Any, window: float) -> None:
         time.sleep(width / 20)
 
 
+_RANDOM = ["success", "failure", "failure"]
+#: an upstream at capacity: the busier round of a pair gets no more accepted
+_AT_CAPACITY = ["success", "failure", "success", "success"], ["success", "failure"] * 3
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize(("window", "rounds"), [(30.0, 6), (0.5, 24)])
+@pytest.mark.parametrize(
+    ("window", "rounds"),
+    [(30.0, [_RANDOM] * 6), (0.5, [_RANDOM] * 24), (0.5, list(_AT_CAPACITY) * 12)],
+    ids=["one tenth", "many tenths", "at capacity"],
+)
 def test_redis_sheds_like_the_reference_model(redis_server, window, rounds):
     """Adaptive throttling: the same calls and outcomes give the same share shed, and the
     same draws the same calls shed, in Redis and in memory; in one tenth of the window,
-    and over many (each round of three calls, with a short window, in a tenth of its
-    own: the probe's odd and even ratios, and buckets leaving the horizon)."""
+    and over many (each round of calls, with a short window, in a tenth of its own: the
+    probe's odd and even ratios, buckets leaving the horizon and, at capacity, requests
+    judged at their recent rate)."""
     client = redis_server.client(3)
     redis = RedisStore(client, KeySpace(f"shed-{uuid.uuid4().hex[:12]}"))
     clock = {"now": 0.0}
     memory = MemoryStore(now=lambda: clock["now"])
     breaker = CircuitBreaker("shed", minimum_calls=5, window=window)
     shed = 0
+    calls = [(r, outcome) for r, round_ in enumerate(rounds) for outcome in round_]
     try:
-        for i, outcome in enumerate(["success", "failure", "failure"] * rounds):
-            if window < 1 and i % 3 == 0:
+        for i, (r, outcome) in enumerate(calls):
+            if window < 1 and (i == 0 or calls[i - 1][0] != r):
                 _next_bucket(client, window)
             ask = GateAsk(holder=f"t{i}", breaker=breaker, throttle_draw=(i % 10) / 10)
             shared = redis.gate(ask)

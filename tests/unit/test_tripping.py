@@ -16,6 +16,7 @@ from celery_resilience.core.tripping import (
     confidence_z,
     failure_floor,
     held_closed,
+    judged_requests,
     probe_ratio,
     retry_allowance,
     sending_ratio,
@@ -176,6 +177,33 @@ def test_accepts_that_grow_with_sends_never_lower_the_ratio(extra, share):
     assert sending_ratio(grown, 1.8) >= sending_ratio(flat, 1.8) - 1e-12
 
 
+def test_requests_are_judged_at_their_recent_rate_only_at_capacity():
+    assert judged_requests(300, 450, 1.8, 1.8) == 300  # accepts grow with sends
+    assert judged_requests(300, 450, FLOOR, 1.8) == pytest.approx(450)  # at capacity
+    assert judged_requests(300, 150, FLOOR, 1.8) == pytest.approx(150)  # requests falling
+    assert 300 < judged_requests(300, 450, 1.5, 1.8) < 450
+    assert judged_requests(300, 450, 1.0, None) == judged_requests(300, 450, 1.0, 1.0) == 300
+
+
+@given(
+    req=st.integers(0, 5_000),
+    at_rate=st.floats(0, 20_000),
+    low=st.floats(0, 1),
+    high=st.floats(0, 1),
+    k=st.floats(1.01, 4.0),
+)
+def test_judged_requests_move_toward_the_recent_rate_as_the_ratio_falls(req, at_rate, low, high, k):
+    low, high = sorted((low, high))
+    floor = 1 + (k - 1) * CAPACITY_FLOOR
+    lower, upper = (floor + (k - floor) * share for share in (low, high))
+    nearer, farther = (
+        judged_requests(req, at_rate, lower, k),
+        judged_requests(req, at_rate, upper, k),
+    )
+    assert min(req, at_rate) - 1e-6 <= nearer <= max(req, at_rate) + 1e-6
+    assert abs(nearer - at_rate) <= abs(farther - at_rate) + 1e-6
+
+
 @pytest.mark.parametrize("kwargs", [{"confidence": 1.0}, {"confidence": 0.4}, {"throttle": 0.5}])
 def test_bad_confidence_or_throttle_is_refused(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
@@ -257,6 +285,46 @@ def test_an_upstream_at_capacity_is_throttled_not_cut_off():
     status = store.breaker(breaker)
     assert trips(status.failures, status.calls, failure_rate=0.5, minimum_calls=5, z=Z)
     assert _buckets(store, breaker, clock, [(20, 0)] * 4, "d")[-1] is BreakerState.OPEN
+
+
+def _sent(store, breaker, clock, plan, tag):
+    """One bucket per (sent, accepted) pair, each call through the gate (never shed: no
+    draw) and recorded, the successes first; the clock then at the next bucket's start."""
+    for b, (sent, accepted) in enumerate(plan):
+        start = clock.now
+        for i in range(sent):
+            clock.now = start + (i + 0.5) * breaker.window / 10 / sent
+            assert store.gate(GateAsk(holder=f"{tag}{b}.{i}", breaker=breaker)).allowed
+            outcome = "success" if i < accepted else "failure"
+            store.record(OutcomeReport(holder=f"{tag}{b}.{i}", breaker=breaker,
+                                       breaker_outcome=outcome))  # fmt: skip
+        clock.now = start + breaker.window / 10
+
+
+@pytest.mark.parametrize(
+    ("evidence", "growing_sheds_more"),
+    [([(4, 3), (6, 3)] * 4, True), ([(4, 2), (8, 4)] * 4, False)],
+    ids=["at capacity", "failing at random"],
+)
+def test_requests_growing_at_capacity_are_shed_at_their_recent_rate(evidence, growing_sheds_more):
+    """The same calls sent and accepted over the throttle's horizon, in the same buckets
+    of each parity, steady or growing: at capacity (the busier buckets get no more
+    accepted) the growing ones are shed more; failing at random, alike."""
+    sheds = []
+    for tail in ([(6, 2), (6, 2), (6, 2)], [(4, 2), (6, 2), (8, 2)]):
+        clock = Clock()
+        clock.now = 1000.0
+        store = MemoryStore(now=clock)
+        breaker = CircuitBreaker("busy", minimum_calls=5)
+        _sent(store, breaker, clock, evidence + tail, "c")
+        assert store.breaker(breaker).state is BreakerState.CLOSED
+        sheds.append(store.breaker(breaker).shed)
+    steady, growing = sheds
+    assert steady > 0
+    if growing_sheds_more:
+        assert growing > steady + 0.05
+    else:
+        assert growing == pytest.approx(steady, abs=0.01)
 
 
 def test_an_upstream_failing_at_random_as_often_opens_the_breaker():

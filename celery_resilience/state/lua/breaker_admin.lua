@@ -50,7 +50,7 @@ if args.ttl and args.op ~= 'status' then
 end
 
 local ou, of, ch = unpack(redis.call('HMGET', skey, 'ou', 'of', 'ch'))
-local succ, fail, req, recent, firsts, retries, probe, rejected =
+local succ, fail, req, recent, firsts, retries, probe, rejected, at_rate =
   window_totals(wkey, b, now, true)
 redis.call('ZREMRANGEBYSCORE', pkey, '-inf', fmt(now))
 res.st = st
@@ -62,7 +62,9 @@ res.failures = fail
 res.rate = 0
 if res.calls > 0 then res.rate = fail / res.calls end
 res.probes = redis.call('ZCARD', pkey)
-res.shed = (st == 'closed') and shed_share(req, recent, rejected, sending_ratio(probe, b), b) or 0
+local ratio = sending_ratio(probe, b)
+req = judged_requests(req, at_rate, ratio, b)
+res.shed = (st == 'closed') and shed_share(req, recent, rejected, ratio, b) or 0
 res.first_attempts = firsts
 res.retries = retries
 res.exists = redis.call('EXISTS', skey) == 1 or res.calls > 0

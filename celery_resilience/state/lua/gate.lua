@@ -126,9 +126,9 @@ if skey then
     asked = (b.k or 0) > 0
     budgeted = (b.rb or 0) > 0
     local judged = budgeted and args.r
-    local _, _, req, recent, firsts, retries, probe, rejected
+    local _, _, req, recent, firsts, retries, probe, rejected, at_rate
     if judged or (asked and tp > 0) then
-      _, _, req, recent, firsts, retries, probe, rejected = window_totals(wkey, b, now)
+      _, _, req, recent, firsts, retries, probe, rejected, at_rate = window_totals(wkey, b, now)
     end
     if judged then
       local allowed = retry_allowance(firsts, b)
@@ -141,6 +141,7 @@ if skey then
     end
     if asked and tp > 0 then
       local ratio = sending_ratio(probe, b)
+      req = judged_requests(req, at_rate, ratio, b)
       store_shed(skey, tp, shed_share(req + 1, recent, rejected, probe_ratio(ratio, false), b))
       local share = shed_share(req + 1, recent, rejected, probe_ratio(ratio, odd_now(now, b)), b)
       if args.u and args.u < share then

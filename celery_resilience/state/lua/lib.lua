@@ -101,8 +101,9 @@ end
 -- Returns successes, failures within the last b.win seconds, the requests (sent or
 -- shed) and successes of its last THROTTLE_BUCKETS buckets (what adaptive throttling
 -- judges: an outage after a healthy spell must not be throttled on the successes before
--- it), the first attempts and retries within the window, the throttle's probe, and the
--- calls of the last THROTTLE_BUCKETS buckets sent and not accepted. The probe is
+-- it), the first attempts and retries within the window, the throttle's probe, the
+-- calls of the last THROTTLE_BUCKETS buckets sent and not accepted, and as many requests
+-- as those buckets would hold at the rate of the last one and this one. The probe is
 -- {so, ao, se, ae, no, ne}: calls sent (successes and failures) and accepted in the
 -- window's finished buckets of odd number, the same of even number, and how many
 -- finished buckets of each kind there are since the first that holds a call. Drops
@@ -116,7 +117,7 @@ end
 
 local function window_totals(wkey, b, now, keep)
   local flat = redis.call('HGETALL', wkey)
-  local succ, fail, req, recent, firsts, retries, sent = 0, 0, 0, 0, 0, 0, 0
+  local succ, fail, req, recent, firsts, retries, sent, fresh = 0, 0, 0, 0, 0, 0, 0, 0
   local width = b.win * 100
   local horizon = (now - b.win) * 1000
   local recent_from = now * 1000 - THROTTLE_BUCKETS * width
@@ -150,6 +151,7 @@ local function window_totals(wkey, b, now, keep)
       retries = retries + n
     elseif start + width > recent_from then
       req = req + n
+      if start >= current - width then fresh = fresh + n end
       if kind == 'q' then sent = sent + n end
     end
   end
@@ -163,7 +165,10 @@ local function window_totals(wkey, b, now, keep)
     local at = odd_index(first / width) and 5 or 6
     probe[at] = half + 1
   end
-  return succ, fail, req, recent, firsts, retries, probe, math.max(0, sent - recent)
+  -- the requests of the last bucket and this one, at their rate over the horizon's span
+  local elapsed = now * 1000 - current
+  local at_rate = fresh * (THROTTLE_BUCKETS * width + elapsed) / (width + elapsed)
+  return succ, fail, req, recent, firsts, retries, probe, math.max(0, sent - recent), at_rate
 end
 
 -- Whether a closed breaker opens (celery_resilience.core.tripping.trips): at least
@@ -227,6 +232,17 @@ local function held_closed(fail, calls, recent, probe, b)
   if (b.k or 0) <= 1 or recent <= 0 or fail >= HELD_SHARE * calls then return false end
   if math.min(probe[5], probe[6]) < EVIDENCE_BUCKETS then return true end
   return excess_share(probe, CAPACITY_FLOOR) < AT_CAPACITY
+end
+
+-- The requests the throttle judges (celery_resilience.core.tripping.judged_requests):
+-- the horizon's count while accepts grow with the calls sent, what the recent request
+-- rate gives at capacity, in proportion between.
+local function judged_requests(req, at_rate, ratio, b)
+  local k = b.k or 0
+  if k <= 1 then return req end
+  local weight = (1 - (ratio - 1) / (k - 1)) / (1 - CAPACITY_FLOOR)
+  weight = math.min(1, math.max(0, weight))
+  return req + (at_rate - req) * weight
 end
 
 local function probe_ratio(ratio, odd)

@@ -64,15 +64,16 @@ if skey then
     elseif b.outcome == 'failure' then
       window_add(wkey, b, now, 'f')
     end
-    local succ, fail, req, recent, _, _, probe, rejected = window_totals(wkey, b, now)
+    local succ, fail, req, recent, _, _, probe, rejected, at_rate = window_totals(wkey, b, now)
     res.calls = succ + fail
     if res.calls > 0 then res.rate = fail / res.calls end
     if st == 'closed' and b.outcome == 'failure' and trips(fail, res.calls, b)
         and not held_closed(fail, res.calls, recent, probe, b) then
       open_breaker('closed', b.of)
     elseif st == 'closed' then
-      local lowest = probe_ratio(sending_ratio(probe, b), false)
-      store_shed(skey, tp, shed_share(req, recent, rejected, lowest, b))
+      local ratio = sending_ratio(probe, b)
+      req = judged_requests(req, at_rate, ratio, b)
+      store_shed(skey, tp, shed_share(req, recent, rejected, probe_ratio(ratio, false), b))
     end
   elseif st == 'half_open' and b.probe and redis.call('ZREM', pkey, holder) == 1 then
     -- only a live probe decides (a stale or foreign report does not)
