@@ -221,20 +221,27 @@ def test_deferrals_do_not_spend_retries(nodes, client, upstream, unique, state):
 @pytest.mark.integration
 def test_the_deadline_bounds_a_deferred_task(nodes, client, upstream, unique, state):
     """A task with a 3 s deadline whose breaker stays forced open gives up (GaveUp) when
-    its next deferral would end past the deadline, without calling the upstream."""
+    its next deferral would end past the deadline, without calling the upstream.
+
+    A deferral that ends just before the deadline may be delivered just after it on a
+    loaded machine; the task then gives up on arrival, and says the deadline passed."""
     policy = CircuitBreaker("manual-deadline", open_for=0.5)
     state.breaker(policy, "open")
     try:
         started = time.monotonic()
         result = client.send_task("res.manual_deadline", args=[f"/{unique}/late"])
-        with pytest.raises(Exception, match=r"deadline of 3 s would pass while deferred") as info:
+        gave_up = r"deadline of 3 s (would pass while deferred|passed)"
+        with pytest.raises(Exception, match=gave_up) as info:
             result.get(timeout=20)
         elapsed = time.monotonic() - started
     finally:
         state.breaker(policy, "reset")
 
     assert type(info.value).__name__ == "GaveUp"
-    assert "breaker 'manual-deadline' forced open" in str(info.value)
+    if "would pass while deferred" in str(info.value):
+        assert "breaker 'manual-deadline' forced open" in str(info.value)
+    needle = f"[{result.id}]: deferred: breaker 'manual-deadline' forced open"
+    wait_until(lambda: log_lines(nodes, needle), timeout=10, what="a deferral by the breaker")
     assert 2.0 <= elapsed <= 8.0
     assert len(calls_under(upstream, f"/{unique}")) == 0
 
