@@ -25,6 +25,7 @@ using them leaves at most that many unused (a rate limit loses them for that mom
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from celery_resilience.core.gates import GateAsk
@@ -67,6 +68,8 @@ class Ahead:
         if not self.slots:
             return None
         wait = max(0.0, self.slots[0] - now)
+        while now + wait < self.slots[0]:  # rounded down: wait the least step more
+            wait = math.nextafter(wait, math.inf)
         if now + wait >= self.until:
             return None
         return wait, Ahead(self.slots[1:], self.until)
