@@ -40,6 +40,13 @@ same rules; these are their reference, and what the tests check them against.
   surge of waiting calls through to an upstream failing at random (paced, its sends
   could grow only by R times the share accepted per horizon: 1.08 at 40 % failing). In
   between, in proportion to the sending ratio.
+- **Shedding evenly.** Each call is shed with the probability the share sets, corrected
+  by what was shed before: the share is added to what is owed to shedding, a call is
+  shed when a uniform draw falls below what is owed, and one call is then paid off
+  (``shed_call``). So over any run of calls the count shed is within two of the sum of
+  their shares, where independent draws would stray by its square root; the calls sent
+  come at an even pace rather than in random clusters, and an upstream at capacity
+  refuses fewer of them.
 - **Held closed at capacity.** While the throttle is on, a window of mixed outcomes whose
   failure share is under two thirds does not open the breaker until the probe has seen
   three buckets of each kind and found that accepts grow with the calls sent: at capacity
@@ -65,6 +72,7 @@ __all__ = [
     "probe_ratio",
     "retry_allowance",
     "sending_ratio",
+    "shed_call",
     "shed_share",
     "trips",
 ]
@@ -198,6 +206,22 @@ def judged_requests(
     excess = (ratio - 1) / (throttle - 1)
     weight = min(1.0, max(0.0, (1 - excess) / (1 - CAPACITY_FLOOR)))
     return requests + (at_recent_rate - requests) * weight
+
+
+def shed_call(share: float, owed: float, draw: float) -> tuple[bool, float]:
+    """Whether to shed a call at ``share``, given what is ``owed`` to shedding by the calls
+    before it and a ``draw`` uniform in [0, 1); and what is owed after it. Nothing is
+    shed, and nothing owed, at a share of 0. What is owed stays within [-1, 1).
+
+    >>> shed_call(0.25, 0.0, 0.5), shed_call(0.25, 0.5, 0.5), shed_call(0.0, 0.5, 0.0)
+    ((False, 0.25), (True, -0.25), (False, 0.0))
+    """
+    if share <= 0:
+        return False, 0.0
+    owed = min(1.0, max(-1.0, owed)) + share
+    if draw < owed:
+        return True, owed - 1
+    return False, owed
 
 
 def probe_ratio(ratio: float, odd: bool) -> float:

@@ -37,6 +37,7 @@ from celery_resilience.core.tripping import (
     probe_ratio,
     retry_allowance,
     sending_ratio,
+    shed_call,
     shed_share,
     trips,
 )
@@ -85,9 +86,13 @@ class _Breaker:
     window: dict[tuple[int, str], int] = field(default_factory=dict)
     probes: dict[str, float] = field(default_factory=dict)
     shed: float = 0.0  # the share adaptive throttling sheds, as last stored ("tp")
+    owed: float = 0.0  # what the calls so far owe to shedding ("so")
 
     def store_shed(self, new: float) -> None:
-        """Keep a new share when it changed enough (``store_shed`` in lib.lua)."""
+        """Keep a new share when it changed enough (``store_shed`` in lib.lua); nothing is
+        owed to shedding once it stops."""
+        if new == 0 and self.shed != 0:
+            self.owed = 0.0
         if (new == 0) != (self.shed == 0) or abs(new - self.shed) > 0.01:
             self.shed = float(f"{new:.4f}")
 
@@ -371,14 +376,16 @@ class MemoryStore:
                     br.store_shed(shed_share(*counts, lowest, policy.minimum_calls))
                     here = probe_ratio(ratio, self._odd_now(policy, now))
                     share = shed_share(*counts, here, policy.minimum_calls)
-                    if ask.throttle_draw is not None and ask.throttle_draw < share:
-                        self._add(br, policy, now, "x")
-                        return deny(
-                            Denial.THROTTLED,
-                            policy.window / _WINDOW_BUCKETS,
-                            breaker_state=state,
-                            shed=share,
-                        )
+                    if ask.throttle_draw is not None:
+                        shed, br.owed = shed_call(share, br.owed, ask.throttle_draw)
+                        if shed:
+                            self._add(br, policy, now, "x")
+                            return deny(
+                                Denial.THROTTLED,
+                                policy.window / _WINDOW_BUCKETS,
+                                breaker_state=state,
+                                shed=share,
+                            )
 
         def undo() -> None:
             if probe and br is not None:
@@ -480,6 +487,7 @@ class MemoryStore:
                 br.half_open_successes = 0
                 br.probes.clear()
                 br.shed = 0.0
+                br.owed = 0.0
                 transitions.append(Transition(policy.name, old, BreakerState.OPEN, rate, calls))
 
             if br.state in (
@@ -537,6 +545,7 @@ class MemoryStore:
                         br.window.clear()
                         br.probes.clear()
                         br.shed = 0.0
+                        br.owed = 0.0
                         transitions.append(
                             Transition(
                                 policy.name, BreakerState.HALF_OPEN, BreakerState.CLOSED, 0.0, 0
@@ -594,6 +603,7 @@ class MemoryStore:
                 if op == "reset":
                     br.window.clear()
                     br.shed = 0.0
+                    br.owed = 0.0
                     br.open_for = _stored(policy.open_for)
                     br.open_until = 0.0
             succ, fail, req, recent, firsts, retries, probe, rejected, at_rate = self._totals(

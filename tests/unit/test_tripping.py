@@ -20,6 +20,7 @@ from celery_resilience.core.tripping import (
     probe_ratio,
     retry_allowance,
     sending_ratio,
+    shed_call,
     shed_share,
     trips,
 )
@@ -204,6 +205,36 @@ def test_judged_requests_move_toward_the_recent_rate_as_the_ratio_falls(req, at_
     assert abs(nearer - at_rate) <= abs(farther - at_rate) + 1e-6
 
 
+def test_a_call_is_shed_when_the_draw_falls_below_the_share_and_what_is_owed():
+    assert shed_call(0.25, 0.0, 0.5) == (False, 0.25)  # owed 0.25: not shed, still owed
+    assert shed_call(0.25, 0.25, 0.4) == (True, -0.5)  # owed 0.5: shed, one call paid off
+    assert shed_call(0.25, -0.5, 0.0) == (False, -0.25)  # paid ahead: nothing shed
+    assert shed_call(0.0, 0.75, 0.0) == (False, 0.0)  # nothing shed at 0, nothing owed
+    assert shed_call(0.5, 7.0, 0.99) == (True, 0.5)  # what is owed is bounded
+
+
+@given(
+    owed=st.floats(-1.0, 1.0, exclude_max=True),
+    calls=st.lists(
+        st.tuples(st.floats(0.0, 1.0), st.floats(0.0, 1.0, exclude_max=True)), max_size=400
+    ),
+)
+def test_calls_shed_stay_within_two_of_the_sum_of_their_shares(owed, calls):
+    """Whatever the draws and what was owed before, the count shed over any run of calls
+    at a share above 0 stays within two of the sum of the shares (within one from nothing
+    owed); and what is owed stays within [-1, 1)."""
+    start, shed, shares = owed, 0, 0.0
+    for share, draw in calls:
+        if share <= 0:
+            start, owed, shed, shares = 0.0, 0.0, 0, 0.0  # a share of 0 ends the run
+            continue
+        was_shed, owed = shed_call(share, owed, draw)
+        shed += was_shed
+        shares += share
+        assert -1.0 <= owed < 1.0
+        assert abs(shed - shares) <= (1.0 if start == 0 else 2.0) + 1e-9
+
+
 @pytest.mark.parametrize("kwargs", [{"confidence": 1.0}, {"confidence": 0.4}, {"throttle": 0.5}])
 def test_bad_confidence_or_throttle_is_refused(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
@@ -219,20 +250,26 @@ class Clock:
 
 
 def _call(store: MemoryStore, breaker: CircuitBreaker, holder: str, outcome: str) -> None:
-    answer = store.gate(GateAsk(holder=holder, breaker=breaker, throttle_draw=0.99))
+    answer = store.gate(GateAsk(holder=holder, breaker=breaker))  # no draw: never shed
     assert answer.allowed, answer
     store.record(
         OutcomeReport(holder=holder, breaker=breaker, breaker_outcome=outcome)  # type: ignore[arg-type]
     )
 
 
-def test_the_store_sheds_calls_when_too_few_are_accepted_and_stays_closed():
+def _shedding() -> tuple[MemoryStore, CircuitBreaker]:
+    """A store whose breaker has seen 8 failures in 12 calls: closed, and shedding."""
     clock = Clock()
     store = MemoryStore(now=clock)
     breaker = CircuitBreaker("flaky", minimum_calls=5)
     for i, outcome in enumerate(["success", "failure", "failure"] * 4):
         clock.now += 0.1
         _call(store, breaker, f"t{i}", outcome)
+    return store, breaker
+
+
+def test_the_store_sheds_calls_when_too_few_are_accepted_and_stays_closed():
+    store, breaker = _shedding()
     status = store.breaker(breaker)
     assert status.state is BreakerState.CLOSED  # 8 failures of 12: not clearly above 0.5
     assert status.shed == pytest.approx((12 - 1.8 * 4) / 13)  # no evidence: as configured
@@ -241,6 +278,19 @@ def test_the_store_sheds_calls_when_too_few_are_accepted_and_stays_closed():
     assert shed.wait == pytest.approx(breaker.window / 10)
     assert store.gate(GateAsk(holder="y", breaker=breaker, throttle_draw=0.9)).allowed
     assert store.gate(GateAsk(holder="z", breaker=breaker)).allowed  # no draw: never shed
+
+
+def test_the_store_sheds_its_share_of_calls_evenly_whatever_the_draws():
+    """Calls that all draw 0.5 while the share is below 0.5 would all go through on
+    independent draws; what earlier calls owe to shedding sheds some of them."""
+    store, breaker = _shedding()
+    answers = [
+        store.gate(GateAsk(holder=f"s{i}", breaker=breaker, throttle_draw=0.5)) for i in range(20)
+    ]
+    early = [a for a in answers[:5] if not a.allowed]  # shares rise from about 0.3
+    assert 1 <= len(early) <= 3
+    assert all(0 < a.shed < 0.5 for a in early)  # shed though the draw was above the share
+    assert 6 <= sum(not a.allowed for a in answers) <= 14
 
 
 def test_an_outage_is_not_throttled_but_cut_off_by_the_breaker():

@@ -40,7 +40,7 @@ elseif args.op == 'close' then
   set_state('forced_closed')
 elseif args.op == 'reset' then
   redis.call('HSET', skey, 'st', 'closed', 'ch', fmt(now), 'of', fmt(b.of), 'hs', 0, 'ou', 0,
-             'tp', 0)
+             'tp', 0, 'so', 0)
   redis.call('DEL', wkey, pkey)
   set_state('closed')
 end

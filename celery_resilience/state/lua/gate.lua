@@ -13,7 +13,8 @@
 --   b  breaker {rate, min, win, of, ofm, hoc, lease, z, k, rb?, rf?}: rb, rf = the retry
 --      budget (retries per first attempt) and its floor (retries a second)   (optional)
 --   u  a number drawn uniformly from [0, 1): the call is shed when it falls below the
---      share adaptive throttling sheds (optional: without it nothing is shed)
+--      share adaptive throttling sheds plus what earlier calls owe to shedding
+--      (optional: without it nothing is shed)
 --   r  true when the attempt is a retry (it follows a failure)  (optional)
 --   c  concurrency {limit, lease, poll}                       (optional)
 --   l  limiter {T, tau, early, slack, slot?, max?, book?}: max = the longest wait worth
@@ -144,12 +145,18 @@ if skey then
       req = judged_requests(req, at_rate, ratio, b)
       store_shed(skey, tp, shed_share(req + 1, recent, rejected, probe_ratio(ratio, false), b))
       local share = shed_share(req + 1, recent, rejected, probe_ratio(ratio, odd_now(now, b)), b)
-      if args.u and args.u < share then
-        window_add(wkey, b, now, 'x')
-        res.why = 'throttled'
-        res.shed = share
-        res.wait = b.win / 10
-        return answer()
+      if args.u then
+        -- shed evenly: what the calls before this one owe to shedding is kept as "so"
+        local owed = tonumber(redis.call('HGET', skey, 'so')) or 0
+        local shed, left = shed_call(share, owed, args.u)
+        if left ~= owed then redis.call('HSET', skey, 'so', string.format('%.17g', left)) end
+        if shed then
+          window_add(wkey, b, now, 'x')
+          res.why = 'throttled'
+          res.shed = share
+          res.wait = b.win / 10
+          return answer()
+        end
       end
     end
   end

@@ -196,6 +196,15 @@ local function shed_share(req, succ, refused, k, b)
   return share * math.min(1, refused / (QUIET * succ))
 end
 
+-- Whether to shed a call at this share, given what is owed to shedding and a uniform
+-- draw; and what is owed after it (celery_resilience.core.tripping.shed_call).
+local function shed_call(share, owed, draw)
+  if share <= 0 then return false, 0 end
+  owed = math.min(1, math.max(-1, owed)) + share
+  if draw < owed then return true, owed - 1 end
+  return false, owed
+end
+
 -- Adaptive throttling's probe (celery_resilience.core.tripping): how many calls to send
 -- per call accepted, b.k while the upstream's accepts grow with the calls sent (it fails
 -- at random), down to 1 + (b.k - 1) * CAPACITY_FLOOR while they do not (it is at
@@ -293,9 +302,11 @@ end
 
 -- Stores the share of calls to shed when it changed (by more than a point, or to or
 -- from 0), so that the gate reads it with the breaker's state and computes it afresh
--- only while calls are being shed.
+-- only while calls are being shed. When shedding stops, nothing is owed to it ("so").
 local function store_shed(skey, old, new)
-  if (new == 0) ~= (old == 0) or math.abs(new - old) > 0.01 then
+  if new == 0 and old ~= 0 then
+    redis.call('HSET', skey, 'tp', string.format('%.4f', new), 'so', 0)
+  elseif (new == 0) ~= (old == 0) or math.abs(new - old) > 0.01 then
     redis.call('HSET', skey, 'tp', string.format('%.4f', new))
   end
 end

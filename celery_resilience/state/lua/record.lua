@@ -40,7 +40,7 @@ local ckey, lkey, akey = p.slots, p.limiter, p.attempt
 local function open_breaker(old, open_for)
   local ou = fmt(now + open_for)
   redis.call('HSET', skey, 'st', 'open', 'ou', ou, 'of', fmt(open_for), 'ch', fmt(now), 'hs', 0,
-             'tp', 0)
+             'tp', 0, 'so', 0)
   redis.call('DEL', pkey)
   res.tr[#res.tr + 1] = {old, 'open'}
   res.st = 'open'
@@ -84,7 +84,7 @@ if skey then
       local hs = redis.call('HINCRBY', skey, 'hs', 1)
       if hs >= b.hoc then
         redis.call('HSET', skey, 'st', 'closed', 'ch', fmt(now), 'of', fmt(b.of), 'hs', 0,
-                   'tp', 0)
+                   'tp', 0, 'so', 0)
         redis.call('DEL', wkey, pkey)
         res.tr[#res.tr + 1] = {'half_open', 'closed'}
         res.st = 'closed'
