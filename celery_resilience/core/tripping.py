@@ -31,7 +31,10 @@ same rules; these are their reference, and what the tests check them against.
   compares what each accepted. The marginal acceptance (accepted per extra call sent)
   over the mean acceptance places R between ``throttle`` K (accepts grow in proportion:
   random failures) and ``1 + (K - 1) * 0.3`` (accepts do not grow: capacity); a prior of
-  a few calls' worth keeps it at K until the evidence says otherwise.
+  a few calls' worth keeps it at K until the evidence says otherwise. A kind of bucket in
+  which the throttle has shed is judged on those buckets alone (``probe_of``): one that
+  sent every call there was measured the arrivals, not the upstream, and two such
+  buckets, odd and even, sending about as many calls, make chance look like capacity.
 - **Requests at capacity.** Shed calls come back, so an upstream at capacity sees its
   requests grow; counted over the horizon they lag, and the calls sent now overshoot R
   times the accepts. So at capacity the throttle judges as many requests as the horizon
@@ -60,15 +63,20 @@ from __future__ import annotations
 import functools
 import math
 from statistics import NormalDist
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = [
+    "Bucket",
     "Probe",
     "confidence_z",
     "excess_share",
     "failure_floor",
     "held_closed",
     "judged_requests",
+    "probe_of",
     "probe_ratio",
     "retry_allowance",
     "sending_ratio",
@@ -93,6 +101,17 @@ HELD_SHARE = 2 / 3
 QUIET = 0.05
 
 
+class Bucket(NamedTuple):
+    """One finished bucket of a breaker's window, as the probe reads it: whether its
+    number is odd, the calls sent in it (successes and failures), those accepted, and
+    whether the throttle shed any call in it."""
+
+    odd: bool
+    sent: int
+    accepted: int
+    shed: bool
+
+
 class Probe(NamedTuple):
     """Calls sent (successes and failures) and accepted in the window's finished buckets
     of odd and of even number, and how many such buckets there are of each since the
@@ -104,6 +123,37 @@ class Probe(NamedTuple):
     accepted_even: int = 0
     odd_buckets: int = 0
     even_buckets: int = 0
+
+
+def probe_of(buckets: Iterable[Bucket], odd_buckets: int, even_buckets: int) -> Probe:
+    """The probe's evidence from the window's finished ``buckets`` (those holding a call),
+    of which there are ``odd_buckets`` and ``even_buckets`` since the first, empty ones
+    included. A kind of bucket in which the throttle shed is judged on those buckets
+    alone: a bucket that sent all there was measured the load, not what the upstream
+    takes, and two such buckets tell nothing apart. Until a kind has one, all its buckets
+    count.
+
+    >>> probe_of([Bucket(True, 9, 5, False), Bucket(False, 6, 4, False)], 1, 1)
+    Probe(sent_odd=9, accepted_odd=5, sent_even=6, accepted_even=4, odd_buckets=1, even_buckets=1)
+    >>> probe_of([Bucket(False, 9, 5, False), Bucket(False, 6, 4, True)], 0, 2)[2:]
+    (6, 4, 0, 1)
+    """
+    kept = list(buckets)
+    shaped = {odd: sum(b.shed for b in kept if b.odd is odd) for odd in (True, False)}
+    sent = {True: 0, False: 0}
+    accepted = {True: 0, False: 0}
+    for b in kept:
+        if b.shed or not shaped[b.odd]:
+            sent[b.odd] += b.sent
+            accepted[b.odd] += b.accepted
+    return Probe(
+        sent[True],
+        accepted[True],
+        sent[False],
+        accepted[False],
+        shaped[True] or odd_buckets,
+        shaped[False] or even_buckets,
+    )
 
 
 @functools.lru_cache(maxsize=64)

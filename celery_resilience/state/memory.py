@@ -30,10 +30,12 @@ from celery_resilience.core.gates import (
 from celery_resilience.core.keying import IDLE_TTL, OVERFLOW
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.core.tripping import (
+    Bucket,
     Probe,
     confidence_z,
     held_closed,
     judged_requests,
+    probe_of,
     probe_ratio,
     retry_allowance,
     sending_ratio,
@@ -218,7 +220,8 @@ class MemoryStore:
         recent_from = now * 1000 - THROTTLE_BUCKETS * width
         current = math.floor(now * 1000 / width) * width
         first = current
-        probe = [0, 0, 0, 0]
+        sent_in: dict[int, list[int]] = {}  # finished buckets' [sent, accepted], by start
+        shed_in: set[int] = set()  # finished buckets in which the throttle shed
         succ = fail = req = recent = firsts = retries = sent = fresh = 0
         for key in list(br.window):
             start, kind = key
@@ -234,17 +237,20 @@ class MemoryStore:
                     fail += n
                 if start < current:
                     first = min(first, start)
-                    at = 0 if _odd_index(start / width) else 2
-                    probe[at] += n
-                    probe[at + 1] += n if kind == "s" else 0
+                    counts = sent_in.setdefault(start, [0, 0])
+                    counts[0] += n
+                    counts[1] += n if kind == "s" else 0
             elif kind == "a":
                 firsts += n
             elif kind == "r":
                 retries += n
-            elif start + width > recent_from:
-                req += n
-                fresh += n if start >= current - width else 0
-                sent += n if kind == "q" else 0
+            else:
+                if kind == "x" and start < current and n > 0:
+                    shed_in.add(start)
+                if start + width > recent_from:
+                    req += n
+                    fresh += n if start >= current - width else 0
+                    sent += n if kind == "q" else 0
         finished = math.floor((current - first) / width + 0.5)
         half = finished // 2
         odd = even = half
@@ -253,7 +259,13 @@ class MemoryStore:
                 odd += 1
             else:
                 even += 1
-        found = Probe(probe[0], probe[1], probe[2], probe[3], odd, even)
+        finished_buckets = []
+        for start in sent_in.keys() | shed_in:
+            calls, accepted = sent_in.get(start, (0, 0))
+            finished_buckets.append(
+                Bucket(_odd_index(start / width), calls, accepted, start in shed_in)
+            )
+        found = probe_of(finished_buckets, odd, even)
         rejected = max(0, sent - recent)
         elapsed = now * 1000 - current
         at_rate = fresh * (THROTTLE_BUCKETS * width + elapsed) / (width + elapsed)

@@ -3,6 +3,8 @@ budget allows: the rules and the store."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,11 +14,13 @@ from celery_resilience.core.gates import BreakerState, Denial, GateAsk, OutcomeR
 from celery_resilience.core.tripping import (
     CAPACITY_FLOOR,
     PROBE_SPREAD,
+    Bucket,
     Probe,
     confidence_z,
     failure_floor,
     held_closed,
     judged_requests,
+    probe_of,
     probe_ratio,
     retry_allowance,
     sending_ratio,
@@ -150,6 +154,47 @@ def test_the_probe_weighs_buckets_not_sums():
     of capacity, whatever the sums say."""
     probe = Probe(150, 90, 100, 60, 3, 2)
     assert sending_ratio(probe, 1.8) == pytest.approx(1.8)
+
+
+def test_a_kind_of_bucket_that_shed_is_judged_on_those_buckets_alone():
+    """Two early buckets that sent all there was, the odd one no more accepted than the
+    even one, read as capacity; once both kinds have shed, only those buckets count."""
+    early = [Bucket(False, 40, 24, False), Bucket(True, 44, 24, False)]
+    shaped = [Bucket(False, 30, 18, True), Bucket(True, 60, 36, True)]
+    assert probe_of(early, 1, 1) == Probe(44, 24, 40, 24, 1, 1)
+    assert sending_ratio(probe_of(early, 1, 1), 1.8) < 1.6
+    assert probe_of(early + shaped, 2, 2) == Probe(60, 36, 30, 18, 1, 1)
+    assert sending_ratio(probe_of(early + shaped, 2, 2), 1.8) == pytest.approx(1.8)
+    # the odd kind has not shed yet: all its buckets count, empty ones included
+    assert probe_of([*early, shaped[0]], 3, 2) == Probe(44, 24, 30, 18, 3, 1)
+
+
+def _bucket(odd: bool, sent: int, share: float, shed: bool) -> Bucket:
+    return Bucket(odd, sent, round(sent * share), shed)
+
+
+buckets = st.lists(
+    st.builds(_bucket, st.booleans(), st.integers(0, 200), st.floats(0, 1), st.booleans()),
+    max_size=12,
+)
+
+
+@given(found=buckets, empty=st.integers(0, 4))
+def test_the_probe_keeps_every_bucket_of_a_kind_that_shed_nowhere(found, empty):
+    """Without a bucket that shed, the probe is the plain sums over the kind's buckets;
+    with one, the buckets of that kind that shed nothing change nothing."""
+    odd_n = sum(b.odd for b in found) + empty
+    even_n = len(found) - odd_n + 2 * empty
+    probe = probe_of(found, odd_n, even_n)
+    for odd, (sent_at, accepted_at, count_at) in {True: (0, 1, 4), False: (2, 3, 5)}.items():
+        kind = [b for b in found if b.odd is odd]
+        shaped = [b for b in kind if b.shed]
+        counted = shaped or kind
+        assert probe[sent_at] == sum(b.sent for b in counted)
+        assert probe[accepted_at] == sum(b.accepted for b in counted)
+        assert probe[count_at] == (len(shaped) or (odd_n if odd else even_n))
+    unshaped_gone = [b for b in found if b.shed or not any(c.shed for c in found if c.odd is b.odd)]
+    assert probe_of(unshaped_gone, odd_n, even_n) == probe
 
 
 sent = st.integers(0, 5_000)
@@ -337,17 +382,24 @@ def test_an_upstream_at_capacity_is_throttled_not_cut_off():
     assert _buckets(store, breaker, clock, [(20, 0)] * 4, "d")[-1] is BreakerState.OPEN
 
 
-def _sent(store, breaker, clock, plan, tag):
+def _sent(store, breaker, clock, plan, tag, *, shed_one=False):
     """One bucket per (sent, accepted) pair, each call through the gate (never shed: no
-    draw) and recorded, the successes first; the clock then at the next bucket's start."""
+    draw) and recorded, the successes first; the clock then at the next bucket's start.
+    With ``shed_one``, the calls of each bucket draw 0 until one of them is shed, which
+    is then asked again without a draw."""
     for b, (sent, accepted) in enumerate(plan):
         start = clock.now
+        draw = 0.0 if shed_one else None
         for i in range(sent):
             clock.now = start + (i + 0.5) * breaker.window / 10 / sent
-            assert store.gate(GateAsk(holder=f"{tag}{b}.{i}", breaker=breaker)).allowed
+            ask = GateAsk(holder=f"{tag}{b}.{i}", breaker=breaker, throttle_draw=draw)
+            if not store.gate(ask).allowed:
+                draw = None
+                assert store.gate(replace(ask, throttle_draw=None)).allowed
             outcome = "success" if i < accepted else "failure"
             store.record(OutcomeReport(holder=f"{tag}{b}.{i}", breaker=breaker,
                                        breaker_outcome=outcome))  # fmt: skip
+        assert draw is None or not shed_one, "no call of the bucket was shed"
         clock.now = start + breaker.window / 10
 
 
@@ -375,6 +427,26 @@ def test_requests_growing_at_capacity_are_shed_at_their_recent_rate(evidence, gr
         assert growing > steady + 0.05
     else:
         assert growing == pytest.approx(steady, abs=0.01)
+
+
+def test_buckets_that_shed_nothing_count_no_more_once_both_kinds_have_shed():
+    """Two histories alike but for their first four buckets, which shed nothing: in one
+    the busier buckets got no more accepted (capacity, it seems), in the other twice as
+    many. Then four buckets, each of which sheds a call: the throttle sheds the same
+    share after both."""
+    shares = []
+    for early in ([(6, 2), (10, 2)] * 2, [(6, 2), (12, 4)] * 2):
+        clock = Clock()
+        clock.now = 1000.0
+        store = MemoryStore(now=clock)
+        breaker = CircuitBreaker("busy", failure_rate=0.9, minimum_calls=5)
+        _sent(store, breaker, clock, early, "e")
+        _sent(store, breaker, clock, [(6, 2), (12, 4)] * 2, "l", shed_one=True)
+        status = store.breaker(breaker)
+        assert status.state is BreakerState.CLOSED
+        shares.append(status.shed)
+    assert shares[0] > 0
+    assert shares[0] == pytest.approx(shares[1])
 
 
 def test_an_upstream_failing_at_random_as_often_opens_the_breaker():

@@ -106,13 +106,38 @@ end
 -- as those buckets would hold at the rate of the last one and this one. The probe is
 -- {so, ao, se, ae, no, ne}: calls sent (successes and failures) and accepted in the
 -- window's finished buckets of odd number, the same of even number, and how many
--- finished buckets of each kind there are since the first that holds a call. Drops
+-- finished buckets of each kind there are since the first that holds a call (of a kind
+-- in which the throttle shed, only the buckets in which it shed count). Drops
 -- older buckets unless keep is true (a reader whose window may differ from the writers'
 -- must not prune).
 local THROTTLE_BUCKETS = 3
 -- Whether a bucket's number (its start over its width, near a whole number) is odd.
 local function odd_index(index)
   return math.floor(index + 0.5) % 2 == 1
+end
+
+-- The probe from the finished buckets ({sent, accepted, shed} by start) and the count
+-- of finished buckets of each kind since the first (celery_resilience.core.tripping.
+-- probe_of): a kind with a bucket in which the throttle shed is judged on such buckets
+-- alone.
+local function probe_of(buckets, width, counts)
+  local probe, shaped = {0, 0, 0, 0, 0, 0}, {0, 0}
+  for start, bk in pairs(buckets) do
+    if bk[3] then
+      local j = odd_index(start / width) and 1 or 2
+      shaped[j] = shaped[j] + 1
+    end
+  end
+  for start, bk in pairs(buckets) do
+    local j = odd_index(start / width) and 1 or 2
+    if shaped[j] == 0 or bk[3] then
+      probe[2 * j - 1] = probe[2 * j - 1] + bk[1]
+      probe[2 * j] = probe[2 * j] + bk[2]
+    end
+  end
+  probe[5] = shaped[1] > 0 and shaped[1] or counts[1]
+  probe[6] = shaped[2] > 0 and shaped[2] or counts[2]
+  return probe
 end
 
 local function window_totals(wkey, b, now, keep)
@@ -122,8 +147,7 @@ local function window_totals(wkey, b, now, keep)
   local horizon = (now - b.win) * 1000
   local recent_from = now * 1000 - THROTTLE_BUCKETS * width
   local current = math.floor(now * 1000 / width) * width
-  local probe, first = {0, 0, 0, 0, 0, 0}, current
-  local stale = {}
+  local first, stale, buckets = current, {}, {}
   for i = 1, #flat, 2 do
     local field = flat[i]
     local sep = string.find(field, ':', 1, true)
@@ -141,18 +165,26 @@ local function window_totals(wkey, b, now, keep)
       end
       if start < current then
         first = math.min(first, start)
-        local at = odd_index(start / width) and 1 or 3
-        probe[at] = probe[at] + n
-        if kind == 's' then probe[at + 1] = probe[at + 1] + n end
+        local bk = buckets[start] or {0, 0, false}
+        buckets[start] = bk
+        bk[1] = bk[1] + n
+        if kind == 's' then bk[2] = bk[2] + n end
       end
     elseif kind == 'a' then
       firsts = firsts + n
     elseif kind == 'r' then
       retries = retries + n
-    elseif start + width > recent_from then
-      req = req + n
-      if start >= current - width then fresh = fresh + n end
-      if kind == 'q' then sent = sent + n end
+    else
+      if kind == 'x' and start < current and n > 0 then
+        local bk = buckets[start] or {0, 0, false}
+        buckets[start] = bk
+        bk[3] = true
+      end
+      if start + width > recent_from then
+        req = req + n
+        if start >= current - width then fresh = fresh + n end
+        if kind == 'q' then sent = sent + n end
+      end
     end
   end
   if #stale > 0 and not keep then
@@ -160,11 +192,12 @@ local function window_totals(wkey, b, now, keep)
   end
   local finished = math.floor((current - first) / width + 0.5)
   local half = math.floor(finished / 2)
-  probe[5], probe[6] = half, half
+  local counts = {half, half}
   if finished % 2 == 1 then
-    local at = odd_index(first / width) and 5 or 6
-    probe[at] = half + 1
+    local at = odd_index(first / width) and 1 or 2
+    counts[at] = half + 1
   end
+  local probe = probe_of(buckets, width, counts)
   -- the requests of the last bucket and this one, at their rate over the horizon's span
   local elapsed = now * 1000 - current
   local at_rate = fresh * (THROTTLE_BUCKETS * width + elapsed) / (width + elapsed)
