@@ -31,10 +31,10 @@ same rules; these are their reference, and what the tests check them against.
   compares what each accepted. The marginal acceptance (accepted per extra call sent)
   over the mean acceptance places R between ``throttle`` K (accepts grow in proportion:
   random failures) and ``1 + (K - 1) * 0.3`` (accepts do not grow: capacity); a prior of
-  a few calls' worth keeps it at K until the evidence says otherwise. A kind of bucket in
-  which the throttle has shed is judged on those buckets alone (``probe_of``): one that
-  sent every call there was measured the arrivals, not the upstream, and two such
-  buckets, odd and even, sending about as many calls, make chance look like capacity.
+  a few calls' worth keeps it at K until the evidence says otherwise. Once the throttle
+  has shed, a bucket is evidence only when it shed or the bucket before it did
+  (``probe_of``): two buckets running that shed nothing both sent every call there was,
+  and what they got accepted compares chance, which can look like capacity.
 - **Requests at capacity.** Shed calls come back, so an upstream at capacity sees its
   requests grow; counted over the horizon they lag, and the calls sent now overshoot R
   times the accepts. So at capacity the throttle judges as many requests as the horizon
@@ -102,11 +102,11 @@ QUIET = 0.05
 
 
 class Bucket(NamedTuple):
-    """One finished bucket of a breaker's window, as the probe reads it: whether its
-    number is odd, the calls sent in it (successes and failures), those accepted, and
-    whether the throttle shed any call in it."""
+    """One finished bucket of a breaker's window, as the probe reads it: its number (its
+    start over its width), the calls sent in it (successes and failures), those
+    accepted, and whether the throttle shed any call in it."""
 
-    odd: bool
+    number: int
     sent: int
     accepted: int
     shed: bool
@@ -114,8 +114,8 @@ class Bucket(NamedTuple):
 
 class Probe(NamedTuple):
     """Calls sent (successes and failures) and accepted in the window's finished buckets
-    of odd and of even number, and how many such buckets there are of each since the
-    first that holds a call."""
+    of odd and of even number that the probe counts, and how many buckets of each kind
+    it counts (see :func:`probe_of`)."""
 
     sent_odd: int = 0
     accepted_odd: int = 0
@@ -128,31 +128,36 @@ class Probe(NamedTuple):
 def probe_of(buckets: Iterable[Bucket], odd_buckets: int, even_buckets: int) -> Probe:
     """The probe's evidence from the window's finished ``buckets`` (those holding a call),
     of which there are ``odd_buckets`` and ``even_buckets`` since the first, empty ones
-    included. A kind of bucket in which the throttle shed is judged on those buckets
-    alone: a bucket that sent all there was measured the load, not what the upstream
-    takes, and two such buckets tell nothing apart. Until a kind has one, all its buckets
-    count.
+    included. Once the throttle has shed in the window, a bucket is evidence when it
+    shed in it or in the bucket before it: two buckets running that shed nothing both
+    sent what arrived, and what they got accepted compares chance, not sends. While
+    nothing is shed, every bucket is.
 
-    >>> probe_of([Bucket(True, 9, 5, False), Bucket(False, 6, 4, False)], 1, 1)
+    >>> probe_of([Bucket(7, 9, 5, False), Bucket(8, 6, 4, False)], 1, 1)
     Probe(sent_odd=9, accepted_odd=5, sent_even=6, accepted_even=4, odd_buckets=1, even_buckets=1)
-    >>> probe_of([Bucket(False, 9, 5, False), Bucket(False, 6, 4, True)], 0, 2)[2:]
-    (6, 4, 0, 1)
+    >>> probe_of([Bucket(7, 9, 5, False), Bucket(8, 6, 4, True), Bucket(9, 8, 5, False)], 2, 1)
+    Probe(sent_odd=8, accepted_odd=5, sent_even=6, accepted_even=4, odd_buckets=1, even_buckets=1)
     """
-    kept = list(buckets)
-    shaped = {odd: sum(b.shed for b in kept if b.odd is odd) for odd in (True, False)}
-    sent = {True: 0, False: 0}
-    accepted = {True: 0, False: 0}
-    for b in kept:
-        if b.shed or not shaped[b.odd]:
-            sent[b.odd] += b.sent
-            accepted[b.odd] += b.accepted
+    by_number = {b.number: b for b in buckets}
+    if any(b.shed for b in by_number.values()):
+        kept = [
+            b
+            for b in by_number.values()
+            if b.shed or (b.number - 1 in by_number and by_number[b.number - 1].shed)
+        ]
+        odd_buckets = sum(b.number % 2 for b in kept)
+        even_buckets = len(kept) - odd_buckets
+    else:
+        kept = list(by_number.values())
+    odd = [b for b in kept if b.number % 2 == 1]
+    even = [b for b in kept if b.number % 2 == 0]
     return Probe(
-        sent[True],
-        accepted[True],
-        sent[False],
-        accepted[False],
-        shaped[True] or odd_buckets,
-        shaped[False] or even_buckets,
+        sum(b.sent for b in odd),
+        sum(b.accepted for b in odd),
+        sum(b.sent for b in even),
+        sum(b.accepted for b in even),
+        odd_buckets,
+        even_buckets,
     )
 
 

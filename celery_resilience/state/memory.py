@@ -263,7 +263,7 @@ class MemoryStore:
         for start in sent_in.keys() | shed_in:
             calls, accepted = sent_in.get(start, (0, 0))
             finished_buckets.append(
-                Bucket(_odd_index(start / width), calls, accepted, start in shed_in)
+                Bucket(math.floor(start / width + 0.5), calls, accepted, start in shed_in)
             )
         found = probe_of(finished_buckets, odd, even)
         rejected = max(0, sent - recent)

@@ -297,28 +297,38 @@ _AT_CAPACITY = ["success", "failure", "success", "success"], ["success", "failur
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    ("window", "rounds"),
-    [(30.0, [_RANDOM] * 6), (0.5, [_RANDOM] * 24), (0.5, list(_AT_CAPACITY) * 12)],
-    ids=["one tenth", "many tenths", "at capacity"],
+    ("window", "rounds", "quiet"),
+    [
+        (30.0, [_RANDOM] * 6, 0),
+        (0.5, [_RANDOM] * 24, 0),
+        (0.5, list(_AT_CAPACITY) * 12, 0),
+        (0.5, [["success", "failure", "failure", "failure", "failure"], _RANDOM] * 12, 2),
+    ],
+    ids=["one tenth", "many tenths", "at capacity", "some tenths shed nothing"],
 )
-def test_redis_sheds_like_the_reference_model(redis_server, window, rounds):
+def test_redis_sheds_like_the_reference_model(redis_server, window, rounds, quiet):
     """Adaptive throttling: the same calls and outcomes give the same share shed, and the
     same draws the same calls shed, in Redis and in memory; in one tenth of the window,
     and over many (each round of calls, with a short window, in a tenth of its own: the
     probe's odd and even ratios, buckets leaving the horizon and, at capacity, requests
-    judged at their recent rate)."""
+    judged at their recent rate). With ``quiet``, the calls of every round whose number
+    is a multiple of it draw nothing (nothing is shed in their tenths), so the probe
+    counts tenths that shed, tenths after one that did, and leaves out the others."""
     client = redis_server.client(3)
     redis = RedisStore(client, KeySpace(f"shed-{uuid.uuid4().hex[:12]}"))
     clock = {"now": 0.0}
     memory = MemoryStore(now=lambda: clock["now"])
-    breaker = CircuitBreaker("shed", minimum_calls=5, window=window)
+    # with quiet tenths, a breaker that does not open on these failures keeps shedding
+    failure_rate = 0.95 if quiet else 0.5
+    breaker = CircuitBreaker("shed", minimum_calls=5, window=window, failure_rate=failure_rate)
     shed = 0
     calls = [(r, outcome) for r, round_ in enumerate(rounds) for outcome in round_]
     try:
         for i, (r, outcome) in enumerate(calls):
             if window < 1 and (i == 0 or calls[i - 1][0] != r):
                 _next_bucket(client, window)
-            ask = GateAsk(holder=f"t{i}", breaker=breaker, throttle_draw=(i % 10) / 10)
+            draw = None if quiet and r % quiet == 0 else (i % 10) / 10
+            ask = GateAsk(holder=f"t{i}", breaker=breaker, throttle_draw=draw)
             shared = redis.gate(ask)
             clock["now"] = shared.now
             local = memory.gate(ask)

@@ -156,45 +156,47 @@ def test_the_probe_weighs_buckets_not_sums():
     assert sending_ratio(probe, 1.8) == pytest.approx(1.8)
 
 
-def test_a_kind_of_bucket_that_shed_is_judged_on_those_buckets_alone():
+def test_buckets_running_that_shed_nothing_count_no_more_once_the_throttle_sheds():
     """Two early buckets that sent all there was, the odd one no more accepted than the
-    even one, read as capacity; once both kinds have shed, only those buckets count."""
-    early = [Bucket(False, 40, 24, False), Bucket(True, 44, 24, False)]
-    shaped = [Bucket(False, 30, 18, True), Bucket(True, 60, 36, True)]
+    even one, read as capacity; once the throttle sheds, only the buckets that shed or
+    follow one that did count."""
+    early = [Bucket(10, 40, 24, False), Bucket(11, 44, 24, False)]
     assert probe_of(early, 1, 1) == Probe(44, 24, 40, 24, 1, 1)
     assert sending_ratio(probe_of(early, 1, 1), 1.8) < 1.6
-    assert probe_of(early + shaped, 2, 2) == Probe(60, 36, 30, 18, 1, 1)
-    assert sending_ratio(probe_of(early + shaped, 2, 2), 1.8) == pytest.approx(1.8)
-    # the odd kind has not shed yet: all its buckets count, empty ones included
-    assert probe_of([*early, shaped[0]], 3, 2) == Probe(44, 24, 30, 18, 3, 1)
+    later = [Bucket(12, 40, 24, True), Bucket(13, 66, 40, False)]
+    assert probe_of(early + later, 2, 2) == Probe(66, 40, 40, 24, 1, 1)
+    assert sending_ratio(probe_of(early + later, 2, 2), 1.8) == pytest.approx(1.8)
+    # a bucket after an empty one (nothing sent, nothing shed) is no evidence either
+    assert probe_of([*early, later[0], Bucket(15, 9, 5, False)], 3, 2)[:2] == (0, 0)
 
 
-def _bucket(odd: bool, sent: int, share: float, shed: bool) -> Bucket:
-    return Bucket(odd, sent, round(sent * share), shed)
+def _bucket(number: int, sent: int, share: float, shed: bool) -> Bucket:
+    return Bucket(number, sent, round(sent * share), shed)
 
 
 buckets = st.lists(
-    st.builds(_bucket, st.booleans(), st.integers(0, 200), st.floats(0, 1), st.booleans()),
+    st.builds(_bucket, st.integers(0, 15), st.integers(0, 200), st.floats(0, 1), st.booleans()),
     max_size=12,
+    unique_by=lambda b: b.number,
 )
 
 
 @given(found=buckets, empty=st.integers(0, 4))
-def test_the_probe_keeps_every_bucket_of_a_kind_that_shed_nowhere(found, empty):
-    """Without a bucket that shed, the probe is the plain sums over the kind's buckets;
-    with one, the buckets of that kind that shed nothing change nothing."""
-    odd_n = sum(b.odd for b in found) + empty
+def test_the_probe_counts_the_buckets_that_shed_and_those_after_them(found, empty):
+    """While nothing is shed, the probe is the plain sums over every bucket (with the
+    counts given, empty buckets included); once something is, over the buckets that shed
+    or follow one that did, of which it counts each kind."""
+    odd_n = sum(b.number % 2 for b in found) + empty
     even_n = len(found) - odd_n + 2 * empty
     probe = probe_of(found, odd_n, even_n)
+    shed = {b.number for b in found if b.shed}
+    kept = [b for b in found if not shed or b.number in shed or b.number - 1 in shed]
     for odd, (sent_at, accepted_at, count_at) in {True: (0, 1, 4), False: (2, 3, 5)}.items():
-        kind = [b for b in found if b.odd is odd]
-        shaped = [b for b in kind if b.shed]
-        counted = shaped or kind
-        assert probe[sent_at] == sum(b.sent for b in counted)
-        assert probe[accepted_at] == sum(b.accepted for b in counted)
-        assert probe[count_at] == (len(shaped) or (odd_n if odd else even_n))
-    unshaped_gone = [b for b in found if b.shed or not any(c.shed for c in found if c.odd is b.odd)]
-    assert probe_of(unshaped_gone, odd_n, even_n) == probe
+        kind = [b for b in kept if (b.number % 2 == 1) is odd]
+        assert probe[sent_at] == sum(b.sent for b in kind)
+        assert probe[accepted_at] == sum(b.accepted for b in kind)
+        assert probe[count_at] == (len(kind) if shed else odd_n if odd else even_n)
+    assert probe_of(reversed(found), odd_n, even_n) == probe  # in any order
 
 
 sent = st.integers(0, 5_000)
@@ -429,7 +431,7 @@ def test_requests_growing_at_capacity_are_shed_at_their_recent_rate(evidence, gr
         assert growing == pytest.approx(steady, abs=0.01)
 
 
-def test_buckets_that_shed_nothing_count_no_more_once_both_kinds_have_shed():
+def test_buckets_that_shed_nothing_count_no_more_once_the_throttle_sheds():
     """Two histories alike but for their first four buckets, which shed nothing: in one
     the busier buckets got no more accepted (capacity, it seems), in the other twice as
     many. Then four buckets, each of which sheds a call: the throttle sheds the same

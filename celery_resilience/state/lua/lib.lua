@@ -106,8 +106,8 @@ end
 -- as those buckets would hold at the rate of the last one and this one. The probe is
 -- {so, ao, se, ae, no, ne}: calls sent (successes and failures) and accepted in the
 -- window's finished buckets of odd number, the same of even number, and how many
--- finished buckets of each kind there are since the first that holds a call (of a kind
--- in which the throttle shed, only the buckets in which it shed count). Drops
+-- finished buckets of each kind there are since the first that holds a call (once the
+-- throttle has shed, only the buckets that shed or follow one that did). Drops
 -- older buckets unless keep is true (a reader whose window may differ from the writers'
 -- must not prune).
 local THROTTLE_BUCKETS = 3
@@ -118,25 +118,24 @@ end
 
 -- The probe from the finished buckets ({sent, accepted, shed} by start) and the count
 -- of finished buckets of each kind since the first (celery_resilience.core.tripping.
--- probe_of): a kind with a bucket in which the throttle shed is judged on such buckets
--- alone.
+-- probe_of): once the throttle has shed in the window, a bucket counts when it shed in
+-- it or in the bucket before it; while nothing is shed, every bucket counts.
 local function probe_of(buckets, width, counts)
-  local probe, shaped = {0, 0, 0, 0, 0, 0}, {0, 0}
+  local probe, by_index, any_shed = {0, 0, 0, 0, 0, 0}, {}, false
   for start, bk in pairs(buckets) do
-    if bk[3] then
-      local j = odd_index(start / width) and 1 or 2
-      shaped[j] = shaped[j] + 1
-    end
+    by_index[math.floor(start / width + 0.5)] = bk
+    if bk[3] then any_shed = true end
   end
-  for start, bk in pairs(buckets) do
-    local j = odd_index(start / width) and 1 or 2
-    if shaped[j] == 0 or bk[3] then
+  for index, bk in pairs(by_index) do
+    local before = by_index[index - 1]
+    if not any_shed or bk[3] or (before ~= nil and before[3]) then
+      local j = index % 2 == 1 and 1 or 2
       probe[2 * j - 1] = probe[2 * j - 1] + bk[1]
       probe[2 * j] = probe[2 * j] + bk[2]
+      probe[4 + j] = probe[4 + j] + 1
     end
   end
-  probe[5] = shaped[1] > 0 and shaped[1] or counts[1]
-  probe[6] = shaped[2] > 0 and shaped[2] or counts[2]
+  if not any_shed then probe[5], probe[6] = counts[1], counts[2] end
   return probe
 end
 
