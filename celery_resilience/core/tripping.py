@@ -31,10 +31,11 @@ same rules; these are their reference, and what the tests check them against.
   compares what each accepted. The marginal acceptance (accepted per extra call sent)
   over the mean acceptance places R between ``throttle`` K (accepts grow in proportion:
   random failures) and ``1 + (K - 1) * 0.3`` (accepts do not grow: capacity); a prior of
-  a few calls' worth keeps it at K until the evidence says otherwise. Once the throttle
-  has shed, a bucket is evidence only when it shed or the bucket before it did
-  (``probe_of``): two buckets running that shed nothing both sent every call there was,
-  and what they got accepted compares chance, which can look like capacity.
+  a few calls' worth keeps it at K until the evidence says otherwise. While the window's
+  finished buckets include one in which the throttle shed, a bucket is evidence only
+  when it shed or the bucket just before it did (``probe_of``): two buckets running
+  that shed nothing both sent every call there was, and what they got accepted
+  compares chance, which can look like capacity.
 - **Requests at capacity.** Shed calls come back, so an upstream at capacity sees its
   requests grow; counted over the horizon they lag, and the calls sent now overshoot R
   times the accepts. So at capacity the throttle judges as many requests as the horizon
@@ -51,8 +52,8 @@ same rules; these are their reference, and what the tests check them against.
   come at an even pace rather than in random clusters, and an upstream at capacity
   refuses fewer of them.
 - **Held closed at capacity.** While the throttle is on, a window of mixed outcomes whose
-  failure share is under two thirds does not open the breaker until the probe has seen
-  three buckets of each kind and found that accepts grow with the calls sent: at capacity
+  failure share is under two thirds does not open the breaker until the probe counts
+  three buckets of each kind and finds that accepts grow with the calls sent: at capacity
   the throttle holds the failures to about ``R - 1`` per success, and an open breaker
   would only waste what the upstream can serve. An outage (no success in the throttle's
   horizon), or a larger failure share, is judged as always.
@@ -128,10 +129,10 @@ class Probe(NamedTuple):
 def probe_of(buckets: Iterable[Bucket], odd_buckets: int, even_buckets: int) -> Probe:
     """The probe's evidence from the window's finished ``buckets`` (those holding a call),
     of which there are ``odd_buckets`` and ``even_buckets`` since the first, empty ones
-    included. Once the throttle has shed in the window, a bucket is evidence when it
-    shed in it or in the bucket before it: two buckets running that shed nothing both
-    sent what arrived, and what they got accepted compares chance, not sends. While
-    nothing is shed, every bucket is.
+    included. While one of the buckets shed, a bucket is evidence when it shed or the
+    bucket just before it did, and the counts are of those buckets: two buckets running
+    that shed nothing both sent what arrived, and what they got accepted compares
+    chance, not sends. While none shed, every bucket is, with the counts given.
 
     >>> probe_of([Bucket(7, 9, 5, False), Bucket(8, 6, 4, False)], 1, 1)
     Probe(sent_odd=9, accepted_odd=5, sent_even=6, accepted_even=4, odd_buckets=1, even_buckets=1)

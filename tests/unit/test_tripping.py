@@ -167,7 +167,7 @@ def test_buckets_running_that_shed_nothing_count_no_more_once_the_throttle_sheds
     assert probe_of(early + later, 2, 2) == Probe(66, 40, 40, 24, 1, 1)
     assert sending_ratio(probe_of(early + later, 2, 2), 1.8) == pytest.approx(1.8)
     # a bucket after an empty one (nothing sent, nothing shed) is no evidence either
-    assert probe_of([*early, later[0], Bucket(15, 9, 5, False)], 3, 2)[:2] == (0, 0)
+    assert probe_of([*early, later[0], Bucket(15, 9, 5, False)], 3, 2) == Probe(0, 0, 40, 24, 0, 1)
 
 
 def _bucket(number: int, sent: int, share: float, shed: bool) -> Bucket:
@@ -434,7 +434,8 @@ def test_requests_growing_at_capacity_are_shed_at_their_recent_rate(evidence, gr
 def test_buckets_that_shed_nothing_count_no_more_once_the_throttle_sheds():
     """Two histories alike but for their first four buckets, which shed nothing: in one
     the busier buckets got no more accepted (capacity, it seems), in the other twice as
-    many. Then four buckets, each of which sheds a call: the throttle sheds the same
+    many. Then four buckets, the quieter ones shedding a call each and the busier ones
+    nothing (they count as the buckets after one that shed): the throttle sheds the same
     share after both."""
     shares = []
     for early in ([(6, 2), (10, 2)] * 2, [(6, 2), (12, 4)] * 2):
@@ -443,7 +444,8 @@ def test_buckets_that_shed_nothing_count_no_more_once_the_throttle_sheds():
         store = MemoryStore(now=clock)
         breaker = CircuitBreaker("busy", failure_rate=0.9, minimum_calls=5)
         _sent(store, breaker, clock, early, "e")
-        _sent(store, breaker, clock, [(6, 2), (12, 4)] * 2, "l", shed_one=True)
+        for b, plan in enumerate([(6, 2), (12, 4)] * 2):
+            _sent(store, breaker, clock, [plan], f"l{b}.", shed_one=b % 2 == 0)
         status = store.breaker(breaker)
         assert status.state is BreakerState.CLOSED
         shares.append(status.shed)

@@ -106,8 +106,8 @@ end
 -- as those buckets would hold at the rate of the last one and this one. The probe is
 -- {so, ao, se, ae, no, ne}: calls sent (successes and failures) and accepted in the
 -- window's finished buckets of odd number, the same of even number, and how many
--- finished buckets of each kind there are since the first that holds a call (once the
--- throttle has shed, only the buckets that shed or follow one that did). Drops
+-- finished buckets of each kind there are since the first that holds a call; while one
+-- of them shed, all six count only the buckets that shed or follow one that did. Drops
 -- older buckets unless keep is true (a reader whose window may differ from the writers'
 -- must not prune).
 local THROTTLE_BUCKETS = 3
