@@ -464,6 +464,42 @@ def test_an_upstream_failing_at_random_as_often_opens_the_breaker():
     assert BreakerState.OPEN in states
 
 
+@pytest.mark.parametrize(
+    ("plan", "opens"),
+    [([(20, 8), (40, 16)], True), ([(20, 10), (30, 10)], False)],
+    ids=["failing at random", "at capacity"],
+)
+def test_while_shedding_the_breaker_is_judged_on_the_tenths_the_probe_counts(plan, opens):
+    """60 % failing in every bucket, each bucket shedding a call: failing at random (the
+    busier buckets get twice as many accepted) the breaker opens once the probe counts
+    three buckets of each kind; at capacity it stays closed."""
+    clock = Clock()
+    clock.now = 1000.0
+    store = MemoryStore(now=clock)
+    breaker = CircuitBreaker("mixed")
+    opened_in = None
+    for b, (sent, accepted) in enumerate(plan * 5):
+        start, draw = clock.now, 0.0 if b > 0 else None
+        for i in range(sent):
+            clock.now = start + (i + 0.5) * breaker.window / 10 / sent
+            answer = store.gate(GateAsk(holder=f"m{b}.{i}", breaker=breaker, throttle_draw=draw))
+            if answer.denial is Denial.THROTTLED:
+                draw = None
+                answer = store.gate(GateAsk(holder=f"m{b}.{i}", breaker=breaker))
+            if answer.denial is Denial.BREAKER_OPEN:
+                opened_in = opened_in if opened_in is not None else b
+                break
+            spread = (i + 1) * accepted // sent > i * accepted // sent  # accepted in sent
+            outcome = "success" if spread else "failure"
+            store.record(OutcomeReport(holder=f"m{b}.{i}", breaker=breaker,
+                                       breaker_outcome=outcome))  # fmt: skip
+        assert opened_in is not None or draw is None or b == 0, "no call of the bucket was shed"
+        clock.now = start + breaker.window / 10
+    assert (opened_in is not None) is opens
+    if opens:  # not before three counted buckets of each kind (the first sheds nothing)
+        assert opened_in >= 6
+
+
 def test_three_failures_in_four_open_the_breaker_before_any_evidence():
     clock = Clock()
     clock.now = 1000.0
