@@ -220,8 +220,8 @@ class MemoryStore:
         recent_from = now * 1000 - THROTTLE_BUCKETS * width
         current = math.floor(now * 1000 / width) * width
         first = current
-        sent_in: dict[int, list[int]] = {}  # finished buckets' [sent, accepted], by start
-        shed_in: set[int] = set()  # finished buckets in which the throttle shed
+        sent_in: dict[int, list[int]] = {}  # finished buckets' [sent, accepted], by number
+        shed_in: set[int] = set()  # numbers of the finished buckets in which the throttle shed
         succ = fail = req = recent = firsts = retries = sent = fresh = 0
         for key in list(br.window):
             start, kind = key
@@ -237,7 +237,7 @@ class MemoryStore:
                     fail += n
                 if start < current:
                     first = min(first, start)
-                    counts = sent_in.setdefault(start, [0, 0])
+                    counts = sent_in.setdefault(math.floor(start / width + 0.5), [0, 0])
                     counts[0] += n
                     counts[1] += n if kind == "s" else 0
             elif kind == "a":
@@ -246,7 +246,7 @@ class MemoryStore:
                 retries += n
             else:
                 if kind == "x" and start < current and n > 0:
-                    shed_in.add(start)
+                    shed_in.add(math.floor(start / width + 0.5))
                 if start + width > recent_from:
                     req += n
                     fresh += n if start >= current - width else 0
@@ -260,11 +260,9 @@ class MemoryStore:
             else:
                 even += 1
         finished_buckets = []
-        for start in sent_in.keys() | shed_in:
-            calls, accepted = sent_in.get(start, (0, 0))
-            finished_buckets.append(
-                Bucket(math.floor(start / width + 0.5), calls, accepted, start in shed_in)
-            )
+        for number in sent_in.keys() | shed_in:
+            calls, accepted = sent_in.get(number, (0, 0))
+            finished_buckets.append(Bucket(number, calls, accepted, number in shed_in))
         found = probe_of(finished_buckets, odd, even)
         rejected = max(0, sent - recent)
         elapsed = now * 1000 - current

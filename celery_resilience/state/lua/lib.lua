@@ -116,18 +116,29 @@ local function odd_index(index)
   return math.floor(index + 0.5) % 2 == 1
 end
 
--- The probe from the finished buckets ({sent, accepted, shed} by start) and the count
--- of finished buckets of each kind since the first (celery_resilience.core.tripping.
--- probe_of): once the throttle has shed in the window, a bucket counts when it shed in
--- it or in the bucket before it; while nothing is shed, every bucket counts.
-local function probe_of(buckets, width, counts)
-  local probe, by_index, any_shed = {0, 0, 0, 0, 0, 0}, {}, false
-  for start, bk in pairs(buckets) do
-    by_index[math.floor(start / width + 0.5)] = bk
+-- A finished bucket's record for the probe, {sent, accepted, shed}, in buckets (by
+-- bucket number), made on first use.
+local function bucket_of(buckets, start, width)
+  local index = math.floor(start / width + 0.5)
+  local bk = buckets[index]
+  if bk == nil then
+    bk = {0, 0, false}
+    buckets[index] = bk
+  end
+  return bk
+end
+
+-- The probe from the finished buckets ({sent, accepted, shed} by bucket number) and the
+-- count of finished buckets of each kind since the first (celery_resilience.core.
+-- tripping.probe_of): once the throttle has shed in the window, a bucket counts when it
+-- shed in it or in the bucket before it; while nothing is shed, every bucket counts.
+local function probe_of(buckets, counts)
+  local probe, any_shed = {0, 0, 0, 0, 0, 0}, false
+  for _, bk in pairs(buckets) do
     if bk[3] then any_shed = true end
   end
-  for index, bk in pairs(by_index) do
-    local before = by_index[index - 1]
+  for index, bk in pairs(buckets) do
+    local before = buckets[index - 1]
     if not any_shed or bk[3] or (before ~= nil and before[3]) then
       local j = index % 2 == 1 and 1 or 2
       probe[2 * j - 1] = probe[2 * j - 1] + bk[1]
@@ -164,8 +175,7 @@ local function window_totals(wkey, b, now, keep)
       end
       if start < current then
         first = math.min(first, start)
-        local bk = buckets[start] or {0, 0, false}
-        buckets[start] = bk
+        local bk = bucket_of(buckets, start, width)
         bk[1] = bk[1] + n
         if kind == 's' then bk[2] = bk[2] + n end
       end
@@ -175,9 +185,7 @@ local function window_totals(wkey, b, now, keep)
       retries = retries + n
     else
       if kind == 'x' and start < current and n > 0 then
-        local bk = buckets[start] or {0, 0, false}
-        buckets[start] = bk
-        bk[3] = true
+        bucket_of(buckets, start, width)[3] = true
       end
       if start + width > recent_from then
         req = req + n
@@ -196,7 +204,7 @@ local function window_totals(wkey, b, now, keep)
     local at = odd_index(first / width) and 1 or 2
     counts[at] = half + 1
   end
-  local probe = probe_of(buckets, width, counts)
+  local probe = probe_of(buckets, counts)
   -- the requests of the last bucket and this one, at their rate over the horizon's span
   local elapsed = now * 1000 - current
   local at_rate = fresh * (THROTTLE_BUCKETS * width + elapsed) / (width + elapsed)
