@@ -18,14 +18,19 @@ import time
 import uuid
 from typing import Any
 
+from celery_resilience.integration.worker import release_held
+
 __all__ = ["cpu_per_attempt", "profile_attempts", "run_attempt"]
 
 
 def run_attempt(task: Any) -> None:
-    """One attempt of ``task`` (no arguments), as a worker's pool process runs it."""
+    """One attempt of ``task`` (no arguments), as a worker's pool process runs it: the
+    attempt held for Celery's own lines is let go after it, as ``task_postrun`` does."""
+    task_id = uuid.uuid4()
     task.push_request(
-        id=str(uuid.uuid4()),
-        headers={},
+        id=str(task_id),
+        # a message published by a process that declares the task carries a trace context
+        headers={"traceparent": f"00-{task_id.hex}-{task_id.hex[:16]}-01"},
         args=(),
         kwargs={},
         delivery_info={"routing_key": "bench"},
@@ -39,6 +44,7 @@ def run_attempt(task: Any) -> None:
         task()
     finally:
         task.pop_request()
+        release_held()  # as Celery's task_postrun does in a worker
 
 
 def cpu_per_attempt(task: Any, *, attempts: int, reps: int) -> float:
