@@ -7,6 +7,7 @@ Both drivers (:mod:`~celery_resilience.integration.worker`,
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -44,6 +45,12 @@ class Unpublished(Exception):  # noqa: N818 - a condition, not an error of the c
         self.why = why
 
 
+@functools.lru_cache(maxsize=1024)
+def _name_token(name: str) -> str:
+    """A task's name made log-safe (once per name: a process runs few)."""
+    return safe_token(name)
+
+
 def run_traced(
     task: ResilientTask,
     request: Context,
@@ -72,12 +79,8 @@ def run_traced(
     with attempt_span(
         task.name, trace, {"celery.task_id": task_id, "attempt": state.attempt}
     ) as span:
-        info = AttemptInfo(
-            trace_id=trace.trace_id,
-            span_id=span.span_id,
-            task_id=task_id,
-            task_name=safe_token(task.name),
-            attempt=state.attempt,
+        info = AttemptInfo.of_checked(
+            trace, span.span_id, task_id, _name_token(task.name), state.attempt
         )
         flow = Flow(
             task=task,

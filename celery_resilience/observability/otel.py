@@ -21,10 +21,10 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from celery_resilience.observability.redaction import format_exception, redact
-from celery_resilience.observability.tracing import TraceContext, new_span_id
+from celery_resilience.observability.tracing import TraceContext, new_span_bits, new_span_id
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    from types import ModuleType, TracebackType
 
     from opentelemetry.trace import Span, TracerProvider
     from opentelemetry.util.types import AttributeValue
@@ -101,18 +101,40 @@ def _note_missing() -> None:
     _missing = "opentelemetry" not in sys.modules
 
 
+_root: ModuleType | None = None
+_modules: tuple[ModuleType, ModuleType] | None = None
+
+
+def _api() -> tuple[ModuleType, ModuleType] | None:
+    """OpenTelemetry's ``context`` and ``trace`` modules, or ``None`` without them.
+
+    Imported once, then kept for every attempt after; imported again when
+    ``opentelemetry`` in ``sys.modules`` is no longer the package they came from.
+    """
+    global _root, _modules  # one pair of modules per process
+    if _modules is not None and sys.modules.get("opentelemetry") is _root:
+        return _modules
+    try:
+        _importable()
+        import opentelemetry  # noqa: PLC0415 - optional dependency
+        from opentelemetry import context, trace  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        _note_missing()
+        return None
+    _root, _modules = opentelemetry, (context, trace)
+    return _modules
+
+
 def otel_parent() -> TraceContext | None:
     """The current OpenTelemetry span's trace context, if there is a valid one.
 
     Used at publish time so a task continues the trace of whoever sent it. ``None``
     without ``opentelemetry-api`` or outside any span.
     """
-    try:
-        _importable()
-        from opentelemetry import trace  # noqa: PLC0415 - optional dependency
-    except ImportError:
-        _note_missing()
+    api = _api()
+    if api is None:
         return None
+    _, trace = api
     span_context = trace.get_current_span().get_span_context()
     if not span_context.is_valid:
         return None
@@ -145,7 +167,8 @@ class _AttemptSpan:
     entered once per attempt, and a generator's machinery costs more than its work)."""
 
     __slots__ = (
-        "_attributes", "_ctx", "_entered", "_handle", "_name", "_provider", "_span", "_token",
+        "_api", "_attributes", "_ctx", "_entered", "_handle", "_name", "_provider", "_span",
+        "_token",
     )  # fmt: skip
 
     def __init__(
@@ -168,16 +191,12 @@ class _AttemptSpan:
             raise RuntimeError("attempt_span() is entered once; call it again for another")
         self._entered = True
         ctx = self._ctx
-        try:
-            _importable()
-            # one module, its names read from it: a from-import of eight names costs each
-            # attempt more than all the rest of this function without an SDK
-            from opentelemetry import context, trace  # noqa: PLC0415 - optional dependency
-        except ImportError:
-            _note_missing()
+        api = _api()
+        if api is None:
             handle = self._handle = SpanHandle(ctx, new_span_id(), span=None, recording=False)
             self._set_attributes(handle)
             return handle
+        context, trace = self._api = api
         flags = trace.TraceFlags(
             trace.TraceFlags.SAMPLED if ctx.sampled else trace.TraceFlags.DEFAULT
         )
@@ -207,11 +226,9 @@ class _AttemptSpan:
             # under it.
             if span is not None:
                 span.end()
-            span_id = new_span_id()
-            span = trace.NonRecordingSpan(
-                trace.SpanContext(trace_id, int(span_id, 16), False, flags)
-            )
-            handle = SpanHandle(ctx, span_id, span=None, recording=False)
+            span_bits = new_span_bits()
+            span = trace.NonRecordingSpan(trace.SpanContext(trace_id, span_bits, False, flags))
+            handle = SpanHandle(ctx, f"{span_bits:016x}", span=None, recording=False)
         self._handle = handle
         try:
             self._set_attributes(handle)
@@ -235,10 +252,9 @@ class _AttemptSpan:
         span = self._span
         if span is None:  # no OpenTelemetry
             return
+        context, trace = self._api
         try:
             if isinstance(exc, Exception) and self._handle.recording:
-                from opentelemetry import trace  # noqa: PLC0415 - optional dependency
-
                 details = format_exception(exc)
                 message = redact(str(exc))
                 span.record_exception(
@@ -249,7 +265,5 @@ class _AttemptSpan:
                     trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {message}")
                 )
         finally:
-            from opentelemetry import context  # noqa: PLC0415 - optional dependency
-
-            context.detach(self._token)  # type: ignore[arg-type]
+            context.detach(self._token)
             span.end()

@@ -39,6 +39,7 @@ __all__ = [
     "bind_attempt",
     "current_attempt",
     "hold_attempt",
+    "new_span_bits",
     "new_span_id",
     "new_trace",
     "next_unsafe_call_index",
@@ -76,12 +77,17 @@ def _traceparent(trace_id: str, span_id: str, *, sampled: bool) -> str:
     return f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
 
 
+def new_span_bits() -> int:
+    """Return a fresh random span ID as a number: 64 bits, never zero."""
+    while True:
+        bits = random_bits(64)
+        if bits:
+            return bits
+
+
 def new_span_id() -> str:
     """Return a fresh random span ID: 16 lowercase hex digits, never all zeros."""
-    while True:
-        span_id = f"{random_bits(64):016x}"
-        if span_id != _ZERO_SPAN_ID:
-            return span_id
+    return f"{new_span_bits():016x}"
 
 
 def _new_trace_id() -> str:
@@ -252,6 +258,30 @@ class AttemptInfo:
             raise ValueError(f"attempt counts from 1, got {self.attempt}")
         object.__setattr__(self, "task_id", safe_token(self.task_id))
         object.__setattr__(self, "task_name", safe_token(self.task_name))
+
+    @classmethod
+    def of_checked(
+        cls,
+        trace: TraceContext,
+        span_id: str,
+        task_id: str,
+        task_name: str,
+        attempt: int,
+    ) -> AttemptInfo:
+        """Build from values already checked, without checking them again: ``trace``
+        (checked when it was made), ``span_id`` (made by this package), ``task_id`` and
+        ``task_name`` (already through :func:`safe_token`) and ``attempt`` (from 1)."""
+        info = object.__new__(cls)
+        for name, value in (
+            ("trace_id", trace.trace_id),
+            ("span_id", span_id),
+            ("task_id", task_id),
+            ("task_name", task_name),
+            ("attempt", attempt),
+            ("sampled", trace.sampled),
+        ):
+            object.__setattr__(info, name, value)
+        return info
 
     def traceparent(self) -> str:
         """The ``traceparent`` value for calls made by this attempt."""

@@ -12,6 +12,7 @@ from tenacity import wait_fixed
 
 from celery_resilience import GaveUp, PermanentError, TransientError, resilient_task, signals
 from celery_resilience.integration.eager import eager_gates
+from celery_resilience.observability.tracing import current_attempt
 from celery_resilience.testing import Attempts, eager_app
 
 
@@ -202,3 +203,21 @@ def test_a_retry_raised_by_the_body_is_not_a_failure(app):
         signals.attempt_failed.disconnect(note)
     assert failed == []
     assert len(calls) == (1 if app.conf.task_eager_propagates else 2)
+
+
+def test_an_unsampled_trace_stays_unsampled_in_the_attempt(app):
+    """The attempt keeps the sampled flag of the trace it continues: its outbound calls
+    say "not sampled" when the message did."""
+    seen: list[str] = []
+
+    @resilient_task(app=app, name="eager.traced")
+    def traced() -> None:
+        info = current_attempt()
+        assert info is not None
+        seen.append(info.traceparent())
+
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    for flags in ("00", "01"):
+        traced.apply(headers={"traceparent": f"00-{trace_id}-{span_id}-{flags}"}).get()
+    assert [value[:35] for value in seen] == [f"00-{trace_id}"] * 2
+    assert [value[-3:] for value in seen] == ["-00", "-01"]

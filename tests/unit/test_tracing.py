@@ -15,6 +15,7 @@ from celery_resilience.observability.tracing import (
     TraceContext,
     bind_attempt,
     current_attempt,
+    new_span_bits,
     new_span_id,
     new_trace,
     next_unsafe_call_index,
@@ -375,3 +376,28 @@ def test_unsafe_call_index_shared_with_copied_context():
         assert next_unsafe_call_index() == 1
         assert contextvars.copy_context().run(next_unsafe_call_index) == 2
         assert next_unsafe_call_index() == 3
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+def test_an_attempt_built_from_checked_values_equals_one_built_with_checks(sampled):
+    """``AttemptInfo.of_checked`` gives what the checking constructor gives for the same
+    valid values, the trace's sampled flag included."""
+    trace = TraceContext(TRACE_ID, SPAN_ID, sampled=sampled)
+    span_id = new_span_id()
+    built = AttemptInfo.of_checked(trace, span_id, "abc-1", "shop.charge", 2)
+    assert built == AttemptInfo(
+        trace_id=TRACE_ID,
+        span_id=span_id,
+        task_id="abc-1",
+        task_name="shop.charge",
+        attempt=2,
+        sampled=sampled,
+    )
+
+
+def test_span_bits_are_never_zero_and_render_as_span_ids():
+    """A span ID drawn as a number is 64 bits, never zero, and renders as a valid ID."""
+    for _ in range(200):
+        bits = new_span_bits()
+        assert 0 < bits < 2**64
+        assert TraceContext(TRACE_ID, f"{bits:016x}").span_id == f"{bits:016x}"
