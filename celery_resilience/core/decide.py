@@ -71,6 +71,7 @@ __all__ = [
     "mark_after_publication",
     "on_wake",
     "plan_failure",
+    "ungated",
     "unpublished",
 ]
 
@@ -244,14 +245,31 @@ def after_gate(
             failure=failure,
             quiet=True,
         )
-    if state.started is None or state.slot is not None:  # the first attempt, or a slot claimed
-        started = state.started if state.started is not None else answer.now
-        attempt = Attempt(options, replace(state, started=started, slot=None), attempt.trace_id)
+    attempt = _admitted(attempt, answer.now)
     if attempt.deadline_passed(answer.now):
         return _give_up(attempt, f"deadline of {options.deadline:g} s passed", None)
     if answer.allowed:
         return Run(state=attempt.state, probe=answer.probe)
     return _denied(attempt, answer, rng, may_wait_in_place=may_wait_in_place)
+
+
+def ungated(attempt: Attempt, now: float) -> Run | GiveUp:
+    """What an attempt with no gates to ask (no breaker, concurrency limit, rate limit or
+    attempt lease) does at ``now``: as :func:`after_gate` with every gate letting it through."""
+    attempt = _admitted(attempt, now)
+    if attempt.deadline_passed(now):
+        return _give_up(attempt, f"deadline of {attempt.options.deadline:g} s passed", None)
+    return Run(state=attempt.state, probe=False)
+
+
+def _admitted(attempt: Attempt, now: float) -> Attempt:
+    """``attempt`` as the gates let it in at ``now``: the task's clock started on its first
+    attempt, and a booked rate-limit slot used up."""
+    state = attempt.state
+    if state.started is not None and state.slot is None:
+        return attempt
+    started = state.started if state.started is not None else now
+    return Attempt(attempt.options, state.admitted(started), attempt.trace_id)
 
 
 def _breaker_words(answer: GateAnswer) -> str:

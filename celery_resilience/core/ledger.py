@@ -56,6 +56,19 @@ class AttemptState:
         """The number of this attempt at the task body, from 1."""
         return self.failures + 1
 
+    def admitted(self, started: float) -> AttemptState:
+        """This state once the gates let the attempt in: its task's clock ``started``,
+        its booked slot (if any) used up. (As ``replace``, for a fraction of its cost.)"""
+        return AttemptState(
+            failures=self.failures,
+            deferrals=self.deferrals,
+            started=started,
+            not_before=self.not_before,
+            slot=None,
+            history=self.history,
+            dropped=self.dropped,
+        )
+
     def to_header(self) -> str:
         """Serialise for the message header."""
         data: dict[str, object] = {"v": 1, "f": self.failures, "d": self.deferrals}

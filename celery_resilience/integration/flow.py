@@ -206,7 +206,14 @@ class Flow:
             if woken is not None:
                 return self._carry(woken, answer=None)
             self._set_state(replace(self.state, not_before=None))
-        expired = decide.before_gate(self.attempt, self.gates.estimated_now())
+        now = self.gates.estimated_now()
+        if self._ungated(self.options.limiter):  # nothing to ask: no ask built, no answer
+            admitted = decide.ungated(self.attempt, now)
+            if isinstance(admitted, decisions.GiveUp):
+                return self._carry(admitted, answer=None)
+            self._set_state(admitted.state)
+            return self._body(args, kwargs, probe=False)
+        expired = decide.before_gate(self.attempt, now)
         if expired is not None:
             return self._carry(expired, answer=None)
         answer, decision = self._gates(may_wait_in_place=True)
@@ -218,7 +225,7 @@ class Flow:
             answer, decision = self._gates(may_wait_in_place=False)
         if isinstance(decision, decisions.Run):
             self._set_state(decision.state)
-            return self._body(args, kwargs, answer)
+            return self._body(args, kwargs, probe=answer.probe)
         if isinstance(decision, decisions.UseFallback):
             return self._fallback(decision, args, kwargs)
         return self._carry(decision, answer=answer)
@@ -252,8 +259,6 @@ class Flow:
 
     def _ask(self) -> GateAnswer:
         options, state = self.options, self.state
-        if self._ungated(options.limiter):  # nothing to ask: no ask built
-            return GateAnswer(allowed=True, now=self.gates.estimated_now())
         slot, limiter = state.slot, options.limiter
         ask = GateAsk(
             holder=self.holder,
@@ -306,9 +311,10 @@ class Flow:
         probe: bool,
         pause: float | None = None,
         mark: AttemptMark = "done",
-    ) -> RecordAnswer:
+    ) -> RecordAnswer | None:
+        """Report the outcome to the gates; ``None`` when there is nothing to report to."""
         if self._ungated(self.options.limiter if pause is not None else None):
-            return RecordAnswer(now=self.gates.estimated_now())
+            return None
         report = OutcomeReport(
             holder=self.holder,
             breaker=self.options.breaker,
@@ -326,9 +332,8 @@ class Flow:
         return answer
 
     def _body(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], answer: GateAnswer
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, probe: bool
     ) -> Done | decisions.Wait:
-        probe = answer.probe
         try:
             with bind_budget(self._budget()):
                 result = self.task.run(*args, **kwargs)
@@ -383,6 +388,8 @@ class Flow:
             raise
         self.verdict = failure.verdict.value
         record = self._report(plan.breaker_outcome, probe=probe, pause=plan.pause, mark=plan.mark)
+        if record is None:
+            record = RecordAnswer(now=self.gates.estimated_now())
         signals.attempt_failed.send(
             sender=self.task,
             task_id=self.task_id,

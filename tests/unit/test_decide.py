@@ -77,6 +77,37 @@ def test_deadline_passed_gives_up_before_the_body():
     assert decision.message.startswith("gave up after 1 attempt(s): deadline of 10 s passed")
 
 
+_STATES = st.builds(
+    AttemptState,
+    failures=st.integers(0, 5),
+    deferrals=st.integers(0, 3),
+    started=st.none() | st.floats(NOW - 100, NOW),
+    not_before=st.none() | st.floats(NOW - 5, NOW + 5),
+    slot=st.none() | st.tuples(st.just("pay"), st.floats(NOW - 1, NOW + 1)),
+    history=st.lists(st.text(max_size=5), max_size=2).map(tuple),
+    dropped=st.integers(0, 2),
+)
+
+
+@given(
+    state=_STATES,
+    deadline=st.none() | st.floats(1.0, 200.0),
+    now=st.floats(NOW - 1, NOW + 50),
+)
+def test_an_ungated_attempt_is_decided_as_one_every_gate_lets_through(state, deadline, now):
+    """With no gates to ask, the decision is what the gates' "go" at ``now`` would give."""
+    chosen = attempt(deadline=deadline, state=state)
+    assert decide.ungated(chosen, now) == decide.after_gate(
+        chosen, GateAnswer(allowed=True, now=now), rng()
+    )
+
+
+def test_admitted_is_replace_with_the_start_and_no_slot():
+    """A state let in keeps every field but its start (given) and its slot (used up)."""
+    state = AttemptState(3, 1, None, NOW + 1, ("pay", NOW), ("#1 transient: x",), 2)
+    assert state.admitted(NOW) == replace(state, started=NOW, slot=None)
+
+
 @pytest.mark.parametrize(
     ("denial", "expected"),
     [
