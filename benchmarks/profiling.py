@@ -101,14 +101,18 @@ def summarise(folded: Folded, *, top: int = 30) -> str:
 
 
 def _in_process(variant: str, attempts: int, top: int) -> int:
-    """CPU per attempt of both resilient no-ops, and a cProfile of ``variant``'s."""
+    """CPU per attempt of each no-op (plain Celery's through the same loop, then what
+    each resilient one costs beyond it), and a cProfile of ``variant``'s."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     workdir = HERE / "runs" / f"profile-{stamp}"
     with Rig(workdir):
+        plain_cost = 0.0
         for label, side, task in VARIANTS:
-            if side == "resilient":
-                cost = cpu_per_attempt(task, attempts=attempts, reps=5)
-                print(f"{label}: {cost:.0f} CPU us per attempt (in-process, best of 5)")
+            cost = cpu_per_attempt(task, attempts=attempts, reps=5)
+            beyond = f", {cost - plain_cost:.0f} beyond plain" if side == "resilient" else ""
+            print(f"{label}: {cost:.0f} CPU us per attempt (in-process, best of 5{beyond})")
+            if side == "plain":
+                plain_cost = cost
         task = next(t for label, _, t in VARIANTS if label == variant)
         text = profile_attempts(task, attempts=attempts, top=top)
     (workdir / f"{variant}.cprofile.txt").write_text(text)
