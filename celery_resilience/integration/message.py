@@ -38,6 +38,8 @@ __all__ = [
 _internal = logging.getLogger("celery_resilience.integration.message")
 _NONCE_RE = re.compile(r"^[0-9a-f]{8,32}$")
 _BOOKING_LIMIT = 512
+#: The ledger of a message that carries none: its first attempt (frozen, so shared).
+_FRESH = AttemptState()
 _noted: set[str] = set()
 
 
@@ -98,7 +100,7 @@ def incoming_state(headers: dict[str, Any]) -> AttemptState:
                 "count afresh (noted once per process)",
                 names.STATE,
             )
-        state = AttemptState()
+        state = _FRESH
     booked = _booking(headers.get(names.BOOKED))
     if booked is not None and state.slot is None:
         state = replace(state, slot=booked)

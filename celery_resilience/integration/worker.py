@@ -65,8 +65,9 @@ def time_limit_of(
         app_limits = (conf.task_time_limit, conf.task_soft_time_limit)
     hard = asked_hard or task.time_limit or app_limits[0]
     soft = asked_soft or task.soft_time_limit or app_limits[1]
-    limits = [float(x) for x in (hard, soft) if x]
-    return max(limits) if limits else None
+    if not (hard or soft):  # the common case: no limit anywhere
+        return None
+    return max(float(x) for x in (hard, soft) if x)
 
 
 def _lease(

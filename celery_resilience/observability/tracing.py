@@ -142,19 +142,17 @@ def parse_traceparent(value: object) -> TraceContext | None:
     """
     if not isinstance(value, str) or len(value) > _MAX_TRACEPARENT:
         return None
-    if not value.isascii() or not value.isprintable():
-        return None
     match = _HEADER_RE.fullmatch(value[:_V00_LENGTH])
     if match is None:
         return None
     version, trace_id, span_id, flags = match.groups()
     if version == "ff":
         return None
-    if version == "00":
-        if len(value) != _V00_LENGTH:
+    if len(value) > _V00_LENGTH:  # the first 55 characters matched hex digits and dashes
+        if version == "00" or value[_V00_LENGTH] != "-":
             return None
-    elif len(value) > _V00_LENGTH and value[_V00_LENGTH] != "-":
-        return None
+        if not value.isascii() or not value.isprintable():
+            return None
     if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
         return None
     # checked above as the constructor would check them: built without a second look

@@ -156,6 +156,15 @@ def test_parse_never_raises_on_text(value):
     assert result is None or isinstance(result, TraceContext)
 
 
+@given(st.text(max_size=40))
+def test_a_later_versions_fields_are_kept_only_when_printable_ascii(rest):
+    """After the first 55 characters of a later version, a field separated by ``-`` is
+    accepted exactly when it is printable ASCII."""
+    value = f"cc-{TRACE_ID}-{SPAN_ID}-01-{rest}"
+    expected = TraceContext(TRACE_ID, SPAN_ID) if rest.isascii() and rest.isprintable() else None
+    assert parse_traceparent(value) == expected
+
+
 non_strings = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.binary() | st.builds(object),
     lambda children: st.lists(children) | st.dictionaries(st.text(), children),
