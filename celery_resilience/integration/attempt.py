@@ -80,7 +80,12 @@ def run_traced(
         task.name, trace, {"celery.task_id": task_id, "attempt": state.attempt}
     ) as span:
         info = AttemptInfo.of_checked(
-            trace, span.span_id, task_id, _name_token(task.name), state.attempt
+            trace.trace_id,
+            span.span_id,
+            task_id,
+            _name_token(task.name),
+            state.attempt,
+            sampled=span.sampled,
         )
         flow = Flow(
             task=task,

@@ -7,7 +7,8 @@ message's trace context, whose span ID is the attempt's span ID, so that log rec
 the outbound ``traceparent`` and the exported span agree::
 
     with attempt_span("shop.charge", msg_ctx, {"celery.task_id": task_id}) as span:
-        info = AttemptInfo(trace_id=span.trace_id, span_id=span.span_id, ...)
+        info = AttemptInfo(trace_id=span.trace_id, span_id=span.span_id,
+                           sampled=span.sampled, ...)
         with bind_attempt(info):
             ...
         span.set("resilience.verdict", "transient")
@@ -101,8 +102,8 @@ def _note_missing() -> None:
     _missing = "opentelemetry" not in sys.modules
 
 
-_root: ModuleType | None = None
-_modules: tuple[ModuleType, ModuleType] | None = None
+#: ``opentelemetry`` itself, then its ``context`` and ``trace`` modules, once imported.
+_loaded: tuple[ModuleType, ModuleType, ModuleType] | None = None
 
 
 def _api() -> tuple[ModuleType, ModuleType] | None:
@@ -111,9 +112,10 @@ def _api() -> tuple[ModuleType, ModuleType] | None:
     Imported once, then kept for every attempt after; imported again when
     ``opentelemetry`` in ``sys.modules`` is no longer the package they came from.
     """
-    global _root, _modules  # one pair of modules per process
-    if _modules is not None and sys.modules.get("opentelemetry") is _root:
-        return _modules
+    global _loaded  # noqa: PLW0603 - one set of modules per process, replaced in one step
+    loaded = _loaded
+    if loaded is not None and sys.modules.get("opentelemetry") is loaded[0]:
+        return loaded[1], loaded[2]
     try:
         _importable()
         import opentelemetry  # noqa: PLC0415 - optional dependency
@@ -121,8 +123,8 @@ def _api() -> tuple[ModuleType, ModuleType] | None:
     except ImportError:
         _note_missing()
         return None
-    _root, _modules = opentelemetry, (context, trace)
-    return _modules
+    _loaded = (opentelemetry, context, trace)
+    return context, trace
 
 
 def otel_parent() -> TraceContext | None:
@@ -216,10 +218,13 @@ class _AttemptSpan:
         if (
             span is not None
             and own is not None
+            and own.is_valid
             and span.is_recording()
             and own.trace_id == trace_id
         ):
             handle = SpanHandle(ctx, format(own.span_id, "016x"), span=span, recording=True)
+            # the sampler may sample what the message did not: outbound calls say what it chose
+            handle.sampled = own.trace_flags.sampled
         else:
             # No provider (the API's no-op tracer would hand back the parent) or not
             # sampled: make the attempt's own context current, so its children still hang

@@ -5,7 +5,8 @@ ID. The Celery layer binds an :class:`AttemptInfo` around the task body::
 
     ctx = parse_traceparent(headers.get("traceparent")) or new_trace()
     info = AttemptInfo(trace_id=ctx.trace_id, span_id=new_span_id(),
-                       task_id=request.id, task_name=task.name, attempt=3)
+                       task_id=request.id, task_name=task.name, attempt=3,
+                       sampled=ctx.sampled)
     with bind_attempt(info):
         run_body()          # logs, outbound HTTP calls: all see current_attempt()
 
@@ -260,23 +261,25 @@ class AttemptInfo:
     @classmethod
     def of_checked(
         cls,
-        trace: TraceContext,
+        trace_id: str,
         span_id: str,
         task_id: str,
         task_name: str,
         attempt: int,
+        *,
+        sampled: bool,
     ) -> AttemptInfo:
-        """Build from values already checked, without checking them again: ``trace``
-        (checked when it was made), ``span_id`` (made by this package), ``task_id`` and
-        ``task_name`` (already through :func:`safe_token`) and ``attempt`` (from 1)."""
+        """Build from values already checked, without checking them again: the IDs (from a
+        :class:`TraceContext` and an attempt's span), ``task_id`` and ``task_name``
+        (already through :func:`safe_token`) and ``attempt`` (from 1)."""
         info = object.__new__(cls)
         for name, value in (
-            ("trace_id", trace.trace_id),
+            ("trace_id", trace_id),
             ("span_id", span_id),
             ("task_id", task_id),
             ("task_name", task_name),
             ("attempt", attempt),
-            ("sampled", trace.sampled),
+            ("sampled", sampled),
         ):
             object.__setattr__(info, name, value)
         return info

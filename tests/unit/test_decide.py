@@ -7,7 +7,7 @@ and a seeded random source, and read what it decided.
 from __future__ import annotations
 
 import random
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 import tenacity
@@ -104,7 +104,18 @@ def test_an_ungated_attempt_is_decided_as_one_every_gate_lets_through(state, dea
 
 def test_admitted_is_replace_with_the_start_and_no_slot():
     """A state let in keeps every field but its start (given) and its slot (used up)."""
-    state = AttemptState(3, 1, None, NOW + 1, ("pay", NOW), ("#1 transient: x",), 2)
+    values: dict[str, object] = {
+        "failures": 3,
+        "deferrals": 1,
+        "started": None,
+        "not_before": NOW + 1,
+        "slot": ("pay", NOW),
+        "history": ("#1 transient: x",),
+        "dropped": 2,
+    }
+    # every field, so that a field added later and left out of admitted() fails here
+    assert set(values) == {field.name for field in fields(AttemptState)}
+    state = AttemptState(**values)  # type: ignore[arg-type]
     assert state.admitted(NOW) == replace(state, started=NOW, slot=None)
 
 

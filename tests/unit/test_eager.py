@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,9 +12,10 @@ from celery.exceptions import Retry
 from tenacity import wait_fixed
 
 from celery_resilience import GaveUp, PermanentError, TransientError, resilient_task, signals
+from celery_resilience.core import headers
 from celery_resilience.integration.eager import eager_gates
 from celery_resilience.observability.tracing import current_attempt
-from celery_resilience.testing import Attempts, eager_app
+from celery_resilience.testing import FROZEN_AT, Attempts, eager_app
 
 
 @pytest.fixture(params=[True, False], ids=["propagates", "no-propagation"])
@@ -221,3 +223,18 @@ def test_an_unsampled_trace_stays_unsampled_in_the_attempt(app):
         traced.apply(headers={"traceparent": f"00-{trace_id}-{span_id}-{flags}"}).get()
     assert [value[:35] for value in seen] == [f"00-{trace_id}"] * 2
     assert [value[-3:] for value in seen] == ["-00", "-01"]
+
+
+def test_a_message_past_its_deadline_gives_up_before_its_body(app):
+    """An attempt of a task without gates whose deadline passed before it came gives up
+    at once: its body does not run."""
+    task = _flaky(app, [], deadline=10.0)
+    state = json.dumps({"v": 1, "f": 1, "d": 0, "t0": FROZEN_AT - 60})
+    if app.conf.task_eager_propagates:
+        with pytest.raises(GaveUp, match="deadline of 10 s passed"):
+            task.apply(headers={headers.STATE: state})
+    else:
+        result = task.apply(headers={headers.STATE: state})
+        assert isinstance(result.result, GaveUp)
+        assert "deadline of 10 s passed" in str(result.result)
+    assert task.calls == []

@@ -11,6 +11,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 
 from celery_resilience.observability.otel import attempt_span, otel_parent
@@ -47,6 +48,28 @@ def test_one_span_per_attempt(provider, exporter):
     spans = exporter.get_finished_spans()
     assert [s.name for s in spans] == ["shop.charge", "shop.charge"]
     assert spans[0].kind is SpanKind.CONSUMER
+
+
+@pytest.mark.parametrize(
+    ("sampler", "sampled"),
+    [(ALWAYS_ON, True), (ParentBased(ALWAYS_ON), False)],
+    ids=["always-on", "parent-based"],
+)
+def test_the_handle_says_what_the_sampler_chose(exporter, sampler, sampled):
+    """Under a message that was not sampled, the attempt's handle (whose flag its outbound
+    calls send) says whether its span was sampled after all: a sampler that ignores the
+    parent samples it, one that follows the parent does not."""
+    tracer_provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    unsampled = TraceContext(MESSAGE.trace_id, MESSAGE.span_id, sampled=False)
+    try:
+        with attempt_span("shop.charge", unsampled, tracer_provider=tracer_provider) as handle:
+            pass
+    finally:
+        tracer_provider.shutdown()
+    assert handle.sampled is sampled
+    assert handle.context.sampled is sampled
+    assert handle.trace_id == MESSAGE.trace_id
 
 
 def test_span_is_child_of_the_message_context(provider, exporter):

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from celery_resilience.observability import tracing
 from celery_resilience.observability.tracing import (
     AttemptInfo,
     TraceContext,
@@ -390,10 +391,9 @@ def test_unsafe_call_index_shared_with_copied_context():
 @pytest.mark.parametrize("sampled", [True, False])
 def test_an_attempt_built_from_checked_values_equals_one_built_with_checks(sampled):
     """``AttemptInfo.of_checked`` gives what the checking constructor gives for the same
-    valid values, the trace's sampled flag included."""
-    trace = TraceContext(TRACE_ID, SPAN_ID, sampled=sampled)
+    valid values, the sampled flag included."""
     span_id = new_span_id()
-    built = AttemptInfo.of_checked(trace, span_id, "abc-1", "shop.charge", 2)
+    built = AttemptInfo.of_checked(TRACE_ID, span_id, "abc-1", "shop.charge", 2, sampled=sampled)
     assert built == AttemptInfo(
         trace_id=TRACE_ID,
         span_id=span_id,
@@ -404,9 +404,18 @@ def test_an_attempt_built_from_checked_values_equals_one_built_with_checks(sampl
     )
 
 
-def test_span_bits_are_never_zero_and_render_as_span_ids():
-    """A span ID drawn as a number is 64 bits, never zero, and renders as a valid ID."""
+def test_span_bits_render_as_span_ids():
+    """A span ID drawn as a number is 64 bits and renders as a valid ID."""
     for _ in range(200):
         bits = new_span_bits()
         assert 0 < bits < 2**64
         assert TraceContext(TRACE_ID, f"{bits:016x}").span_id == f"{bits:016x}"
+
+
+def test_a_zero_draw_is_drawn_again(monkeypatch):
+    """A draw of zero (an invalid span ID) is never handed out: the next draw is."""
+    draws = iter([0, 0, 5])
+    monkeypatch.setattr(tracing, "random_bits", lambda _bits: next(draws))
+    assert new_span_bits() == 5
+    draws = iter([0, 7])
+    assert new_span_id() == "0000000000000007"
