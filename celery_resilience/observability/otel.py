@@ -51,8 +51,9 @@ class SpanHandle:
     """The attempt's span: its IDs, and ``set()`` to add attributes before it ends.
 
     ``span_id`` is the OpenTelemetry span's ID when one is recorded, else a fresh
-    random one; ``recording`` tells which. ``attributes`` holds what was set, in both
-    cases.
+    random one; ``recording`` tells which. ``sampled`` is the flag the attempt's calls
+    send: the sampler's choice for a recorded span, else the message's. ``attributes``
+    holds what was set, in both cases.
     """
 
     __slots__ = ("_span", "attributes", "recording", "sampled", "span_id", "trace_id")
