@@ -17,6 +17,8 @@ _Pair = tuple[str | None, str | None]
 
 #: Pairs of gates remembered before the idle ones are dropped.
 _MOST_PAIRS = 256
+#: The demand of a pair not seen yet (frozen: shared, not built on every attempt).
+_NO_DEMAND = Demand()
 
 
 class GrantsAhead:
@@ -37,7 +39,7 @@ class GrantsAhead:
         pair, now = _pair(ask), clock.monotonic()
         with self._lock:
             self._own(now)
-            self._demand[pair] = self._demand.get(pair, Demand()).count(now)
+            self._demand[pair] = self._demand.get(pair, _NO_DEMAND).count(now)
             held = self._held.pop(pair, None)
             got = held.take(now) if held is not None else None
             if got is None:
