@@ -54,9 +54,10 @@ THROTTLE_BUCKETS = 3
 _SWEEP_AT = 10_000
 
 
-def _odd_index(index: float) -> bool:
-    """Whether a bucket's number (its start over its width, near a whole number) is odd."""
-    return math.floor(index + 0.5) % 2 == 1
+def _bucket_number(start: float, width: float) -> int:
+    """A bucket's number: its start over its width, rounded (the quotient is near a whole
+    number)."""
+    return math.floor(start / width + 0.5)
 
 
 _KeyedPolicy = Union[CircuitBreaker, ConcurrencyLimit, RateLimit]  # noqa: UP007 - a runtime alias on 3.10
@@ -237,7 +238,7 @@ class MemoryStore:
                     fail += n
                 if start < current:
                     first = min(first, start)
-                    counts = sent_in.setdefault(math.floor(start / width + 0.5), [0, 0])
+                    counts = sent_in.setdefault(_bucket_number(start, width), [0, 0])
                     counts[0] += n
                     counts[1] += n if kind == "s" else 0
             elif kind == "a":
@@ -246,7 +247,7 @@ class MemoryStore:
                 retries += n
             else:
                 if kind == "x" and start < current and n > 0:
-                    shed_in.add(math.floor(start / width + 0.5))
+                    shed_in.add(_bucket_number(start, width))
                 if start + width > recent_from:
                     req += n
                     fresh += n if start >= current - width else 0
@@ -255,7 +256,7 @@ class MemoryStore:
         half = finished // 2
         odd = even = half
         if finished % 2 == 1:
-            if _odd_index(first / width):
+            if _bucket_number(first, width) % 2 == 1:
                 odd += 1
             else:
                 even += 1

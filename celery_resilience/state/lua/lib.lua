@@ -111,15 +111,16 @@ end
 -- older buckets unless keep is true (a reader whose window may differ from the writers'
 -- must not prune).
 local THROTTLE_BUCKETS = 3
--- Whether a bucket's number (its start over its width, near a whole number) is odd.
-local function odd_index(index)
-  return math.floor(index + 0.5) % 2 == 1
+-- A bucket's number: its start over its width, rounded (the quotient is near a whole
+-- number).
+local function bucket_number(start, width)
+  return math.floor(start / width + 0.5)
 end
 
 -- A finished bucket's record for the probe, {sent, accepted, shed}, in buckets (by
 -- bucket number), made on first use.
 local function bucket_of(buckets, start, width)
-  local index = math.floor(start / width + 0.5)
+  local index = bucket_number(start, width)
   local bk = buckets[index]
   if bk == nil then
     bk = {0, 0, false}
@@ -201,7 +202,7 @@ local function window_totals(wkey, b, now, keep)
   local half = math.floor(finished / 2)
   local counts = {half, half}
   if finished % 2 == 1 then
-    local at = odd_index(first / width) and 1 or 2
+    local at = bucket_number(first, width) % 2 == 1 and 1 or 2
     counts[at] = half + 1
   end
   local probe = probe_of(buckets, counts)
