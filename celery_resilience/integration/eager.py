@@ -30,6 +30,7 @@ from celery_resilience.core.ledger import gave_up_message
 from celery_resilience.integration.attempt import run_traced
 from celery_resilience.integration.flow import Done
 from celery_resilience.integration.message import incoming_state, incoming_trace
+from celery_resilience.observability import counters
 from celery_resilience.state.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -174,6 +175,7 @@ class EagerTurns:
     def exhausted(self) -> GaveUp:
         """Too many turns: send ``gave_up``; the :class:`GaveUp` to raise (from None)."""
         reason = f"eager mode stops after {EAGER_ATTEMPT_LIMIT} attempts and deferrals"
+        counters.count("gave_up")
         signals.gave_up.send(
             sender=self.task,
             task_id=self.request.id,

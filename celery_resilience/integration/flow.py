@@ -40,6 +40,7 @@ from celery_resilience.core.options import bind_keys
 from celery_resilience.integration.budget import Budget, bind_budget
 from celery_resilience.integration.letters import dead_letter
 from celery_resilience.integration.settings import deadline_header
+from celery_resilience.observability import counters
 from celery_resilience.observability.breakers import describe_transition
 from celery_resilience.observability.logs import format_outcome
 from celery_resilience.observability.redaction import redact_exception
@@ -193,13 +194,15 @@ class Flow:
     # -- the flow --------------------------------------------------------------------
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Done | decisions.Wait:
-        signals.attempt_started.send(
-            sender=self.task,
-            task_id=self.task_id,
-            attempt=self.state.attempt,
-            trace_id=self.attempt.trace_id,
-            span_id=self.span_id,
-        )
+        counters.count("attempts")
+        if signals.attempt_started.receivers:  # no payload built for nobody
+            signals.attempt_started.send(
+                sender=self.task,
+                task_id=self.task_id,
+                attempt=self.state.attempt,
+                trace_id=self.attempt.trace_id,
+                span_id=self.span_id,
+            )
         self._bind_keys(args, kwargs)
         if self.state.not_before is not None:
             woken = decide.on_wake(self.attempt, self.gates.now())
@@ -356,10 +359,14 @@ class Flow:
             raise
         self._report("success", probe=probe)
         self.verdict = "success"
-        duration = time.monotonic() - self.started
-        signals.attempt_succeeded.send(
-            sender=self.task, task_id=self.task_id, attempt=self.state.attempt, duration=duration
-        )
+        counters.count("succeeded")
+        if signals.attempt_succeeded.receivers:
+            signals.attempt_succeeded.send(
+                sender=self.task,
+                task_id=self.task_id,
+                attempt=self.state.attempt,
+                duration=time.monotonic() - self.started,
+            )
         self._log_outcome(logging.INFO, "succeeded", final_state="SUCCESS")
         return Done(result, "success")
 
@@ -390,6 +397,7 @@ class Flow:
         record = self._report(plan.breaker_outcome, probe=probe, pause=plan.pause, mark=plan.mark)
         if record is None:
             record = RecordAnswer(now=self.gates.estimated_now())
+        counters.count("failed")
         signals.attempt_failed.send(
             sender=self.task,
             task_id=self.task_id,
@@ -407,6 +415,7 @@ class Flow:
             raise redacted(exc)
         if isinstance(decision, decisions.GiveUp):
             self._give_up(decision, exc=exc)
+        counters.count("retries")
         signals.retry_scheduled.send(
             sender=self.task,
             task_id=self.task_id,
@@ -449,6 +458,7 @@ class Flow:
                 logger.info("%s", decision.line)
             return decision
         self.verdict = "deferred"
+        counters.count("deferrals")
         signals.deferred.send(
             sender=self.task,
             task_id=self.task_id,
@@ -488,6 +498,7 @@ class Flow:
 
     def _give_up(self, decision: decisions.GiveUp, *, exc: BaseException | None) -> NoReturn:
         self._set_state(decision.state)
+        counters.count("gave_up")
         signals.gave_up.send(
             sender=self.task,
             task_id=self.task_id,

@@ -29,7 +29,7 @@ from celery_resilience.core.keying import shown
 from celery_resilience.integration.grants_ahead import GrantsAhead
 from celery_resilience.integration.named import PolicyBook
 from celery_resilience.integration.settings import Settings, read_settings
-from celery_resilience.observability import metrics
+from celery_resilience.observability import counters, metrics
 from celery_resilience.observability.breakers import describe_transition
 from celery_resilience.observability.redaction import redact
 from celery_resilience.observability.tracing import safe_token
@@ -79,6 +79,7 @@ class Runtime:
         mode = self.settings.fallback
 
         def fell_back() -> None:
+            counters.fell_back()
             signals.backend_fallback.send(sender=where, mode=mode)
 
         self.store = FallbackStore(self.shared, mode=mode, describe=where, on_fallback=fell_back)

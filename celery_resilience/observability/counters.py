@@ -3,21 +3,23 @@
 Attempts run in pool processes, but ``inspect stats`` is answered by the worker's main
 process. So the counters live in an anonymous shared memory block that the main process
 maps before the pool forks; every process adds to its own row (one writer per row: no
-lock between processes), and the main process sums the rows.
+lock between processes), and the main process sums the rows. The attempt's flow counts
+through :func:`count`, a direct call: one per event, where a signal's dispatch would cost
+more than the task's own bookkeeping.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 import threading
 from typing import Any
 
 from billiard.process import current_process
 
-from celery_resilience import signals
 from celery_resilience.core import clock
 
-__all__ = ["FIELDS", "PoolCounters", "install", "installed"]
+__all__ = ["FIELDS", "PoolCounters", "count", "fell_back", "install", "installed"]
 
 #: What is counted, in the pool processes of this node since it started.
 FIELDS = (
@@ -43,12 +45,19 @@ class PoolCounters:
         self._memory = mmap.mmap(-1, rows * _WIDTH * 8)
         self._cells = memoryview(self._memory).cast("q")
         self._lock = threading.Lock()
+        #: (pid, row): this process's row, found once per process (a pool process forks).
+        self._own: tuple[int, int] = (-1, 0)
 
     def _row(self) -> int:
+        pid = os.getpid()
+        own_pid, row = self._own
+        if own_pid == pid:
+            return row
         index = getattr(current_process(), "index", None)
-        if not isinstance(index, int):
-            return 0  # the main process (solo and thread pools)
-        return 1 + index % (self.rows - 1)
+        # the main process (solo and thread pools) counts in row 0
+        row = 1 + index % (self.rows - 1) if isinstance(index, int) else 0
+        self._own = (pid, row)
+        return row
 
     def add(self, name: str, amount: int = 1) -> None:
         """Add ``amount`` to counter ``name`` of this process."""
@@ -89,35 +98,23 @@ def installed() -> PoolCounters | None:
     return _installed
 
 
-def _on(name: str) -> Any:
-    def receiver(**_: Any) -> None:
-        if _installed is not None:
-            _installed.add(name)
-
-    return receiver
-
-
-def _on_fallback(**_: Any) -> None:
-    if _installed is not None:
-        _installed.fell_back()
+def count(name: str) -> None:
+    """Add one to counter ``name`` of this process (nothing before :func:`install`)."""
+    table = _installed
+    if table is not None:
+        table.add(name)
 
 
-_RECEIVERS = (
-    (signals.attempt_started, _on("attempts")),
-    (signals.attempt_succeeded, _on("succeeded")),
-    (signals.attempt_failed, _on("failed")),
-    (signals.retry_scheduled, _on("retries")),
-    (signals.deferred, _on("deferrals")),
-    (signals.gave_up, _on("gave_up")),
-    (signals.backend_fallback, _on_fallback),
-)
+def fell_back() -> None:
+    """Count one answer from the per-process fallback (nothing before :func:`install`)."""
+    table = _installed
+    if table is not None:
+        table.fell_back()
 
 
 def install() -> PoolCounters:
-    """Map the counters and connect their receivers (idempotent). Call before the fork."""
+    """Map the counters (idempotent). Call before the fork."""
     global _installed  # noqa: PLW0603 - one table per worker node
     if _installed is None:
         _installed = PoolCounters()
-        for signal, receiver in _RECEIVERS:
-            signal.connect(receiver, weak=False)
     return _installed
