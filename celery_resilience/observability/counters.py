@@ -13,6 +13,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+import weakref
 from typing import Any
 
 from billiard.process import current_process
@@ -45,18 +46,17 @@ class PoolCounters:
         self._memory = mmap.mmap(-1, rows * _WIDTH * 8)
         self._cells = memoryview(self._memory).cast("q")
         self._lock = threading.Lock()
-        #: (pid, row): this process's row, found once per process (a pool process forks).
-        self._own: tuple[int, int] = (-1, 0)
+        #: This process's row, found on its first count; forgotten in a forked child.
+        self._own: int | None = None
+        table = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_row(table))
 
     def _row(self) -> int:
-        pid = os.getpid()
-        own_pid, row = self._own
-        if own_pid == pid:
-            return row
-        index = getattr(current_process(), "index", None)
-        # the main process (solo and thread pools) counts in row 0
-        row = 1 + index % (self.rows - 1) if isinstance(index, int) else 0
-        self._own = (pid, row)
+        row = self._own
+        if row is None:
+            index = getattr(current_process(), "index", None)
+            # the main process (solo and thread pools) counts in row 0
+            row = self._own = 1 + index % (self.rows - 1) if isinstance(index, int) else 0
         return row
 
     def add(self, name: str, amount: int = 1) -> None:
@@ -88,6 +88,13 @@ class PoolCounters:
         out: dict[str, Any] = sums
         out["last_fallback_at"] = last / 1_000_000 if last else None
         return out
+
+
+def _forget_row(table: weakref.ref[PoolCounters]) -> None:
+    """In a forked child: the row is found again (a pool process has its own)."""
+    counters = table()
+    if counters is not None:
+        counters._own = None
 
 
 _installed: PoolCounters | None = None
