@@ -176,14 +176,15 @@ class EagerTurns:
         """Too many turns: send ``gave_up``; the :class:`GaveUp` to raise (from None)."""
         reason = f"eager mode stops after {EAGER_ATTEMPT_LIMIT} attempts and deferrals"
         counters.count("gave_up")
-        signals.gave_up.send(
-            sender=self.task,
-            task_id=self.request.id,
-            attempt=self.state.attempt,
-            reason=reason,
-            exc=None,
-            history=self.state.history,
-        )
+        if signals.gave_up.receivers:
+            signals.gave_up.send(
+                sender=self.task,
+                task_id=self.request.id,
+                attempt=self.state.attempt,
+                reason=reason,
+                exc=None,
+                history=self.state.history,
+            )
         message = gave_up_message(reason=reason, state=self.state, trace_id=self.trace.trace_id)
         return GaveUp(message)
 

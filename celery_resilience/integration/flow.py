@@ -398,15 +398,16 @@ class Flow:
         if record is None:
             record = RecordAnswer(now=self.gates.estimated_now())
         counters.count("failed")
-        signals.attempt_failed.send(
-            sender=self.task,
-            task_id=self.task_id,
-            attempt=self.state.attempt,
-            verdict=failure.verdict,
-            cause=failure.cause,
-            exc=exc,
-            duration=duration,
-        )
+        if signals.attempt_failed.receivers:
+            signals.attempt_failed.send(
+                sender=self.task,
+                task_id=self.task_id,
+                attempt=self.state.attempt,
+                verdict=failure.verdict,
+                cause=failure.cause,
+                exc=exc,
+                duration=duration,
+            )
         decision = decide.after_failure(self.attempt, plan, record, self.rng)
         if isinstance(decision, decisions.FailNow):
             self._log_outcome(logging.WARNING, "failed", failure=failure, final_state="FAILURE")
@@ -416,15 +417,16 @@ class Flow:
         if isinstance(decision, decisions.GiveUp):
             self._give_up(decision, exc=exc)
         counters.count("retries")
-        signals.retry_scheduled.send(
-            sender=self.task,
-            task_id=self.task_id,
-            attempt=decision.state.failures,
-            countdown=decision.countdown,
-            verdict=failure.verdict,
-            cause=failure.cause,
-            reason=decision.line,
-        )
+        if signals.retry_scheduled.receivers:
+            signals.retry_scheduled.send(
+                sender=self.task,
+                task_id=self.task_id,
+                attempt=decision.state.failures,
+                countdown=decision.countdown,
+                verdict=failure.verdict,
+                cause=failure.cause,
+                reason=decision.line,
+            )
         self._log_outcome(logging.WARNING, "failed", failure=failure, countdown=decision.countdown)
         return decision
 
@@ -459,15 +461,16 @@ class Flow:
             return decision
         self.verdict = "deferred"
         counters.count("deferrals")
-        signals.deferred.send(
-            sender=self.task,
-            task_id=self.task_id,
-            attempt=decision.state.attempt,
-            gate=decision.gate,
-            name=decision.name,
-            countdown=decision.countdown,
-            reason=decision.line,
-        )
+        if signals.deferred.receivers:
+            signals.deferred.send(
+                sender=self.task,
+                task_id=self.task_id,
+                attempt=decision.state.attempt,
+                gate=decision.gate,
+                name=decision.name,
+                countdown=decision.countdown,
+                reason=decision.line,
+            )
         logger.info("%s", decision.line)
         return decision
 
@@ -499,14 +502,15 @@ class Flow:
     def _give_up(self, decision: decisions.GiveUp, *, exc: BaseException | None) -> NoReturn:
         self._set_state(decision.state)
         counters.count("gave_up")
-        signals.gave_up.send(
-            sender=self.task,
-            task_id=self.task_id,
-            attempt=decision.state.attempt,
-            reason=decision.reason,
-            exc=exc,
-            history=decision.state.history,
-        )
+        if signals.gave_up.receivers:
+            signals.gave_up.send(
+                sender=self.task,
+                task_id=self.task_id,
+                attempt=decision.state.attempt,
+                reason=decision.reason,
+                exc=exc,
+                history=decision.state.history,
+            )
         logger.error("%s", decision.message.splitlines()[0])
         self._dead_letter(decision.failure, reason=decision.reason)
         # Not chained to the last failure: its message (an URL with a key in its query, say)
