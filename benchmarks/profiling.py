@@ -24,7 +24,6 @@ from pathlib import Path
 from benchmarks.attempts import cpu_per_attempt, profile_attempts
 from benchmarks.overhead import VARIANTS, drain
 from benchmarks.rig import SIDES, Rig
-from celery_resilience.observability import counters
 from example_project.processes import Child
 
 __all__ = ["Folded", "main", "summarise"]
@@ -106,7 +105,6 @@ def _in_process(variant: str, attempts: int, top: int) -> int:
     each resilient one costs beyond it), and a cProfile of ``variant``'s."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     workdir = HERE / "runs" / f"profile-{stamp}"
-    counters.install()  # as a worker's bootstep does: its attempts count into them
     with Rig(workdir):
         plain_cost = 0.0
         for label, side, task in VARIANTS:
