@@ -2,9 +2,10 @@
 
 An attempt runs as a prefork pool process runs it (the node's counters installed, as in a
 worker): a request is pushed on the task, then the task is called, which goes through
-``ResilientTask.__call__`` (gates, body, record) against the rig's state Redis. Nothing else of Celery runs, so the figure is what
-celery-resilience adds to one task, client side, free of the worker's own cost and much
-less moved by other load than a drain rate::
+``ResilientTask.__call__`` (gates, body, record) against the rig's state Redis. Nothing
+else of Celery runs, so the figure is what celery-resilience adds to one task, client
+side, free of the worker's own cost and much less moved by other load than a drain
+rate::
 
     cpu_per_attempt(resilient.noop, attempts=3000, reps=5)    # microseconds, best run
 """
