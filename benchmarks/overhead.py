@@ -123,6 +123,12 @@ def round_trips(rig: Rig, label: str, task: Any, total: int) -> tuple[Counter[st
     return sent, executed
 
 
+def _per_second(cost: float, unit: float) -> str:
+    """How many a second one core serves at ``cost`` (``unit`` of them a second); "—"
+    when nothing was measured."""
+    return f"{unit / cost:,.0f}" if cost > 0 else "—"
+
+
 def script_costs(
     rig: Rig, task: Any, calls: int = SCRIPT_CALLS, reps: int = 5
 ) -> dict[str, list[float]]:
@@ -230,7 +236,7 @@ def run_overhead(rig: Rig, params: Params) -> Outcome:
     rows.append(Row("7 Redis", "gated attempts a second one Redis core serves: by the scripts' "
                     "µs per attempt; by the state Redis process's CPU per attempt (its network "
                     "I/O included)", "—",
-                    f"{1e6 / per_attempt:,.0f}; {1e3 / process:,.0f}" if process > 0 else "—",
+                    f"{_per_second(per_attempt, 1e6)}; {_per_second(process, 1e3)}",
                     "—", "—", None))  # fmt: skip
     rss = {label: max(runs[label][-1].rss_end, default=0) for label, _, _ in VARIANTS}
     for label in GATED:

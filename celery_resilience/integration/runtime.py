@@ -80,7 +80,8 @@ class Runtime:
 
         def fell_back() -> None:
             counters.fell_back()
-            signals.backend_fallback.send(sender=where, mode=mode)
+            if signals.backend_fallback.receivers:
+                signals.backend_fallback.send(sender=where, mode=mode)
 
         self.store = FallbackStore(self.shared, mode=mode, describe=where, on_fallback=fell_back)
         self.policies = PolicyBook(

@@ -48,8 +48,9 @@ class PoolCounters:
         self._lock = threading.Lock()
         #: This process's row, found on its first count; forgotten in a forked child.
         self._own: int | None = None
-        table = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _forget_row(table))
+        if hasattr(os, "register_at_fork"):  # no fork, no hook (Windows)
+            table = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _forget_parent(table))
 
     def _row(self) -> int:
         row = self._own
@@ -90,11 +91,13 @@ class PoolCounters:
         return out
 
 
-def _forget_row(table: weakref.ref[PoolCounters]) -> None:
-    """In a forked child: the row is found again (a pool process has its own)."""
+def _forget_parent(table: weakref.ref[PoolCounters]) -> None:
+    """In a forked child: the row is found again (a pool process has its own), and the
+    lock is new (a parent's thread may have held it at the fork)."""
     counters = table()
     if counters is not None:
         counters._own = None
+        counters._lock = threading.Lock()
 
 
 _installed: PoolCounters | None = None

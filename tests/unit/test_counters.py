@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import billiard
+import pytest
 
 from celery_resilience.observability.counters import FIELDS, PoolCounters
 
@@ -19,6 +22,7 @@ def _row(table: PoolCounters, row: int) -> dict[str, int]:
     return {name: cells[row * len(FIELDS) + i] for i, name in enumerate(FIELDS)}
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
 def test_a_forked_pool_process_counts_in_its_own_row():
     """The main process counted first (its row found and kept); a pool process forked
     after it finds its own row, and the totals hold both."""
