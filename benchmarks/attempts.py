@@ -7,7 +7,8 @@ else of Celery runs, so the figure is what celery-resilience adds to one task, c
 side, free of the worker's own cost and much less moved by other load than a drain
 rate::
 
-    cpu_per_attempt(resilient.noop, attempts=3000, reps=5)    # microseconds, best run
+    with rig.upstream_paused():  # no serving thread beside the loop
+        cpu_per_attempt(resilient.noop, attempts=3000, reps=5)    # microseconds, best run
 """
 
 from __future__ import annotations

@@ -175,10 +175,11 @@ def run_overhead(rig: Rig, params: Params) -> Outcome:
         for label, side, task in VARIANTS
         if side == "resilient"
     }
-    alone = {  # each no-op through the same in-process loop, plain Celery's included
-        label: cpu_per_attempt(task, attempts=min(total, 3_000), reps=params.overhead_reps + 2)
-        for label, _, task in VARIANTS
-    }
+    with rig.upstream_paused():  # each no-op through the same in-process loop
+        alone = {
+            label: cpu_per_attempt(task, attempts=min(total, 3_000), reps=params.overhead_reps + 2)
+            for label, _, task in VARIANTS
+        }
     own = {label: alone[label] - alone["plain"] for label in GATED}
     rows = []
     median = {label: statistics.median(r.rate for r in rs) for label, rs in runs.items()}

@@ -105,7 +105,7 @@ def _in_process(variant: str, attempts: int, top: int) -> int:
     each resilient one costs beyond it), and a cProfile of ``variant``'s."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     workdir = HERE / "runs" / f"profile-{stamp}"
-    with Rig(workdir):
+    with Rig(workdir) as rig, rig.upstream_paused():  # nothing here calls it
         plain_cost = 0.0
         for label, side, task in VARIANTS:
             cost = cpu_per_attempt(task, attempts=attempts, reps=5)

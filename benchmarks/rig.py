@@ -181,6 +181,18 @@ class Rig:
         """Stop the rig."""
         self.stop()
 
+    @contextlib.contextmanager
+    def upstream_paused(self) -> Iterator[None]:
+        """The upstream stopped for a while, then served again on the same port: for a
+        loop measured in this process, which the upstream's serving thread would otherwise
+        slow down and make noisy (a thread waiting for the GIL is woken each time the
+        loop lets it go, and those wake-ups are billed to this process)."""
+        self.upstream.stop()
+        try:
+            yield
+        finally:
+            self.upstream.start()
+
     def reset(self) -> None:
         """Forget every queue, result and breaker/limiter state, and the upstream's records."""
         self.broker_client.flushall()
