@@ -27,10 +27,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from celery_resilience.core.gates import GateAsk
 
-__all__ = ["AHEAD_FOR", "MOST_AHEAD", "Ahead", "Demand", "may_ask_ahead"]
+if TYPE_CHECKING:
+    from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
+
+__all__ = ["AHEAD_FOR", "MOST_AHEAD", "Ahead", "Demand", "may_ask_ahead", "may_go_ahead"]
 
 #: Seconds a grant ahead stays usable (the same in ``gate.lua``).
 AHEAD_FOR = 0.1
@@ -41,14 +45,34 @@ MOST_AHEAD = 32
 def may_ask_ahead(ask: GateAsk) -> bool:
     """Whether ``ask`` is of the kind that may be given grants ahead (the gate judges the
     breaker's and the limiter's state)."""
-    breaker, limiter = ask.breaker, ask.limiter
+    return may_go_ahead(
+        ask.breaker,
+        ask.limiter,
+        concurrency=ask.concurrency,
+        attempt_key=ask.attempt_key,
+        retry=ask.retry,
+        booked=ask.booked_slot is not None or ask.limiter_book,
+    )
+
+
+def may_go_ahead(
+    breaker: CircuitBreaker | None,
+    limiter: RateLimit | None,
+    *,
+    concurrency: ConcurrencyLimit | None,
+    attempt_key: str | None,
+    retry: bool,
+    booked: bool,
+) -> bool:
+    """:func:`may_ask_ahead` over the values an ask would carry, for an attempt that
+    looks for a grant ahead before it builds one (``booked``: it comes with a booked
+    rate-limit slot, or books one)."""
     return (
         (breaker is not None or limiter is not None)
-        and ask.concurrency is None
-        and ask.attempt_key is None
-        and not ask.retry
-        and ask.booked_slot is None
-        and not ask.limiter_book
+        and concurrency is None
+        and attempt_key is None
+        and not retry
+        and not booked
         and (breaker is None or (breaker.bound_key is None and breaker.retry_budget is None))
         and (limiter is None or limiter.bound_key is None)
     )

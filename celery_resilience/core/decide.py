@@ -256,8 +256,9 @@ def after_gate(
 
 
 def ungated(attempt: Attempt, now: float) -> Run | GiveUp:
-    """What an attempt with no gates to ask (no breaker, concurrency limit, rate limit or
-    attempt lease) does at ``now``: as :func:`after_gate` with every gate letting it through."""
+    """What an attempt that has no gate to ask (no breaker, concurrency limit, rate limit
+    or attempt lease), or is let in on a grant ahead, does at ``now``: as
+    :func:`after_gate` with every gate letting it through, no probe among them."""
     attempt = _admitted(attempt, now)
     if attempt.deadline_passed(now):
         return _give_up(attempt, f"deadline of {attempt.options.deadline:g} s passed", None)

@@ -27,6 +27,7 @@ __all__ = [
     "OutcomeReport",
     "RecordAnswer",
     "Transition",
+    "success_deferrable",
 ]
 
 BreakerOutcome = Literal["success", "failure", "neutral"]
@@ -177,12 +178,14 @@ class OutcomeReport:
         limiter pause and an attempt lease's mark (it keeps a copy of the message from
         running the body again) are reported at once."""
         return (
-            self.breaker is not None
-            and self.breaker_outcome == "success"
-            and not self.probe
-            and self.concurrency is None
+            self.breaker_outcome == "success"
             and self.pause is None
-            and self.attempt_key is None
+            and success_deferrable(
+                self.breaker,
+                probe=self.probe,
+                concurrency=self.concurrency,
+                attempt_key=self.attempt_key,
+            )
         )
 
     @property
@@ -194,6 +197,18 @@ class OutcomeReport:
             and (self.limiter is None or self.pause is None)
             and self.attempt_key is None
         )
+
+
+def success_deferrable(
+    breaker: CircuitBreaker | None,
+    *,
+    probe: bool,
+    concurrency: ConcurrencyLimit | None,
+    attempt_key: str | None,
+) -> bool:
+    """:attr:`OutcomeReport.deferrable` for the success of an attempt with these gates,
+    before a report is built for it."""
+    return breaker is not None and not probe and concurrency is None and attempt_key is None
 
 
 @dataclass(frozen=True, slots=True)

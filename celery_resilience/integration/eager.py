@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from celery.app.task import Context
 
     from celery_resilience.core.gates import GateAnswer, GateAsk, OutcomeReport, RecordAnswer
+    from celery_resilience.core.limits import CircuitBreaker, RateLimit
     from celery_resilience.integration.task import ResilientTask
     from celery_resilience.state.deadletters import DeadLetter
 
@@ -102,6 +103,16 @@ class EagerGates:
     def record(self, report: OutcomeReport) -> RecordAnswer:
         """Report to the in-memory gates."""
         return self.store.record(report)
+
+    def go_ahead(
+        self, breaker: CircuitBreaker | None, limiter: RateLimit | None, *, cached: bool = True
+    ) -> bool:
+        """Eager mode holds no grants ahead: every attempt asks."""
+        return False
+
+    def hold_success(self, breaker: CircuitBreaker) -> bool:
+        """Eager mode counts every success at once."""
+        return False
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
         """Keep the dead letter in memory."""

@@ -23,6 +23,7 @@ from celery.utils.log import get_task_logger
 
 from celery_resilience import signals
 from celery_resilience.core import decide, decisions
+from celery_resilience.core.ahead import may_go_ahead
 from celery_resilience.core.classify import Failure, classify
 from celery_resilience.core.errors import BreakerOpenError, GaveUp, ResilienceConfigError
 from celery_resilience.core.gates import (
@@ -33,6 +34,7 @@ from celery_resilience.core.gates import (
     OutcomeReport,
     RecordAnswer,
     Transition,
+    success_deferrable,
 )
 from celery_resilience.core.keying import KeyFunctionError, shown
 from celery_resilience.core.limits import BODY_LEASE
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
     from celery.app.task import Context
 
     from celery_resilience.core.ledger import AttemptState
-    from celery_resilience.core.limits import RateLimit
+    from celery_resilience.core.limits import CircuitBreaker, RateLimit
     from celery_resilience.core.options import TaskOptions
     from celery_resilience.integration.task import ResilientTask
     from celery_resilience.state.deadletters import DeadLetter
@@ -81,6 +83,16 @@ class Gates(Protocol):
 
     def record(self, report: OutcomeReport) -> RecordAnswer:
         """Report one attempt's outcome."""
+        ...
+
+    def go_ahead(
+        self, breaker: CircuitBreaker | None, limiter: RateLimit | None, *, cached: bool = True
+    ) -> bool:
+        """Let the attempt in on a grant ahead held here, with no ask (False: ask)."""
+        ...
+
+    def hold_success(self, breaker: CircuitBreaker) -> bool:
+        """Hold a plain success to be counted late, with no report (False: report it)."""
         ...
 
     def add_dead_letter(self, letter: DeadLetter) -> None:
@@ -211,14 +223,12 @@ class Flow:
             self._set_state(replace(self.state, not_before=None))
         now = self.gates.estimated_now()
         if self._ungated(self.options.limiter):  # nothing to ask: no ask built, no answer
-            admitted = decide.ungated(self.attempt, now)
-            if isinstance(admitted, decisions.GiveUp):
-                return self._carry(admitted, answer=None)
-            self._set_state(admitted.state)
-            return self._body(args, kwargs, probe=False)
+            return self._let_through(now, args, kwargs)
         expired = decide.before_gate(self.attempt, now)
         if expired is not None:
             return self._carry(expired, answer=None)
+        if self._goes_ahead():  # on a grant ahead this process holds: no ask, no answer
+            return self._let_through(self.gates.estimated_now(), args, kwargs)
         answer, decision = self._gates(may_wait_in_place=True)
         if isinstance(decision, decisions.WaitInPlace):  # a slot a moment away: wait, ask again
             logger.debug("attempt %d: rate-limit slot in %.3f s, waited here",
@@ -232,6 +242,32 @@ class Flow:
         if isinstance(decision, decisions.UseFallback):
             return self._fallback(decision, args, kwargs)
         return self._carry(decision, answer=answer)
+
+    def _let_through(
+        self, now: float, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Done | decisions.Wait:
+        """Run the body of an attempt every gate lets through at ``now`` with no answer
+        to read (no gates, or a grant ahead), unless its deadline has passed."""
+        admitted = decide.ungated(self.attempt, now)
+        if isinstance(admitted, decisions.GiveUp):
+            self._report("neutral", probe=False, mark="released")  # a grant ahead, if any
+            self._give_up(admitted, exc=None)
+        self._set_state(admitted.state)
+        return self._body(args, kwargs, probe=False)
+
+    def _goes_ahead(self) -> bool:
+        """Whether the attempt is let in on a grant ahead (of the kind
+        :meth:`_ask` would be given one for), with no ask built."""
+        options, state = self.options, self.state
+        breaker, limiter, slot = options.breaker, options.limiter, state.slot
+        return may_go_ahead(
+            breaker,
+            limiter,
+            concurrency=options.concurrency,
+            attempt_key=self.lease.key if self.lease else None,
+            retry=state.failures > 0,
+            booked=bool(slot and limiter and slot[0] == limiter.name),
+        ) and self.gates.go_ahead(breaker, limiter, cached=options.on_open == "defer")
 
     def _gates(self, *, may_wait_in_place: bool) -> tuple[GateAnswer, decisions.Decision]:
         """Ask the gates, and what their answer means."""
@@ -357,7 +393,18 @@ class Flow:
             # The worker is stopping (or a hard limit): give back what the gates granted.
             self._report("neutral", probe=probe, mark="released")
             raise
-        self._report("success", probe=probe)
+        breaker = self.options.breaker
+        if not (
+            breaker is not None
+            and success_deferrable(
+                breaker,
+                probe=probe,
+                concurrency=self.options.concurrency,
+                attempt_key=self.lease.key if self.lease else None,
+            )
+            and self.gates.hold_success(breaker)  # counted late: no report built
+        ):
+            self._report("success", probe=probe)
         self.verdict = "success"
         counters.count("succeeded")
         if signals.attempt_succeeded.receivers:

@@ -36,12 +36,22 @@ class GrantsAhead:
     def take(self, ask: GateAsk) -> float | None:
         """Count one attempt of ``ask``'s gates; hand it a grant ahead if one is held:
         the seconds to wait before it may be used, or None when none is usable."""
-        pair, now = _pair(ask), clock.monotonic()
+        return self._take(_pair(ask), always=True)
+
+    def use(self, breaker: str | None, limiter: str | None) -> float | None:
+        """As :meth:`take`, for an attempt behind the breaker and rate limit of these names
+        that has built no ask: when no grant is usable, it is not counted (it asks next,
+        and is counted then)."""
+        return self._take((breaker, limiter), always=False)
+
+    def _take(self, pair: _Pair, *, always: bool) -> float | None:
+        now = clock.monotonic()
         with self._lock:
             self._own(now)
-            self._demand[pair] = self._demand.get(pair, _NO_DEMAND).count(now)
             held = self._held.pop(pair, None)
             got = held.take(now) if held is not None else None
+            if got is not None or always:
+                self._demand[pair] = self._demand.get(pair, _NO_DEMAND).count(now)
             if got is None:
                 return None
             wait, rest = got

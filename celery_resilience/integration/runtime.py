@@ -44,6 +44,8 @@ from celery_resilience.state.redis import RedisStore
 if TYPE_CHECKING:
     from celery import Celery
 
+    from celery_resilience.core.limits import CircuitBreaker, RateLimit
+
 __all__ = ["Runtime", "connect", "flush_held", "prepared_letter", "runtime_for"]
 
 logger = logging.getLogger("celery_resilience.integration.runtime")
@@ -133,23 +135,27 @@ class Runtime:
         (``cached``), so a long outage costs no Redis round trip per deferred task, while
         an operator's reset still reaches this process within a second."""
         if cached and ask.breaker is not None:
-            seen = self._open_until.get((ask.breaker.name, ask.breaker.bound_key))
-            mono = clock.monotonic()
-            if seen is not None and mono < seen[0] and mono < seen[1]:
+            wait = self._open_for(ask.breaker)
+            if wait is not None:
                 return GateAnswer(
                     allowed=False,
                     now=self.estimated_now(),
-                    wait=seen[1] - mono,
+                    wait=wait,
                     denial=Denial.BREAKER_OPEN,
                     breaker_state=BreakerState.OPEN,
-                    open_until=self.estimated_now() + seen[1] - mono,
+                    open_until=self.estimated_now() + wait,
                 )
         if ask.empty:
             return GateAnswer(allowed=True, now=self.estimated_now())
         if self.ahead.most and may_ask_ahead(ask) and not self.store.degraded:
             wait = self.ahead.take(ask)
             if wait is not None:
-                return self._granted_ahead(ask, wait)
+                self._granted_ahead(ask.breaker, ask.limiter, wait)
+                return GateAnswer(
+                    allowed=True,
+                    now=self.estimated_now(),
+                    breaker_state=BreakerState.CLOSED if ask.breaker is not None else None,
+                )
             ask = replace(ask, ahead=self.ahead.wanted(ask))
         sent_at = clock.monotonic()
         answer = self.store.gate(ask)
@@ -167,20 +173,48 @@ class Runtime:
             self._remember_open((ask.breaker.name, ask.breaker.bound_key), answer.wait)
         return answer
 
-    def _granted_ahead(self, ask: GateAsk, wait: float) -> GateAnswer:
+    def go_ahead(
+        self, breaker: CircuitBreaker | None, limiter: RateLimit | None, *, cached: bool = True
+    ) -> bool:
+        """Let in an attempt behind these gates (of the kind
+        :func:`~celery_resilience.core.ahead.may_go_ahead` allows) on a grant ahead this
+        process holds, with no ask built: True once it may run (it waited for its slot),
+        as :meth:`gate` would have let it in. False when there is none, or when the gate
+        would answer otherwise (a breaker seen open, with ``cached``; a store down): the
+        attempt asks then."""
+        if not self.ahead.most or self.store.degraded:
+            return False
+        if cached and breaker is not None and self._open_for(breaker) is not None:
+            return False
+        wait = self.ahead.use(
+            breaker.name if breaker is not None else None,
+            limiter.name if limiter is not None else None,
+        )
+        if wait is None:
+            return False
+        self._granted_ahead(breaker, limiter, wait)
+        return True
+
+    def _granted_ahead(
+        self, breaker: CircuitBreaker | None, limiter: RateLimit | None, wait: float
+    ) -> None:
         """An attempt granted ahead by an earlier gate call (no round trip): waits for
         its limit's spacing, and counts the call for the breaker's adaptive throttling."""
-        if ask.limiter is not None:
+        if limiter is not None:
             if wait > 0:
-                self.wait_in_place(wait, ask.limiter.name)
-            metrics.count_limiter_grant(ask.limiter.name)
-        if ask.breaker is not None and ask.breaker.throttle:
-            self.successes.add(ask.breaker, sent=True)
-        return GateAnswer(
-            allowed=True,
-            now=self.estimated_now(),
-            breaker_state=BreakerState.CLOSED if ask.breaker is not None else None,
-        )
+                self.wait_in_place(wait, limiter.name)
+            metrics.count_limiter_grant(limiter.name)
+        if breaker is not None and breaker.throttle:
+            self.successes.add(breaker, sent=True)
+
+    def _open_for(self, breaker: CircuitBreaker) -> float | None:
+        """Seconds ``breaker`` stays open, as seen in this process within the last
+        second; None when it was not seen open then."""
+        seen = self._open_until.get((breaker.name, breaker.bound_key))
+        if seen is None:
+            return None
+        mono = clock.monotonic()
+        return seen[1] - mono if mono < seen[0] and mono < seen[1] else None
 
     def wait_in_place(self, seconds: float, limiter: str) -> None:
         """A booked rate-limit slot a moment away is waited for here (at most
@@ -193,6 +227,16 @@ class Runtime:
         if len(self._open_until) >= _OPEN_CACHE_MAX:  # many keys: keep the live entries
             self._open_until = {k: v for k, v in self._open_until.items() if mono < v[0]}
         self._open_until[name] = (mono + _OPEN_CACHE, mono + wait)
+
+    def hold_success(self, breaker: CircuitBreaker) -> bool:
+        """Hold a success of ``breaker`` that
+        :func:`~celery_resilience.core.gates.success_deferrable` allows, to be counted
+        late with others, with no report built: False when it must be reported now (the
+        store is down), as :meth:`record` would."""
+        if self.store.degraded:
+            return False
+        self.successes.add(breaker)
+        return True
 
     def record(self, report: OutcomeReport) -> RecordAnswer:
         """Report an outcome; remember an OPEN verdict it produced. A plain success is

@@ -16,16 +16,17 @@ from collections.abc import Iterator
 import pytest
 
 from celery_resilience.core.ahead import AHEAD_FOR, MOST_AHEAD
-from celery_resilience.core.gates import GateAsk, OutcomeReport
+from celery_resilience.core.gates import Denial, GateAsk, OutcomeReport
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.integration.runtime import Runtime, runtime_for
 from celery_resilience.state.deferred import DeferredSuccesses
 from celery_resilience.state.keys import KeySpace
 from celery_resilience.state.redis import RedisStore, limiter_args
 from example_project.upstream import Upstream
-from tests.helpers.celery_apps import state_app
+from tests.helpers.celery_apps import make_app, state_app
 from tests.helpers.cluster import module_env, note, wait_all, windows
 from tests.helpers.monitor import CommandLog, script_sha
+from tests.helpers.processes import free_port
 from tests.helpers.redis_server import HOST, RedisServer
 
 pytestmark = pytest.mark.integration
@@ -210,6 +211,68 @@ def test_a_runtime_holding_grants_asks_redis_again_only_when_they_run_out(runtim
         assert runtime.gate(ask).allowed
     calls = _scripts_run(runtime.client) - before
     assert calls <= 200 / 5
+
+
+def test_an_attempt_goes_ahead_on_a_held_grant_with_no_ask_and_no_round_trip(runtime, unique):
+    """What a pool process does for most gated attempts: no ask is built, no Redis call
+    is made while it holds grants; once they run out it says so without counting the
+    attempt, which its ask then counts once."""
+    breaker = CircuitBreaker(f"b-{unique}")
+    ask = GateAsk(holder=f"{unique}:1", breaker=breaker, limiter=FAST)
+    assert not runtime.go_ahead(breaker, FAST)  # nothing held yet
+    assert runtime.ahead.wanted(ask) == 0  # and no attempt counted for it
+    for _ in range(10):
+        assert runtime.gate(ask).allowed
+    before = _scripts_run(runtime.client)
+    gone_ahead = 0
+    while runtime.go_ahead(breaker, FAST):
+        gone_ahead += 1
+        assert gone_ahead <= MOST_AHEAD
+    assert gone_ahead >= 1
+    assert _scripts_run(runtime.client) == before
+    wanted = runtime.ahead.wanted(ask)
+    assert not runtime.go_ahead(breaker, FAST)
+    assert runtime.ahead.wanted(ask) == wanted  # a refusal counts nothing
+    assert runtime.gate(ask).allowed
+    assert _scripts_run(runtime.client) == before + 1
+
+
+def test_nothing_goes_ahead_behind_a_breaker_this_process_saw_open(runtime, unique):
+    """A breaker whose OPEN verdict this process holds (within its second) lets nothing
+    in on a grant ahead it still holds: the attempt asks, and is told OPEN from memory,
+    as it would be without grants ahead."""
+    breaker = CircuitBreaker(f"b-{unique}", minimum_calls=2)
+    ask = GateAsk(holder=f"{unique}:1", breaker=breaker, limiter=FAST)
+    for _ in range(10):
+        assert runtime.gate(ask).allowed
+    for _ in range(4):  # another process's failures: these grants are not voided
+        runtime.store.record(
+            OutcomeReport(holder=f"{unique}:2", breaker=breaker, breaker_outcome="failure")
+        )
+    seen = runtime.gate(GateAsk(holder=f"{unique}:3", breaker=breaker))
+    assert seen.denial is Denial.BREAKER_OPEN
+    before = _scripts_run(runtime.client)
+    assert not runtime.go_ahead(breaker, FAST)
+    assert runtime.gate(ask).denial is Denial.BREAKER_OPEN
+    assert _scripts_run(runtime.client) == before
+
+
+def test_a_runtime_on_a_store_that_is_down_lets_nothing_go_ahead_and_holds_no_success(unique):
+    """While the store is down, the gates answer from the per-process fallback and a
+    success is reported to it at once: nothing goes ahead, nothing is held."""
+    app = make_app(f"ahead-down-{unique}", broker="memory://", backend=None, queue=unique,
+                   set_as_current=False)  # fmt: skip
+    app.conf.resilience_backend_url = f"redis://{HOST}:{free_port()}/0"
+    rt = Runtime(app)
+    breaker = CircuitBreaker(f"b-{unique}")
+    ask = GateAsk(holder=f"{unique}:1", breaker=breaker, limiter=FAST)
+    assert rt.gate(ask).fallback
+    assert rt.store.degraded
+    assert not rt.go_ahead(breaker, FAST)
+    assert not rt.hold_success(breaker)
+    assert rt.successes.held == 0
+    rt.client.close()
+    app.close()
 
 
 def test_grants_ahead_set_to_zero_asks_redis_for_every_attempt(redis_server, unique):
