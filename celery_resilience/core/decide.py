@@ -10,7 +10,7 @@ point                             answers
                                   or :class:`GiveUp` (the deadline would pass meanwhile)
 :func:`before_gate`               ``None`` (ask the gates), or :class:`GiveUp` (deadline passed)
 :func:`ungated`                   :class:`Run` or :class:`GiveUp` (deadline passed), for an
-                                  attempt with no gates to ask
+                                  attempt with no gates to ask, or let in on a grant ahead
 :func:`after_gate`                :class:`Run`, :class:`WaitInPlace` (a rate-limit slot a
                                   moment away), :class:`Wait` (deferred), :class:`GiveUp`,
                                   :class:`Refuse`, :class:`UseFallback` or :class:`Duplicate`

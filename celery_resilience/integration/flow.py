@@ -256,8 +256,9 @@ class Flow:
         return self._body(args, kwargs, probe=False)
 
     def _goes_ahead(self) -> bool:
-        """Whether the attempt is let in on a grant ahead (of the kind
-        :meth:`_ask` would be given one for), with no ask built."""
+        """Let the attempt in on a grant ahead, with no ask built, when it is of the kind
+        :meth:`_ask` would be given one for and one is held: True once it has the grant
+        (used up, waited for, counted as a call sent). Call it once per attempt."""
         options, state = self.options, self.state
         breaker, limiter, slot = options.breaker, options.limiter, state.slot
         return may_go_ahead(

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from celery_resilience.core import clock
 from celery_resilience.core.ahead import AHEAD_FOR, MOST_AHEAD
-from celery_resilience.core.gates import Denial, GateAsk, OutcomeReport
+from celery_resilience.core.gates import Denial, GateAnswer, GateAsk, OutcomeReport
 from celery_resilience.core.limits import CircuitBreaker, ConcurrencyLimit, RateLimit
 from celery_resilience.integration.runtime import Runtime, runtime_for
 from celery_resilience.state.deferred import DeferredSuccesses
@@ -61,6 +62,16 @@ def runtime(redis_server: RedisServer, unique: str) -> Iterator[Runtime]:
 def _scripts_run(client: object) -> int:
     stats = client.info("commandstats")  # type: ignore[attr-defined]
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def _hold_grants(runtime: Runtime, ask: GateAsk, count: int) -> None:
+    """Make ``runtime`` hold ``count`` grants ahead for ``ask``'s gates, usable now and
+    for an hour (as if Redis had answered so): what it holds then does not hang on the
+    test's timing."""
+    answer = GateAnswer(
+        allowed=True, now=1000.0, ahead=(1000.0,) * count, ahead_until=1000.0 + 3600.0
+    )
+    runtime.ahead.keep(ask, answer, sent_at=clock.monotonic())
 
 
 def _ask(unique: str, **parts: object) -> GateAsk:
@@ -219,8 +230,9 @@ def test_an_attempt_goes_ahead_on_a_held_grant_with_no_ask_and_no_round_trip(run
     attempt, which its ask then counts once."""
     breaker = CircuitBreaker(f"b-{unique}")
     ask = GateAsk(holder=f"{unique}:1", breaker=breaker, limiter=FAST)
-    assert not runtime.go_ahead(breaker, FAST)  # nothing held yet
-    assert runtime.ahead.wanted(ask) == 0  # and no attempt counted for it
+    for _ in range(3):
+        assert not runtime.go_ahead(breaker, FAST)  # nothing held yet
+    assert runtime.ahead.wanted(ask) == 0  # and no attempt counted (3 would ask for 2)
     for _ in range(10):
         assert runtime.gate(ask).allowed
     before = _scripts_run(runtime.client)
@@ -239,27 +251,30 @@ def test_an_attempt_goes_ahead_on_a_held_grant_with_no_ask_and_no_round_trip(run
 
 def test_nothing_goes_ahead_behind_a_breaker_this_process_saw_open(runtime, unique):
     """A breaker whose OPEN verdict this process holds (within its second) lets nothing
-    in on a grant ahead it still holds: the attempt asks, and is told OPEN from memory,
-    as it would be without grants ahead."""
+    in on a grant ahead it still holds, with ``on_open="defer"`` (``cached``): the
+    attempt asks, and is told OPEN from memory, as it would be without grants ahead.
+    With another ``on_open`` a refusal is final and the cache is not read: the grant
+    is used, as ``gate(ask, cached=False)`` would use it."""
     breaker = CircuitBreaker(f"b-{unique}", minimum_calls=2)
     ask = GateAsk(holder=f"{unique}:1", breaker=breaker, limiter=FAST)
-    for _ in range(10):
-        assert runtime.gate(ask).allowed
-    for _ in range(4):  # another process's failures: these grants are not voided
+    for _ in range(4):  # another process's failures: no grant this one holds is voided
         runtime.store.record(
             OutcomeReport(holder=f"{unique}:2", breaker=breaker, breaker_outcome="failure")
         )
     seen = runtime.gate(GateAsk(holder=f"{unique}:3", breaker=breaker))
     assert seen.denial is Denial.BREAKER_OPEN
+    _hold_grants(runtime, ask, 2)
     before = _scripts_run(runtime.client)
     assert not runtime.go_ahead(breaker, FAST)
     assert runtime.gate(ask).denial is Denial.BREAKER_OPEN
     assert _scripts_run(runtime.client) == before
+    assert runtime.go_ahead(breaker, FAST, cached=False)  # the grant was held all along
 
 
 def test_a_runtime_on_a_store_that_is_down_lets_nothing_go_ahead_and_holds_no_success(unique):
     """While the store is down, the gates answer from the per-process fallback and a
-    success is reported to it at once: nothing goes ahead, nothing is held."""
+    success is reported to it at once: nothing goes ahead on a grant the process still
+    holds, nothing is held."""
     app = make_app(f"ahead-down-{unique}", broker="memory://", backend=None, queue=unique,
                    set_as_current=False)  # fmt: skip
     app.conf.resilience_backend_url = f"redis://{HOST}:{free_port()}/0"
@@ -268,9 +283,11 @@ def test_a_runtime_on_a_store_that_is_down_lets_nothing_go_ahead_and_holds_no_su
     ask = GateAsk(holder=f"{unique}:1", breaker=breaker, limiter=FAST)
     assert rt.gate(ask).fallback
     assert rt.store.degraded
+    _hold_grants(rt, ask, 2)
     assert not rt.go_ahead(breaker, FAST)
     assert not rt.hold_success(breaker)
     assert rt.successes.held == 0
+    assert rt.ahead.use(breaker.name, FAST.name) is not None  # the grants were held
     rt.client.close()
     app.close()
 
