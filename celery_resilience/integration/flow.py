@@ -258,7 +258,8 @@ class Flow:
     def _goes_ahead(self) -> bool:
         """Let the attempt in on a grant ahead, with no ask built, when it is of the kind
         :meth:`_ask` would be given one for and one is held: True once it has the grant
-        (used up, waited for, counted as a call sent). Call it once per attempt."""
+        (used up, its slot waited for, the call counted by adaptive throttling). Call it
+        once per attempt."""
         options, state = self.options, self.state
         breaker, limiter, slot = options.breaker, options.limiter, state.slot
         return may_go_ahead(
