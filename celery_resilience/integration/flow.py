@@ -260,16 +260,26 @@ class Flow:
         :meth:`_ask` would be given one for and one is held: True once it has the grant
         (used up, its slot waited for, the call counted by adaptive throttling). Call it
         once per attempt."""
-        options, state = self.options, self.state
-        breaker, limiter, slot = options.breaker, options.limiter, state.slot
+        options = self.options
+        breaker, limiter = options.breaker, options.limiter
         return may_go_ahead(
             breaker,
             limiter,
             concurrency=options.concurrency,
-            attempt_key=self.lease.key if self.lease else None,
-            retry=state.failures > 0,
-            booked=bool(slot and limiter and slot[0] == limiter.name),
+            attempt_key=self._attempt_key,
+            retry=self.state.failures > 0,
+            booked=self._booked_slot() is not None,
         ) and self.gates.go_ahead(breaker, limiter, cached=options.on_open == "defer")
+
+    @property
+    def _attempt_key(self) -> str | None:
+        """The attempt lease's key, if the attempt holds one."""
+        return self.lease.key if self.lease else None
+
+    def _booked_slot(self) -> float | None:
+        """The rate-limit slot booked for this attempt on its limiter, if any."""
+        slot, limiter = self.state.slot, self.options.limiter
+        return slot[1] if slot and limiter and slot[0] == limiter.name else None
 
     def _gates(self, *, may_wait_in_place: bool) -> tuple[GateAnswer, decisions.Decision]:
         """Ask the gates, and what their answer means."""
@@ -300,7 +310,6 @@ class Flow:
 
     def _ask(self) -> GateAnswer:
         options, state = self.options, self.state
-        slot, limiter = state.slot, options.limiter
         ask = GateAsk(
             holder=self.holder,
             breaker=options.breaker,
@@ -309,10 +318,10 @@ class Flow:
             retry=state.failures > 0,
             concurrency=options.concurrency,
             concurrency_lease=self._concurrency_lease(),
-            limiter=limiter,
-            booked_slot=slot[1] if slot and limiter and slot[0] == limiter.name else None,
+            limiter=options.limiter,
+            booked_slot=self._booked_slot(),
             limiter_max_wait=self.attempt.remaining(self.gates.estimated_now()),
-            attempt_key=self.lease.key if self.lease else None,
+            attempt_key=self._attempt_key,
             attempt_lease=self.lease.seconds if self.lease else 60.0,
             attempt_owner=self.lease.owner if self.lease else None,
         )
@@ -364,7 +373,7 @@ class Flow:
             concurrency=self.options.concurrency,
             limiter=self.options.limiter,
             pause=pause,
-            attempt_key=self.lease.key if self.lease else None,
+            attempt_key=self._attempt_key,
             mark_ttl=self.lease.mark_ttl if self.lease else 600.0,
             attempt_mark=mark,
         )
@@ -402,7 +411,7 @@ class Flow:
                 breaker,
                 probe=probe,
                 concurrency=self.options.concurrency,
-                attempt_key=self.lease.key if self.lease else None,
+                attempt_key=self._attempt_key,
             )
             and self.gates.hold_success(breaker)  # counted late: no report built
         ):
