@@ -23,7 +23,7 @@ from typing import Any
 from celery_resilience.integration.worker import release_held
 from celery_resilience.observability import counters
 
-__all__ = ["cpu_per_attempt", "profile_attempts", "run_attempt"]
+__all__ = ["as_in_a_worker", "cpu_per_attempt", "profile_attempts", "run_attempt"]
 
 
 def run_attempt(task: Any) -> None:
@@ -50,7 +50,7 @@ def run_attempt(task: Any) -> None:
         release_held()  # as Celery's task_postrun does in a worker
 
 
-def _as_in_a_worker() -> None:
+def as_in_a_worker() -> None:
     """The node's counters installed, as a worker's bootstep installs them: a worker's
     attempts count into them."""
     counters.install()
@@ -59,7 +59,7 @@ def _as_in_a_worker() -> None:
 def cpu_per_attempt(task: Any, *, attempts: int, reps: int) -> float:
     """CPU microseconds per attempt: the best of ``reps`` runs of ``attempts``, after a
     warm-up (connections made, scripts loaded)."""
-    _as_in_a_worker()
+    as_in_a_worker()
     for _ in range(200):
         run_attempt(task)
     best = float("inf")
@@ -74,7 +74,7 @@ def cpu_per_attempt(task: Any, *, attempts: int, reps: int) -> float:
 def profile_attempts(task: Any, *, attempts: int, top: int = 25) -> str:
     """cProfile (on CPU time) of ``attempts`` attempts: the top functions by own time,
     then by cumulative time."""
-    _as_in_a_worker()
+    as_in_a_worker()
     for _ in range(200):
         run_attempt(task)
     profiler = cProfile.Profile(time.process_time)

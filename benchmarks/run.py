@@ -9,6 +9,7 @@
     python -m benchmarks profile              # py-spy over the overhead scenario
     python -m benchmarks compare A B          # the overhead scenario at two revisions
     python -m benchmarks case overload        # one degraded case, resilient side, N runs
+    python -m benchmarks instructions         # instructions per task, under valgrind
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from benchmarks import case, compare, profiling
+from benchmarks import case, compare, instructions, profiling
 from benchmarks.degraded import run_degraded
 from benchmarks.errors import run_permanent, run_retry_after
 from benchmarks.outage import run_outage, run_sweep
@@ -101,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return compare.main(argv[1:])
     if argv[:1] == ["case"]:
         return case.main(argv[1:])
+    if argv[:1] == ["instructions"]:
+        return instructions.main(argv[1:])
     args = _parse(argv)
     params = QUICK if args.quick else FULL
     out = args.out
