@@ -20,15 +20,13 @@ import time
 import uuid
 from typing import Any
 
-from celery_resilience.integration.worker import release_held
 from celery_resilience.observability import counters
 
 __all__ = ["as_in_a_worker", "cpu_per_attempt", "profile_attempts", "run_attempt"]
 
 
 def run_attempt(task: Any) -> None:
-    """One attempt of ``task`` (no arguments), as a worker's pool process runs it: the
-    attempt held for Celery's own lines is let go after it, as ``task_postrun`` does."""
+    """One attempt of ``task`` (no arguments), as a worker's pool process runs it."""
     task_id = uuid.uuid4()
     task.push_request(
         id=str(task_id),
@@ -47,7 +45,6 @@ def run_attempt(task: Any) -> None:
         task()
     finally:
         task.pop_request()
-        release_held()  # as Celery's task_postrun does in a worker
 
 
 def as_in_a_worker() -> None:

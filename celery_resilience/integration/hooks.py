@@ -1,6 +1,7 @@
 """Celery signal handlers: trace context at publish time, log context in the worker.
 
-Connected once, when :mod:`celery_resilience` is imported.
+Connected once, when the first resilient task is declared
+(:mod:`~celery_resilience.integration.wiring`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
     before_task_publish,
-    task_postrun,
     task_received,
     worker_init,
     worker_process_shutdown,
@@ -28,7 +28,6 @@ from celery_resilience.integration.named import config_book
 from celery_resilience.integration.runtime import flush_held
 from celery_resilience.integration.settings import read_settings
 from celery_resilience.integration.task import resilient_task_names, resilient_tasks
-from celery_resilience.integration.worker import release_held
 from celery_resilience.observability import logs
 from celery_resilience.observability.redaction import redact
 from celery_resilience.observability.tracing import current_attempt
@@ -142,11 +141,6 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         raise SystemExit(f"celery-resilience: {exc}") from None
 
 
-def _on_postrun(**_: Any) -> None:
-    """The attempt's own lines are written: unbind it."""
-    release_held()
-
-
 def _on_shutdown(**_: Any) -> None:
     """A process that stops reports the successes it still holds and stores its kept
     dead letters."""
@@ -163,7 +157,6 @@ def connect() -> None:
     after_setup_logger.connect(_on_setup_logger, weak=False)
     after_setup_task_logger.connect(_on_setup_logger, weak=False)
     worker_init.connect(_on_worker_init, weak=False)
-    task_postrun.connect(_on_postrun, weak=False)
     worker_process_shutdown.connect(_on_shutdown, weak=False)  # a prefork pool process
     worker_shutdown.connect(_on_shutdown, weak=False)  # a solo or threads pool
     atexit.register(flush_held)  # anything else that ran attempts

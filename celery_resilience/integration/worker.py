@@ -11,7 +11,7 @@ headers.
 from __future__ import annotations
 
 import os
-import threading
+import weakref
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -29,17 +29,12 @@ from celery_resilience.integration.lost import owner_of
 from celery_resilience.integration.message import incoming_state, incoming_trace, nonce_of
 from celery_resilience.integration.parking import message_for, parked_set_for
 from celery_resilience.integration.runtime import Runtime, runtime_for
-from celery_resilience.observability.tracing import (
-    AttemptInfo,
-    TraceContext,
-    hold_attempt,
-    release_attempt,
-)
+from celery_resilience.observability.tracing import AttemptInfo, TraceContext, hold_attempt
 from celery_resilience.state.errors import STORE_ERRORS
 from celery_resilience.state.parked import ParkRefusedError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from celery.app.task import Context
 
@@ -47,7 +42,7 @@ if TYPE_CHECKING:
     from celery_resilience.integration.task import ResilientTask
     from celery_resilience.state.parked import ParkReason
 
-__all__ = ["release_held", "run_in_worker", "time_limit_of"]
+__all__ = ["run_in_worker", "time_limit_of"]
 
 logger = get_task_logger("celery_resilience")
 
@@ -345,25 +340,22 @@ def run_in_worker(
         lease=lease,
         time_limit=time_limit,
         carry=carry,
-        hold=_hold,
+        hold=_holder(task, request),
     )
     if not isinstance(outcome, Done):  # carry() re-publishes the task and raises
         raise TypeError("a wait was not carried out")
     return outcome.result
 
 
-_held = threading.local()
+def _holder(task: ResilientTask, request: Context) -> Callable[[AttemptInfo], None]:
+    """Keep an ended attempt current while Celery's request for it is: Celery logs the
+    attempt's outcome (``succeeded in``, ``retry:``, ``raised``) and publishes its links
+    after the task's own call returns, before it pops the request. Nothing to undo: the
+    hold lapses with the request, and the next attempt's replaces it."""
+    stack, ref = task.request_stack, weakref.ref(request)
 
+    def still() -> bool:
+        current = ref()
+        return current is not None and stack.top is current
 
-def _hold(info: AttemptInfo) -> None:
-    """Keep the attempt bound for Celery's own lines about it, until ``task_postrun``."""
-    release_held()
-    _held.token = hold_attempt(info)
-
-
-def release_held() -> None:
-    """Unbind what :func:`_hold` kept (Celery's ``task_postrun``)."""
-    token = getattr(_held, "token", None)
-    if token is not None:
-        _held.token = None
-        release_attempt(token)
+    return lambda info: hold_attempt(info, still)

@@ -30,8 +30,12 @@ import re
 import secrets
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from celery_resilience.core.process import random_bits
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "TRACEPARENT_HEADER",
@@ -45,7 +49,6 @@ __all__ = [
     "new_trace",
     "next_unsafe_call_index",
     "parse_traceparent",
-    "release_attempt",
     "safe_text",
     "safe_token",
 ]
@@ -303,9 +306,22 @@ _unsafe_calls: contextvars.ContextVar[itertools.count[int] | None] = contextvars
 )
 
 
+#: An attempt kept current past its block (:func:`hold_attempt`), and what says whether
+#: it still is.
+_held: contextvars.ContextVar[tuple[AttemptInfo, Callable[[], bool]] | None] = (
+    contextvars.ContextVar("celery_resilience_held", default=None)
+)
+
+
 def current_attempt() -> AttemptInfo | None:
-    """The attempt bound in the current context, or ``None`` outside any attempt."""
-    return _attempt.get()
+    """The attempt bound in the current context; else one held past its block while it
+    still holds (:func:`hold_attempt`); else ``None``."""
+    info = _attempt.get()
+    if info is None:
+        held = _held.get()
+        if held is not None and held[1]():
+            return held[0]
+    return info
 
 
 def bind_attempt(info: AttemptInfo) -> AbstractContextManager[AttemptInfo]:
@@ -344,22 +360,16 @@ class _Binding:
         _attempt.reset(self._attempt_token)
 
 
-def hold_attempt(info: AttemptInfo) -> contextvars.Token[AttemptInfo | None]:
-    """Bind ``info`` past the end of a block, until :func:`release_attempt`.
+def hold_attempt(info: AttemptInfo, still: Callable[[], bool]) -> None:
+    """Keep ``info`` current past the end of its block for as long as ``still()`` is
+    true (asked at each read; no attempt bound meanwhile), until the next hold.
 
-    The worker logs an attempt's outcome (``retry:``, ``succeeded in``, ``raised``) after
-    the task's own call returns; holding the attempt until Celery's ``task_postrun``
-    gives those lines the attempt's trace too. No call counter is bound: the body is over.
+    The worker logs an attempt's outcome (``retry:``, ``succeeded in``, ``raised``) and
+    publishes its links after the task's own call returns; holding the attempt while
+    Celery's request for it is current gives those lines and messages the attempt's trace
+    too, with nothing to undo once it is gone. No call counter is held: the body is over.
     """
-    return _attempt.set(info)
-
-
-def release_attempt(token: contextvars.Token[AttemptInfo | None]) -> None:
-    """Undo :func:`hold_attempt` (a token from another context is ignored)."""
-    try:
-        _attempt.reset(token)
-    except ValueError:
-        _attempt.set(None)
+    _held.set((info, still))
 
 
 def next_unsafe_call_index() -> int:

@@ -53,3 +53,24 @@ def echo(self: Any) -> str:
 
     info = current_attempt()
     return info.trace_id if info is not None else ""
+
+
+@resilient_task(app=app, bind=True, name="tr.ignored")
+def ignored(self: Any) -> None:
+    """Log a line, then end as Celery's IGNORED (a state after which Celery calls no task
+    hook: only its request is popped)."""
+    from celery.exceptions import Ignore  # noqa: PLC0415
+
+    log.info("ignoring myself")
+    raise Ignore()
+
+
+@app.task(name="tr.untraced")
+def untraced() -> str:
+    """A task of Celery's own: log a line; return the trace ID of the attempt current in
+    it ("" for none)."""
+    from celery_resilience.observability.tracing import current_attempt  # noqa: PLC0415
+
+    log.info("untraced work")
+    info = current_attempt()
+    return info.trace_id if info is not None else ""

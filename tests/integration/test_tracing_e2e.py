@@ -6,6 +6,10 @@ import re
 
 import pytest
 
+from tests.helpers.celery_apps import ENV_QUEUE
+from tests.helpers.cluster import client_for
+from tests.helpers.polling import wait_until
+
 pytestmark = pytest.mark.integration
 
 APP = "tests.apps.trace_app"
@@ -54,6 +58,29 @@ def test_every_line_of_each_attempt_has_trace_and_attempt(worker, client, upstre
         assert re.search(rf"trace_id={trace_id} span_id=[0-9a-f]{{16}} attempt=[12]\]", line), line
     charged = [line for line in traced if f"charging {path}" in line]
     assert [re.search(r"attempt=(\d)", line).group(1) for line in charged] == ["1", "2"]
+
+
+def test_the_next_task_of_the_process_inherits_no_attempt(
+    worker_factory, env, celery_client, queue
+):
+    """Celery's lines after an attempt carry its trace while its request is current; a
+    task of Celery's own that the same pool process runs next is outside any attempt,
+    also after an attempt that ended as IGNORED (no task hook runs after it)."""
+    own = {**env, ENV_QUEUE: queue}  # not the module's shared node's queue
+    node = worker_factory(APP, env=own, concurrency=1)
+    client = client_for(celery_client, own)
+    client.send_task("tr.ignored")
+    wait_until(lambda: "ignoring myself" in node.log_text(), timeout=30, what="tr.ignored")
+    assert client.send_task("tr.untraced").get(timeout=30) == ""
+    text = node.log_text().splitlines()
+    (ignoring,) = [line for line in text if "ignoring myself" in line]
+    trace_id = re.search(r"trace_id=([0-9a-f]{32}) ", ignoring).group(1)
+    celerys = [line for line in text if "tr.ignored[" in line and "ForkPoolWorker" in line]
+    assert celerys, "Celery's line about the ignored attempt"
+    assert all(f"trace_id={trace_id} " in line for line in celerys), celerys
+    untraced = [line for line in text if "tr.untraced[" in line or "untraced work" in line]
+    assert len(untraced) >= 2, text
+    assert not any("trace_id=" in line for line in untraced), untraced
 
 
 def test_no_secret_reaches_the_logs(worker, client, upstream, unique):

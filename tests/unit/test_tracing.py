@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import re
 import threading
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -16,6 +17,7 @@ from celery_resilience.observability.tracing import (
     TraceContext,
     bind_attempt,
     current_attempt,
+    hold_attempt,
     new_span_bits,
     new_span_id,
     new_trace,
@@ -330,6 +332,71 @@ def test_bind_attempt_restores_on_exception():
     with pytest.raises(RuntimeError), bind_attempt(attempt()):
         raise RuntimeError
     assert current_attempt() is None
+
+
+def _in_own_context(check: Callable[[], None]) -> None:
+    """Run ``check`` in a copy of the context: a hold lasts until the next one."""
+    contextvars.copy_context().run(check)
+
+
+def test_a_held_attempt_is_current_while_it_still_holds():
+    """An attempt held past its block is current while its condition holds, and not
+    after; an attempt bound meanwhile shadows it; the next hold replaces it."""
+
+    def check() -> None:
+        first, second, inner = attempt("first"), attempt("second"), attempt("inner")
+        holds = [True]
+        hold_attempt(first, lambda: holds[0])
+        assert current_attempt() is first
+        with bind_attempt(inner):
+            assert current_attempt() is inner
+        assert current_attempt() is first
+        holds[0] = False
+        assert current_attempt() is None
+        hold_attempt(second, lambda: True)
+        assert current_attempt() is second
+
+    _in_own_context(check)
+    assert current_attempt() is None
+
+
+def test_the_worker_holds_an_attempt_while_its_request_is_current():
+    """The worker's hold lapses once Celery pops the attempt's request: not current under
+    the next task's request, nor once the request is gone (stack empty)."""
+    import gc  # noqa: PLC0415
+
+    from celery import Celery  # noqa: PLC0415
+    from celery.app.task import Context  # noqa: PLC0415
+
+    from celery_resilience.integration.worker import _holder  # noqa: PLC0415
+
+    app = Celery("hold", set_as_current=False)
+
+    @app.task(shared=False)
+    def work() -> None:
+        pass
+
+    def check() -> None:
+        info = attempt()
+        stack = work.request_stack
+        request = Context(id="t1")
+        stack.push(request)
+        _holder(work, request)(info)
+        assert current_attempt() is info
+        stack.pop()
+        assert current_attempt() is None
+        stack.push(Context(id="t2"))
+        assert current_attempt() is None
+        stack.pop()
+        stack.push(request)
+        assert current_attempt() is info
+        stack.pop()
+        del request
+        gc.collect()
+        assert stack.top is None
+        assert current_attempt() is None
+
+    _in_own_context(check)
 
 
 def test_bind_attempt_requires_attempt_info():
