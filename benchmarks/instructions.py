@@ -11,10 +11,11 @@ machine's load::
     python3 dev.py bench instructions --variants plain,resilient+gates
 
 A count moves by about one percent from run to run where wall clock and CPU time move
-by tens of percent, so it can tell two revisions apart by a change of a few percent. It is not a time: a cache miss costs more than an instruction.
-The gated variant's count depends on timing (a grant ahead lasts 0.1 s, and under
-valgrind an attempt is fifty times slower), so it is printed, but only the ungated
-figures compare across machines and revisions. Needs ``valgrind`` on the PATH.
+by tens of percent, so it can tell two revisions apart by a change of a few percent.
+It is not a time: a cache miss costs more than an instruction. The gated variant's
+count depends on timing (a grant ahead lasts 0.1 s, and under valgrind an attempt is
+fifty times slower), so it is printed, but only the ungated figures compare across
+machines and revisions. Needs ``valgrind`` on the PATH.
 """
 
 from __future__ import annotations
