@@ -319,8 +319,10 @@ def current_attempt() -> AttemptInfo | None:
     info = _attempt.get()
     if info is None:
         held = _held.get()
-        if held is not None and held[1]():
-            return held[0]
+        if held is not None:
+            if held[1]():
+                return held[0]
+            _held.set(None)  # lapsed for good: later reads need not ask again
     return info
 
 
@@ -362,7 +364,8 @@ class _Binding:
 
 def hold_attempt(info: AttemptInfo, still: Callable[[], bool]) -> None:
     """Keep ``info`` current past the end of its block for as long as ``still()`` is
-    true (asked at each read; no attempt bound meanwhile), until the next hold.
+    true (asked at each read while no attempt is bound; once false, the hold is gone),
+    until the next hold.
 
     The worker logs an attempt's outcome (``retry:``, ``succeeded in``, ``raised``) and
     publishes its links after the task's own call returns; holding the attempt while

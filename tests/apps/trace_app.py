@@ -57,8 +57,8 @@ def echo(self: Any) -> str:
 
 @resilient_task(app=app, bind=True, name="tr.ignored")
 def ignored(self: Any) -> None:
-    """Log a line, then end as Celery's IGNORED (a state after which Celery calls no task
-    hook: only its request is popped)."""
+    """Log a line, then end as Celery's IGNORED (a state for which Celery calls neither
+    ``on_success`` nor ``after_return``)."""
     from celery.exceptions import Ignore  # noqa: PLC0415
 
     log.info("ignoring myself")

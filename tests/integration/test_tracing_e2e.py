@@ -65,7 +65,8 @@ def test_the_next_task_of_the_process_inherits_no_attempt(
 ):
     """Celery's lines after an attempt carry its trace while its request is current; a
     task of Celery's own that the same pool process runs next is outside any attempt,
-    also after an attempt that ended as IGNORED (no task hook runs after it)."""
+    also after an attempt that ended as IGNORED (for which Celery calls no
+    ``after_return``)."""
     own = {**env, ENV_QUEUE: queue}  # not the module's shared node's queue
     node = worker_factory(APP, env=own, concurrency=1)
     client = client_for(celery_client, own)

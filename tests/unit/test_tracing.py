@@ -340,8 +340,9 @@ def _in_own_context(check: Callable[[], None]) -> None:
 
 
 def test_a_held_attempt_is_current_while_it_still_holds():
-    """An attempt held past its block is current while its condition holds, and not
-    after; an attempt bound meanwhile shadows it; the next hold replaces it."""
+    """An attempt held past its block is current while its condition holds, and never
+    after it is once found false; an attempt bound meanwhile shadows it; the next hold
+    replaces it."""
 
     def check() -> None:
         first, second, inner = attempt("first"), attempt("second"), attempt("inner")
@@ -352,6 +353,8 @@ def test_a_held_attempt_is_current_while_it_still_holds():
             assert current_attempt() is inner
         assert current_attempt() is first
         holds[0] = False
+        assert current_attempt() is None
+        holds[0] = True  # a hold found lapsed is gone for good: not asked again
         assert current_attempt() is None
         hold_attempt(second, lambda: True)
         assert current_attempt() is second
@@ -376,27 +379,41 @@ def test_the_worker_holds_an_attempt_while_its_request_is_current():
     def work() -> None:
         pass
 
-    def check() -> None:
-        info = attempt()
-        stack = work.request_stack
-        request = Context(id="t1")
+    stack = work.request_stack
+
+    def held(task_id: str) -> tuple[AttemptInfo, Context]:
+        """An attempt held by the worker's hold, its request pushed."""
+        info, request = attempt(task_id), Context(id=task_id)
         stack.push(request)
         _holder(work, request)(info)
+        return info, request
+
+    def popped() -> None:
+        info, _ = held("t1")
         assert current_attempt() is info
         stack.pop()
         assert current_attempt() is None
-        stack.push(Context(id="t2"))
+        stack.push(Context(id="t2"))  # the next task's request
         assert current_attempt() is None
         stack.pop()
-        stack.push(request)
-        assert current_attempt() is info
+
+    def under_another() -> None:  # a request pushed above the attempt's
+        held("t3")
+        stack.push(Context(id="t4"))
+        assert current_attempt() is None
+        stack.pop()
+        stack.pop()
+
+    def gone() -> None:  # the request gone, the stack empty: a dead reference is not its top
+        _, request = held("t5")
         stack.pop()
         del request
         gc.collect()
         assert stack.top is None
         assert current_attempt() is None
 
-    _in_own_context(check)
+    for case in (popped, under_another, gone):
+        _in_own_context(case)
 
 
 def test_bind_attempt_requires_attempt_info():
