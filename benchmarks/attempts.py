@@ -20,6 +20,7 @@ import time
 import uuid
 from typing import Any
 
+from benchmarks.pool_request import pool_request
 from celery_resilience.observability import counters
 
 __all__ = ["as_in_a_worker", "cpu_per_attempt", "profile_attempts", "run_attempt"]
@@ -27,19 +28,12 @@ __all__ = ["as_in_a_worker", "cpu_per_attempt", "profile_attempts", "run_attempt
 
 def run_attempt(task: Any) -> None:
     """One attempt of ``task`` (no arguments), as a worker's pool process runs it."""
-    task_id = uuid.uuid4()
     task.push_request(
-        id=str(task_id),
-        # a message published by a process that declares the task carries a trace context
-        headers={"traceparent": f"00-{task_id.hex}-{task_id.hex[:16]}-01"},
+        **pool_request(uuid.uuid4()),
         args=(),
         kwargs={},
-        delivery_info={"routing_key": "bench"},
         called_directly=False,
         is_eager=False,
-        hostname="bench@localhost",
-        retries=0,
-        timelimit=(None, None),
     )
     try:
         task()

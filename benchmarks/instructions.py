@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.pool_request import pool_request
+
 __all__ = ["LABELS", "main", "per_task"]
 
 HERE = Path(__file__).resolve().parent
@@ -67,20 +69,7 @@ def _run(task: Any, tasks: int) -> None:
 
 def _one(trace: Any) -> None:
     task_id = uuid.uuid4()
-    trace(
-        str(task_id),
-        (),
-        {},
-        {
-            "id": str(task_id),
-            # a message published by a process that declares the task carries a trace context
-            "headers": {"traceparent": f"00-{task_id.hex}-{task_id.hex[:16]}-01"},
-            "delivery_info": {"routing_key": "bench"},
-            "hostname": "bench@localhost",
-            "retries": 0,
-            "timelimit": (None, None),
-        },
-    )
+    trace(str(task_id), (), {}, pool_request(task_id))
 
 
 def _child(variant: str, tasks: int, workdir: Path) -> int:
